@@ -1,0 +1,19 @@
+"""ulmfit: text classifiers from few labels by transfer learning from AWD-LSTM language models."""
+__version__ = "0.1.0"
+
+
+def fit(*args, **kwargs):
+    """Train a classifier (ULMFiT recipe); see `ulmfit.recipes.ulmfit.fit`. Returns the loaded model."""
+    from ulmfit.recipes.ulmfit import fit as _fit
+
+    return _fit(*args, **kwargs)
+
+
+def load(path):
+    """Load a trained classifier folder: `ulmfit.load(path).predict(texts)`."""
+    from ulmfit.recipes.predictor import load as _load
+
+    return _load(path)
+
+
+__all__ = ["fit", "load", "__version__"]

@@ -1,0 +1,261 @@
+"""`ulmfit` command line: a thin face over the same functions as the Python API."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields, is_dataclass, replace
+from pathlib import Path
+
+from ulmfit.errors import UlmfitError
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- config overrides
+
+def apply_overrides(cfg, assignments: list[str]):
+    """`--set lm.epochs=3 --set clf.lrs=[0.01,0.005]`: values parsed as JSON, else kept as strings."""
+    for item in assignments or []:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise UlmfitError(f"--set {item!r}: expected SECTION.FIELD=VALUE, e.g. --set lm.epochs=3")
+        key, raw = item.split("=", 1)
+        section, name = key.split(".", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if isinstance(value, list):
+            value = tuple(value)
+        if section == "fit":
+            target = cfg
+        else:
+            target = getattr(cfg, section, None)
+        if target is None or not is_dataclass(target):
+            raise UlmfitError(f"--set {item!r}: unknown section {section!r} (data, lm, clf, fit)")
+        names = {f.name for f in fields(target)}
+        if name not in names:
+            raise UlmfitError(f"--set {item!r}: {section} has no field {name!r}; fields: {sorted(names)}")
+        new = replace(target, **{name: value})
+        if section == "fit":
+            cfg = new
+        else:
+            setattr(cfg, section, new)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- commands
+
+def cmd_fit(a) -> int:
+    from ulmfit.recipes.config import FitConfig
+    from ulmfit.recipes.ulmfit import fit
+
+    if a.resume:
+        cfg = None
+        saved = FitConfig.load(Path(a.out) / "config.json") if (Path(a.out) / "config.json").exists() else None
+        train = a.train or (saved.data.train if saved else None)
+        valid = a.valid or (saved.data.valid if saved else None)
+    else:
+        cfg = FitConfig.load(a.config) if a.config else FitConfig()
+        cfg.data = replace(cfg.data, text_col=a.text_col or cfg.data.text_col,
+                           label_col=a.label_col or cfg.data.label_col, encoding=a.encoding or cfg.data.encoding)
+        cfg.recipe = a.recipe or cfg.recipe
+        cfg.seed = cfg.seed if a.seed is None else a.seed
+        if a.pretrained is not None:
+            cfg.pretrained = None if a.pretrained.lower() == "none" else a.pretrained
+        cfg = apply_overrides(cfg, a.set)
+        train, valid = a.train or cfg.data.train, a.valid or cfg.data.valid
+    if not train:
+        raise UlmfitError("no training data: pass --train FILE (a CSV/TSV/JSONL file, or a folder per class)")
+    model = fit(train, valid, out=a.out, unlabeled=a.unlabeled or (), config=cfg, resume=a.resume,
+                overwrite=a.overwrite, log=log)
+    log(f"model saved to {model.folder} (report: {model.folder / 'report.md'})")
+    return 0
+
+
+def cmd_finetune_lm(a) -> int:
+    from ulmfit.recipes import model_dir
+    from ulmfit.recipes.config import FitConfig
+    from ulmfit.recipes.prepare import read_unlabeled
+    from ulmfit.recipes.ulmfit import finetune_lm
+    from ulmfit.text.tokenize import Tokenizer, TokenizerConfig
+    from ulmfit.train.checkpoint import atomic_write_json
+
+    cfg = apply_overrides(FitConfig.load(a.config) if a.config else FitConfig(), a.set)
+    out = Path(a.out)
+    if (out / "ulmfit.json").exists() and not (a.overwrite or a.resume):
+        raise UlmfitError(f"{out} already holds a model; choose another --out, or pass --overwrite")
+    texts = read_unlabeled([a.train] + (a.unlabeled or []), a.text_col or "text", a.encoding or "utf-8")
+    pretrained = None if (a.pretrained or "none").lower() == "none" else a.pretrained
+    tokenizer = model_dir.load_text_pipeline(Path(pretrained))[0] if pretrained else Tokenizer(TokenizerConfig())
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", cfg.to_dict())
+    res = finetune_lm(tokenizer.tokenize_many(texts), out, cfg.lm, tokenizer=tokenizer, pretrained=pretrained,
+                      seed=cfg.seed, optimizer=cfg.optimizer, precision=cfg.precision, resume=a.resume, log=log)
+    model_dir.write_marker(out, "lm")
+    model_dir.remove_checkpoints(out)
+    log(f"language model saved to {out} ({len(res.vocab):,} words)")
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from ulmfit.data.readers import read_table
+    from ulmfit.recipes.predictor import load
+    from ulmfit.train.metrics import format_report
+
+    model = load(a.model)
+    table = read_table(Path(a.data), text_col=a.text_col, label_col=a.label_col, encoding=a.encoding)
+    metrics = model.evaluate(table.texts, table.labels, source=table.source)
+    if a.json:
+        print(json.dumps(metrics))
+    else:
+        print(format_report(metrics, model.classes))
+    return 0
+
+
+def cmd_predict(a) -> int:
+    import pandas as pd
+
+    from ulmfit.data.readers import read_table
+    from ulmfit.recipes.predictor import load
+    from ulmfit.train.checkpoint import atomic_write_text
+
+    model = load(a.model)
+    if a.data:
+        texts = read_table(Path(a.data), text_col=a.text_col, encoding=a.encoding, on_empty="keep").texts
+    else:
+        texts = [line.rstrip("\n") for line in sys.stdin]
+    probs = model.predict_proba(texts)
+    df = pd.DataFrame({"text": texts, "label": [model.classes[i] for i in probs.argmax(1)]})
+    for j, c in enumerate(model.classes):
+        df[f"p_{c}"] = probs[:, j].round(6)
+    if a.out:
+        atomic_write_text(Path(a.out), df.to_csv(index=False))
+        log(f"wrote {len(df)} predictions to {a.out}")
+    else:
+        df.to_csv(sys.stdout, index=False)
+    return 0
+
+
+def cmd_generate(a) -> int:
+    from ulmfit.recipes import model_dir
+    from ulmfit.recipes.generate import generate
+
+    lm, tokenizer, vocab = model_dir.load_lm(a.model)
+    for i in range(a.n):
+        seed = None if a.seed is None else a.seed + i
+        print(generate(lm, tokenizer, vocab, a.prompt, a.words, a.temperature, seed=seed))
+    return 0
+
+
+def cmd_lr_find(a) -> int:
+    from ulmfit.recipes.lr_find import lr_find_command
+
+    lr_find_command(a, log)
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ulmfit", description="Text classifiers from few labels (ULMFiT on AWD-LSTM).")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command")
+
+    def data_args(sp, label=True, text_default=None):
+        sp.add_argument("--text-col", default=text_default, help="text column (default: text)")
+        if label:
+            sp.add_argument("--label-col", default=None, help="label column (default: label)")
+        sp.add_argument("--encoding", default=None, help="file encoding (default utf-8; try latin-1)")
+
+    f = sub.add_parser("fit", help="train a classifier: fine-tune the LM on your text, then the classifier")
+    f.add_argument("--train", help="labelled training data (.csv/.tsv/.jsonl or a folder per class)")
+    f.add_argument("--valid", help="labelled validation data (default: a stratified 10%% of --train)")
+    f.add_argument("--unlabeled", action="append", help="more unlabelled text for the LM (repeatable)")
+    f.add_argument("--out", required=True, help="model folder to create")
+    f.add_argument("--pretrained", help="language-model folder to start from, or 'none'")
+    f.add_argument("--recipe", choices=["ulmfit"], help="training recipe (default ulmfit)")
+    f.add_argument("--config", help="a config.json to start from (e.g. from another model folder)")
+    f.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a config field")
+    f.add_argument("--seed", type=int)
+    f.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    f.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    data_args(f)
+    f.set_defaults(func=cmd_fit)
+
+    lm = sub.add_parser("finetune-lm", help="train / fine-tune a language model on unlabelled text")
+    lm.add_argument("--train", required=True, help="text: .txt (one document per line), .csv/.tsv/.jsonl")
+    lm.add_argument("--unlabeled", action="append", help="more text files (repeatable)")
+    lm.add_argument("--out", required=True)
+    lm.add_argument("--pretrained", help="language-model folder to start from, or 'none'")
+    lm.add_argument("--config")
+    lm.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
+    lm.add_argument("--resume", action="store_true")
+    lm.add_argument("--overwrite", action="store_true")
+    data_args(lm, label=False)
+    lm.set_defaults(func=cmd_finetune_lm)
+
+    e = sub.add_parser("evaluate", help="accuracy, macro-F1, per-class figures and confusion matrix")
+    e.add_argument("model")
+    e.add_argument("--data", required=True)
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--text-col", default="text")
+    e.add_argument("--label-col", default="label")
+    e.add_argument("--encoding", default="utf-8")
+    e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="label and class probabilities per text (from --data or stdin)")
+    pr.add_argument("model")
+    pr.add_argument("--data", help="file of texts (default: stdin, one text per line)")
+    pr.add_argument("--out", help="CSV to write (default: stdout)")
+    pr.add_argument("--text-col", default="text")
+    pr.add_argument("--encoding", default="utf-8")
+    pr.set_defaults(func=cmd_predict)
+
+    g = sub.add_parser("generate", help="continue a prompt with the language model")
+    g.add_argument("model")
+    g.add_argument("--prompt", default="")
+    g.add_argument("--words", type=int, default=40)
+    g.add_argument("--temperature", type=float, default=0.8)
+    g.add_argument("--n", type=int, default=1, help="number of samples")
+    g.add_argument("--seed", type=int)
+    g.set_defaults(func=cmd_generate)
+
+    lf = sub.add_parser("lr-find", help="learning-rate finder: plot and suggestion")
+    lf.add_argument("--train", required=True)
+    lf.add_argument("--out", required=True, help="folder for lr_find.png and lr_find.json")
+    lf.add_argument("--encoder", help="a language-model folder: find the classifier's rate (needs --label-col)")
+    lf.add_argument("--config")
+    lf.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
+    lf.add_argument("--iters", type=int, default=100)
+    data_args(lf)
+    lf.set_defaults(func=cmd_lr_find)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if a.version:
+        from ulmfit import __version__
+
+        print(__version__)
+        return 0
+    if not a.command:
+        parser.print_help()
+        return 2
+    try:
+        return a.func(a)
+    except UlmfitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last completed epoch is checkpointed; continue with `ulmfit fit --out DIR --resume`",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

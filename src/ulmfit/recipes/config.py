@@ -1,0 +1,107 @@
+"""One configuration dataclass per stage, saved as `config.json` in every model folder.
+
+Defaults come from the ULMFiT paper (Howard & Ruder 2018) and fastai's text defaults, sized
+down where a 2-core CPU needs it (the `small` preset); each field says where it comes from.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ulmfit.errors import UlmfitError
+
+
+@dataclass
+class DataConfig:
+    train: str | None = None  # paths, recorded so a run can be repeated from its folder
+    valid: str | None = None
+    unlabeled: list[str] = field(default_factory=list)
+    text_col: str = "text"
+    label_col: str = "label"
+    encoding: str = "utf-8"
+    valid_frac: float = 0.1  # held out (stratified) from train when no validation file is given
+
+
+@dataclass
+class LMTrainConfig:
+    """Language-model fine-tuning (ULMFiT §3.2), or training from scratch without a pretrained LM."""
+
+    preset: str = "small"  # model size when not starting from a pretrained LM (see models.awd_lstm.PRESETS)
+    drop_mult: float = 0.3  # fastai's book uses 0.3 for LM fine-tuning
+    bs: int = 64
+    bptt: int = 70
+    variable_bptt: bool = True  # Merity et al. §4.1
+    epochs: int = 4
+    lr: float = 3e-3  # rate of the top group in the unfrozen epochs
+    frozen_epochs: int = 1  # with a pretrained LM: first train only the embeddings (new words), fastai-style
+    frozen_lr: float = 1e-2
+    wd: float = 0.1
+    schedule: str = "one_cycle"  # or "stlr" (ULMFiT §3.2)
+    min_freq: int = 2
+    max_vocab: int = 30000
+    max_tokens: int | None = None  # subsample the LM text to this many tokens (None: all)
+    valid_frac: float = 0.05  # documents held out for perplexity and early stopping
+    patience: int | None = 2
+    alpha: float = 2.0  # AR
+    beta: float = 1.0  # TAR
+
+
+@dataclass
+class ClassifierTrainConfig:
+    """Classifier fine-tuning with gradual unfreezing (ULMFiT §3.3)."""
+
+    drop_mult: float = 0.5  # fastai's book
+    bs: int = 64
+    bptt: int = 72
+    max_len: int = 72 * 20
+    max_tokens: int | None = None  # read at most this many tokens per document (None: all)
+    lin_sizes: tuple[int, ...] = (50,)
+    # Gradual unfreezing: one learning rate and epoch count per stage: head, -2, -3, all.
+    lrs: tuple[float, ...] = (2e-2, 1e-2, 5e-3, 1e-3)
+    epochs: tuple[int, ...] = (1, 1, 1, 3)
+    schedule: str = "one_cycle"
+    wd: float = 0.01
+    metric: str = "macro_f1"  # model selection and early stopping
+    patience: int | None = 2
+    class_weights: str = "none"  # none | balanced
+
+
+@dataclass
+class FitConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    lm: LMTrainConfig = field(default_factory=LMTrainConfig)
+    clf: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
+    recipe: str = "ulmfit"
+    pretrained: str | None = None  # path of a language-model folder, or None to start from scratch
+    optimizer: str = "adamw"
+    precision: str = "fp32"
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FitConfig":
+        return cls(
+            data=_build(DataConfig, d.get("data", {}), "data"),
+            lm=_build(LMTrainConfig, d.get("lm", {}), "lm"),
+            clf=_build(ClassifierTrainConfig, d.get("clf", {}), "clf"),
+            **{k: v for k, v in d.items() if k not in ("data", "lm", "clf")},
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FitConfig":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as e:
+            raise UlmfitError(f"{path}: not a readable ulmfit config ({e}); pass the config.json of a model folder") from e
+
+
+def _build(cls, d: dict, section: str):
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise UlmfitError(f"config section '{section}' has unknown field(s) {sorted(unknown)}; allowed: {sorted(known)}")
+    d = {k: tuple(v) if isinstance(v, list) and k in ("lin_sizes", "lrs", "epochs") else v for k, v in d.items()}
+    return cls(**d)

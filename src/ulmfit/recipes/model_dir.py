@@ -1,0 +1,109 @@
+"""The model folder: everything needed to reload, predict, and repeat the run.
+
+```
+DIR/ulmfit.json              format marker: kind (lm | classifier), version, classes
+DIR/config.json              the FitConfig of the run (repeat it with `ulmfit fit --config`)
+DIR/tokenizer.json           TokenizerConfig
+DIR/vocab.json               the vocabulary
+DIR/lm_config.json           AWDLSTMConfig of the language model
+DIR/lm.safetensors           fine-tuned language model (text generation, a later classifier)
+DIR/classifier_config.json   encoder + head configs          (classifier folders)
+DIR/classifier.safetensors   best classifier by the chosen metric (classifier folders)
+DIR/history.jsonl            one line per epoch; history.png the curves; report.md the metrics
+DIR/checkpoints/             resume state while training (removed when a run completes)
+```
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from ulmfit.errors import UlmfitError
+from ulmfit.models.awd_lstm import AWDLSTM, AWDLSTMConfig, LanguageModel
+from ulmfit.models.classifier import ClassifierConfig, TextClassifier
+from ulmfit.text.tokenize import Tokenizer, TokenizerConfig
+from ulmfit.text.vocab import Vocab
+from ulmfit.train.checkpoint import atomic_write_json, load_weights, save_weights
+
+FORMAT = "ulmfit-model"
+VERSION = 1
+
+
+def write_marker(folder: Path, kind: str, **extra) -> None:
+    from ulmfit import __version__
+
+    atomic_write_json(folder / "ulmfit.json", {"format": FORMAT, "version": VERSION, "kind": kind,
+                                               "ulmfit_version": __version__, **extra})
+
+
+def read_marker(folder: str | Path) -> dict:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UlmfitError(f"{folder}: model folder not found; pass the --out folder of `ulmfit fit` or `ulmfit finetune-lm`")
+    marker = folder / "ulmfit.json"
+    if not marker.exists():
+        raise UlmfitError(f"{folder}: not a ulmfit model folder (no ulmfit.json); pass the --out folder of `ulmfit fit`")
+    try:
+        meta = json.loads(marker.read_text())
+    except json.JSONDecodeError as e:
+        raise UlmfitError(f"{marker}: corrupt ({e}); retrain the model or restore the folder from a copy") from e
+    if meta.get("format") != FORMAT:
+        raise UlmfitError(f"{marker}: not a ulmfit model marker (format={meta.get('format')!r})")
+    if meta.get("version") != VERSION:
+        raise UlmfitError(f"{folder}: model folder format version {meta.get('version')} but this ulmfit reads version "
+                          f"{VERSION}; retrain with this version or install the ulmfit that wrote it ({meta.get('ulmfit_version')})")
+    return meta
+
+
+def save_text_pipeline(folder: Path, tok_cfg: TokenizerConfig, vocab: Vocab) -> None:
+    atomic_write_json(folder / "tokenizer.json", asdict(tok_cfg))
+    vocab.save(folder / "vocab.json")
+
+
+def load_text_pipeline(folder: Path) -> tuple[Tokenizer, Vocab]:
+    tok_cfg = TokenizerConfig(**_read_json(folder / "tokenizer.json"))
+    return Tokenizer(tok_cfg), Vocab.load(folder / "vocab.json")
+
+
+def save_lm(folder: Path, lm: LanguageModel, cfg: AWDLSTMConfig) -> None:
+    atomic_write_json(folder / "lm_config.json", cfg.to_dict())
+    save_weights(lm.state_dict(), folder / "lm.safetensors")
+
+
+def load_lm(folder: str | Path) -> tuple[LanguageModel, Tokenizer, Vocab]:
+    folder = Path(folder)
+    read_marker(folder)
+    if not (folder / "lm.safetensors").exists():
+        raise UlmfitError(f"{folder}: holds no language model (lm.safetensors missing)")
+    tokenizer, vocab = load_text_pipeline(folder)
+    cfg = AWDLSTMConfig.from_dict(_read_json(folder / "lm_config.json"))
+    lm = LanguageModel(cfg)
+    lm.load_state_dict(load_weights(folder / "lm.safetensors"))
+    return lm.eval(), tokenizer, vocab
+
+
+def save_classifier(folder: Path, model: TextClassifier, enc_cfg: AWDLSTMConfig, head_cfg: ClassifierConfig) -> None:
+    atomic_write_json(folder / "classifier_config.json", {"encoder": enc_cfg.to_dict(), "head": head_cfg.to_dict()})
+    save_weights(model.state_dict(), folder / "classifier.safetensors")
+
+
+def load_classifier_model(folder: Path) -> TextClassifier:
+    cfg = _read_json(folder / "classifier_config.json")
+    model = TextClassifier(AWDLSTM(AWDLSTMConfig.from_dict(cfg["encoder"])), ClassifierConfig.from_dict(cfg["head"]))
+    model.load_state_dict(load_weights(folder / "classifier.safetensors"))
+    return model.eval()
+
+
+def remove_checkpoints(folder: Path) -> None:
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.exists():
+        raise UlmfitError(f"{path.parent}: incomplete model folder ({path.name} missing); retrain or restore it")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UlmfitError(f"{path}: corrupt JSON ({e}); retrain or restore the model folder") from e

@@ -1,0 +1,274 @@
+"""The ULMFiT recipe (Howard & Ruder 2018): fine-tune the language model on the target text, then
+train a classifier on its encoder with gradual unfreezing and discriminative learning rates.
+
+`fit()` is what `ulmfit fit` runs; `finetune_lm()` and `train_classifier()` are its two phases and
+are usable on their own (`ulmfit finetune-lm`).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ulmfit.data.cls_loader import ClassificationLoader
+from ulmfit.data.lm_loader import LMLoader
+from ulmfit.errors import UlmfitError
+from ulmfit.models.awd_lstm import PRESETS, AWDLSTM, AWDLSTMConfig, LanguageModel
+from ulmfit.models.classifier import ClassifierConfig, TextClassifier
+from ulmfit.models.vocab_transfer import transfer_vocab
+from ulmfit.recipes import model_dir
+from ulmfit.recipes.config import ClassifierTrainConfig, FitConfig, LMTrainConfig
+from ulmfit.recipes.prepare import (Labelled, as_table, class_names_from, encode_labels, read_unlabeled,
+                                    split_train_valid)
+from ulmfit.text.token_docs import TokenDocs
+from ulmfit.text.tokenize import Tokenizer, TokenizerConfig
+from ulmfit.text.vocab import Vocab
+from ulmfit.train.checkpoint import atomic_write_json, atomic_write_text
+from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, run_phase
+from ulmfit.train.metrics import classification_metrics, format_report
+from ulmfit.train.optim import make_optimizer, param_groups
+from ulmfit.train.plots import plot_history
+from ulmfit.train.tasks import ClassifierTask, LMTask, balanced_class_weights
+
+Log = Callable[[str], None]
+
+# Dropouts of the classifier's encoder, fastai's awd_lstm_clas_config (scaled by drop_mult).
+CLASSIFIER_DROPOUTS = dict(embed_p=0.05, input_p=0.4, weight_p=0.5, hidden_p=0.3, output_p=0.4)
+
+
+@dataclass
+class LMResult:
+    lm: LanguageModel
+    config: AWDLSTMConfig
+    tokenizer: Tokenizer
+    vocab: Vocab
+    history: list
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+def load_pretrained(path: str | Path, log: Log) -> tuple[LanguageModel, Tokenizer, Vocab]:
+    lm, tok, vocab = model_dir.load_lm(path)
+    log(f"pretrained LM: {path} (vocab {len(vocab)}, {sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M parameters)")
+    return lm, tok, vocab
+
+
+def lm_from_pretrained(pretrained: LanguageModel, old_vocab: Vocab, new_vocab: Vocab, cfg: LMTrainConfig,
+                       log: Log) -> tuple[LanguageModel, AWDLSTMConfig]:
+    """The pretrained LM re-sized to `new_vocab` (shared words keep their rows), with this run's dropouts."""
+    base = pretrained.encoder.cfg if hasattr(pretrained.encoder, "cfg") else pretrained.cfg
+    lm_cfg = replace(base, vocab_size=len(new_vocab), drop_mult=cfg.drop_mult)
+    state, found = transfer_vocab(pretrained.state_dict(), old_vocab.itos, new_vocab.itos,
+                                  embedding_keys=tuple(k for k in pretrained.state_dict() if _is_vocab_matrix(k)),
+                                  bias_keys=tuple(k for k in pretrained.state_dict() if k.endswith("decoder.bias")))
+    log(f"vocabulary transfer: {found}/{len(new_vocab)} target tokens found in the pretrained vocabulary "
+        f"({100 * found / len(new_vocab):.1f}%); the rest start at the mean embedding")
+    lm = LanguageModel(lm_cfg)
+    lm.load_state_dict(state)
+    return lm, lm_cfg
+
+
+def _is_vocab_matrix(key: str) -> bool:
+    return key.endswith("embedding.weight") or key.endswith("decoder.weight")
+
+
+def subsample_tokens(docs: TokenDocs, max_tokens: int | None, seed: int) -> TokenDocs:
+    if not max_tokens or docs.n_tokens <= max_tokens:
+        return docs
+    order = np.random.default_rng(seed).permutation(len(docs))
+    keep = order[: int(np.searchsorted(np.cumsum(docs.lengths[order]), max_tokens)) + 1]
+    return docs.subset(np.sort(keep))
+
+
+def finetune_lm(token_lists: list[list[str]], out: Path, cfg: LMTrainConfig, *, tokenizer: Tokenizer,
+                vocab: Vocab | None = None, pretrained: str | None = None, seed: int = 0, optimizer: str = "adamw",
+                precision: str = "fp32", resume: bool = False, log: Log = _quiet) -> LMResult:
+    """Phase 1: train the language model on the target's text (ULMFiT §3.2) and save it into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    _seed_all(seed)
+    base = load_pretrained(pretrained, log) if pretrained else None
+    if vocab is None:
+        vocab = Vocab.build(token_lists, min_freq=cfg.min_freq, max_vocab=cfg.max_vocab)
+    model_dir.save_text_pipeline(out, tokenizer.config, vocab)
+    if base is not None:
+        lm, lm_cfg = lm_from_pretrained(base[0], base[2], vocab, cfg, log)
+    else:
+        if cfg.preset not in PRESETS:
+            raise UlmfitError(f"unknown model preset {cfg.preset!r}; choose one of {sorted(PRESETS)}")
+        lm_cfg = AWDLSTMConfig(vocab_size=len(vocab), drop_mult=cfg.drop_mult, **PRESETS[cfg.preset])
+        lm = LanguageModel(lm_cfg)
+
+    docs = vocab.encode_many(token_lists)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(docs))
+    n_valid = max(1, int(len(docs) * cfg.valid_frac))
+    valid_docs = docs.subset(np.sort(order[:n_valid]))
+    train_docs = subsample_tokens(docs.subset(np.sort(order[n_valid:])), cfg.max_tokens, seed)
+    log(f"language model: {train_docs.n_tokens:,} training tokens ({len(train_docs):,} documents), "
+        f"{valid_docs.n_tokens:,} validation tokens; vocab {len(vocab):,}; "
+        f"{sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M parameters")
+    valid_bs = max(1, min(cfg.bs, valid_docs.n_tokens // (2 * cfg.bptt) or 1))
+    train_loader = LMLoader(train_docs, bs=cfg.bs, bptt=cfg.bptt, shuffle=True,
+                            variable_bptt=cfg.variable_bptt, seed=seed)
+    valid_loader = LMLoader(valid_docs, bs=valid_bs, bptt=cfg.bptt, shuffle=False)
+
+    stages = [Stage("all", cfg.epochs, cfg.lr, freeze_to=0, schedule=cfg.schedule, can_stop_early=True)]
+    if base is not None and cfg.frozen_epochs > 0:
+        stages.insert(0, Stage("frozen", cfg.frozen_epochs, cfg.frozen_lr, freeze_to=-1, schedule=cfg.schedule))
+    groups = lm.layer_groups()
+    opt = make_optimizer(param_groups(groups, cfg.lr, weight_decay=cfg.wd), kind=optimizer)
+    loop_cfg = LoopConfig(monitor="valid_loss", patience=cfg.patience, seed=seed, precision=precision)
+    result = run_phase(lm, LMTask(cfg.alpha, cfg.beta), opt, groups, stages, train_loader, valid_loader,
+                       PhaseFiles(out, "lm"), loop_cfg, resume=resume)
+    model_dir.save_lm(out, lm, lm_cfg)
+    last = result.history[-1] if result.history else {}
+    log(f"language model done: best validation perplexity {np.exp(result.best_value or np.nan):.1f} "
+        f"(accuracy {last.get('accuracy', float('nan')):.3f} at the last epoch)")
+    return LMResult(lm, lm_cfg, tokenizer, vocab, result.history)
+
+
+def classifier_from_lm(lm: LanguageModel, lm_cfg: AWDLSTMConfig, n_classes: int,
+                       cfg: ClassifierTrainConfig) -> tuple[TextClassifier, AWDLSTMConfig, ClassifierConfig]:
+    """A classifier whose encoder starts from the language model's, with the classifier's dropouts."""
+    enc_cfg = replace(lm_cfg, drop_mult=cfg.drop_mult, **CLASSIFIER_DROPOUTS)
+    head_cfg = ClassifierConfig(n_classes=n_classes, lin_sizes=tuple(cfg.lin_sizes),
+                                ps=(CLASSIFIER_DROPOUTS["output_p"] * cfg.drop_mult,) + (0.1,) * len(cfg.lin_sizes),
+                                bptt=cfg.bptt, max_len=cfg.max_len)
+    encoder = AWDLSTM(enc_cfg)
+    encoder.load_state_dict(lm.encoder.state_dict())
+    return TextClassifier(encoder, head_cfg), enc_cfg, head_cfg
+
+
+def gradual_unfreezing(cfg: ClassifierTrainConfig) -> list[Stage]:
+    """ULMFiT §3.3: train the head, then unfreeze one more layer group per stage, then everything."""
+    if len(cfg.lrs) != len(cfg.epochs) or not cfg.lrs:
+        raise UlmfitError(f"classifier lrs {cfg.lrs} and epochs {cfg.epochs} must have the same, non-zero length")
+    n = len(cfg.lrs)
+    return [Stage(name="all" if i == n - 1 else f"freeze{-(i + 1)}", epochs=e, lr=lr,
+                  freeze_to=0 if i == n - 1 else -(i + 1), schedule=cfg.schedule, can_stop_early=(i == n - 1))
+            for i, (lr, e) in enumerate(zip(cfg.lrs, cfg.epochs))]
+
+
+def train_classifier(lm: LMResult, train: Labelled, valid: Labelled, classes: list[str], out: Path,
+                     cfg: ClassifierTrainConfig, *, seed: int = 0, optimizer: str = "adamw", precision: str = "fp32",
+                     resume: bool = False, log: Log = _quiet) -> tuple[TextClassifier, dict]:
+    """Phase 2: the classifier, best checkpoint by `cfg.metric` on `valid`; returns (model, valid metrics)."""
+    _seed_all(seed)
+    model, enc_cfg, head_cfg = classifier_from_lm(lm.lm, lm.config, len(classes), cfg)
+    encode = lambda texts: lm.vocab.encode_many(lm.tokenizer.tokenize_many(texts))
+    train_docs, valid_docs = encode(train.texts), encode(valid.texts)
+    train_loader = ClassificationLoader(train_docs, train.labels, bs=cfg.bs, shuffle=True, seed=seed,
+                                        max_tokens=cfg.max_tokens)
+    valid_loader = ClassificationLoader(valid_docs, valid.labels, bs=cfg.bs * 2, shuffle=False,
+                                        max_tokens=cfg.max_tokens)
+    weights = balanced_class_weights(train.labels, len(classes)) if cfg.class_weights == "balanced" else None
+    if cfg.class_weights not in ("none", "balanced"):
+        raise UlmfitError(f"class_weights must be 'none' or 'balanced', not {cfg.class_weights!r}")
+    task = ClassifierTask(classes, weights)
+    groups = model.layer_groups()
+    opt = make_optimizer(param_groups(groups, cfg.lrs[0], weight_decay=cfg.wd), kind=optimizer)
+    loop_cfg = LoopConfig(monitor=cfg.metric, patience=cfg.patience, seed=seed, precision=precision)
+    log(f"classifier: {len(train.texts):,} training / {len(valid.texts):,} validation documents, "
+        f"classes {classes}; selecting on {cfg.metric}")
+    result = run_phase(model, task, opt, groups, gradual_unfreezing(cfg), train_loader, valid_loader,
+                       PhaseFiles(out, "classifier"), loop_cfg, resume=resume)
+    probs = task.predict(model, valid_loader)
+    metrics = classification_metrics(valid.labels, probs.argmax(1), classes)
+    model_dir.save_classifier(out, model, enc_cfg, head_cfg)
+    log(f"classifier done: best {cfg.metric} {result.best_value:.4f} (epoch {result.best_epoch}); "
+        f"validation accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
+    return model, metrics
+
+
+def fit(train, valid=None, *, out: str | Path, text_col: str = "text", label_col: str = "label",
+        unlabeled: list[str] | tuple = (), pretrained: str | None = None, config: FitConfig | None = None,
+        resume: bool = False, overwrite: bool = False, log: Log = _quiet):
+    """Train a ULMFiT classifier end to end and return the loaded model (see `ulmfit.load`)."""
+    from ulmfit.recipes.predictor import Classifier
+
+    out = Path(out)
+    cfg = _resolve_config(out, config, resume, overwrite)
+    if config is None and not resume:
+        cfg.data = replace(cfg.data, text_col=text_col, label_col=label_col)
+        cfg.pretrained = pretrained
+    if cfg.recipe != "ulmfit":
+        raise UlmfitError(f"recipe {cfg.recipe!r} is not available; use --recipe ulmfit")
+    cfg.data = replace(cfg.data, train=_path_or_none(train), valid=_path_or_none(valid),
+                       unlabeled=[str(u) for u in unlabeled] or cfg.data.unlabeled)
+    d = cfg.data
+    t0 = time.perf_counter()
+
+    train_table = as_table(train, d.text_col, d.label_col, d.encoding)
+    classes = class_names_from(train_table)
+    if valid is None:
+        train_table, valid_table = split_train_valid(train_table, d.valid_frac, cfg.seed)
+        log(f"no validation file: holding out a stratified {d.valid_frac:.0%} of {train_table.source} "
+            f"({len(valid_table.texts)} rows)")
+    else:
+        valid_table = as_table(valid, d.text_col, d.label_col, d.encoding)
+    train_set = Labelled(train_table.texts, encode_labels(train_table, classes, "training"), train_table.source)
+    valid_set = Labelled(valid_table.texts, encode_labels(valid_table, classes), valid_table.source)
+    extra = read_unlabeled(cfg.data.unlabeled, d.text_col, d.encoding)
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", cfg.to_dict())
+    tokenizer = Tokenizer(TokenizerConfig())
+    if cfg.pretrained:
+        tokenizer = model_dir.load_text_pipeline(Path(cfg.pretrained))[0]
+    lm_tokens = tokenizer.tokenize_many(train_set.texts + extra)
+    log(f"tokenized {len(lm_tokens):,} documents for the language model ({sum(map(len, lm_tokens)):,} tokens) "
+        f"in {time.perf_counter() - t0:.1f}s")
+    vocab = Vocab.load(out / "vocab.json") if resume and (out / "vocab.json").exists() else None
+    lm = finetune_lm(lm_tokens, out, cfg.lm, tokenizer=tokenizer, vocab=vocab, pretrained=cfg.pretrained,
+                     seed=cfg.seed, optimizer=cfg.optimizer, precision=cfg.precision, resume=resume, log=log)
+    model, metrics = train_classifier(lm, train_set, valid_set, classes, out, cfg.clf, seed=cfg.seed,
+                                      optimizer=cfg.optimizer, precision=cfg.precision, resume=resume, log=log)
+    write_reports(out, metrics, classes, cfg, time.perf_counter() - t0)
+    model_dir.write_marker(out, "classifier", classes=classes, recipe="ulmfit", metric=cfg.clf.metric)
+    model_dir.remove_checkpoints(out)
+    return Classifier(out)
+
+
+def write_reports(out: Path, metrics: dict, classes: list[str], cfg: FitConfig, seconds: float) -> None:
+    records = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines() if line.strip()]
+    plot_history([r for r in records if r["phase"] == "lm"], out / "lm_history.png", title="language model")
+    plot_history([r for r in records if r["phase"] == "classifier"], out / "history.png", title="classifier")
+    atomic_write_json(out / "valid_metrics.json", metrics)
+    text = (f"# ulmfit model report\n\nRecipe: {cfg.recipe}; pretrained: {cfg.pretrained or 'none'}; "
+            f"selection metric: {cfg.clf.metric}; total time {seconds / 60:.1f} min.\n\n"
+            f"## Validation set\n\n```\n{format_report(metrics, classes)}\n```\n\n"
+            f"Curves: history.png (classifier), lm_history.png (language model). Per-epoch figures: history.jsonl.\n")
+    atomic_write_text(out / "report.md", text)
+
+
+def _resolve_config(out: Path, config: FitConfig | None, resume: bool, overwrite: bool) -> FitConfig:
+    saved = out / "config.json"
+    if resume:
+        if not saved.exists():
+            raise UlmfitError(f"{out}: nothing to resume (no config.json); start the run without --resume")
+        return FitConfig.load(saved)
+    if (out / "ulmfit.json").exists() and not overwrite:
+        raise UlmfitError(f"{out} already holds a trained model; choose another --out, or pass --overwrite to replace it")
+    if (out / "checkpoints").exists() and not overwrite:
+        raise UlmfitError(f"{out} holds an interrupted run; pass --resume to continue it, or --overwrite to start again")
+    if overwrite:
+        for name in ("history.jsonl",):
+            (out / name).unlink(missing_ok=True)
+        model_dir.remove_checkpoints(out)
+    return FitConfig.from_dict(asdict(config)) if config is not None else FitConfig()
+
+
+def _path_or_none(x) -> str | None:
+    return str(x) if isinstance(x, (str, Path)) else None

@@ -1,0 +1,188 @@
+"""The training loop: stages of epochs, each with its own learning rate, schedule and freezing.
+
+A *phase* (fine-tuning the LM, training the classifier) is a list of `Stage`s sharing one model,
+one optimizer and one early-stopping monitor. ULMFiT's gradual unfreezing (§3.3) is four stages:
+`freeze_to(-1)`, `-2`, `-3`, then all. After every epoch the loop writes one JSON line to the log,
+keeps the best weights by the monitored metric and checkpoints everything needed to resume
+(model, optimizer, early-stopping counters, position). Randomness is re-seeded from
+(seed, stage, epoch) at the start of every epoch, so a resumed run reproduces an uninterrupted one.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ulmfit.train.checkpoint import append_jsonl, atomic_torch_save, load_weights, save_weights
+from ulmfit.train.freeze import freeze_to
+from ulmfit.train.metrics import EarlyStopping
+from ulmfit.train.optim import discriminative_lrs, set_lr_mom
+from ulmfit.train.schedules import Schedule
+
+
+@dataclass
+class Stage:
+    name: str
+    epochs: int
+    lr: float  # the top layer group's rate; lower groups get lr / factor**k
+    freeze_to: int = 0  # fastai semantics: -1 trains the last group only, 0 trains all
+    schedule: str = "one_cycle"  # one_cycle | stlr | constant
+    can_stop_early: bool = False
+
+
+@dataclass
+class LoopConfig:
+    monitor: str = "valid_loss"
+    patience: int | None = 3
+    clip: float | None = 0.25  # gradient-norm clipping as in awd-lstm-lm
+    lr_factor: float = 2.6  # ULMFiT §3.2: each lower layer group gets lr / 2.6
+    pct_start: float = 0.25
+    precision: str = "fp32"  # fp32 | bf16 (CPU autocast)
+    seed: int = 0
+    progress: bool | None = None  # None: a bar only when stderr is a terminal
+
+
+@dataclass
+class PhaseFiles:
+    """Where one phase writes: its resume checkpoint, its best weights, the shared log."""
+
+    folder: Path
+    prefix: str  # "lm" or "classifier"
+    log_name: str = "history.jsonl"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.folder / "checkpoints" / f"{self.prefix}-last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.folder / "checkpoints" / f"{self.prefix}-best.safetensors"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / self.log_name
+
+
+@dataclass
+class PhaseResult:
+    history: list[dict] = field(default_factory=list)
+    best_value: float | None = None
+    best_epoch: int | None = None
+    resumed_from: str | None = None
+
+
+def _epoch_seed(seed: int, stage: int, epoch: int) -> int:
+    return (seed * 1_000_003 + stage * 10_007 + epoch * 101) % (2**31)
+
+
+def _autocast(precision: str):
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if precision == "fp32":
+        return nullcontext()
+    raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
+
+
+def run_phase(
+    model,
+    task,
+    optimizer: torch.optim.Optimizer,
+    layer_groups: list,
+    stages: list[Stage],
+    train_loader,
+    valid_loader,
+    files: PhaseFiles,
+    cfg: LoopConfig,
+    resume: bool = False,
+) -> PhaseResult:
+    """Train `model` through `stages`; on return the model holds the best weights seen."""
+    early = EarlyStopping(cfg.monitor, patience=cfg.patience)
+    result = PhaseResult()
+    start_stage, start_epoch, global_epoch = 0, 0, 0
+    if resume and files.checkpoint.exists():
+        ckpt = torch.load(files.checkpoint, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        early.load_state_dict(ckpt["early"])
+        start_stage, start_epoch, global_epoch = ckpt["stage"], ckpt["epoch"], ckpt["global_epoch"]
+        result.history = ckpt["history"]
+        result.resumed_from = f"stage {start_stage} epoch {start_epoch}"
+    show_bar = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+
+    stopped = False
+    for s in range(start_stage, len(stages)):
+        stage = stages[s]
+        freeze_to(layer_groups, stage.freeze_to)
+        lrs = discriminative_lrs(len(layer_groups), stage.lr, cfg.lr_factor)
+        for g in optimizer.param_groups:
+            g["base_lr"] = lrs[g["layer"]]
+        steps_per_epoch = len(train_loader)
+        schedule = Schedule(kind=stage.schedule, lr_max=stage.lr, total_steps=max(1, stage.epochs * steps_per_epoch),
+                            pct_start=cfg.pct_start)
+        first_epoch = start_epoch if s == start_stage else 0
+        for epoch in range(first_epoch, stage.epochs):
+            torch.manual_seed(_epoch_seed(cfg.seed, s, epoch))
+            train_loader.set_epoch(global_epoch)
+            task.start_epoch()
+            model.train()
+            t0, total_loss, n_batches, n_tokens = time.perf_counter(), 0.0, 0, 0
+            bar = tqdm(train_loader, desc=f"{files.prefix} {stage.name} {epoch + 1}/{stage.epochs}",
+                       disable=not show_bar, leave=False, dynamic_ncols=True)
+            for i, batch in enumerate(bar):
+                step = epoch * steps_per_epoch + i
+                set_lr_mom(optimizer, schedule.lr_mult(step), schedule.momentum(step))
+                with _autocast(cfg.precision):
+                    loss = task.loss(model, batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.clip:
+                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.clip)
+                optimizer.step()
+                total_loss += loss.item()
+                n_batches += 1
+                n_tokens += _batch_tokens(batch)
+                if show_bar and i % 10 == 0:
+                    bar.set_postfix(loss=f"{total_loss / n_batches:.3f}")
+            train_seconds = time.perf_counter() - t0
+            with _autocast(cfg.precision):
+                metrics = task.evaluate(model, valid_loader)
+            record = {"phase": files.prefix, "stage": stage.name, "epoch": global_epoch,
+                      "train_loss": total_loss / max(n_batches, 1), **metrics,
+                      "lr": stage.lr, "seconds": round(time.perf_counter() - t0, 2),
+                      "train_tokens_per_s": round(n_tokens / max(train_seconds, 1e-9), 1)}
+            improved = early.step(metrics[cfg.monitor])
+            record["best"] = improved
+            if improved:
+                save_weights(model.state_dict(), files.best)
+            append_jsonl(files.log, record)
+            result.history.append(record)
+            global_epoch += 1
+            stopped = stage.can_stop_early and early.should_stop
+            next_stage, next_epoch = (s, epoch + 1) if epoch + 1 < stage.epochs else (s + 1, 0)
+            if stopped:
+                next_stage, next_epoch = len(stages), 0
+            atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "early": early.state_dict(), "stage": next_stage, "epoch": next_epoch,
+                               "global_epoch": global_epoch, "history": result.history,
+                               "loop_config": asdict(cfg)}, files.checkpoint)
+            if stopped:
+                break
+        if stopped:
+            break
+
+    result.best_value, result.best_epoch = early.best, early.best_epoch
+    if files.best.exists():
+        model.load_state_dict(load_weights(files.best))
+    model.eval()
+    return result
+
+
+def _batch_tokens(batch) -> int:
+    if isinstance(batch, (tuple, list)):
+        return int(batch[0].numel())
+    return int(batch.lengths.sum())

@@ -1,0 +1,99 @@
+"""What a training step and an evaluation mean for each kind of model.
+
+The loop in `loop.py` knows nothing about language models or classifiers; a task gives it
+`loss(model, batch)` for training and `evaluate(model, loader)` for validation.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ulmfit.models.awd_lstm import ar_tar_loss, detach_state
+from ulmfit.train.metrics import classification_metrics, perplexity
+
+
+class LMTask:
+    """Next-token prediction with the hidden state carried from batch to batch (truncated BPTT).
+
+    AR/TAR regularisation as in Merity et al. 2017 §4.6 (alpha=2, beta=1 are fastai's defaults).
+    """
+
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0):
+        self.alpha, self.beta = alpha, beta
+        self.state = None
+
+    def start_epoch(self) -> None:
+        self.state = None
+
+    def loss(self, model, batch) -> torch.Tensor:
+        x, y = batch
+        state = detach_state(self.state) if self.state is not None else None
+        if state is not None and state[0][0].shape[1] != x.shape[0]:
+            state = None
+        logits, self.state, raw, dropped = model(x, state)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+        if self.alpha or self.beta:
+            loss = loss + ar_tar_loss(raw, dropped, self.alpha, self.beta)
+        return loss
+
+    @torch.no_grad()
+    def evaluate(self, model, loader) -> dict:
+        model.eval()
+        total_loss, total_correct, total = 0.0, 0, 0
+        state = None
+        for x, y in loader:
+            if state is not None and state[0][0].shape[1] != x.shape[0]:
+                state = None
+            logits, state, _, _ = model(x, state)
+            logits = logits.float()
+            n = y.numel()
+            total_loss += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum").item()
+            total_correct += (logits.argmax(-1) == y).sum().item()
+            total += n
+        loss = total_loss / max(total, 1)
+        return {"valid_loss": loss, "accuracy": total_correct / max(total, 1), "perplexity": perplexity(loss)}
+
+
+class ClassifierTask:
+    """Cross-entropy on labelled documents, optionally weighted per class for imbalanced labels."""
+
+    def __init__(self, class_names: list[str], class_weights: torch.Tensor | None = None):
+        self.class_names = class_names
+        self.class_weights = class_weights
+
+    def start_epoch(self) -> None:
+        pass
+
+    def loss(self, model, batch) -> torch.Tensor:
+        logits = model(batch.ids, batch.lengths)
+        return F.cross_entropy(logits.float(), batch.labels, weight=self.class_weights)
+
+    @torch.no_grad()
+    def predict(self, model, loader) -> np.ndarray:
+        """Class probabilities in the loader's original document order."""
+        model.eval()
+        probs = np.zeros((len(loader.docs), len(self.class_names)), dtype=np.float32)
+        for batch in loader:
+            probs[batch.index.numpy()] = torch.softmax(model(batch.ids, batch.lengths).float(), -1).numpy()
+        return probs
+
+    @torch.no_grad()
+    def evaluate(self, model, loader) -> dict:
+        probs = self.predict(model, loader)
+        labels = np.asarray(loader.labels)
+        eps = 1e-12
+        loss = -float(np.mean(np.log(probs[np.arange(len(labels)), labels] + eps)))
+        metrics = classification_metrics(labels, probs.argmax(1), self.class_names)
+        out = {"valid_loss": loss, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+        out["weighted_f1"] = metrics.get("weighted_f1", math.nan)
+        return out
+
+
+def balanced_class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    """n / (k * count_c), sklearn's 'balanced' rule; a class absent from training gets weight 0."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    weights = np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
