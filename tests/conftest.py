@@ -1,0 +1,60 @@
+"""Shared fixtures: a tiny synthetic labelled data set and a tiny training config.
+
+Real data sets are used by the demo and the benchmarks; unit tests need seconds, so they use
+made-up sentences whose words carry the label, which even a tiny model learns in a few epochs.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+WORDS = {
+    "pos": ["great", "love", "wonderful", "happy", "excellent", "nice", "thanks"],
+    "neg": ["awful", "hate", "terrible", "sad", "worst", "delayed", "rude"],
+    "neu": ["flight", "tomorrow", "gate", "seat", "schedule", "boston", "monday"],
+}
+FILLER = ["the", "a", "my", "was", "is", "today", "this", "at", "with", "and", "I", "We", "!", "."]
+
+
+def make_rows(n: int, seed: int) -> pd.DataFrame:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = ["pos", "neg", "neu"][i % 3]
+        words = [rng.choice(WORDS[label]) for _ in range(rng.randint(2, 4))]
+        words += [rng.choice(FILLER) for _ in range(rng.randint(3, 12))]
+        rng.shuffle(words)
+        text = " ".join(words)
+        rows.append({"text": text[0].upper() + text[1:], "label": label})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    """train.csv (150 rows), valid.csv (45), test.csv (45) with columns text,label."""
+    paths = {}
+    for name, n, seed in (("train", 150, 0), ("valid", 45, 1), ("test", 45, 2)):
+        paths[name] = tmp_path / f"{name}.csv"
+        make_rows(n, seed).to_csv(paths[name], index=False)
+    return paths
+
+
+def tiny_fit_config():
+    from ulmfit.recipes.config import FitConfig
+
+    cfg = FitConfig()
+    cfg.lm = replace(cfg.lm, preset="tiny", epochs=2, bs=8, bptt=12, min_freq=1, lr=1e-2, valid_frac=0.1)
+    cfg.clf = replace(cfg.clf, bs=16, bptt=8, max_len=64, epochs=(1, 1, 1, 2), lrs=(3e-2, 2e-2, 1e-2, 5e-3),
+                      lin_sizes=(16,))
+    return cfg
+
+
+@pytest.fixture
+def tiny_config():
+    return tiny_fit_config()

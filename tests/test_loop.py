@@ -1,0 +1,130 @@
+"""The training loop: resume reproduces an uninterrupted run; early stopping keeps the best weights."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ulmfit.train import loop as loop_mod
+from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, run_phase
+from ulmfit.train.optim import make_optimizer, param_groups
+
+
+class Batches:
+    """A loader of fixed random regression batches with the loader protocol (set_epoch, len, iter)."""
+
+    def __init__(self, n=6, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.data = [(torch.randn(8, 4, generator=g), torch.randn(8, 1, generator=g)) for _ in range(n)]
+        self.epoch = 0
+
+    def set_epoch(self, e):
+        self.epoch = e
+
+    def __len__(self):
+        return len(self.data)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(self.epoch))
+        return iter(self.data[i] for i in order)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.drop, self.b = nn.Linear(4, 8), nn.Dropout(0.3), nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.b(self.drop(torch.relu(self.a(x))))
+
+    def layer_groups(self):
+        return [list(self.a.parameters()), list(self.b.parameters())]
+
+
+class RegressionTask:
+    def __init__(self, scripted=None):
+        self.scripted, self.calls = scripted, 0
+
+    def start_epoch(self):
+        pass
+
+    def loss(self, model, batch):
+        x, y = batch
+        return ((model(x) - y) ** 2).mean()
+
+    def evaluate(self, model, loader):
+        model.eval()
+        with torch.no_grad():
+            loss = sum(self.loss(model, b).item() for b in loader.data) / len(loader.data)
+        value = self.scripted[self.calls] if self.scripted else loss
+        self.calls += 1
+        return {"valid_loss": value}
+
+
+def run(tmp_path, stages, task=None, resume=False, seed=0, patience=3):
+    torch.manual_seed(123)
+    model = Net()
+    groups = model.layer_groups()
+    opt = make_optimizer(param_groups(groups, 1e-2), "adamw")
+    res = run_phase(model, task or RegressionTask(), opt, groups, stages, Batches(), Batches(seed=1),
+                    PhaseFiles(tmp_path, "toy"), LoopConfig(seed=seed, patience=patience, progress=False), resume=resume)
+    return model, res
+
+
+STAGES = [Stage("head", 2, 1e-2, freeze_to=-1), Stage("all", 3, 5e-3, freeze_to=0, can_stop_early=True)]
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypatch):
+    full, full_res = run(tmp_path / "full", STAGES, patience=None)
+
+    calls = {"n": 0}
+    real = loop_mod.append_jsonl
+
+    def crash_on_third_epoch(path, record):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third epoch (first of stage "all") dies before it is logged
+            raise KeyboardInterrupt
+        real(path, record)
+
+    monkeypatch.setattr(loop_mod, "append_jsonl", crash_on_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", STAGES, patience=None)
+    monkeypatch.setattr(loop_mod, "append_jsonl", real)
+    resumed, res = run(tmp_path / "cut", STAGES, resume=True, patience=None)
+
+    assert res.resumed_from == "stage 1 epoch 0"
+    assert [r["epoch"] for r in res.history] == [0, 1, 2, 3, 4]
+    for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert [r["valid_loss"] for r in res.history] == [r["valid_loss"] for r in full_res.history]
+
+
+def test_early_stopping_stops_and_restores_best_weights(tmp_path):
+    scripted = [0.9, 0.8, 0.5, 0.6, 0.7, 0.1]  # best at epoch 2; patience 2 stops after epoch 4
+    model, res = run(tmp_path, [Stage("all", 6, 1e-2, can_stop_early=True)], RegressionTask(scripted), patience=2)
+    assert len(res.history) == 5
+    assert res.best_epoch == 2 and res.best_value == 0.5
+    assert [r["best"] for r in res.history] == [True, True, True, False, False]
+    from ulmfit.train.checkpoint import load_weights
+
+    best = load_weights(tmp_path / "checkpoints" / "toy-best.safetensors")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, best[k])
+
+
+def test_frozen_stage_leaves_lower_group_unchanged(tmp_path):
+    torch.manual_seed(123)
+    before = Net().a.weight.detach().clone()
+    model, _ = run(tmp_path, [Stage("head", 2, 1e-2, freeze_to=-1)])
+    assert torch.equal(model.a.weight, before)
+    assert not torch.equal(model.b.weight, Net().b.weight)
+
+
+def test_each_epoch_is_logged_as_json_line(tmp_path):
+    import json
+
+    run(tmp_path, [Stage("all", 2, 1e-2)])
+    lines = (tmp_path / "history.jsonl").read_text().splitlines()
+    recs = [json.loads(l) for l in lines]
+    assert [r["epoch"] for r in recs] == [0, 1]
+    assert {"phase", "stage", "train_loss", "valid_loss", "seconds"} <= set(recs[0])
