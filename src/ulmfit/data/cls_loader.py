@@ -1,0 +1,87 @@
+"""Classifier batches: right-padded documents, grouped by length so little time goes into padding.
+
+Training (shuffle=True) uses sortish sampling, as fastai's SortishSampler: a random permutation,
+cut into chunks of bs*50 documents, each chunk sorted by length and cut into batches, the batches
+shuffled, except that the batch holding the longest document goes first so memory peaks at once
+(an out-of-memory error shows up in the first step, not an hour in). Inference (shuffle=False)
+sorts all documents by length; `ClsBatch.index` puts predictions back in the original order.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ulmfit.text.token_docs import TokenDocs
+
+SORTISH_CHUNK = 50  # batches per sorted chunk
+
+
+@dataclass
+class ClsBatch:
+    ids: torch.Tensor  # int64 [B, T], right-padded with pad_idx, rows sorted by length descending
+    lengths: torch.Tensor  # int64 [B]
+    labels: torch.Tensor | None  # int64 [B]
+    index: torch.Tensor  # int64 [B]: row b is document index[b] of the loader's docs
+
+
+class ClassificationLoader:
+    def __init__(self, docs: TokenDocs, labels: np.ndarray | None = None, bs: int = 64, shuffle: bool = True,
+                 seed: int = 0, pad_idx: int = 1, max_tokens: int | None = None):
+        if bs < 1:
+            raise ValueError(f"bs must be positive, got {bs}")
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+        if labels is not None:
+            labels = np.asarray(labels, dtype=np.int64)
+            if labels.shape != (len(docs),):
+                raise ValueError(f"labels has shape {labels.shape}, expected ({len(docs)},)")
+        self.docs, self.labels, self.bs = docs, labels, bs
+        self.shuffle, self.seed, self.pad_idx, self.max_tokens = shuffle, seed, pad_idx, max_tokens
+        lengths = docs.lengths
+        self.lengths = np.minimum(lengths, max_tokens) if max_tokens is not None else lengths
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order the next iteration uses (only matters with shuffle=True)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.docs) / self.bs)
+
+    def batches(self) -> list[np.ndarray]:
+        """Document indices of every batch this epoch, each sorted by length descending."""
+        n, bs = len(self.docs), self.bs
+        if n == 0:
+            return []
+        if not self.shuffle:
+            order = np.argsort(-self.lengths, kind="stable")
+            return [order[i:i + bs] for i in range(0, n, bs)]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        perm = rng.permutation(n)
+        chunk = bs * SORTISH_CHUNK
+        perm = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")]
+                               for c in (perm[i:i + chunk] for i in range(0, n, chunk))])
+        batches = [perm[i:i + bs] for i in range(0, n, bs)]
+        first = int(np.argmax([self.lengths[b[0]] for b in batches]))  # b[0] is each batch's longest
+        rest = [batches[i] for i in rng.permutation(len(batches)) if i != first]
+        return [batches[first]] + rest
+
+    def __iter__(self) -> Iterator[ClsBatch]:
+        for idx in self.batches():
+            yield self.collate(idx)
+
+    def collate(self, idx: np.ndarray) -> ClsBatch:
+        """Pad the documents at `idx` (re-sorted by length descending) into one batch."""
+        idx = idx[np.argsort(-self.lengths[idx], kind="stable")]
+        lengths = self.lengths[idx]
+        ids = np.full((len(idx), max(int(lengths.max()), 1)), self.pad_idx, dtype=np.int64)
+        starts = self.docs.offsets[idx]
+        for r, (s, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
+            ids[r, :n] = self.docs.ids[s:s + n]  # the first max_tokens tokens
+        labels = torch.from_numpy(self.labels[idx]) if self.labels is not None else None
+        return ClsBatch(torch.from_numpy(ids), torch.from_numpy(lengths.astype(np.int64)), labels,
+                        torch.from_numpy(idx.astype(np.int64)))
