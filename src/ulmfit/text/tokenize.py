@@ -1,0 +1,316 @@
+"""A fast word-level tokenizer with fastai's rules and special tokens.
+
+fastai v2 runs a few regex rules over the raw text, then spaCy, then marks capitals. Here the text
+is split on whitespace and only the pieces that are not plain words go through one compiled `re`
+pattern; no Python loop runs per character. Rules, in order:
+
+    fix_html      entities (`&amp;`, bare `#39;`/`quot;`...), `<br />`, NFC, curly apostrophes
+    replace_rep   `cccc`            -> `xxrep 4 c`      (a character repeated more than `max_rep`)
+    split         words, numbers (3.14, 1,000, 10:30), contractions spaCy-style (do n't, i 'm),
+                  URLs, emails, @mentions, #hashtags, emoticons (:-) <3), "...", "!!", symbols
+    replace_wrep  `w w w w`         -> `xxwrep 4 w`     (a token repeated more than `max_rep`)
+    caps          `HELLO` -> `xxup hello`, `Hello` / `I` -> `xxmaj hello` / `xxmaj i`, all lowercase
+    bos/eos       `xxbos` at each document start (`xxeos` at the end if asked)
+
+Differences from fastai: a single capital letter ("I", "A") gets `xxmaj`, so `detokenize` can
+give back the original casing; tokens that start with a symbol (#TBT, @Bob, :D) are lowercased
+without a case mark; "..." stays "..." (fastai turns it into "…"); a repeated word is found among
+tokens, not in the raw text. Tokens never contain whitespace (the multiprocess path relies on it).
+"""
+from __future__ import annotations
+
+import gc
+import html
+import os
+import re
+import sys
+import unicodedata
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import islice
+from multiprocessing import get_context
+from operator import eq
+from typing import Sequence
+
+from ulmfit.errors import UlmfitError
+
+UNK, PAD, BOS, EOS, FLD, TK_REP, TK_WREP, TK_UP, TK_MAJ = (
+    "xxunk", "xxpad", "xxbos", "xxeos", "xxfld", "xxrep", "xxwrep", "xxup", "xxmaj")
+SPECIAL_TOKENS = [UNK, PAD, BOS, EOS, FLD, TK_REP, TK_WREP, TK_UP, TK_MAJ]
+UNK_ID, PAD_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+@dataclass
+class TokenizerConfig:
+    """Saved as JSON next to a model: only plain fields."""
+
+    add_bos: bool = True
+    add_eos: bool = False
+    max_rep: int = 3  # a character / word repeated more than this many times -> xxrep / xxwrep
+
+    def __post_init__(self):
+        if not isinstance(self.max_rep, int) or self.max_rep < 1:
+            raise UlmfitError(f"tokenizer config: max_rep must be an integer >= 1, got {self.max_rep!r}")
+
+
+# ---------------------------------------------------------------------------------- fix_html
+
+# Entities whose "&" was already stripped in some corpora (fastai's list), and wikitext escapes.
+_BARE_ENTITIES = [("#39;", "'"), ("#146;", "'"), ("#36;", "$"), ("quot;", '"'), ("nbsp;", " "),
+                  ("amp;", "&")]
+_WIKI = [(" @.@ ", "."), (" @-@ ", "-"), (" @,@ ", ",")]
+_RE_BR = re.compile(r"<\s*br\s*/?\s*>", re.IGNORECASE)
+_INVISIBLE = [("\u200b", ""), ("\ufeff", ""), ("\u00ad", ""), ("\u2018", "'"), ("\u2019", "'")]
+
+
+def fix_html(t: str) -> str:
+    """Undo the HTML/escaping debris found in scraped text. Each step is skipped when its marker
+    character is absent, so clean text costs a few `in` scans."""
+    if "\\" in t:
+        t = t.replace("\\n", "\n").replace('\\"', '"')
+    if "&" in t:
+        t = html.unescape(html.unescape(t))  # twice: `&amp;quot;` is common in scraped data
+    if ";" in t:
+        for a, b in _BARE_ENTITIES:
+            t = t.replace(a, b)
+    if "<" in t:
+        t = _RE_BR.sub("\n", t.replace("<unk>", UNK))
+    if "@" in t:
+        for a, b in _WIKI:
+            t = t.replace(a, b)
+    if not t.isascii():
+        # zero-width characters would become tokens that print as nothing; curly -> straight
+        # apostrophes so that "don’t" and "don't" are the same tokens
+        t = unicodedata.normalize("NFC", t)
+        for a, b in _INVISIBLE:
+            t = t.replace(a, b)
+    return t
+
+
+# ---------------------------------------------------------------------------------- splitting
+
+
+def _mark_class() -> str:
+    """Combining marks (Mn/Mc/Me) of the BMP as a regex class body. `re`'s \\w does not include
+    them, yet they are parts of words in Hindi, Thai, decomposed accents ...; ~20 ms at import."""
+    cps = [c for c in range(0x300, 0x10000) if unicodedata.category(chr(c))[0] == "M"]
+    ranges, start, prev = [], cps[0], cps[0]
+    for c in cps[1:] + [-1]:
+        if c != prev + 1:
+            ranges.append(f"\\u{start:04x}" if start == prev else f"\\u{start:04x}-\\u{prev:04x}")
+            start = c
+        prev = c
+    return "".join(ranges)
+
+
+_W = rf"[\w{_mark_class()}]"  # a word character
+_TOKEN = rf"""
+    (?:https?://|www\.)[^\s<>"]*[^\s<>"'.,;:!?)\]}}]     # URL, without trailing punctuation
+  | [@\#]\w+                                             # @mention, #hashtag
+  | <3+ | </3 | \^_*\^ | -_+- | >_<                      # emoticons ...
+  | [:;=][-o*']?(?:[)\](\[|@}}{{\\/]|[dDpP](?!\w))       #   :) ;-) :'( :D :P =/
+  | \d+(?:[.,:]\d+)+                                     # 3.14 1,000 10:30
+  | (?:[^\W\d_]\.){{2,}}                                 # e.g. U.S.A.
+  | [nN]'[tT](?!\w) | '(?:[sSmMdD]|[lL][lL]|[vV][eE]|[rR][eE])(?!\w)   # n't 's 'm 'd 'll 've 're
+  | {_W}+(?:'{_W}+)*                                     # words, o'clock, rock'n'roll
+  | \.\.+ | [!?]+ | --+                                  # ... !! ?! --
+  | [^\w\s](?:[\U0001F3FB-\U0001F3FF\ufe0f]|\u200d[^\w\s])*  # other symbols one at a time; emoji
+                                                         # keep skin tones and ZWJ sequences
+"""
+_RE_TOKEN = re.compile(_TOKEN, re.VERBOSE)
+_RE_EMAIL = re.compile(r"[\w.+-]+@\w[\w-]*(?:\.[\w-]+)+|" + _TOKEN, re.VERBOSE)  # only used on text with "@"
+# spaCy-style contractions: "don't" -> "do n't", "I'm" -> "I 'm"; "o'clock", "y'all" stay whole.
+_RE_CONTRACTION = re.compile(r"(?<=\w)(n't|'(?:s|m|d|ll|ve|re))(?!\w)", re.IGNORECASE)
+
+
+class Tokenizer:
+    """`tok(text) -> list[str]`; `tok(("title", "body"))` marks fields with `xxfld 1`, `xxfld 2`."""
+
+    def __init__(self, config: TokenizerConfig | None = None):
+        self.config = config or TokenizerConfig()
+        self._re_rep = re.compile(r"(\S)\1{%d,}" % self.config.max_rep)
+
+    def __repr__(self) -> str:
+        return f"Tokenizer({self.config})"
+
+    def __call__(self, text: str | Sequence[str]) -> list[str]:
+        if isinstance(text, str):
+            toks = self._words(text)
+        else:
+            toks = []
+            for i, field in enumerate(text):
+                toks += [FLD, str(i + 1)] + self._words(field)
+        if self.config.add_bos:
+            toks.insert(0, BOS)
+        if self.config.add_eos:
+            toks.append(EOS)
+        return toks
+
+    def _words(self, t: str) -> list[str]:
+        t = self._re_rep.sub(_sub_rep, fix_html(str(t)))
+        # Split on whitespace first: most pieces are plain words (`isalnum` runs in C) and skip
+        # the regex; the others ("Hello," "don't" ":-)" URLs) go through it.
+        toks: list[str] = []
+        for piece in t.split():
+            if piece.isalnum():
+                toks.append(piece)
+                continue
+            if "'" in piece:
+                piece = _RE_CONTRACTION.sub(r" \1", piece)
+            toks += (_RE_EMAIL if "@" in piece else _RE_TOKEN).findall(piece)
+        if len(toks) > self.config.max_rep and any(map(eq, toks, islice(toks, 1, None))):
+            toks = self._replace_wrep(toks)
+        # Capitals: most tokens are already lowercase and take the first branch.
+        out: list[str] = []
+        add = out.append
+        for w in toks:
+            lo = w.lower()
+            if lo == w:
+                add(w)
+            elif len(w) > 1 and w.isupper() and (w[0].isalnum() or w[0] == "'"):  # not ":D"
+                out += (TK_UP, lo)
+            elif w[0].isupper() and w[1:] == w[1:].lower():
+                out += (TK_MAJ, lo)
+            else:
+                add(lo)  # mixed case like "iPhone": casing dropped, as in fastai
+        return out
+
+    def _replace_wrep(self, toks: list[str]) -> list[str]:
+        """`w w w w` -> `xxwrep 4 w` for runs longer than max_rep (before casing, like fastai)."""
+        out, i, n = [], 0, len(toks)
+        while i < n:
+            j = i + 1
+            while j < n and toks[j] == toks[i]:
+                j += 1
+            out += [TK_WREP, str(j - i), toks[i]] if j - i > self.config.max_rep else toks[i:j]
+            i = j
+        return out
+
+    def tokenize_many(self, texts: Sequence[str], n_workers: int | None = None) -> list[list[str]]:
+        """Tokenize `texts` in order. `n_workers=None`: in-process below ~2M characters (where
+        starting workers and shipping the text would eat the gain), else one process per core
+        (at most 4); `n_workers=1`: always in-process."""
+        texts = list(texts)
+        if n_workers is None:
+            n_chars = sum(len(t) if isinstance(t, str) else sum(map(len, t)) for t in texts)
+            n_workers = 1 if n_chars < _PARALLEL_MIN_CHARS else min(4, os.cpu_count() or 1)
+        n_workers = min(n_workers, len(texts))
+        if n_workers <= 1:
+            with _gc_paused():
+                return [self(t) for t in texts]
+        # Contiguous chunks, a few per worker so a slow chunk does not leave a core idle. Workers
+        # send each chunk back as one string (tokens joined by " ", documents by "\n"): pickling a
+        # list of lists of short strings would cost as much as tokenizing them.
+        n_chunks = n_workers * 4
+        size = -(-len(texts) // n_chunks)
+        chunks = [texts[i:i + size] for i in range(0, len(texts), size)]
+        with ProcessPoolExecutor(n_workers, mp_context=_mp_context()) as ex:
+            joined = list(ex.map(_tokenize_chunk, [self.config] * len(chunks), chunks))
+        out = []
+        with _gc_paused():
+            for block in joined:
+                out += [d.split(" ") if d else [] for d in block.split("\n")]
+        return out
+
+
+@contextmanager
+def _gc_paused():
+    """Building millions of small lists triggers the cyclic garbage collector over and over, and
+    each full pass walks every live object: up to half the run time. Nothing here makes cycles."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+# Below this many characters (~0.4 s of work at ~5M chars/s) tokenize_many(n_workers=None) stays
+# in-process: the parent's splitting of the workers' strings back into lists costs ~1/4 of the
+# tokenizing itself, so two workers only pay off once that and the fork (~20 ms) are amortised.
+_PARALLEL_MIN_CHARS = 2_000_000
+
+
+def _mp_context():
+    """fork on Linux: workers start in milliseconds and do not re-import `__main__` (a script
+    without an `if __name__ == "__main__"` guard still works). The usual hazard of fork, locks
+    held by the parent's other threads (torch's), does not apply: workers only run `re` code.
+    Elsewhere the platform's default (spawn on macOS and Windows)."""
+    return get_context("fork") if sys.platform.startswith("linux") else get_context()
+
+
+def _tokenize_chunk(config: TokenizerConfig, texts: list[str]) -> str:
+    tok = Tokenizer(config)
+    with _gc_paused():
+        return "\n".join(" ".join(tok(t)) for t in texts)
+
+
+def _sub_rep(m: re.Match) -> str:
+    return f" {TK_REP} {len(m.group(0))} {m.group(1).lower()} "
+
+
+# ---------------------------------------------------------------------------------- detokenize
+
+_CONTRACTIONS = {"n't", "'s", "'m", "'d", "'ll", "'ve", "'re"}
+_NO_SPACE_BEFORE = set(".,!?;:)]}%…") | {"...", "--"}
+_NO_SPACE_AFTER = set("([{$£€¿¡")
+_DROP = {BOS, EOS, PAD}
+
+
+def detokenize(tokens: Sequence[str]) -> str:
+    """Readable text from tokens (e.g. generated by a language model); the inverse of `Tokenizer`
+    up to whitespace on ordinary sentences. Case marks apply to the next token, `xxrep n c` /
+    `xxwrep n w` are expanded, `xxbos`/`xxeos`/`xxpad`/`xxfld n` dropped; punctuation and
+    contractions rejoin the previous word. A `xxrep` of a letter joins the word before it
+    ("s xxrep 4 o" -> "soooo"): the tokens do not say whether it was inside a word, this is the
+    usual case."""
+    # pass 1: case marks and dropped tokens
+    words: list[str] = []
+    mark, skip_num = None, False
+    for t in tokens:
+        if skip_num:
+            skip_num = False
+            if t.isdigit():
+                continue
+        if t in _DROP:
+            continue
+        if t == FLD:
+            skip_num = True
+            continue
+        if t in (TK_MAJ, TK_UP):
+            mark = t
+            continue
+        if mark == TK_MAJ:
+            t = t[:1].upper() + t[1:]
+        elif mark == TK_UP:
+            t = t.upper()
+        mark = None
+        words.append(t)
+    # pass 2: repetitions and spacing
+    out: list[str] = []
+    glue, in_quote, i = True, False, 0  # glue: no space before the next piece
+    while i < len(words):
+        w = words[i]
+        joins_left = False
+        if w in (TK_REP, TK_WREP) and i + 2 < len(words) and words[i + 1].isdigit():
+            n, x = int(words[i + 1]), words[i + 2]
+            i += 2
+            if w == TK_REP:
+                joins_left = x.isalnum() and bool(out) and out[-1][-1:].isalnum()
+                joins_left = joins_left or x in _NO_SPACE_BEFORE
+                w = x * n
+            else:
+                w = " ".join([x] * n)
+        elif w in _NO_SPACE_BEFORE or w.lower() in _CONTRACTIONS or (len(w) > 1 and set(w) <= set(".!?")):
+            joins_left = True
+        elif w == '"':
+            joins_left = in_quote  # a closing quote joins left, an opening one joins right
+            in_quote = not in_quote
+        if out and not (glue or joins_left):
+            out.append(" ")
+        out.append(w)
+        glue = w in _NO_SPACE_AFTER or (w == '"' and in_quote)
+        i += 1
+    return "".join(out)

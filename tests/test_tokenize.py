@@ -1,0 +1,138 @@
+import json
+import random
+from dataclasses import asdict
+
+import pytest
+
+from ulmfit.errors import UlmfitError
+from ulmfit.text.tokenize import (BOS, EOS, FLD, SPECIAL_TOKENS, TK_MAJ, TK_REP, TK_UP, TK_WREP,
+                                  Tokenizer, TokenizerConfig, detokenize, fix_html)
+
+tok = Tokenizer()
+
+
+def words(text, **cfg):
+    """Tokens without the leading xxbos."""
+    return Tokenizer(TokenizerConfig(add_bos=False, **cfg))(text)
+
+
+def test_special_tokens_order():
+    assert SPECIAL_TOKENS == ["xxunk", "xxpad", "xxbos", "xxeos", "xxfld", "xxrep", "xxwrep", "xxup", "xxmaj"]
+
+
+def test_bos_eos():
+    assert tok("hi there") == [BOS, "hi", "there"]
+    assert Tokenizer(TokenizerConfig(add_eos=True))("hi") == [BOS, "hi", EOS]
+    assert words("") == [] and tok("") == [BOS]
+
+
+def test_case_marks_and_lowercasing():
+    assert words("Hello WORLD iPhone I A") == [TK_MAJ, "hello", TK_UP, "world", "iphone",
+                                               TK_MAJ, "i", TK_MAJ, "a"]
+    assert words("Élan ÜBER") == [TK_MAJ, "élan", TK_UP, "über"]
+    assert all(t == t.lower() for t in tok("Some MIXED Case TeXt, OK?"))
+
+
+def test_char_repetition():
+    assert words("soooo good") == ["s", TK_REP, "4", "o", "good"]
+    assert words("wow!!!!!") == ["wow", TK_REP, "5", "!"]
+    assert words("sooo") == ["sooo"]  # 3 is not more than max_rep=3
+    assert words("sooo", max_rep=2) == ["s", TK_REP, "3", "o"]
+
+
+def test_word_repetition():
+    assert words("it is very very very very good") == ["it", "is", TK_WREP, "4", "very", "good"]
+    assert words("VERY VERY VERY VERY") == [TK_WREP, "4", TK_UP, "very"]
+    assert words("ha ha ha") == ["ha", "ha", "ha"]
+
+
+def test_fields():
+    assert tok(("A title", "the body")) == [BOS, FLD, "1", TK_MAJ, "a", "title", FLD, "2", "the", "body"]
+
+
+def test_html_fixes():
+    assert fix_html("a &amp; b &#39;c&#39; &quot;d&quot; &lt;3") == "a & b 'c' \"d\" <3"
+    assert fix_html("it#39;s amp; quot;x quot; a nbsp;b") == "it's & \"x \" a  b"
+    assert fix_html("one<br />two<br>three") == "one\ntwo\nthree"
+    assert fix_html("double &amp;quot;escaped&amp;quot;") == 'double "escaped"'
+    assert words("Don&#39;t<br /><br />stop") == [TK_MAJ, "do", "n't", "stop"]
+
+
+def test_contractions():
+    assert words("don't can't won't") == ["do", "n't", "ca", "n't", "wo", "n't"]
+    assert words("I'm it's we'll they've I'd you're") == [
+        TK_MAJ, "i", "'m", "it", "'s", "we", "'ll", "they", "'ve", TK_MAJ, "i", "'d", "you", "'re"]
+    assert words("DON'T") == [TK_UP, "do", TK_UP, "n't"]
+    assert words("don’t") == ["do", "n't"]  # curly apostrophe
+    assert words("o'clock rock'n'roll") == ["o'clock", "rock'n'roll"]
+
+
+def test_punctuation_and_numbers():
+    assert words("Wait... what?! no, (really).") == [TK_MAJ, "wait", "...", "what", "?!", "no", ",",
+                                                     "(", "really", ")", "."]
+    assert words("pi=3.14, 1,000 at 10:30 in 2019.") == ["pi", "=", "3.14", ",", "1,000", "at", "10:30",
+                                                         "in", "2019", "."]
+    assert words("e.g. the U.S.A.") == ["e.g.", "the", TK_UP, "u.s.a."]
+
+
+def test_tweet_tokens_kept_whole():
+    text = "@bob_1 see https://t.co/x?a=1. or www.ex.com #TBT mail a.b+c@ex.co.uk :) :-( ;D <3 :P"
+    assert words(text) == ["@bob_1", "see", "https://t.co/x?a=1", ".", "or", "www.ex.com", "#tbt", "mail",
+                           "a.b+c@ex.co.uk", ":)", ":-(", ";d", "<3", ":p"]
+    assert words("note:Path") == ["note", ":", TK_MAJ, "path"]  # not an emoticon
+
+
+def test_unicode_words_and_emoji():
+    assert words("café naïve über 東京") == ["café", "naïve", "über", "東京"]
+    assert words("cafe\u0301") == ["café"]  # NFC
+    assert words("नमस्ते दुनिया") == ["नमस्ते", "दुनिया"]  # combining vowel signs stay in the word
+    assert words("ok👍🏽 🙂") == ["ok", "👍🏽", "🙂"]
+
+
+def test_tokens_never_contain_whitespace():
+    rng = random.Random(0)
+    alphabet = "aB3 \t\n.,!?'\"@#:)(-_/\\&;<>é😂\u00a0\u2003\u200b"
+    for _ in range(300):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+        for t in tok(text):
+            assert t and t.split() == [t], (text, t)
+
+
+def test_config_is_json_and_validated():
+    cfg = TokenizerConfig(add_eos=True, max_rep=4)
+    assert TokenizerConfig(**json.loads(json.dumps(asdict(cfg)))) == cfg
+    with pytest.raises(UlmfitError):
+        TokenizerConfig(max_rep=0)
+
+
+def _corpus(n):
+    rng = random.Random(1)
+    vocab = "the a good DAY I'm don't :) @user #tag http://x.co/a Hello !! ... sooooo very 3.14 😂".split()
+    return [" ".join(rng.choice(vocab) for _ in range(rng.randint(0, 30))) for _ in range(n)]
+
+
+def test_tokenize_many_parallel_equals_serial():
+    texts = _corpus(20000) + [("a field", "Two")]
+    serial = tok.tokenize_many(texts, n_workers=1)
+    assert serial == [tok(t) for t in texts]
+    assert tok.tokenize_many(texts, n_workers=2) == serial
+    cfg = Tokenizer(TokenizerConfig(add_bos=False))  # empty documents survive the round trip
+    assert cfg.tokenize_many(["", "x", ""], n_workers=2) == [[], ["x"], []]
+    assert tok.tokenize_many([]) == []
+
+
+@pytest.mark.parametrize("text", [
+    "Hello, world! I'm fine.",
+    "I don't know... it's SO GOOD!!!! Really?",
+    "He said \"hi\" to me (twice); we'll see: 3.14 or 1,000 people.",
+    "Check https://t.co/abc and @bob #tbt :) <3",
+    "It is very very very very good, sooooo good.",
+    "They've said you're right, but we can't and won't.",
+])
+def test_detokenize_round_trip(text):
+    assert detokenize(tok(text)) == text
+
+
+def test_detokenize_drops_and_expands():
+    assert detokenize([BOS, FLD, "1", TK_MAJ, "hi", FLD, "2", TK_UP, "ok", EOS, "xxpad"]) == "Hi OK"
+    assert detokenize([TK_WREP, "3", TK_MAJ, "no", TK_REP, "3", "!"]) == "No No No!!!"
