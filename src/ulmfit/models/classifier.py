@@ -1,0 +1,184 @@
+"""The ULMFiT classifier (Howard & Ruder 2018, "Universal Language Model Fine-tuning for Text
+Classification", arXiv:1801.06146): the AWD-LSTM encoder read in BPTT-sized chunks, concat pooling
+of its last layer's output (§3.3), and BatchNorm / Dropout / Linear blocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ulmfit.errors import UlmfitError
+from ulmfit.models.awd_lstm import AWDLSTM, _known_fields
+
+
+@dataclass
+class ClassifierConfig:
+    """n_classes: output size. lin_sizes: hidden sizes of the head (fastai's lin_ftrs, default 50,
+    Howard & Ruder 2018 §4 "Hyperparameters"). ps: dropout before each Linear, len(lin_sizes) + 1
+    of them: fastai uses the classifier's output_p (0.4) * drop_mult on the pooled features, then
+    0.1 per hidden layer; scale them yourself when you use a drop_mult. bptt: chunk length the
+    encoder reads at a time (fastai's seq_len, 72). max_len: only each document's last max_len
+    tokens are pooled (fastai's SentenceEncoder, 72 * 20); earlier tokens still build the state.
+    """
+
+    n_classes: int
+    lin_sizes: tuple[int, ...] = (50,)
+    ps: tuple[float, ...] = (0.4, 0.1)
+    bptt: int = 72
+    max_len: int = 72 * 20
+
+    def __post_init__(self) -> None:
+        self.lin_sizes, self.ps = tuple(int(n) for n in self.lin_sizes), tuple(float(p) for p in self.ps)
+        if self.n_classes < 2:
+            raise UlmfitError(f"classifier config: n_classes must be >= 2, got {self.n_classes}")
+        if len(self.ps) != len(self.lin_sizes) + 1:
+            raise UlmfitError(
+                f"classifier config: ps needs len(lin_sizes) + 1 = {len(self.lin_sizes) + 1} values, got {len(self.ps)}"
+            )
+        if not all(0.0 <= p < 1.0 for p in self.ps):
+            raise UlmfitError(f"classifier config: every value of ps must be in [0, 1), got {self.ps}")
+        if self.bptt < 1 or self.max_len < 1:
+            raise UlmfitError(f"classifier config: bptt and max_len must be >= 1, got {self.bptt}, {self.max_len}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["lin_sizes"], d["ps"] = list(self.lin_sizes), list(self.ps)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ClassifierConfig":
+        return cls(**_known_fields(cls, d))
+
+
+class ConcatPool:
+    """Concat pooling (Howard & Ruder 2018 §3.3) accumulated over chunks of the time axis:
+    [output at the row's last pooled position, max over the pooled positions, mean over them].
+
+    `update(out, mask)` takes one chunk, out [n, c, F] for the first n rows of the batch and
+    mask [n, c] (True = pool this position; a row's pooled positions are one contiguous run, in
+    order across chunks). Only [B, 3F] running statistics are kept, never the whole sequence.
+    """
+
+    def __init__(self, n_rows: int, n_features: int, like: Tensor):
+        self.last = like.new_zeros(n_rows, n_features)
+        self.max = like.new_full((n_rows, n_features), float("-inf"))
+        self.sum = like.new_zeros(n_rows, n_features)
+        self.count = like.new_zeros(n_rows, 1)
+
+    def update(self, out: Tensor, mask: Tensor) -> None:
+        if not bool(mask.any()):
+            return
+        n, c = mask.shape
+        m = mask.unsqueeze(-1)
+        has = m.any(1)  # [n, 1]
+        last_idx = c - 1 - mask.flip(1).to(torch.int8).argmax(1)  # last True of each row
+        last = out[torch.arange(n, device=out.device), last_idx]
+        self.last = _prefix(self.last, torch.where(has, last, self.last[:n]))
+        self.max = _prefix(self.max, torch.maximum(self.max[:n], out.masked_fill(~m, float("-inf")).amax(1)))
+        self.sum = _prefix(self.sum, self.sum[:n] + out.masked_fill(~m, 0.0).sum(1))
+        self.count = _prefix(self.count, self.count[:n] + m.sum(1).to(out.dtype))
+
+    def features(self) -> Tensor:
+        """[B, 3F]: last, max, mean (rows with no pooled position get 0 for the mean)."""
+        return torch.cat([self.last, self.max, self.sum / self.count.clamp_min(1)], 1)
+
+
+def _prefix(full: Tensor, head: Tensor) -> Tensor:
+    """`full` with its first len(head) rows replaced by `head` (out of place, for autograd)."""
+    return head if head.size(0) == full.size(0) else torch.cat([head, full[head.size(0) :]])
+
+
+def concat_pool(out: Tensor, mask: Tensor) -> Tensor:
+    """Concat pooling of out [B, T, F] over the positions where mask [B, T] is True (one
+    contiguous run per row, at least one position) -> [B, 3F]."""
+    pool = ConcatPool(out.size(0), out.size(2), out)
+    pool.update(out, mask)
+    return pool.features()
+
+
+class PoolingHead(nn.Module):
+    """Concat pooling, then one block per layer: BatchNorm1d -> Dropout -> Linear, with ReLU
+    between blocks and nothing after the last (fastai's PoolingLinearClassifier, Howard & Ruder
+    2018 §3.3)."""
+
+    def __init__(self, in_features: int, cfg: ClassifierConfig):
+        super().__init__()
+        sizes = [3 * in_features, *cfg.lin_sizes, cfg.n_classes]
+        layers: list[nn.Module] = []
+        for i, p in enumerate(cfg.ps):
+            layers += [nn.BatchNorm1d(sizes[i]), nn.Dropout(p), nn.Linear(sizes[i], sizes[i + 1])]
+            if i < len(cfg.ps) - 1:
+                layers.append(nn.ReLU(inplace=True))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, out: Tensor, mask: Tensor) -> Tensor:
+        """out [B, T, F] encoder output, mask [B, T] bool (True = pool this position) -> logits [B, C]."""
+        return self.classify(concat_pool(out, mask))
+
+    def classify(self, features: Tensor) -> Tensor:
+        """Pooled features [B, 3F] -> logits [B, C]."""
+        return self.layers(features)
+
+
+class TextClassifier(nn.Module):
+    """AWD-LSTM encoder + PoolingHead.
+
+    Documents longer than `cfg.bptt` are read in bptt-sized chunks with the LSTM state carried
+    from one chunk to the next (gradients flow through the whole document, as in fastai); only the
+    outputs at each document's last `cfg.max_len` real tokens are pooled.
+
+    Padding: a row whose document has ended before a chunk starts is left out of that chunk and
+    every later one (rows are sorted by length, so the still-active rows are a prefix). Inside the
+    chunk where a document ends, the LSTM does read its right-padding, but the LSTM is causal, so
+    this only changes outputs at positions after the end (masked out of the pooling) and the state
+    after the chunk (never used: the row is not in any later chunk). No encoder operation mixes
+    rows, so one row's padding never reaches another row.
+
+    Pooling is accumulated chunk by chunk (`ConcatPool`), so it holds [B, 3 * emb] numbers
+    whatever max_len is. In training, each chunk draws new dropout masks (the weight-drop mask too:
+    one per encoder call, as in fastai).
+    """
+
+    def __init__(self, encoder: AWDLSTM, cfg: ClassifierConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder
+        self.head = PoolingHead(encoder.out_size, cfg)
+
+    def features(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """ids [B, T] right-padded, lengths [B] (each in [1, T]) -> pooled features [B, 3 * emb]
+        over each document's last max_len tokens, rows in the input order."""
+        B, T = ids.shape
+        lengths = lengths.to(device=ids.device, dtype=torch.long)
+        if B == 0 or int(lengths.min()) < 1 or int(lengths.max()) > T:
+            raise UlmfitError(f"classifier input: lengths must be in [1, {T}] for ids of width {T}")
+        lengths, order = lengths.sort(descending=True, stable=True)
+        ids = ids[order]
+        starts = (lengths - self.cfg.max_len).clamp_min(0)  # absolute positions [start, length) are pooled
+        lengths_list, bptt = lengths.tolist(), self.cfg.bptt
+        pool = ConcatPool(B, self.encoder.out_size, self.encoder.embedding.weight)
+        state = None
+        for s in range(0, lengths_list[0], bptt):
+            n = sum(1 for L in lengths_list if L > s)  # rows still active: a prefix (sorted)
+            e = min(s + bptt, lengths_list[0])
+            if state is not None:
+                state = [(h[:, :n], c[:, :n]) for h, c in state]
+            out, state = self.encoder(ids[:n, s:e], state)
+            pos = torch.arange(s, e, device=ids.device)
+            pool.update(out, (pos >= starts[:n, None]) & (pos < lengths[:n, None]))
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(B, device=order.device)
+        return pool.features()[inverse]
+
+    def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """ids [B, T] right-padded (pad id from the encoder's config), lengths [B] -> logits [B, C]."""
+        return self.head.classify(self.features(ids, lengths))
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """[[embedding], [rnn0], [rnn1], ..., [head]]: fastai's awd_lstm_clas_split, lowest first."""
+        return self.encoder.layer_groups() + [list(self.head.parameters())]
