@@ -49,8 +49,8 @@ def tiny_fit_config():
     from ulmfit.recipes.config import FitConfig
 
     cfg = FitConfig()
-    cfg.lm = replace(cfg.lm, preset="tiny", epochs=2, bs=8, bptt=12, min_freq=1, lr=1e-2, valid_frac=0.1)
-    cfg.clf = replace(cfg.clf, bs=16, bptt=8, max_len=64, epochs=(1, 1, 1, 2), lrs=(3e-2, 2e-2, 1e-2, 5e-3),
+    cfg.lm = replace(cfg.lm, preset="tiny", epochs=4, bs=8, bptt=12, min_freq=1, lr=3e-2, valid_frac=0.1)
+    cfg.clf = replace(cfg.clf, bs=16, bptt=8, max_len=64, epochs=(1, 1, 1, 12), lrs=(3e-2, 3e-2, 3e-2, 2e-2), patience=None,
                       lin_sizes=(16,))
     return cfg
 

@@ -136,7 +136,7 @@ def test_model_folder_from_another_version(trained, capsys, tmp_path):
     meta = json.loads((copy / "ulmfit.json").read_text())
     meta["version"] = 99
     (copy / "ulmfit.json").write_text(json.dumps(meta))
-    code, _, err = run_cli(["predict", copy], capsys, stdin="")
+    code, _, err = run_cli(["predict", copy], capsys)
     assert code == 2 and "version 99" in err
 
 
@@ -146,7 +146,7 @@ def test_missing_model_folder(capsys, tmp_path):
 
 
 def test_not_a_model_folder(capsys, tmp_path):
-    code, _, err = run_cli(["predict", tmp_path], capsys, stdin="")
+    code, _, err = run_cli(["predict", tmp_path], capsys)
     assert code == 2 and "not a ulmfit model folder" in err
 
 

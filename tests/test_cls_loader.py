@@ -108,3 +108,14 @@ def test_last_batch_smaller_and_memmap(tmp_path):
     mm = TokenDocs.load(tmp_path / "d", mmap=True)
     sizes = [len(b.index) for b in ClassificationLoader(mm, bs=32, shuffle=True)]
     assert sorted(sizes) == [6, 32, 32]
+
+
+def test_training_batches_never_hold_a_single_document():
+    from ulmfit.data.cls_loader import ClassificationLoader
+    from ulmfit.text.token_docs import TokenDocs
+
+    docs = TokenDocs.from_arrays([[2] * (i % 7 + 1) for i in range(17)])  # 17 = 2 * 8 + 1
+    loader = ClassificationLoader(docs, np.zeros(17, dtype=np.int64), bs=8, shuffle=True)
+    sizes = [len(b.index) for b in loader]
+    assert min(sizes) > 1 and sum(sizes) == 17 and len(sizes) == len(loader)
+    assert [len(b.index) for b in ClassificationLoader(docs, None, bs=8, shuffle=False)] == [8, 8, 1]

@@ -163,3 +163,15 @@ def test_weight_drop_lstm_state_carry_in_eval(p):
     torch.testing.assert_close(torch.cat([a, b], 1), full)
     torch.testing.assert_close(h2, h)
     torch.testing.assert_close(c2, c)
+
+
+def test_weight_drop_state_dict_keys_stable_after_eval_forward():
+    """Regression: an eval forward must not register the raw weight inside the inner LSTM."""
+    m = WeightDropLSTM(4, 6, weight_p=0.5)
+    keys = set(m.state_dict())
+    m.eval()
+    m(torch.randn(2, 3, 4))
+    m.train()
+    m(torch.randn(2, 3, 4))
+    assert set(m.state_dict()) == keys
+    assert len(list(m.parameters())) == len(keys)

@@ -50,7 +50,13 @@ class ClassificationLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return math.ceil(len(self.docs) / self.bs)
+        n = len(self.docs)
+        return math.ceil(n / self.bs) - int(self._merge_last())
+
+    def _merge_last(self) -> bool:
+        """Training batches never hold a single document: BatchNorm in the head cannot train on one."""
+        n = len(self.docs)
+        return self.shuffle and n > 1 and self.bs > 1 and n % self.bs == 1
 
     def batches(self) -> list[np.ndarray]:
         """Document indices of every batch this epoch, each sorted by length descending."""
@@ -66,6 +72,8 @@ class ClassificationLoader:
         perm = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")]
                                for c in (perm[i:i + chunk] for i in range(0, n, chunk))])
         batches = [perm[i:i + bs] for i in range(0, n, bs)]
+        if self._merge_last():
+            batches[-2:] = [np.concatenate(batches[-2:])]
         first = int(np.argmax([self.lengths[b[0]] for b in batches]))  # b[0] is each batch's longest
         rest = [batches[i] for i in rng.permutation(len(batches)) if i != first]
         return [batches[first]] + rest

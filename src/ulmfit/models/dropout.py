@@ -96,7 +96,10 @@ class WeightDropLSTM(nn.Module):
 
     def dropped_weight(self) -> Tensor:
         """The hidden-to-hidden matrix used by this forward pass (raw in eval mode)."""
-        return F.dropout(self.weight_hh_l0_raw, p=self.weight_p, training=self.training)
+        w = F.dropout(self.weight_hh_l0_raw, p=self.weight_p, training=self.training)
+        # In eval F.dropout returns the Parameter itself; functional_call would then register it
+        # in the inner LSTM for good (a duplicate key in state_dict). A view is a plain tensor.
+        return w.view_as(w) if isinstance(w, nn.Parameter) else w
 
     def forward(
         self, x: Tensor | PackedSequence, state: State | None = None

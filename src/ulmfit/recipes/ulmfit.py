@@ -18,7 +18,7 @@ import torch
 from ulmfit.data.cls_loader import ClassificationLoader
 from ulmfit.data.lm_loader import LMLoader
 from ulmfit.errors import UlmfitError
-from ulmfit.models.awd_lstm import PRESETS, AWDLSTM, AWDLSTMConfig, LanguageModel
+from ulmfit.models.awd_lstm import CLASSIFIER_DROPOUTS, PRESETS, AWDLSTM, AWDLSTMConfig, LanguageModel
 from ulmfit.models.classifier import ClassifierConfig, TextClassifier
 from ulmfit.models.vocab_transfer import transfer_vocab
 from ulmfit.recipes import model_dir
@@ -37,8 +37,8 @@ from ulmfit.train.tasks import ClassifierTask, LMTask, balanced_class_weights
 
 Log = Callable[[str], None]
 
-# Dropouts of the classifier's encoder, fastai's awd_lstm_clas_config (scaled by drop_mult).
-CLASSIFIER_DROPOUTS = dict(embed_p=0.05, input_p=0.4, weight_p=0.5, hidden_p=0.3, output_p=0.4)
+
+
 
 
 @dataclass
