@@ -128,3 +128,47 @@ def test_each_epoch_is_logged_as_json_line(tmp_path):
     recs = [json.loads(l) for l in lines]
     assert [r["epoch"] for r in recs] == [0, 1]
     assert {"phase", "stage", "train_loss", "valid_loss", "seconds"} <= set(recs[0])
+
+
+def test_resume_inside_an_epoch_matches_uninterrupted_lm_run(tmp_path, monkeypatch):
+    """Long pretraining epochs checkpoint every N steps; a crash mid-epoch resumes bit-exactly,
+    including the LSTM state carried between batches and the dropout RNG."""
+    import numpy as np
+
+    from ulmfit.data.lm_loader import LMLoader
+    from ulmfit.models.awd_lstm import PRESETS, AWDLSTMConfig, LanguageModel
+    from ulmfit.text.token_docs import TokenDocs
+    from ulmfit.train.tasks import LMTask
+
+    rng = np.random.default_rng(0)
+    docs = TokenDocs.from_arrays([np.r_[2, rng.integers(9, 40, rng.integers(5, 30))] for _ in range(60)])
+
+    def lm_run(folder, resume=False):
+        torch.manual_seed(7)
+        lm = LanguageModel(AWDLSTMConfig(vocab_size=40, **PRESETS["tiny"]))
+        groups = lm.layer_groups()
+        opt = make_optimizer(param_groups(groups, 1e-2), "adamw")
+        cfg = LoopConfig(seed=3, patience=None, progress=False, checkpoint_every=2)
+        res = run_phase(lm, LMTask(), opt, groups, [Stage("all", 2, 1e-2)], LMLoader(docs, bs=4, bptt=8, seed=1),
+                        LMLoader(docs, bs=4, bptt=8, shuffle=False), PhaseFiles(folder, "lm"), cfg, resume=resume)
+        return lm, res
+
+    full, full_res = lm_run(tmp_path / "full")
+    real_loss, calls = LMTask.loss, {"n": 0}
+    n_steps = len(LMLoader(docs, bs=4, bptt=8, seed=1))
+
+    def crashing(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == n_steps + 4:  # step 4 of the second epoch: checkpointed after step 2
+            raise KeyboardInterrupt
+        return real_loss(self, model, batch)
+
+    monkeypatch.setattr(LMTask, "loss", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        lm_run(tmp_path / "cut")
+    monkeypatch.setattr(LMTask, "loss", real_loss)
+    resumed, res = lm_run(tmp_path / "cut", resume=True)
+    assert res.resumed_from == "stage 0 epoch 1 batch 2"
+    for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert res.history[-1]["train_loss"] == pytest.approx(full_res.history[-1]["train_loss"], abs=1e-9)

@@ -45,6 +45,7 @@ class LoopConfig:
     precision: str = "fp32"  # fp32 | bf16 (CPU autocast)
     seed: int = 0
     progress: bool | None = None  # None: a bar only when stderr is a terminal
+    checkpoint_every: int | None = None  # also checkpoint every N steps inside an epoch (long pretraining epochs)
 
 
 @dataclass
@@ -103,19 +104,27 @@ def run_phase(
     """Train `model` through `stages`; on return the model holds the best weights seen."""
     early = EarlyStopping(cfg.monitor, patience=cfg.patience)
     result = PhaseResult()
-    start_stage, start_epoch, global_epoch = 0, 0, 0
+    pos = {"stage": 0, "epoch": 0, "global_epoch": 0, "batch": 0}
+    ckpt = None
     if resume and files.checkpoint.exists():
         ckpt = torch.load(files.checkpoint, map_location="cpu", weights_only=False)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         early.load_state_dict(ckpt["early"])
-        start_stage, start_epoch, global_epoch = ckpt["stage"], ckpt["epoch"], ckpt["global_epoch"]
+        pos = {k: ckpt.get(k, 0) for k in pos}
         result.history = ckpt["history"]
-        result.resumed_from = f"stage {start_stage} epoch {start_epoch}"
+        result.resumed_from = f"stage {pos['stage']} epoch {pos['epoch']}" + (f" batch {pos['batch']}" if pos["batch"] else "")
     show_bar = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    global_epoch = pos["global_epoch"]
+
+    def save_checkpoint(stage_i, epoch_i, batch_i, extra=None):
+        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                           "early": early.state_dict(), "stage": stage_i, "epoch": epoch_i, "batch": batch_i,
+                           "global_epoch": global_epoch, "history": result.history, "loop_config": asdict(cfg),
+                           **(extra or {})}, files.checkpoint)
 
     stopped = False
-    for s in range(start_stage, len(stages)):
+    for s in range(pos["stage"], len(stages)):
         stage = stages[s]
         freeze_to(layer_groups, stage.freeze_to)
         lrs = discriminative_lrs(len(layer_groups), stage.lr, cfg.lr_factor)
@@ -124,16 +133,27 @@ def run_phase(
         steps_per_epoch = len(train_loader)
         schedule = Schedule(kind=stage.schedule, lr_max=stage.lr, total_steps=max(1, stage.epochs * steps_per_epoch),
                             pct_start=cfg.pct_start)
-        first_epoch = start_epoch if s == start_stage else 0
+        first_epoch = pos["epoch"] if s == pos["stage"] else 0
         for epoch in range(first_epoch, stage.epochs):
             torch.manual_seed(_epoch_seed(cfg.seed, s, epoch))
             train_loader.set_epoch(global_epoch)
             task.start_epoch()
             model.train()
             t0, total_loss, n_batches, n_tokens = time.perf_counter(), 0.0, 0, 0
+            skip = 0
+            if ckpt is not None and ckpt.get("batch") and s == pos["stage"] and epoch == pos["epoch"]:
+                # Resume inside an epoch: same data order, skip what was done, restore RNG and carried state.
+                skip = ckpt["batch"]
+                total_loss, n_batches, n_tokens = ckpt["running"]
+                torch.set_rng_state(ckpt["rng"])
+                if hasattr(task, "load_state_dict"):
+                    task.load_state_dict(ckpt["task"])
+            ckpt = None
             bar = tqdm(train_loader, desc=f"{files.prefix} {stage.name} {epoch + 1}/{stage.epochs}",
                        disable=not show_bar, leave=False, dynamic_ncols=True)
             for i, batch in enumerate(bar):
+                if i < skip:
+                    continue
                 step = epoch * steps_per_epoch + i
                 set_lr_mom(optimizer, schedule.lr_mult(step), schedule.momentum(step))
                 with _autocast(cfg.precision):
@@ -148,6 +168,9 @@ def run_phase(
                 n_tokens += _batch_tokens(batch)
                 if show_bar and i % 10 == 0:
                     bar.set_postfix(loss=f"{total_loss / n_batches:.3f}")
+                if cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0 and i + 1 < steps_per_epoch:
+                    save_checkpoint(s, epoch, i + 1, {"rng": torch.get_rng_state(), "running": (total_loss, n_batches, n_tokens),
+                                                      "task": task.state_dict() if hasattr(task, "state_dict") else None})
             train_seconds = time.perf_counter() - t0
             with _autocast(cfg.precision):
                 metrics = task.evaluate(model, valid_loader)
@@ -166,10 +189,7 @@ def run_phase(
             next_stage, next_epoch = (s, epoch + 1) if epoch + 1 < stage.epochs else (s + 1, 0)
             if stopped:
                 next_stage, next_epoch = len(stages), 0
-            atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "early": early.state_dict(), "stage": next_stage, "epoch": next_epoch,
-                               "global_epoch": global_epoch, "history": result.history,
-                               "loop_config": asdict(cfg)}, files.checkpoint)
+            save_checkpoint(next_stage, next_epoch, 0)
             if stopped:
                 break
         if stopped:

@@ -28,6 +28,13 @@ class LMTask:
     def start_epoch(self) -> None:
         self.state = None
 
+    def state_dict(self) -> dict:
+        """The hidden state carried between batches, for resuming inside an epoch."""
+        return {"state": None if self.state is None else [(h.detach(), c.detach()) for h, c in self.state]}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.state = d["state"]
+
     def loss(self, model, batch) -> torch.Tensor:
         x, y = batch
         state = detach_state(self.state) if self.state is not None else None

