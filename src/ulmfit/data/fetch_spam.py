@@ -101,10 +101,12 @@ def fetch_spam(cache: Path | None = None, tgz: Path | None = None) -> dict[str, 
 
     path = _find_tgz(cache, tgz)
     emails = read_emails(path)
-    raw = pd.DataFrame([{"group": g, "id": i, "text": email_to_text(t), "label": GROUPS[g]}
+    raw = pd.DataFrame([{"group": g, "id": i, "text": email_to_text(t, None), "label": GROUPS[g]}
                         for g, i, t in emails])
+    n_long = int((raw["text"].str.len() > MAX_CHARS).sum())
+    raw["text"] = raw["text"].str[:MAX_CHARS]
     df, cleaning = clean(raw)
-    cleaning["truncated_to_max_chars"] = int(raw["text"].str.len().eq(MAX_CHARS).sum())
+    cleaning["truncated_to_max_chars"] = n_long
     splits = split(df)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -151,15 +153,16 @@ def read_emails(path: Path) -> list[tuple[str, str, str]]:
     return [(g, i, t) for _, g, i, t in sorted(found)]
 
 
-def email_to_text(raw: str) -> str:
-    """What the classifier sees of one raw e-mail: Subject + body text, footers cut, one line."""
+def email_to_text(raw: str, max_chars: int | None = MAX_CHARS) -> str:
+    """What the classifier sees of one raw e-mail: Subject + body text, footers cut, one line,
+    its first `max_chars` characters (all of it if None)."""
     msg = email.message_from_bytes(raw.encode("utf-8", "surrogateescape"))
     subject = _header(msg.get("Subject", ""))
     while (stripped := LIST_TAG.sub(r"\1", subject, count=1)) != subject:
         subject = stripped
     body = strip_footers(_body(msg))
     text = re.sub(r"\s+", " ", f"{subject}\n{body}").strip()
-    return text[:MAX_CHARS].rstrip()
+    return text[:max_chars].rstrip() if max_chars else text
 
 
 def strip_footers(text: str) -> str:

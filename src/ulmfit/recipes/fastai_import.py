@@ -44,6 +44,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -121,7 +122,7 @@ def import_fastai(src: str | os.PathLike, out: str | os.PathLike, *, itos: str |
     try:
         lm.load_state_dict(sd, strict=True)
     except RuntimeError as e:  # shapes were checked in _convert; this would be a bug of the mapping
-        raise UlmfitError(f"{pth}: weights do not fit an AWD-LSTM ({str(e).splitlines()[0]})") from None
+        raise UlmfitError(f"{pth.name}: weights do not fit an AWD-LSTM ({str(e).splitlines()[0]})") from None
     lm.eval()
 
     out.mkdir(parents=True, exist_ok=True)
@@ -153,7 +154,7 @@ def _located(src: Path, itos, direction: str) -> Iterator[tuple[Path, Path | lis
     if src.is_dir():
         pth = _pick(sorted(src.rglob("*.pth")), direction, src)
         yield pth, given_itos if given_itos is not None else _pick_itos(sorted(src.rglob("*.pkl")), src)
-    elif src.suffix != ".pth" and tarfile.is_tarfile(src):
+    elif _is_archive(src):
         with tempfile.TemporaryDirectory(prefix="ulmfit-fastai-") as tmp:
             yield _extract(src, Path(tmp), direction, need_itos=given_itos is None, given_itos=given_itos)
     else:
@@ -167,6 +168,17 @@ def _located(src: Path, itos, direction: str) -> Iterator[tuple[Path, Path | lis
         yield src, given_itos
 
 
+def _is_archive(path: Path) -> bool:
+    if path.name.endswith((".tgz", ".tar.gz", ".tar")):
+        return True  # a broken one then fails in _extract with a message naming it
+    if path.suffix == ".pth":
+        return False
+    try:
+        return tarfile.is_tarfile(path)
+    except (OSError, EOFError, tarfile.TarError):
+        return False
+
+
 def _extract(archive: Path, tmp: Path, direction: str, need_itos: bool, given_itos) -> tuple[Path, Path | list[str]]:
     """Extract only the state dict and the itos members (by their base names, never by the paths
     written in the archive, so a crafted member cannot write outside `tmp`)."""
@@ -175,7 +187,8 @@ def _extract(archive: Path, tmp: Path, direction: str, need_itos: bool, given_it
             members = [m for m in tar.getmembers() if m.isfile()]
             pths = [m for m in members if m.name.endswith(".pth")]
             pth_m = _pick(pths, direction, archive, name=lambda m: Path(m.name).name)
-            picked = [(pth_m, tmp / "model.pth")]
+            pth_path = tmp / Path(pth_m.name).name  # error messages then name lstm_fwd.pth
+            picked = [(pth_m, pth_path)]
             itos_path: Path | list[str] = given_itos
             if need_itos:
                 pkls = [m for m in members if m.name.endswith(".pkl")]
@@ -185,9 +198,9 @@ def _extract(archive: Path, tmp: Path, direction: str, need_itos: bool, given_it
             for member, dest in picked:
                 with tar.extractfile(member) as f, open(dest, "wb") as g:
                     shutil.copyfileobj(f, g, 1 << 20)
-    except (tarfile.TarError, OSError, EOFError) as e:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise UlmfitError(f"{archive}: cannot read the archive ({e}); download it again") from None
-    return tmp / "model.pth", itos_path
+    return pth_path, itos_path
 
 
 def _pick(cands: list, direction: str, where: Path, name=lambda p: p.name):

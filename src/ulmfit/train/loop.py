@@ -9,6 +9,7 @@ keeps the best weights by the monitored metric and checkpoints everything needed
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from contextlib import nullcontext
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ulmfit.train.checkpoint import append_jsonl, atomic_torch_save, load_weights, save_weights
+from ulmfit.train.checkpoint import append_jsonl, atomic_torch_save, atomic_write_text, load_weights, save_weights
 from ulmfit.train.freeze import freeze_to
 from ulmfit.train.metrics import EarlyStopping
 from ulmfit.train.optim import discriminative_lrs, set_lr_mom
@@ -113,6 +114,7 @@ def run_phase(
         early.load_state_dict(ckpt["early"])
         pos = {k: ckpt.get(k, 0) for k in pos}
         result.history = ckpt["history"]
+        _rewrite_log(files, result.history)
         result.resumed_from = f"stage {pos['stage']} epoch {pos['epoch']}" + (f" batch {pos['batch']}" if pos["batch"] else "")
     show_bar = sys.stderr.isatty() if cfg.progress is None else cfg.progress
     global_epoch = pos["global_epoch"]
@@ -200,6 +202,15 @@ def run_phase(
         model.load_state_dict(load_weights(files.best))
     model.eval()
     return result
+
+
+def _rewrite_log(files: PhaseFiles, history: list[dict]) -> None:
+    """Make the log agree with the checkpoint: a crash between logging an epoch and checkpointing it
+    would otherwise leave a line for an epoch that the resumed run trains again."""
+    if not files.log.exists():
+        return
+    other = [l for l in files.log.read_text().splitlines() if l.strip() and json.loads(l).get("phase") != files.prefix]
+    atomic_write_text(files.log, "".join(l + "\n" for l in other + [json.dumps(r) for r in history]))
 
 
 def _batch_tokens(batch) -> int:

@@ -1,0 +1,169 @@
+"""`ulmfit pretrain`: a general-domain language model from a corpus folder (ULMFiT §3.1).
+
+The corpus (text shards, one document per line, as `ulmfit corpus build` writes them) is
+numericalised in two streaming passes so RAM stays flat however large it is: pass 1 tokenizes
+shard by shard and counts words and document lengths; pass 2 tokenizes again and writes the ids
+straight into a memory-mapped `ids.npy` whose size pass 1 fixed. Training then reads batches
+from that memory map (`LMLoader` never copies the corpus). Checkpoints every N steps make a
+multi-hour CPU epoch resumable.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from ulmfit.data.lm_loader import LMLoader
+from ulmfit.errors import UlmfitError
+from ulmfit.models.awd_lstm import PRESETS, AWDLSTMConfig, LanguageModel
+from ulmfit.recipes import model_dir
+from ulmfit.recipes.ulmfit import subsample_tokens
+from ulmfit.text.token_docs import TokenDocs
+from ulmfit.text.tokenize import SPECIAL_TOKENS, Tokenizer, TokenizerConfig
+from ulmfit.text.vocab import Vocab
+from ulmfit.train.checkpoint import atomic_write_json, atomic_write_text, save_weights
+from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, run_phase
+from ulmfit.train.optim import make_optimizer, param_groups
+from ulmfit.train.plots import plot_history
+from ulmfit.train.tasks import LMTask
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class PretrainConfig:
+    preset: str = "small"
+    drop_mult: float = 0.5  # less regularisation than fine-tuning: the corpus is large
+    bs: int = 64
+    bptt: int = 70
+    epochs: int = 1
+    lr: float = 5e-3
+    wd: float = 0.01
+    schedule: str = "one_cycle"
+    min_freq: int = 5
+    max_vocab: int = 30000
+    max_tokens: int | None = None  # train on at most this many tokens (None: the whole corpus)
+    valid_every: int = 100  # every 100th document is held out for validation perplexity
+    checkpoint_every: int = 500  # steps
+    precision: str = "fp32"
+    seed: int = 0
+
+
+def read_shards(corpus: Path) -> Iterator[list[str]]:
+    """Documents of the corpus, one shard (a list of lines) at a time, in file-name order."""
+    shards = sorted((corpus / "shards").glob("*.txt")) if (corpus / "shards").is_dir() else sorted(corpus.glob("*.txt"))
+    if not shards:
+        raise UlmfitError(f"{corpus}: no text shards (expected {corpus}/shards/*.txt); build one with "
+                          f"`ulmfit corpus build general-en --out {corpus}`")
+    for path in shards:
+        with open(path, encoding="utf-8") as f:
+            yield [line.strip() for line in f if line.strip()]
+
+
+def numericalize_corpus(corpus: Path, folder: Path, tokenizer: Tokenizer, cfg: PretrainConfig,
+                        log: Log) -> tuple[Vocab, TokenDocs, TokenDocs]:
+    """Two streaming passes: count, then write ids into memory maps. Returns (vocab, train, valid).
+
+    Every `cfg.valid_every`-th document goes to the (small, in-RAM) validation set; the rest are
+    written to `folder/train/ids.npy`, memory-mapped.
+    """
+    t0 = time.perf_counter()
+    counts, lengths = Counter(), []
+    for docs in read_shards(corpus):
+        for toks in tokenizer.tokenize_many(docs):
+            counts.update(toks)
+            lengths.append(len(toks))
+    vocab = Vocab(_itos_from_counts(counts, cfg.min_freq, cfg.max_vocab))
+    lengths = np.asarray(lengths, dtype=np.int64)
+    is_valid = np.arange(len(lengths)) % cfg.valid_every == 0
+    log(f"pass 1: {len(lengths):,} documents, {lengths.sum():,} tokens, vocab {len(vocab):,} "
+        f"({time.perf_counter() - t0:.0f}s)")
+    train_offsets = np.r_[0, np.cumsum(lengths[~is_valid])].astype(np.int64)
+    (folder / "train").mkdir(parents=True, exist_ok=True)
+    tmp = folder / "train" / ".ids.npy.tmp"
+    ids = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int32, shape=(int(train_offsets[-1]),))
+    valid, d, t = [], 0, 0
+    for docs in read_shards(corpus):
+        for toks in tokenizer.tokenize_many(docs):
+            if is_valid[d]:
+                valid.append(vocab.numericalize(toks))
+            else:
+                ids[train_offsets[t]:train_offsets[t + 1]] = vocab.numericalize(toks)
+                t += 1
+            d += 1
+    ids.flush()
+    del ids
+    np.save(folder / "train" / "offsets.npy", train_offsets)
+    tmp.replace(folder / "train" / "ids.npy")
+    valid_docs = TokenDocs.from_arrays(valid)
+    valid_docs.save(folder / "valid")
+    log(f"pass 2: ids written to {folder / 'train' / 'ids.npy'} ({time.perf_counter() - t0:.0f}s in all)")
+    return vocab, TokenDocs.load(folder / "train", mmap=True), valid_docs
+
+
+def _itos_from_counts(counts: Counter, min_freq: int, max_vocab: int) -> list[str]:
+    """The same ordering rule as `Vocab.build`, from counts gathered in a streaming pass."""
+    specials = set(SPECIAL_TOKENS)
+    words = sorted((w for w, c in counts.items() if c >= min_freq and w not in specials), key=lambda w: (-counts[w], w))
+    itos = list(SPECIAL_TOKENS) + words[: max_vocab - len(SPECIAL_TOKENS)]
+    while len(itos) % 8:
+        if len(itos) >= max_vocab:
+            itos = itos[: len(itos) - len(itos) % 8]
+            break
+        itos.append(f"xxfake{len(itos) % 8}")
+    return itos
+
+
+def pretrain(corpus: str | Path, out: str | Path, cfg: PretrainConfig, resume: bool = False,
+             overwrite: bool = False, log: Log = print) -> Path:
+    corpus, out = Path(corpus), Path(out)
+    if (out / "ulmfit.json").exists() and not (resume or overwrite):
+        raise UlmfitError(f"{out} already holds a model; choose another --out, or pass --overwrite")
+    if cfg.preset not in PRESETS:
+        raise UlmfitError(f"unknown model preset {cfg.preset!r}; choose one of {sorted(PRESETS)}")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "pretrain_config.json", asdict(cfg))
+    tokenizer = Tokenizer(TokenizerConfig())
+    data_dir = out / "data"
+    if resume and (data_dir / "train" / "ids.npy").exists() and (out / "vocab.json").exists():
+        vocab = Vocab.load(out / "vocab.json")
+        all_train, valid_docs = TokenDocs.load(data_dir / "train"), TokenDocs.load(data_dir / "valid", mmap=False)
+    else:
+        vocab, all_train, valid_docs = numericalize_corpus(corpus, data_dir, tokenizer, cfg, log)
+        model_dir.save_text_pipeline(out, tokenizer.config, vocab)
+    train_docs = subsample_tokens(all_train, cfg.max_tokens, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    lm_cfg = AWDLSTMConfig(vocab_size=len(vocab), drop_mult=cfg.drop_mult, **PRESETS[cfg.preset])
+    lm = LanguageModel(lm_cfg)
+    n_train = train_docs.n_tokens
+    log(f"pretraining {cfg.preset} LM ({sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M parameters) on "
+        f"{n_train:,} tokens, validating on {valid_docs.n_tokens:,}; {cfg.epochs} epoch(s), bs {cfg.bs}, bptt {cfg.bptt}")
+    train_loader = LMLoader(train_docs, bs=cfg.bs, bptt=cfg.bptt, shuffle=True, variable_bptt=True, seed=cfg.seed)
+    valid_loader = LMLoader(valid_docs, bs=min(cfg.bs, max(1, valid_docs.n_tokens // (4 * cfg.bptt))),
+                            bptt=cfg.bptt, shuffle=False)
+    groups = lm.layer_groups()
+    opt = make_optimizer(param_groups(groups, cfg.lr, weight_decay=cfg.wd), "adamw")
+    loop_cfg = LoopConfig(monitor="valid_loss", patience=None, seed=cfg.seed, precision=cfg.precision,
+                          lr_factor=1.0, checkpoint_every=cfg.checkpoint_every)
+    t0 = time.perf_counter()
+    result = run_phase(lm, LMTask(), opt, groups, [Stage("pretrain", cfg.epochs, cfg.lr, schedule=cfg.schedule)],
+                       train_loader, valid_loader, PhaseFiles(out, "lm"), loop_cfg, resume=resume)
+    atomic_write_json(out / "lm_config.json", lm_cfg.to_dict())
+    save_weights(lm.state_dict(), out / "lm.safetensors", dtype=torch.float16)
+    plot_history(result.history, out / "lm_history.png", title="pretraining")
+    last = result.history[-1]
+    stats = {"corpus": str(corpus), "documents": len(all_train) + len(valid_docs), "train_tokens": n_train,
+             "valid_tokens": valid_docs.n_tokens, "vocab": len(vocab), "valid_perplexity": last["perplexity"],
+             "valid_accuracy": last["accuracy"], "tokens_per_s": last["train_tokens_per_s"],
+             "wall_minutes_last_run": round((time.perf_counter() - t0) / 60, 1)}
+    atomic_write_json(out / "pretrain_stats.json", stats)
+    model_dir.write_marker(out, "lm", pretrained_on=str(corpus))
+    model_dir.remove_checkpoints(out)
+    log(f"pretrained LM saved to {out}: validation perplexity {last['perplexity']:.1f}")
+    return out
