@@ -89,6 +89,8 @@ def cmd_finetune_lm(a) -> int:
         raise UlmfitError(f"{out} already holds a model; choose another --out, or pass --overwrite")
     texts = read_unlabeled([a.train] + (a.unlabeled or []), a.text_col or "text", a.encoding or "utf-8")
     pretrained = None if (a.pretrained or "none").lower() == "none" else a.pretrained
+    cfg.pretrained = pretrained
+    cfg = cfg.resolved()
     tokenizer = model_dir.load_text_pipeline(Path(pretrained))[0] if pretrained else Tokenizer(TokenizerConfig())
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.to_dict())

@@ -29,8 +29,8 @@ def log(msg: str) -> None:
 def demo_config(pretrained: str | None) -> FitConfig:
     """The default recipe, sized for a 2-core CPU in about 10 minutes."""
     cfg = FitConfig(pretrained=pretrained)
-    cfg.lm = replace(cfg.lm, preset="small", epochs=2, max_tokens=400_000, bs=64, bptt=70, lr=5e-3)
-    cfg.clf = replace(cfg.clf, epochs=(1, 1, 1, 1), bs=64)
+    cfg.lm = replace(cfg.lm, preset="small", epochs=2, max_tokens=600_000)
+    cfg.clf = replace(cfg.clf, epochs=(1, 1, 1, 3))
     return cfg
 
 

@@ -207,6 +207,7 @@ def fit(train, valid=None, *, out: str | Path, text_col: str = "text", label_col
         raise UlmfitError(f"recipe {cfg.recipe!r} is not available; use --recipe ulmfit")
     cfg.data = replace(cfg.data, train=_path_or_none(train), valid=_path_or_none(valid),
                        unlabeled=[str(u) for u in unlabeled] or cfg.data.unlabeled)
+    cfg = cfg.resolved()
     d = cfg.data
     t0 = time.perf_counter()
 
