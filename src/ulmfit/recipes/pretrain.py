@@ -55,15 +55,23 @@ class PretrainConfig:
     seed: int = 0
 
 
-def read_shards(corpus: Path) -> Iterator[list[str]]:
-    """Documents of the corpus, one shard (a list of lines) at a time, in file-name order."""
+def read_shards(corpus: Path, chunk: int = 5000) -> Iterator[list[str]]:
+    """Documents of the corpus, at most `chunk` lines at a time, in file-name order (bounded memory)."""
     shards = sorted((corpus / "shards").glob("*.txt")) if (corpus / "shards").is_dir() else sorted(corpus.glob("*.txt"))
     if not shards:
         raise UlmfitError(f"{corpus}: no text shards (expected {corpus}/shards/*.txt); build one with "
                           f"`ulmfit corpus build general-en --out {corpus}`")
     for path in shards:
         with open(path, encoding="utf-8") as f:
-            yield [line.strip() for line in f if line.strip()]
+            docs = []
+            for line in f:
+                if line.strip():
+                    docs.append(line.strip())
+                if len(docs) == chunk:
+                    yield docs
+                    docs = []
+            if docs:
+                yield docs
 
 
 def numericalize_corpus(corpus: Path, folder: Path, tokenizer: Tokenizer, cfg: PretrainConfig,
