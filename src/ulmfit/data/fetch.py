@@ -77,8 +77,16 @@ def clean(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """
     text = raw["text"].str.replace("\r\n", "\n", regex=False).str.replace("\r", "\n", regex=False)
     df = pd.DataFrame({"text": text.str.strip(), "label": raw["sentiment"].str.strip().str.lower()})
+    df = df[df["label"] != ""]
+    df, stats = drop_duplicates_and_conflicts(df)
+    return df, {"rows_in_file": len(raw), **stats}
+
+
+def drop_duplicates_and_conflicts(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Drop empty texts; keep one copy of each duplicate text, none if its copies disagree on the
+    label (a duplicate left in two splits would leak test into train)."""
     n_raw = len(df)
-    df = df[(df["text"] != "") & (df["label"] != "")]
+    df = df[df["text"] != ""]
     n_empty = n_raw - len(df)
     n_labels = df.groupby("text")["label"].transform("nunique")
     conflicting = df[n_labels > 1]
@@ -86,7 +94,6 @@ def clean(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     n_before = len(df)
     df = df.drop_duplicates("text", keep="first").reset_index(drop=True)
     return df, {
-        "rows_in_file": n_raw,
         "empty_dropped": n_empty,
         "duplicate_copies_dropped": n_before - len(df),
         "conflicting_texts_dropped": int(conflicting["text"].nunique()),
@@ -95,10 +102,10 @@ def clean(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     }
 
 
-def split(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def split(df: pd.DataFrame, seed: int = SEED) -> dict[str, pd.DataFrame]:
     """80/10/10, stratified by label, same result on every machine (fixed seed, file order)."""
-    train, rest = train_test_split(df, test_size=0.2, stratify=df["label"], random_state=SEED)
-    valid, test = train_test_split(rest, test_size=0.5, stratify=rest["label"], random_state=SEED)
+    train, rest = train_test_split(df, test_size=0.2, stratify=df["label"], random_state=seed)
+    valid, test = train_test_split(rest, test_size=0.5, stratify=rest["label"], random_state=seed)
     return {"train": train, "valid": valid, "test": test}
 
 

