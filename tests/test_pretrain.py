@@ -118,3 +118,20 @@ def test_pretrain_cli_and_missing_corpus(tmp_path, capsys):
     assert code == 0 and (tmp_path / "lm" / "lm.safetensors").exists()
     code = main(["generate", str(tmp_path / "lm"), "--prompt", "The whale", "--words", "5", "--seed", "0"])
     assert code == 0 and capsys.readouterr().out.startswith("The whale")
+
+
+def test_resolve_pretrained_names_paths_and_errors(tmp_path, monkeypatch):
+    from ulmfit.errors import UlmfitError
+    from ulmfit.recipes import model_dir
+
+    shipped = tmp_path / "pretrained"
+    monkeypatch.setattr(model_dir, "SHIPPED", shipped)
+    assert model_dir.resolve_pretrained(None) is None and model_dir.resolve_pretrained("none") is None
+    assert model_dir.resolve_pretrained("auto") is None  # nothing shipped: from scratch
+    (shipped / "general-en").mkdir(parents=True)
+    (shipped / "general-en" / "ulmfit.json").write_text("{}")
+    assert model_dir.resolve_pretrained("auto") == shipped / "general-en"
+    assert model_dir.resolve_pretrained("general-en") == shipped / "general-en"
+    assert model_dir.resolve_pretrained(str(tmp_path)) == tmp_path
+    with pytest.raises(UlmfitError, match="general-en"):
+        model_dir.resolve_pretrained("wikitext-9000")

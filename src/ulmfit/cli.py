@@ -64,7 +64,7 @@ def cmd_fit(a) -> int:
         cfg.recipe = a.recipe or cfg.recipe
         cfg.seed = cfg.seed if a.seed is None else a.seed
         if a.pretrained is not None:
-            cfg.pretrained = None if a.pretrained.lower() == "none" else a.pretrained
+            cfg.pretrained = a.pretrained
         cfg = apply_overrides(cfg, a.set)
         train, valid = a.train or cfg.data.train, a.valid or cfg.data.valid
     if not train:
@@ -88,10 +88,10 @@ def cmd_finetune_lm(a) -> int:
     if (out / "ulmfit.json").exists() and not (a.overwrite or a.resume):
         raise UlmfitError(f"{out} already holds a model; choose another --out, or pass --overwrite")
     texts = read_unlabeled([a.train] + (a.unlabeled or []), a.text_col or "text", a.encoding or "utf-8")
-    pretrained = None if (a.pretrained or "none").lower() == "none" else a.pretrained
-    cfg.pretrained = pretrained
+    cfg.pretrained = a.pretrained or cfg.pretrained
     cfg = cfg.resolved()
-    tokenizer = model_dir.load_text_pipeline(Path(pretrained))[0] if pretrained else Tokenizer(TokenizerConfig())
+    pretrained = model_dir.resolve_pretrained(cfg.pretrained)
+    tokenizer = model_dir.load_text_pipeline(pretrained)[0] if pretrained else Tokenizer(TokenizerConfig())
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.to_dict())
     res = finetune_lm(tokenizer.tokenize_many(texts), out, cfg.lm, tokenizer=tokenizer, pretrained=pretrained,
@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--valid", help="labelled validation data (default: a stratified 10%% of --train)")
     f.add_argument("--unlabeled", action="append", help="more unlabelled text for the LM (repeatable)")
     f.add_argument("--out", required=True, help="model folder to create")
-    f.add_argument("--pretrained", help="language-model folder to start from, or 'none'")
+    f.add_argument("--pretrained", help="language model to start from: a shipped name (general-en), a folder, "
+                                        "or 'none' (default: general-en when installed)")
     f.add_argument("--recipe", choices=["ulmfit"], help="training recipe (default ulmfit)")
     f.add_argument("--config", help="a config.json to start from (e.g. from another model folder)")
     f.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a config field")
@@ -217,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--train", required=True, help="text: .txt (one document per line), .csv/.tsv/.jsonl")
     lm.add_argument("--unlabeled", action="append", help="more text files (repeatable)")
     lm.add_argument("--out", required=True)
-    lm.add_argument("--pretrained", help="language-model folder to start from, or 'none'")
+    lm.add_argument("--pretrained", help="a shipped name (general-en), a language-model folder, or 'none'")
     lm.add_argument("--config")
     lm.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
     lm.add_argument("--resume", action="store_true")

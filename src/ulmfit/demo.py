@@ -18,6 +18,7 @@ from ulmfit.data.fetch import fetch_tweets
 from ulmfit.data.readers import read_table
 from ulmfit.recipes.baselines import tfidf_logreg
 from ulmfit.recipes.config import FitConfig
+from ulmfit.recipes.model_dir import resolve_pretrained
 from ulmfit.recipes.ulmfit import fit
 from ulmfit.train.metrics import classification_metrics
 
@@ -26,7 +27,7 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def demo_config(pretrained: str | None) -> FitConfig:
+def demo_config(pretrained: str | None = "auto") -> FitConfig:
     """The default recipe, sized for a 2-core CPU in about 10 minutes."""
     cfg = FitConfig(pretrained=pretrained)
     cfg.lm = replace(cfg.lm, preset="small", epochs=2, max_tokens=600_000)
@@ -37,7 +38,8 @@ def demo_config(pretrained: str | None) -> FitConfig:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/demo-tweets")
-    p.add_argument("--pretrained", default=None, help="language-model folder to start from (default: none)")
+    p.add_argument("--pretrained", default="auto",
+                   help="language model to start from (default: the shipped general-en when installed; 'none')")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     paths = fetch_tweets()
@@ -56,7 +58,8 @@ def main(argv=None) -> int:
     index = {c: i for i, c in enumerate(classes)}
     base = classification_metrics([index[l] for l in test.labels], [index[l] for l in predict(test.texts)], classes)
 
-    rows = [("ulmfit (no pretrained LM)" if not a.pretrained else f"ulmfit ({a.pretrained})", ours),
+    start = resolve_pretrained(a.pretrained)
+    rows = [(f"ulmfit ({start.name} LM)" if start else "ulmfit (no pretrained LM)", ours),
             (f"tfidf + logreg (C={info['C']})", base)]
     print(f"\nTweets test split: {len(test.texts):,} tweets, classes {classes}\n")
     header = f"{'model':34s} {'accuracy':>9s} {'macro-F1':>9s} " + " ".join(f"{'F1 ' + c:>12s}" for c in classes)

@@ -78,14 +78,18 @@ class FitConfig:
     lm: LMTrainConfig = field(default_factory=LMTrainConfig)
     clf: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
     recipe: str = "ulmfit"
-    pretrained: str | None = None  # path of a language-model folder, or None to start from scratch
+    # "auto": the shipped general-en LM when installed, else from scratch; a shipped name; a
+    # language-model folder; or None / "none" to train the LM from scratch on your text.
+    pretrained: str | None = "auto"
     optimizer: str = "adamw"
     precision: str = "fp32"
     seed: int = 0
 
     def resolved(self) -> "FitConfig":
         """A copy with every `None` ("auto") rate replaced by its value for this run."""
-        scratch = self.pretrained is None
+        from ulmfit.recipes.model_dir import resolve_pretrained
+
+        scratch = resolve_pretrained(self.pretrained) is None
         lm_lr = self.lm.lr if self.lm.lr is not None else (2e-2 if scratch else 3e-3)
         lrs = self.clf.lrs if self.clf.lrs is not None else (
             (2e-2, 1e-2, 1e-2, 5e-3) if scratch else (2e-2, 1e-2, 5e-3, 1e-3))

@@ -29,6 +29,28 @@ from ulmfit.train.checkpoint import atomic_write_json, load_weights, save_weight
 
 FORMAT = "ulmfit-model"
 VERSION = 1
+SHIPPED = Path(__file__).resolve().parent.parent / "pretrained"  # language models inside the package
+DEFAULT_PRETRAINED = "general-en"
+
+
+def shipped_models() -> list[str]:
+    return sorted(p.name for p in SHIPPED.glob("*") if (p / "ulmfit.json").exists()) if SHIPPED.is_dir() else []
+
+
+def resolve_pretrained(name: str | Path | None) -> Path | None:
+    """A pretrained-LM setting to a folder: None/'none' -> None (from scratch); 'auto' -> the shipped
+    general-en model when present, else None; a shipped name -> its folder; else a path."""
+    if name is None or str(name).lower() == "none":
+        return None
+    if str(name) == "auto":
+        return SHIPPED / DEFAULT_PRETRAINED if DEFAULT_PRETRAINED in shipped_models() else None
+    if str(name) in shipped_models():
+        return SHIPPED / str(name)
+    path = Path(name)
+    if not path.exists():
+        raise UlmfitError(f"pretrained model {name!r} not found: pass a language-model folder, one of the shipped "
+                          f"models {shipped_models() or '(none installed)'}, or 'none' to start from scratch")
+    return path
 
 
 def write_marker(folder: Path, kind: str, **extra) -> None:

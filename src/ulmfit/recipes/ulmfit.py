@@ -59,7 +59,8 @@ def _seed_all(seed: int) -> None:
     np.random.seed(seed % (2**32))
 
 
-def load_pretrained(path: str | Path, log: Log) -> tuple[LanguageModel, Tokenizer, Vocab]:
+def load_pretrained(name: str | Path, log: Log) -> tuple[LanguageModel, Tokenizer, Vocab]:
+    path = model_dir.resolve_pretrained(name)
     lm, tok, vocab = model_dir.load_lm(path)
     log(f"pretrained LM: {path} (vocab {len(vocab)}, {sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M parameters)")
     return lm, tok, vocab
@@ -98,7 +99,7 @@ def finetune_lm(token_lists: list[list[str]], out: Path, cfg: LMTrainConfig, *, 
     """Phase 1: train the language model on the target's text (ULMFiT §3.2) and save it into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     _seed_all(seed)
-    base = load_pretrained(pretrained, log) if pretrained else None
+    base = load_pretrained(pretrained, log) if model_dir.resolve_pretrained(pretrained) else None
     if vocab is None:
         vocab = Vocab.build(token_lists, min_freq=cfg.min_freq, max_vocab=cfg.max_vocab)
     model_dir.save_text_pipeline(out, tokenizer.config, vocab)
@@ -193,7 +194,7 @@ def train_classifier(lm: LMResult, train: Labelled, valid: Labelled, classes: li
 
 
 def fit(train, valid=None, *, out: str | Path, text_col: str = "text", label_col: str = "label",
-        unlabeled: list[str] | tuple = (), pretrained: str | None = None, config: FitConfig | None = None,
+        unlabeled: list[str] | tuple = (), pretrained: str | None = "auto", config: FitConfig | None = None,
         resume: bool = False, overwrite: bool = False, log: Log = _quiet):
     """Train a ULMFiT classifier end to end and return the loaded model (see `ulmfit.load`)."""
     from ulmfit.recipes.predictor import Classifier
@@ -202,7 +203,7 @@ def fit(train, valid=None, *, out: str | Path, text_col: str = "text", label_col
     cfg = _resolve_config(out, config, resume, overwrite)
     if config is None and not resume:
         cfg.data = replace(cfg.data, text_col=text_col, label_col=label_col)
-        cfg.pretrained = pretrained
+        cfg.pretrained = pretrained if pretrained is not None else cfg.pretrained
     if cfg.recipe != "ulmfit":
         raise UlmfitError(f"recipe {cfg.recipe!r} is not available; use --recipe ulmfit")
     cfg.data = replace(cfg.data, train=_path_or_none(train), valid=_path_or_none(valid),
@@ -226,8 +227,9 @@ def fit(train, valid=None, *, out: str | Path, text_col: str = "text", label_col
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.to_dict())
     tokenizer = Tokenizer(TokenizerConfig())
-    if cfg.pretrained:
-        tokenizer = model_dir.load_text_pipeline(Path(cfg.pretrained))[0]
+    pretrained_path = model_dir.resolve_pretrained(cfg.pretrained)
+    if pretrained_path:
+        tokenizer = model_dir.load_text_pipeline(pretrained_path)[0]
     lm_tokens = tokenizer.tokenize_many(train_set.texts + extra)
     log(f"tokenized {len(lm_tokens):,} documents for the language model ({sum(map(len, lm_tokens)):,} tokens) "
         f"in {time.perf_counter() - t0:.1f}s")
@@ -247,7 +249,7 @@ def write_reports(out: Path, metrics: dict, classes: list[str], cfg: FitConfig, 
     plot_history([r for r in records if r["phase"] == "lm"], out / "lm_history.png", title="language model")
     plot_history([r for r in records if r["phase"] == "classifier"], out / "history.png", title="classifier")
     atomic_write_json(out / "valid_metrics.json", metrics)
-    text = (f"# ulmfit model report\n\nRecipe: {cfg.recipe}; pretrained: {cfg.pretrained or 'none'}; "
+    text = (f"# ulmfit model report\n\nRecipe: {cfg.recipe}; pretrained: {model_dir.resolve_pretrained(cfg.pretrained) or 'none'}; "
             f"selection metric: {cfg.clf.metric}; total time {seconds / 60:.1f} min.\n\n"
             f"## Validation set\n\n```\n{format_report(metrics, classes)}\n```\n\n"
             f"Curves: history.png (classifier), lm_history.png (language model). Per-epoch figures: history.jsonl.\n")
