@@ -201,3 +201,38 @@ def test_set_override_errors(capsys, tiny_data, tmp_path):
     code, _, err = run_cli(["fit", "--train", tiny_data["train"], "--out", tmp_path / "m", "--set", "lm.epochz=3"],
                            capsys)
     assert code == 2 and "epochz" in err and "epochs" in err
+
+
+@pytest.mark.slow
+def test_fit_resume_after_interruption(tiny_data, tmp_path, capsys, monkeypatch):
+    """Ctrl-C during the classifier phase: exit 130 with a hint, then --resume finishes the run
+    without re-training the language model, from the folder alone."""
+    from ulmfit.train import loop
+
+    cfg_path = tmp_path / "tiny.json"
+    atomic_write_json(cfg_path, tiny_fit_config().to_dict())
+    out = tmp_path / "model"
+    real, seen = loop.append_jsonl, []
+
+    def interrupt_in_classifier(path, record):
+        seen.append(record["phase"])
+        if record["phase"] == "classifier" and seen.count("classifier") == 2:
+            raise KeyboardInterrupt
+        real(path, record)
+
+    monkeypatch.setattr(loop, "append_jsonl", interrupt_in_classifier)
+    code, _, err = run_cli(["fit", "--train", tiny_data["train"], "--valid", tiny_data["valid"], "--out", out,
+                            "--config", cfg_path], capsys)
+    assert code == 130 and "--resume" in err
+    assert not (out / "ulmfit.json").exists() and (out / "checkpoints").exists()
+    code, _, err = run_cli(["fit", "--train", tiny_data["train"], "--out", out], capsys)
+    assert code == 2 and "--resume" in err  # an interrupted run is not silently overwritten
+    monkeypatch.setattr(loop, "append_jsonl", real)
+    code, _, err = run_cli(["fit", "--out", out, "--resume"], capsys)
+    assert code == 0, err
+    recs = [json.loads(l) for l in (out / "history.jsonl").read_text().splitlines()]
+    lm_epochs = [r["epoch"] for r in recs if r["phase"] == "lm"]
+    clf_epochs = [r["epoch"] for r in recs if r["phase"] == "classifier"]
+    assert lm_epochs == list(range(len(lm_epochs)))  # the LM was not trained again
+    assert clf_epochs == list(range(15))  # 1 + 1 + 1 + 12 classifier epochs, none twice
+    assert json.loads((out / "ulmfit.json").read_text())["kind"] == "classifier"
