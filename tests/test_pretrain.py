@@ -135,3 +135,11 @@ def test_resolve_pretrained_names_paths_and_errors(tmp_path, monkeypatch):
     assert model_dir.resolve_pretrained(str(tmp_path)) == tmp_path
     with pytest.raises(UlmfitError, match="general-en"):
         model_dir.resolve_pretrained("wikitext-9000")
+
+
+def test_model_card_says_how_to_reproduce(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus")
+    out = pretrain(corpus, tmp_path / "lm", tiny_cfg(epochs=1), log=lambda m: None)
+    card = (out / "README.md").read_text()
+    assert "validation perplexity" in card and "ulmfit pretrain --corpus" in card and "--preset tiny" in card
+    assert "--set bs=8" in card and "float16" in card

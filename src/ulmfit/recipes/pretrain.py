@@ -128,6 +128,39 @@ def _itos_from_counts(counts: Counter, min_freq: int, max_vocab: int) -> list[st
     return itos
 
 
+def write_model_card(out: Path, cfg: PretrainConfig, lm_cfg: AWDLSTMConfig, stats: dict, history: list[dict]) -> None:
+    """README.md next to the weights: what it was trained on, how, how well, and how to redo it."""
+    import platform
+    import sys
+
+    corpus_stats = {}
+    if (Path(stats["corpus"]) / "stats.json").exists():
+        corpus_stats = json.loads((Path(stats["corpus"]) / "stats.json").read_text())
+    sources = ", ".join(f"{k} ({v.get('words', 0) / 1e6:.2f}M words)" for k, v in corpus_stats.get("sources", {}).items())
+    overrides = " ".join(f"--set {k}={v}" for k, v in asdict(cfg).items()
+                         if k != "preset" and v != getattr(PretrainConfig(), k))
+    seconds = sum(r["seconds"] for r in history)
+    text = f"""# {out.name}: AWD-LSTM language model (ulmfit)
+
+- Architecture: AWD-LSTM, {lm_cfg.n_layers} layers, embedding {lm_cfg.emb_size}, hidden {lm_cfg.hidden_size}, tied decoder; preset `{cfg.preset}`; vocabulary {stats['vocab']:,} (min_freq {cfg.min_freq}).
+- Corpus: `{stats['corpus']}` — {stats['documents']:,} documents; trained on {stats['train_tokens']:,} tokens ({cfg.epochs} epoch(s){', a random subset of the corpus' if cfg.max_tokens else ''}); every {cfg.valid_every}th document held out ({stats['valid_tokens']:,} tokens).
+- Sources: {sources or 'see the corpus stats.json'}.
+- Result: validation perplexity {stats['valid_perplexity']:.1f}, next-token accuracy {stats['valid_accuracy']:.3f}.
+- Training: bs {cfg.bs}, bptt {cfg.bptt} (variable), AdamW, {cfg.schedule} lr {cfg.lr}, drop_mult {cfg.drop_mult}, {cfg.precision}; {stats['tokens_per_s']:,.0f} tokens/s; {seconds / 60:.0f} min of training.
+- Hardware: {platform.machine()} CPU, {torch.get_num_threads()} threads, no GPU; Python {sys.version.split()[0]}, torch {torch.__version__}.
+- Weights: `lm.safetensors` in float16 (loaded as float32).
+
+Reproduce:
+```
+ulmfit corpus build general-en --out corpora/general-en
+ulmfit pretrain --corpus corpora/general-en --out {out.name} --preset {cfg.preset} {overrides}
+```
+This size was chosen for what 2 CPU cores do in about half an hour; a GPU run of the `paper` preset
+over the whole corpus for several epochs should replace it.
+"""
+    atomic_write_text(out / "README.md", text)
+
+
 def pretrain(corpus: str | Path, out: str | Path, cfg: PretrainConfig, resume: bool = False,
              overwrite: bool = False, log: Log = print) -> Path:
     corpus, out = Path(corpus), Path(out)
@@ -171,6 +204,7 @@ def pretrain(corpus: str | Path, out: str | Path, cfg: PretrainConfig, resume: b
              "valid_accuracy": last["accuracy"], "tokens_per_s": last["train_tokens_per_s"],
              "wall_minutes_last_run": round((time.perf_counter() - t0) / 60, 1)}
     atomic_write_json(out / "pretrain_stats.json", stats)
+    write_model_card(out, cfg, lm_cfg, stats, result.history)
     model_dir.write_marker(out, "lm", pretrained_on=str(corpus))
     model_dir.remove_checkpoints(out)
     log(f"pretrained LM saved to {out}: validation perplexity {last['perplexity']:.1f}")
