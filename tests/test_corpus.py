@@ -3,7 +3,6 @@
 No network: fetchers are replaced by functions that return the fixtures or raise.
 """
 
-import gzip
 import json
 import subprocess
 from pathlib import Path
