@@ -236,3 +236,25 @@ def test_fit_resume_after_interruption(tiny_data, tmp_path, capsys, monkeypatch)
     assert lm_epochs == list(range(len(lm_epochs)))  # the LM was not trained again
     assert clf_epochs == list(range(15))  # 1 + 1 + 1 + 12 classifier epochs, none twice
     assert json.loads((out / "ulmfit.json").read_text())["kind"] == "classifier"
+
+
+@pytest.mark.slow
+def test_finetune_lm_then_lr_find_for_lm_and_classifier(tiny_data, tmp_path, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(pd.read_csv(tiny_data["train"])["text"]) + "\n")
+    overrides = ["--set", "lm.preset=tiny", "--set", "lm.epochs=1", "--set", "lm.bs=8", "--set", "lm.min_freq=1",
+                 "--set", "lm.bptt=12", "--set", "clf.bs=16"]
+    code, _, err = run_cli(["finetune-lm", "--train", texts, "--out", tmp_path / "lm", "--pretrained", "none",
+                            *overrides], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "lm" / "ulmfit.json").read_text())["kind"] == "lm"
+    code, out, err = run_cli(["lr-find", "--train", tiny_data["train"], "--out", tmp_path / "lrf", "--iters", "30",
+                              *overrides], capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "lrf" / "lr_find.json").read_text())
+    assert 1e-7 <= summary["suggestion"] <= 10 and "suggested learning rate" in out
+    assert (tmp_path / "lrf" / "lr_find.png").stat().st_size > 1000
+    code, out, err = run_cli(["lr-find", "--train", tiny_data["train"], "--label-col", "label", "--encoder",
+                              tmp_path / "lm", "--out", tmp_path / "lrc", "--iters", "20", *overrides], capsys)
+    assert code == 0, err
+    assert "classifier" in err and (tmp_path / "lrc" / "lr_find.json").exists()
