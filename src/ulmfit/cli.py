@@ -4,46 +4,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields, is_dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from ulmfit.errors import UlmfitError
+from ulmfit.recipes.config import apply_overrides
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-# ----------------------------------------------------------------------------- config overrides
-
-def apply_overrides(cfg, assignments: list[str]):
-    """`--set lm.epochs=3 --set clf.lrs=[0.01,0.005]`: values parsed as JSON, else kept as strings."""
-    for item in assignments or []:
-        if "=" not in item:
-            raise UlmfitError(f"--set {item!r}: expected SECTION.FIELD=VALUE, e.g. --set lm.epochs=3")
-        key, raw = item.split("=", 1)
-        section, name = key.split(".", 1) if "." in key else ("fit", key)
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        if isinstance(value, list):
-            value = tuple(value)
-        if section == "fit":
-            target = cfg
-        else:
-            target = getattr(cfg, section, None)
-        if target is None or not is_dataclass(target):
-            raise UlmfitError(f"--set {item!r}: unknown section {section!r} (data, lm, clf, fit)")
-        names = {f.name for f in fields(target)}
-        if name not in names:
-            raise UlmfitError(f"--set {item!r}: {section} has no field {name!r}; fields: {sorted(names)}")
-        new = replace(target, **{name: value})
-        if section == "fit":
-            cfg = new
-        else:
-            setattr(cfg, section, new)
-    return cfg
 
 
 # ----------------------------------------------------------------------------- commands
@@ -179,9 +148,12 @@ def cmd_generate(a) -> int:
 
 
 def cmd_lr_find(a) -> int:
-    from ulmfit.recipes.lr_find import lr_find_command
+    from ulmfit.recipes.config import FitConfig
+    from ulmfit.recipes.lr_find import lr_find_run
 
-    lr_find_command(a, log)
+    cfg = apply_overrides(FitConfig.load(a.config) if a.config else FitConfig(), a.set)
+    lr_find_run(a.train, a.out, cfg, text_col=a.text_col or "text", label_col=a.label_col,
+                encoding=a.encoding or "utf-8", encoder=a.encoder, iters=a.iters, log=log)
     return 0
 
 

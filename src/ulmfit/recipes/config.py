@@ -6,7 +6,7 @@ down where a 2-core CPU needs it (the `small` preset); each field says where it 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 
 from ulmfit.errors import UlmfitError
@@ -122,3 +122,33 @@ def _build(cls, d: dict, section: str):
         raise UlmfitError(f"config section '{section}' has unknown field(s) {sorted(unknown)}; allowed: {sorted(known)}")
     d = {k: tuple(v) if isinstance(v, list) and k in ("lin_sizes", "lrs", "epochs") else v for k, v in d.items()}
     return cls(**d)
+
+
+def apply_overrides(cfg, assignments: list[str]):
+    """`--set lm.epochs=3 --set clf.lrs=[0.01,0.005]`: values parsed as JSON, else kept as strings."""
+    for item in assignments or []:
+        if "=" not in item:
+            raise UlmfitError(f"--set {item!r}: expected SECTION.FIELD=VALUE, e.g. --set lm.epochs=3")
+        key, raw = item.split("=", 1)
+        section, name = key.split(".", 1) if "." in key else ("fit", key)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if isinstance(value, list):
+            value = tuple(value)
+        if section == "fit":
+            target = cfg
+        else:
+            target = getattr(cfg, section, None)
+        if target is None or not is_dataclass(target):
+            raise UlmfitError(f"--set {item!r}: unknown section {section!r} (data, lm, clf, fit)")
+        names = {f.name for f in fields(target)}
+        if name not in names:
+            raise UlmfitError(f"--set {item!r}: {section} has no field {name!r}; fields: {sorted(names)}")
+        new = replace(target, **{name: value})
+        if section == "fit":
+            cfg = new
+        else:
+            setattr(cfg, section, new)
+    return cfg

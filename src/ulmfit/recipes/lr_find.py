@@ -22,16 +22,14 @@ from ulmfit.train.plots import plot_lr_find
 from ulmfit.train.tasks import ClassifierTask, LMTask
 
 
-def lr_find_command(a, log) -> dict:
-    from ulmfit.cli import apply_overrides
-
-    cfg = apply_overrides(FitConfig.load(a.config) if a.config else FitConfig(), a.set)
-    table = read_table(Path(a.train), text_col=a.text_col or "text", label_col=a.label_col,
-                       encoding=a.encoding or "utf-8", on_empty="skip")
-    if a.encoder:
-        if not a.label_col:
+def lr_find_run(train, out, cfg: FitConfig, *, text_col: str = "text", label_col: str | None = None,
+                encoding: str = "utf-8", encoder: str | None = None, iters: int = 100, log=print) -> dict:
+    """The LM's rate (from scratch, `cfg.lm.preset`), or with `encoder` the classifier's first stage."""
+    table = read_table(Path(train), text_col=text_col, label_col=label_col, encoding=encoding, on_empty="skip")
+    if encoder:
+        if not label_col:
             raise UlmfitError("lr-find --encoder finds the classifier's rate and needs --label-col")
-        lm, tokenizer, vocab = model_dir.load_lm(a.encoder)
+        lm, tokenizer, vocab = model_dir.load_lm(encoder)
         classes = class_names_from(table)
         labels = encode_labels(table, classes, "training")
         lm_cfg = AWDLSTMConfig.from_dict(lm.encoder.cfg.to_dict())
@@ -49,10 +47,10 @@ def lr_find_command(a, log) -> dict:
         groups = model.layer_groups()
         batches = LMLoader(vocab.encode_many(tokens), bs=cfg.lm.bs, bptt=cfg.lm.bptt, shuffle=True, seed=cfg.seed)
         task, what = LMTask(cfg.lm.alpha, cfg.lm.beta), f"language model ({cfg.lm.preset} preset, from scratch)"
-    log(f"lr-find on the {what}: {a.iters} steps")
+    log(f"lr-find on the {what}: {iters} steps")
     result = lr_find(model, batches, task.loss, lambda: make_optimizer(param_groups(groups, 1e-3), cfg.optimizer),
-                     num_it=a.iters, clip=0.25)
-    out = Path(a.out)
+                     num_it=iters, clip=0.25)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plot_lr_find(result.lrs, result.losses, result.suggestion, out / "lr_find.png")
     summary = {"suggestion": result.suggestion, "method": result.method, "valley": result.valley,

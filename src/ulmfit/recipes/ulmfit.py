@@ -164,12 +164,17 @@ def gradual_unfreezing(cfg: ClassifierTrainConfig) -> list[Stage]:
 
 def train_classifier(lm: LMResult, train: Labelled, valid: Labelled, classes: list[str], out: Path,
                      cfg: ClassifierTrainConfig, *, seed: int = 0, optimizer: str = "adamw", precision: str = "fp32",
-                     resume: bool = False, log: Log = _quiet) -> tuple[TextClassifier, dict]:
-    """Phase 2: the classifier, best checkpoint by `cfg.metric` on `valid`; returns (model, valid metrics)."""
+                     resume: bool = False, train_tokens: list[list[str]] | None = None,
+                     log: Log = _quiet) -> tuple[TextClassifier, dict]:
+    """Phase 2: the classifier, best checkpoint by `cfg.metric` on `valid`; returns (model, valid metrics).
+
+    `train_tokens`: the training texts already tokenized (by the LM phase), so they are not tokenized twice."""
     _seed_all(seed)
     model, enc_cfg, head_cfg = classifier_from_lm(lm.lm, lm.config, len(classes), cfg)
-    encode = lambda texts: lm.vocab.encode_many(lm.tokenizer.tokenize_many(texts))
-    train_docs, valid_docs = encode(train.texts), encode(valid.texts)
+    if train_tokens is None:
+        train_tokens = lm.tokenizer.tokenize_many(train.texts)
+    train_docs = lm.vocab.encode_many(train_tokens)
+    valid_docs = lm.vocab.encode_many(lm.tokenizer.tokenize_many(valid.texts))
     train_loader = ClassificationLoader(train_docs, train.labels, bs=cfg.bs, shuffle=True, seed=seed,
                                         max_tokens=cfg.max_tokens)
     valid_loader = ClassificationLoader(valid_docs, valid.labels, bs=cfg.bs * 2, shuffle=False,
@@ -237,7 +242,8 @@ def fit(train, valid=None, *, out: str | Path, text_col: str = "text", label_col
     lm = finetune_lm(lm_tokens, out, cfg.lm, tokenizer=tokenizer, vocab=vocab, pretrained=cfg.pretrained,
                      seed=cfg.seed, optimizer=cfg.optimizer, precision=cfg.precision, resume=resume, log=log)
     model, metrics = train_classifier(lm, train_set, valid_set, classes, out, cfg.clf, seed=cfg.seed,
-                                      optimizer=cfg.optimizer, precision=cfg.precision, resume=resume, log=log)
+                                      optimizer=cfg.optimizer, precision=cfg.precision, resume=resume,
+                                      train_tokens=lm_tokens[:len(train_set.texts)], log=log)
     write_reports(out, metrics, classes, cfg, time.perf_counter() - t0)
     model_dir.write_marker(out, "classifier", classes=classes, recipe="ulmfit", metric=cfg.clf.metric)
     model_dir.remove_checkpoints(out)
