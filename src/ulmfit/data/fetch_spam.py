@@ -43,7 +43,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ulmfit.data.fetch import _write_atomic, cache_dir, drop_duplicates_and_conflicts, given_file
+from ulmfit.data.fetch import (cache_dir, complete, drop_duplicates_and_conflicts, given_file,
+                               split_paths, write_splits)
 from ulmfit.data.fetch import split as shared_split
 from ulmfit.errors import UlmfitError
 
@@ -95,9 +96,9 @@ def fetch_spam(cache: Path | None = None, tgz: Path | None = None) -> dict[str, 
     """
     cache = Path(cache) if cache is not None else cache_dir()
     out = cache / "spam" / "v1"
-    paths = {s: out / f"{s}.csv" for s in SPLITS}
-    if (out / "stats.json").exists() and all(p.exists() for p in paths.values()):
-        return paths  # stats.json is written last: its presence means the split is complete
+    paths = split_paths(out)
+    if complete(out):
+        return paths
 
     path = _find_tgz(cache, tgz)
     emails = read_emails(path)
@@ -121,14 +122,8 @@ def fetch_spam(cache: Path | None = None, tgz: Path | None = None) -> dict[str, 
         "split": {"seed": SEED, "fractions": [0.8, 0.1, 0.1], "stratified_by": "label"},
         "counts": {s: {"total": len(d), **d["label"].value_counts().sort_index().to_dict()}
                    for s, d in splits.items()},
-        "sha256": {},
     }
-    for s, d in splits.items():
-        data = d[["text", "label"]].to_csv(index=False, lineterminator="\n").encode("utf-8")
-        _write_atomic(paths[s], data)
-        stats["sha256"][f"{s}.csv"] = hashlib.sha256(data).hexdigest()
-    _write_atomic(out / "stats.json", (json.dumps(stats, indent=2) + "\n").encode("utf-8"))
-    return paths
+    return write_splits(out, splits, stats)
 
 
 def read_emails(path: Path) -> list[tuple[str, str, str]]:
