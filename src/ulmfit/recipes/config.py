@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 
 from ulmfit.errors import UlmfitError
+from ulmfit.recipes.siatl_config import SiatlConfig
 
 
 @dataclass
@@ -77,7 +78,8 @@ class FitConfig:
     data: DataConfig = field(default_factory=DataConfig)
     lm: LMTrainConfig = field(default_factory=LMTrainConfig)
     clf: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
-    recipe: str = "ulmfit"
+    siatl: SiatlConfig = field(default_factory=SiatlConfig)
+    recipe: str = "ulmfit"  # ulmfit | siatl
     # "auto": the shipped general-en LM when installed, else from scratch; a shipped name; a
     # language-model folder; or None / "none" to train the LM from scratch on your text.
     pretrained: str | None = "auto"
@@ -104,7 +106,8 @@ class FitConfig:
             data=_build(DataConfig, d.get("data", {}), "data"),
             lm=_build(LMTrainConfig, d.get("lm", {}), "lm"),
             clf=_build(ClassifierTrainConfig, d.get("clf", {}), "clf"),
-            **{k: v for k, v in d.items() if k not in ("data", "lm", "clf")},
+            siatl=_build(SiatlConfig, d.get("siatl", {}), "siatl"),
+            **{k: v for k, v in d.items() if k not in ("data", "lm", "clf", "siatl")},
         )
 
     @classmethod
@@ -142,7 +145,7 @@ def apply_overrides(cfg, assignments: list[str]):
         else:
             target = getattr(cfg, section, None)
         if target is None or not is_dataclass(target):
-            raise UlmfitError(f"--set {item!r}: unknown section {section!r} (data, lm, clf, fit)")
+            raise UlmfitError(f"--set {item!r}: unknown section {section!r} (data, lm, clf, siatl, fit)")
         names = {f.name for f in fields(target)}
         if name not in names:
             raise UlmfitError(f"--set {item!r}: {section} has no field {name!r}; fields: {sorted(names)}")
