@@ -1,0 +1,287 @@
+"""The SiATL recipe (Chronopoulou, Baziotis & Potamianos, NAACL 2019, arXiv:1902.10547): transfer a
+pretrained language model to a classifier in one training run.
+
+Every epoch e (1-based):
+  - the trainable parts follow sequential unfreezing: the new layers alone, then the pretrained
+    LSTM from `unfreeze_lstm_epoch`, then the embeddings from `unfreeze_embedding_epoch`;
+  - each batch's loss is  task cross-entropy + gamma_e * LM cross-entropy on the same documents
+    (+ gamma_e * the LM loss of one batch of unlabelled target text, when given), gamma_e decaying
+    exponentially from gamma_start to gamma_end;
+  - SGD/ASGD steps the pretrained part, Adam the new one, each clipped separately;
+  - validation, one JSON line in `out/history.jsonl`, best weights kept by `cfg.metric`, and an
+    epoch checkpoint in `out/checkpoints/` from which `resume=True` continues.
+
+Randomness is re-seeded from (seed, epoch) at the start of every epoch, and the loaders' orders
+depend on (seed, epoch) only, so a resumed run repeats an uninterrupted one exactly.
+
+Files written into `out`: siatl.safetensors + siatl_model.json (the model, see `load_siatl_model`),
+history.jsonl (appended), checkpoints/siatl-last.pt and checkpoints/siatl-best.safetensors.
+"""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ulmfit.data.cls_loader import ClassificationLoader
+from ulmfit.data.lm_loader import LMLoader
+from ulmfit.errors import UlmfitError
+from ulmfit.models.awd_lstm import CLASSIFIER_DROPOUTS, AWDLSTMConfig, detach_state
+from ulmfit.models.siatl import SiatlClassifier, SiatlHeadConfig, next_token_loss
+from ulmfit.recipes.prepare import Labelled
+from ulmfit.recipes.siatl_config import SiatlConfig
+from ulmfit.text.token_docs import TokenDocs
+from ulmfit.train.checkpoint import (append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text,
+                                     load_weights, save_weights)
+from ulmfit.train.metrics import EarlyStopping, classification_metrics
+from ulmfit.train.siatl_optim import clip_and_step, make_optimizers, set_trainable
+from ulmfit.train.siatl_schedule import PARTS, gamma_at, trainable_parts
+
+if TYPE_CHECKING:  # recipes.ulmfit calls this module; importing it here would be circular
+    from ulmfit.recipes.ulmfit import LMResult
+
+Log = Callable[[str], None]
+PHASE = "siatl"
+MODEL_FILE, CONFIG_FILE = "siatl.safetensors", "siatl_model.json"
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + 7_919 + epoch * 101) % (2**31)
+
+
+def _autocast(precision: str):
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if precision == "fp32":
+        return nullcontext()
+    raise UlmfitError(f"precision must be fp32 or bf16, not {precision!r}")
+
+
+def build_model(base: "LMResult", n_classes: int, cfg: SiatlConfig) -> SiatlClassifier:
+    """The pretrained LM (already on the target vocabulary) with the classifier's dropouts
+    (fastai's, times cfg.drop_mult, as the ulmfit recipe) and new task layers."""
+    enc_cfg = replace(base.config, drop_mult=cfg.drop_mult, **CLASSIFIER_DROPOUTS)
+    head_cfg = SiatlHeadConfig(n_classes=n_classes, task_hidden=cfg.task_hidden, head_p=cfg.head_p,
+                               max_len=cfg.max_len)
+    return SiatlClassifier.from_language_model(base.lm, head_cfg, enc_cfg)
+
+
+def _lm_stream(loader: LMLoader, epoch: int):
+    """Endless (x, y, fresh) LM batches for one epoch: the loader's order for this epoch, then new
+    orders if the epoch outlasts it. Depends on (loader seed, epoch) only, so resuming at an epoch
+    boundary replays it; `fresh` marks the start of a pass (reset the carried LSTM state)."""
+    for cycle in range(1_000_000):
+        loader.set_epoch(epoch * 1_000_000 + cycle)
+        for i, (x, y) in enumerate(loader):
+            yield x, y, i == 0
+
+
+@torch.no_grad()
+def evaluate(model: SiatlClassifier, loader: ClassificationLoader, classes: list[str],
+             precision: str = "fp32") -> tuple[dict, np.ndarray]:
+    """(metrics, class probabilities in the loader's document order): valid_loss (task
+    cross-entropy), valid_lm_loss (next-token cross-entropy per token), accuracy, macro/weighted F1."""
+    model.eval()
+    probs = np.zeros((len(loader.docs), len(classes)), dtype=np.float32)
+    lm_sum, lm_n = 0.0, 0
+    for batch in loader:
+        with _autocast(precision):
+            logits, lm_logits = model.forward_with_lm(batch.ids, batch.lengths)
+            n = int((batch.lengths.clamp(max=lm_logits.size(1)) - 1).sum())
+            lm_sum += float(next_token_loss(lm_logits, batch.ids, batch.lengths)) * n
+        lm_n += n
+        probs[batch.index.numpy()] = torch.softmax(logits.float(), -1).numpy()
+    labels = np.asarray(loader.labels)
+    m = classification_metrics(labels, probs.argmax(1), classes)
+    loss = -float(np.mean(np.log(probs[np.arange(len(labels)), labels] + 1e-12)))
+    return {"valid_loss": loss, "valid_lm_loss": lm_sum / max(lm_n, 1), "accuracy": m["accuracy"],
+            "macro_f1": m["macro_f1"], "weighted_f1": m["weighted_f1"]}, probs
+
+
+def train_siatl(base: "LMResult", train: Labelled, valid: Labelled, classes: list[str], out: Path,
+                cfg: SiatlConfig, *, unlabeled_docs: TokenDocs | None = None, seed: int = 0,
+                precision: str = "fp32", resume: bool = False, train_tokens: list[list[str]] | None = None,
+                log: Log = _quiet) -> tuple[nn.Module, dict]:
+    """Train a SiATL classifier on `base` (an LMResult: the pretrained LM mapped onto the target
+    vocabulary, or a random one), select it on `valid` by `cfg.metric`, save it into `out` and
+    return (best model in eval mode, its validation metrics from `classification_metrics`)."""
+    out = Path(out)
+    _check_inputs(train, valid, classes)
+    _autocast(precision)  # reject a bad precision before any work
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, best_path = out / "checkpoints" / f"{PHASE}-last.pt", out / "checkpoints" / f"{PHASE}-best.safetensors"
+    log_path = out / "history.jsonl"
+
+    torch.manual_seed(seed)  # the new layers' initial values
+    model = build_model(base, len(classes), cfg)
+    pad = model.enc_cfg.pad_idx
+    if train_tokens is None:
+        train_tokens = base.tokenizer.tokenize_many(train.texts)
+    train_docs = base.vocab.encode_many(train_tokens)
+    valid_docs = base.vocab.encode_many(base.tokenizer.tokenize_many(valid.texts))
+    train_loader = ClassificationLoader(train_docs, train.labels, bs=cfg.bs, shuffle=True, seed=seed,
+                                        pad_idx=pad, max_tokens=cfg.max_len)
+    valid_loader = ClassificationLoader(valid_docs, valid.labels, bs=cfg.bs * 2, shuffle=False,
+                                        pad_idx=pad, max_tokens=cfg.max_len)
+    lm_loader = None
+    if unlabeled_docs is not None and cfg.unlabeled_lm and unlabeled_docs.n_tokens > 2:
+        lm_bs = min(cfg.bs, (unlabeled_docs.n_tokens - 1) // 2)
+        lm_loader = LMLoader(unlabeled_docs, bs=lm_bs, bptt=cfg.unlabeled_bptt, shuffle=True, seed=seed)
+
+    parts = model.partitions()
+    optimizers = make_optimizers(parts, cfg.pretrained_optimizer, cfg.pretrained_lr, cfg.embedding_lr, cfg.new_lr)
+    early = EarlyStopping(cfg.metric, patience=cfg.patience)
+    history: list[dict] = []
+    first_epoch, stopped = 1, False
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise UlmfitError(f"{ckpt_path} does not fit this model ({str(e).splitlines()[0]}); resume with the "
+                              "same siatl config, or start again without --resume") from e
+        for name, opt in optimizers.items():
+            opt.load_state_dict(ckpt["optimizers"][name])
+        early.load_state_dict(ckpt["early"])
+        torch.set_rng_state(ckpt["rng"])
+        history, first_epoch, stopped = ckpt["history"], ckpt["epoch"] + 1, ckpt["stopped"]
+        if ckpt.get("config") != asdict(cfg):
+            log("siatl: note: the siatl config differs from the interrupted run's; the result will not match it")
+        _rewrite_log(log_path, history)
+        log(f"siatl: resuming after epoch {ckpt['epoch']}" + (" (it had stopped early)" if stopped else ""))
+    else:
+        best_path.unlink(missing_ok=True)  # a stale best from an earlier run must not be restored
+    log(f"siatl: {len(train.texts):,} training / {len(valid.texts):,} validation documents, classes {classes}; "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; selecting on {cfg.metric}"
+        + (f"; LM term also on {unlabeled_docs.n_tokens:,} unlabelled tokens" if lm_loader else ""))
+
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        if stopped:
+            break
+        t0 = time.perf_counter()
+        torch.manual_seed(_epoch_seed(seed, epoch))
+        active = trainable_parts(epoch, cfg.unfreeze_lstm_epoch, cfg.unfreeze_embedding_epoch)
+        set_trainable(parts, active)
+        gamma = gamma_at(epoch, cfg.gamma_start, cfg.gamma_end, cfg.gamma_epochs)
+        use_lm = gamma > 0  # before the LSTM unfreezes the LM loss trains nothing, but it is logged
+        # The unlabelled LM batches only start when they can reach trainable weights (the LSTM).
+        stream = _lm_stream(lm_loader, epoch) if (lm_loader and use_lm and "lstm" in active) else None
+        lm_state = None
+        sums = {"train_loss": 0.0, "train_task_loss": 0.0, "train_lm_loss": 0.0, "train_unlabeled_lm_loss": 0.0}
+        n_batches = 0
+        train_loader.set_epoch(epoch)
+        model.train()
+        for batch in train_loader:
+            with _autocast(precision):
+                if use_lm:
+                    logits, lm_logits = model.forward_with_lm(batch.ids, batch.lengths)
+                    lm_loss = next_token_loss(lm_logits, batch.ids, batch.lengths)
+                else:
+                    logits, lm_loss = model(batch.ids, batch.lengths), torch.zeros(())
+                task_loss = F.cross_entropy(logits.float(), batch.labels)
+                unl_loss = torch.zeros(())
+                if stream is not None:
+                    x, y, fresh = next(stream)
+                    ulogits, lm_state = model.language_model(x, None if fresh else detach_state(lm_state))
+                    unl_loss = F.cross_entropy(ulogits.reshape(-1, ulogits.size(-1)).float(), y.reshape(-1))
+                loss = task_loss + gamma * (lm_loss + unl_loss)
+            for opt in optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            clip_and_step(optimizers, cfg.clip)  # an optimizer with no unfrozen parameter does not step
+            for key, value in (("train_loss", loss), ("train_task_loss", task_loss), ("train_lm_loss", lm_loss),
+                               ("train_unlabeled_lm_loss", unl_loss)):
+                sums[key] += float(value.detach())
+            n_batches += 1
+
+        metrics, _ = evaluate(model, valid_loader, classes, precision)
+        improved = early.step(metrics[cfg.metric], epoch)
+        if improved:
+            save_weights(model.state_dict(), best_path)
+        stopped = early.should_stop
+        record = {"phase": PHASE, "stage": "+".join(active), "epoch": epoch, "gamma": round(gamma, 6),
+                  **{k: v / max(n_batches, 1) for k, v in sums.items() if k != "train_unlabeled_lm_loss" or stream},
+                  **metrics, "best": improved, "seconds": round(time.perf_counter() - t0, 2)}
+        append_jsonl(log_path, record)
+        history.append(record)
+        atomic_torch_save({"model": model.state_dict(), "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                           "early": early.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch,
+                           "stopped": stopped, "history": history, "config": asdict(cfg)}, ckpt_path)
+        log(f"siatl epoch {epoch}/{cfg.epochs} [{record['stage']}] gamma {gamma:.3f}: train loss "
+            f"{record['train_loss']:.3f} (task {record['train_task_loss']:.3f}, LM {record['train_lm_loss']:.3f}); "
+            f"valid {cfg.metric} {metrics[cfg.metric]:.4f}{' *' if improved else ''} ({record['seconds']:.0f}s)")
+        if stopped:
+            log(f"siatl: no better {cfg.metric} for {cfg.patience} epochs; stopping early")
+
+    if best_path.exists():
+        model.load_state_dict(load_weights(best_path))
+    set_trainable(parts, PARTS)
+    model.eval()
+    _, probs = evaluate(model, valid_loader, classes, precision)
+    metrics = classification_metrics(valid.labels, probs.argmax(1), classes)
+    save_siatl_model(out, model)
+    log(f"siatl done: best {cfg.metric} {early.best if early.best is not None else float('nan'):.4f} "
+        f"(epoch {early.best_epoch}); validation accuracy "
+        f"{metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
+    return model, metrics
+
+
+def save_siatl_model(folder: Path, model: SiatlClassifier) -> None:
+    """`siatl_model.json` (encoder AWDLSTMConfig + head config) and `siatl.safetensors`."""
+    atomic_write_json(Path(folder) / CONFIG_FILE, {"encoder": model.enc_cfg.to_dict(), "head": model.cfg.to_dict()})
+    save_weights(model.state_dict(), Path(folder) / MODEL_FILE)
+
+
+def load_siatl_model(folder: Path) -> SiatlClassifier:
+    """Rebuild the model saved by `train_siatl` from `folder` alone (in eval mode)."""
+    folder = Path(folder)
+    path = folder / CONFIG_FILE
+    if not path.exists():
+        raise UlmfitError(f"{folder}: no SiATL model ({CONFIG_FILE} missing); pass the --out folder of a siatl run")
+    try:
+        d = json.loads(path.read_text())
+        model = SiatlClassifier(AWDLSTMConfig.from_dict(d["encoder"]), SiatlHeadConfig.from_dict(d["head"]))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UlmfitError(f"{path}: corrupt ({type(e).__name__}: {e}); retrain or restore the model folder") from e
+    try:
+        model.load_state_dict(load_weights(folder / MODEL_FILE))
+    except RuntimeError as e:
+        raise UlmfitError(f"{folder / MODEL_FILE} does not match {CONFIG_FILE} ({str(e).splitlines()[0]}); "
+                          "retrain or restore the model folder") from e
+    return model.eval()
+
+
+def _check_inputs(train: Labelled, valid: Labelled, classes: list[str]) -> None:
+    if len(classes) < 2:
+        raise UlmfitError(f"siatl: classes must hold at least two names, got {classes}")
+    for what, data in (("training", train), ("validation", valid)):
+        labels = np.asarray(data.labels)
+        if len(data.texts) == 0:
+            raise UlmfitError(f"siatl: the {what} set ({data.source}) is empty; give it labelled rows")
+        if labels.shape != (len(data.texts),):
+            raise UlmfitError(f"siatl: the {what} set ({data.source}) has {len(data.texts)} texts but "
+                              f"{labels.size} labels; give one label per text")
+        if labels.min() < 0 or labels.max() >= len(classes):
+            raise UlmfitError(f"siatl: {what} labels must be class indices in [0, {len(classes)}); "
+                              f"encode them with the training classes")
+
+
+def _rewrite_log(path: Path, history: list[dict]) -> None:
+    """Make the log's siatl lines agree with the checkpoint (an epoch logged but not checkpointed
+    before a crash is trained again, so its line must go); other phases' lines are kept."""
+    if not path.exists():
+        return
+    other = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l).get("phase") != PHASE]
+    atomic_write_text(path, "".join(l + "\n" for l in other + [json.dumps(r) for r in history]))
