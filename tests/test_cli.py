@@ -258,3 +258,56 @@ def test_finetune_lm_then_lr_find_for_lm_and_classifier(tiny_data, tmp_path, cap
                               tmp_path / "lm", "--out", tmp_path / "lrc", "--iters", "20", *overrides], capsys)
     assert code == 0, err
     assert "classifier" in err and (tmp_path / "lrc" / "lr_find.json").exists()
+
+
+def test_fit_recipe_siatl_hands_prepared_data_to_siatl(tiny_data, tmp_path, capsys, monkeypatch):
+    """`--recipe siatl`: fit prepares tables, the low-resource sample, the unlabelled text, the vocabulary and
+    the (not fine-tuned) LM, then calls recipes/siatl.py (here a stand-in module); prediction loads its model."""
+    import types
+
+    from ulmfit.recipes import model_dir
+    from ulmfit.recipes import ulmfit as recipe
+    from ulmfit.recipes.config import ClassifierTrainConfig
+    from ulmfit.recipes.siatl_config import SiatlConfig
+    from ulmfit.text.vocab import Vocab
+    from ulmfit.train.metrics import classification_metrics
+
+    calls = {}
+
+    def train_siatl(base, train_set, valid_set, classes, out, cfg, *, unlabeled_docs, seed, precision, resume,
+                    train_tokens, log):
+        calls["train"] = dict(base=base, train_set=train_set, cfg=cfg, unlabeled_docs=unlabeled_docs, out=out,
+                              train_tokens=train_tokens, seed=seed, resume=resume)
+        model, enc_cfg, head_cfg = recipe.classifier_from_lm(base.lm, base.config, len(classes),
+                                                             ClassifierTrainConfig(lin_sizes=(8,)))
+        model_dir.save_classifier(out, model, enc_cfg, head_cfg)
+        return model, classification_metrics(valid_set.labels, [0] * len(valid_set.labels), classes)
+
+    def load_siatl_model(folder):
+        calls["load"] = folder
+        return model_dir.load_classifier_model(folder)
+
+    fake = types.ModuleType("ulmfit.recipes.siatl")
+    fake.train_siatl, fake.load_siatl_model = train_siatl, load_siatl_model
+    monkeypatch.setitem(sys.modules, "ulmfit.recipes.siatl", fake)
+    monkeypatch.setattr(recipe, "plot_history", lambda *a, **k: None)
+    (tmp_path / "more.txt").write_text("the gate was open\nboston on monday\n")
+    cfg_path = tmp_path / "tiny.json"
+    atomic_write_json(cfg_path, tiny_fit_config().to_dict())
+    out = tmp_path / "model"
+    code, _, err = run_cli(["fit", "--train", tiny_data["train"], "--valid", tiny_data["valid"], "--out", out,
+                            "--config", cfg_path, "--recipe", "siatl", "--labels-per-class", "5",
+                            "--unlabeled", tmp_path / "more.txt", "--seed", "3"], capsys)
+    assert code == 0, err
+    got = calls["train"]
+    assert got["out"] == out and got["seed"] == 3 and got["resume"] is False and isinstance(got["cfg"], SiatlConfig)
+    assert len(got["train_set"].texts) == 15 and len(got["train_tokens"]) == 15
+    assert len(got["unlabeled_docs"]) == 135 + 2  # the rest of the training rows, then --unlabeled
+    base = got["base"]
+    assert base.history == [] and base.vocab.itos == Vocab.load(out / "vocab.json").itos
+    assert base.config.vocab_size == len(base.vocab) and base.config.drop_mult == SiatlConfig().drop_mult
+    meta = json.loads((out / "ulmfit.json").read_text())
+    assert meta["recipe"] == "siatl" and meta["directions"] == ["fwd"]
+    assert (out / "report.md").exists() and (out / "valid_metrics.json").exists()
+    code, stdout, _ = run_cli(["predict", out], capsys, stdin="great flight\n", monkeypatch=monkeypatch)
+    assert code == 0 and calls["load"] == out and len(pd.read_csv(io.StringIO(stdout))) == 1

@@ -34,7 +34,7 @@ def cmd_fit(a) -> int:
         cfg.seed = cfg.seed if a.seed is None else a.seed
         if a.pretrained is not None:
             cfg.pretrained = a.pretrained
-        cfg = apply_overrides(cfg, a.set)
+        cfg = _fit_flags(apply_overrides(cfg, a.set), a)
         train, valid = a.train or cfg.data.train, a.valid or cfg.data.valid
     if not train:
         raise UlmfitError("no training data: pass --train FILE (a CSV/TSV/JSONL file, or a folder per class)")
@@ -42,6 +42,21 @@ def cmd_fit(a) -> int:
                 overwrite=a.overwrite, log=log)
     log(f"model saved to {model.folder} (report: {model.folder / 'report.md'})")
     return 0
+
+
+def _fit_flags(cfg, a):
+    """--direction, --pretrained-bwd and the low-resource flags onto the config (they win over --config and --set)."""
+    cfg.direction = a.direction or cfg.direction
+    if a.pretrained_bwd is not None:
+        if cfg.direction != "both":
+            raise UlmfitError(f"--pretrained-bwd is for --direction both; with --direction {cfg.direction} pass the "
+                              f"language model as --pretrained")
+        cfg.pretrained_bwd = a.pretrained_bwd
+    if a.labels_per_class is not None:
+        cfg.data = replace(cfg.data, labels_per_class=a.labels_per_class, max_labels=None)
+    if a.max_labels is not None:
+        cfg.data = replace(cfg.data, max_labels=a.max_labels, labels_per_class=None)
+    return cfg
 
 
 def cmd_finetune_lm(a) -> int:
@@ -58,14 +73,18 @@ def cmd_finetune_lm(a) -> int:
         raise UlmfitError(f"{out} already holds a model; choose another --out, or pass --overwrite")
     texts = read_unlabeled([a.train] + (a.unlabeled or []), a.text_col or "text", a.encoding or "utf-8")
     cfg.pretrained = a.pretrained or cfg.pretrained
+    cfg.direction = a.direction or cfg.direction
+    if cfg.direction not in ("fwd", "bwd"):
+        raise UlmfitError(f"finetune-lm trains one language model: --direction fwd or bwd, not {cfg.direction!r}")
     cfg = cfg.resolved()
-    pretrained = model_dir.resolve_pretrained(cfg.pretrained)
+    pretrained = model_dir.resolve_pretrained(cfg.pretrained, cfg.direction)
     tokenizer = model_dir.load_text_pipeline(pretrained)[0] if pretrained else Tokenizer(TokenizerConfig())
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.to_dict())
     res = finetune_lm(tokenizer.tokenize_many(texts), out, cfg.lm, tokenizer=tokenizer, pretrained=pretrained,
-                      seed=cfg.seed, optimizer=cfg.optimizer, precision=cfg.precision, resume=a.resume, log=log)
-    model_dir.write_marker(out, "lm")
+                      seed=cfg.seed, optimizer=cfg.optimizer, precision=cfg.precision, resume=a.resume,
+                      direction=cfg.direction, log=log)
+    model_dir.write_marker(out, "lm", direction=cfg.direction)
     model_dir.remove_checkpoints(out)
     log(f"language model saved to {out} ({len(res.vocab):,} words)")
     return 0
@@ -107,8 +126,12 @@ def cmd_evaluate(a) -> int:
     metrics = model.evaluate(table.texts, table.labels, source=table.source)
     if a.json:
         print(json.dumps(metrics))
-    else:
-        print(format_report(metrics, model.classes))
+        return 0
+    for d, m in metrics.get("by_direction", {}).items():
+        print(f"{d} model alone: accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}")
+    if "by_direction" in metrics:
+        print("averaged (the model's predictions):")
+    print(format_report(metrics, model.classes))
     return 0
 
 
@@ -141,6 +164,9 @@ def cmd_generate(a) -> int:
     from ulmfit.recipes.generate import generate
 
     lm, tokenizer, vocab = model_dir.load_lm(a.model)
+    if model_dir.marker_direction(Path(a.model)) == "bwd":
+        raise UlmfitError(f"{a.model}: a backward language model (it reads text right to left); `ulmfit generate` "
+                          f"needs a forward one (the top folder of a --direction both model is forward)")
     for i in range(a.n):
         seed = None if a.seed is None else a.seed + i
         print(generate(lm, tokenizer, vocab, a.prompt, a.words, a.temperature, seed=seed))
@@ -176,8 +202,19 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--unlabeled", action="append", help="more unlabelled text for the LM (repeatable)")
     f.add_argument("--out", required=True, help="model folder to create")
     f.add_argument("--pretrained", help="language model to start from: a shipped name (general-en), a folder, "
-                                        "or 'none' (default: general-en when installed)")
-    f.add_argument("--recipe", choices=["ulmfit"], help="training recipe (default ulmfit)")
+                                        "or 'none' (default: general-en when installed); with --direction bwd "
+                                        "a backward one (default general-en-bwd)")
+    f.add_argument("--pretrained-bwd", help="with --direction both: the backward language model (a shipped name, "
+                                            "general-en-bwd, a folder, or 'none'; default: general-en-bwd when installed)")
+    f.add_argument("--direction", choices=["fwd", "bwd", "both"],
+                   help="read documents forward (default), backward, or train both and average their predictions")
+    low = f.add_mutually_exclusive_group()
+    low.add_argument("--labels-per-class", type=int, metavar="N",
+                     help="low-resource mode: train on N labelled rows per class (stratified, seeded); the other "
+                          "training texts become unlabelled LM text")
+    low.add_argument("--max-labels", type=int, metavar="N",
+                     help="low-resource mode: train on N labelled rows in all, in proportion to the classes")
+    f.add_argument("--recipe", choices=["ulmfit", "siatl"], help="training recipe (default ulmfit)")
     f.add_argument("--config", help="a config.json to start from (e.g. from another model folder)")
     f.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a config field")
     f.add_argument("--seed", type=int)
@@ -191,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--unlabeled", action="append", help="more text files (repeatable)")
     lm.add_argument("--out", required=True)
     lm.add_argument("--pretrained", help="a shipped name (general-en), a language-model folder, or 'none'")
+    lm.add_argument("--direction", choices=["fwd", "bwd"], help="train a forward (default) or backward LM")
     lm.add_argument("--config")
     lm.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
     lm.add_argument("--resume", action="store_true")

@@ -13,6 +13,9 @@ from ulmfit.errors import UlmfitError
 from ulmfit.recipes.siatl_config import SiatlConfig
 
 
+DIRECTIONS = ("fwd", "bwd", "both")
+
+
 @dataclass
 class DataConfig:
     train: str | None = None  # paths, recorded so a run can be repeated from its folder
@@ -22,6 +25,10 @@ class DataConfig:
     label_col: str = "label"
     encoding: str = "utf-8"
     valid_frac: float = 0.1  # held out (stratified) from train when no validation file is given
+    # Low-resource mode (at most one of the two): train the classifier on a stratified, seeded sample
+    # of the training rows; the other rows' texts join the language model's unlabelled text.
+    labels_per_class: int | None = None
+    max_labels: int | None = None  # in proportion to the class frequencies, at least one per class
 
 
 @dataclass
@@ -83,15 +90,35 @@ class FitConfig:
     # "auto": the shipped general-en LM when installed, else from scratch; a shipped name; a
     # language-model folder; or None / "none" to train the LM from scratch on your text.
     pretrained: str | None = "auto"
+    # fwd | bwd | both. A backward model reads every document from its last token to its first;
+    # "both" trains a forward and a backward model and averages their probabilities (ULMFiT §4).
+    direction: str = "fwd"
+    # The backward LM of a "both" run (the forward one is `pretrained`; with direction "bwd" alone,
+    # `pretrained` is the backward LM). "auto": the shipped general-en-bwd when installed, else scratch.
+    pretrained_bwd: str | None = "auto"
     optimizer: str = "adamw"
     precision: str = "fp32"
     seed: int = 0
 
-    def resolved(self) -> "FitConfig":
-        """A copy with every `None` ("auto") rate replaced by its value for this run."""
+    @property
+    def directions(self) -> list[str]:
+        """The models this run trains, in order: ["fwd"], ["bwd"] or ["fwd", "bwd"]."""
+        if self.direction not in DIRECTIONS:
+            raise UlmfitError(f"direction (--direction) must be one of {list(DIRECTIONS)}, not {self.direction!r}")
+        return ["fwd", "bwd"] if self.direction == "both" else [self.direction]
+
+    def pretrained_for(self, direction: str) -> str | None:
+        """The pretrained-LM setting of the `direction` model of this run."""
+        return self.pretrained_bwd if self.direction == "both" and direction == "bwd" else self.pretrained
+
+    def resolved(self, direction: str | None = None) -> "FitConfig":
+        """A copy with every `None` ("auto") rate replaced by its value for the `direction` model
+        (default: the first one this run trains): fine-tuning rates with a pretrained LM, else scratch rates."""
         from ulmfit.recipes.model_dir import resolve_pretrained
 
-        scratch = resolve_pretrained(self.pretrained) is None
+        direction = direction or self.directions[0]
+        flag = "--pretrained-bwd" if self.direction == "both" and direction == "bwd" else "--pretrained"
+        scratch = resolve_pretrained(self.pretrained_for(direction), direction, flag=flag) is None
         lm_lr = self.lm.lr if self.lm.lr is not None else (2e-2 if scratch else 3e-3)
         lrs = self.clf.lrs if self.clf.lrs is not None else (
             (2e-2, 1e-2, 1e-2, 5e-3) if scratch else (2e-2, 1e-2, 5e-3, 1e-3))

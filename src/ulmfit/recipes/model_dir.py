@@ -1,7 +1,9 @@
 """The model folder: everything needed to reload, predict, and repeat the run.
 
 ```
-DIR/ulmfit.json              format marker: kind (lm | classifier), version, classes
+DIR/ulmfit.json              format marker: kind (lm | classifier), version, classes, direction of the
+                             files in DIR (fwd | bwd; absent in old folders: fwd), directions (classifiers:
+                             the models whose probabilities are averaged, e.g. ["fwd", "bwd"])
 DIR/config.json              the FitConfig of the run (repeat it with `ulmfit fit --config`)
 DIR/tokenizer.json           TokenizerConfig
 DIR/vocab.json               the vocabulary
@@ -11,7 +13,10 @@ DIR/classifier_config.json   encoder + head configs          (classifier folders
 DIR/classifier.safetensors   best classifier by the chosen metric (classifier folders)
 DIR/history.jsonl            one line per epoch; history.png the curves; report.md the metrics
 DIR/checkpoints/             resume state while training (removed when a run completes)
+DIR/bwd/                     `--direction both`: the backward model, the same layout (its own marker,
+                             config, vocab, LM, classifier, history, report); a model folder of its own
 ```
+With `--direction bwd` alone the backward model's files are in DIR itself (marker direction "bwd").
 """
 from __future__ import annotations
 
@@ -30,27 +35,55 @@ from ulmfit.train.checkpoint import atomic_write_json, load_weights, save_weight
 FORMAT = "ulmfit-model"
 VERSION = 1
 SHIPPED = Path(__file__).resolve().parent.parent / "pretrained"  # language models inside the package
-DEFAULT_PRETRAINED = "general-en"
+DEFAULT_PRETRAINED = "general-en"  # the forward model; the backward one is "general-en-bwd"
+DIRECTION_NAMES = {"fwd": "forward", "bwd": "backward"}
+
+
+def default_pretrained(direction: str = "fwd") -> str:
+    """The shipped model that `auto` means for this direction: general-en / general-en-bwd."""
+    return DEFAULT_PRETRAINED if direction == "fwd" else f"{DEFAULT_PRETRAINED}-{direction}"
 
 
 def shipped_models() -> list[str]:
     return sorted(p.name for p in SHIPPED.glob("*") if (p / "ulmfit.json").exists()) if SHIPPED.is_dir() else []
 
 
-def resolve_pretrained(name: str | Path | None) -> Path | None:
+def resolve_pretrained(name: str | Path | None, direction: str | None = None,
+                       flag: str = "--pretrained") -> Path | None:
     """A pretrained-LM setting to a folder: None/'none' -> None (from scratch); 'auto' -> the shipped
-    general-en model when present, else None; a shipped name -> its folder; else a path."""
+    model of `direction` (general-en, general-en-bwd) when present, else None; a shipped name -> its
+    folder; else a path. With `direction`, a folder of the other direction is an error."""
     if name is None or str(name).lower() == "none":
         return None
     if str(name) == "auto":
-        return SHIPPED / DEFAULT_PRETRAINED if DEFAULT_PRETRAINED in shipped_models() else None
+        default = default_pretrained(direction or "fwd")
+        return SHIPPED / default if default in shipped_models() else None
     if str(name) in shipped_models():
-        return SHIPPED / str(name)
-    path = Path(name)
-    if not path.exists():
-        raise UlmfitError(f"pretrained model {name!r} not found: pass a language-model folder, one of the shipped "
-                          f"models {shipped_models() or '(none installed)'}, or 'none' to start from scratch")
+        path = SHIPPED / str(name)
+    else:
+        path = Path(name)
+        if not path.exists():
+            raise UlmfitError(f"pretrained model {name!r} not found: pass a language-model folder, one of the shipped "
+                              f"models {shipped_models() or '(none installed)'}, or 'none' to start from scratch")
+    if direction is not None and (found := marker_direction(path)) != direction:
+        raise UlmfitError(f"{flag} {name}: {path} holds a {DIRECTION_NAMES.get(found, found)} ({found}) language model "
+                          f"but this model reads {DIRECTION_NAMES[direction]} ({direction}); pass a {direction} LM "
+                          f"({default_pretrained(direction)}, or one from `ulmfit pretrain --set direction={direction}`)")
     return path
+
+
+def marker_direction(folder: Path) -> str:
+    """The direction of the model files in `folder` as its marker says; old markers without one: fwd."""
+    try:
+        return json.loads((Path(folder) / "ulmfit.json").read_text()).get("direction", "fwd")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return "fwd"  # not a readable marker: loading the folder reports the real problem
+
+
+def direction_folder(folder: Path, first: str, direction: str) -> Path:
+    """Where the `direction` model of a run is: the run's first model (`first`, the marker's "direction")
+    lives in the folder itself, the backward model of a `both` run in `folder/bwd`."""
+    return folder if direction == first else folder / direction
 
 
 def write_marker(folder: Path, kind: str, **extra) -> None:

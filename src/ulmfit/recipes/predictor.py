@@ -1,6 +1,13 @@
-"""A trained classifier loaded from its folder: `ulmfit.load(path).predict(texts)`."""
+"""A trained classifier loaded from its folder: `ulmfit.load(path).predict(texts)`.
+
+A folder trained with `--direction both` holds two models, forward (the folder itself) and backward
+(`bwd/`); `Classifier` averages their class probabilities, as ULMFiT §4 does. A backward model
+reads every document reversed, so its `Member` reverses the token ids of each text before batching.
+"""
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -10,7 +17,68 @@ import torch
 from ulmfit.data.cls_loader import ClassificationLoader
 from ulmfit.errors import UlmfitError
 from ulmfit.recipes import model_dir
+from ulmfit.text.tokenize import Tokenizer
+from ulmfit.text.vocab import Vocab
 from ulmfit.train.metrics import classification_metrics
+
+
+@dataclass
+class Member:
+    """One direction's classifier: its text pipeline and its model (forward(ids, lengths) -> logits)."""
+
+    direction: str
+    tokenizer: Tokenizer
+    vocab: Vocab
+    model: torch.nn.Module
+
+    @classmethod
+    def load(cls, folder: Path, direction: str = "fwd", recipe: str = "ulmfit") -> "Member":
+        tokenizer, vocab = model_dir.load_text_pipeline(folder)
+        if recipe == "siatl":
+            from ulmfit.recipes.siatl import load_siatl_model
+
+            model = load_siatl_model(folder)
+        else:
+            model = model_dir.load_classifier_model(folder)
+        return cls(direction, tokenizer, vocab, model.eval())
+
+    def predict_proba(self, tokens: list[list[str]], n_classes: int, bs: int = 128) -> np.ndarray:
+        """Class probabilities for already tokenized texts, rows in input order."""
+        docs = self.vocab.encode_many(tokens)
+        if self.direction == "bwd":
+            docs = docs.reversed()
+        probs = np.zeros((len(tokens), n_classes), dtype=np.float32)
+        self.model.eval()
+        with torch.inference_mode():
+            for batch in ClassificationLoader(docs, None, bs=bs, shuffle=False):
+                logits = self.model(batch.ids, batch.lengths)
+                probs[batch.index.numpy()] = torch.softmax(logits.float(), -1).numpy()
+        return probs
+
+
+def proba_by_direction(members: list[Member], texts: Sequence[str], n_classes: int,
+                       bs: int = 128) -> dict[str, np.ndarray]:
+    """Each member's probabilities; texts are tokenized once per distinct tokenizer config."""
+    tokens: dict[str, list[list[str]]] = {}
+    out = {}
+    for m in members:
+        key = json.dumps(asdict(m.tokenizer.config), sort_keys=True)
+        if key not in tokens:
+            tokens[key] = m.tokenizer.tokenize_many(list(texts))
+        out[m.direction] = m.predict_proba(tokens[key], n_classes, bs)
+    return out
+
+
+def average(probs: dict[str, np.ndarray]) -> np.ndarray:
+    return np.mean(np.stack(list(probs.values())), axis=0).astype(np.float32)
+
+
+def metrics_by_direction(probs: dict[str, np.ndarray], y_true: np.ndarray, classes: list[str]) -> dict:
+    """The ensemble's metrics, plus each direction's under "by_direction" when there are several."""
+    metrics = classification_metrics(y_true, average(probs).argmax(1), classes)
+    if len(probs) > 1:
+        metrics["by_direction"] = {d: classification_metrics(y_true, p.argmax(1), classes) for d, p in probs.items()}
+    return metrics
 
 
 class Classifier:
@@ -23,35 +91,36 @@ class Classifier:
             raise UlmfitError(f"{self.folder}: holds a {self.meta.get('kind')} model, not a classifier; "
                               f"use `ulmfit generate` with it, or train a classifier with `ulmfit fit`")
         self.classes: list[str] = list(self.meta["classes"])
-        self.tokenizer, self.vocab = model_dir.load_text_pipeline(self.folder)
-        self.model = model_dir.load_classifier_model(self.folder)
+        self.directions: list[str] = list(self.meta.get("directions") or [self.meta.get("direction", "fwd")])
+        recipe = self.meta.get("recipe", "ulmfit")
+        self.members = [Member.load(model_dir.direction_folder(self.folder, self.directions[0], d), d, recipe)
+                        for d in self.directions]
+        first = self.members[0]
+        self.tokenizer, self.vocab, self.model = first.tokenizer, first.vocab, first.model
+
+    def predict_proba_by_direction(self, texts: Sequence[str], bs: int = 128) -> dict[str, np.ndarray]:
+        """{direction: probabilities} of every model in the folder (one entry unless trained with both)."""
+        texts = ["" if t is None else str(t) for t in texts]
+        return proba_by_direction(self.members, texts, len(self.classes), bs)
 
     def predict_proba(self, texts: Sequence[str], bs: int = 128) -> np.ndarray:
-        """Class probabilities, shape [len(texts), n_classes], columns in `self.classes` order."""
-        texts = ["" if t is None else str(t) for t in texts]
-        if not texts:
-            return np.zeros((0, len(self.classes)), dtype=np.float32)
-        docs = self.vocab.encode_many(self.tokenizer.tokenize_many(texts))
-        probs = np.zeros((len(texts), len(self.classes)), dtype=np.float32)
-        self.model.eval()
-        with torch.inference_mode():
-            for batch in ClassificationLoader(docs, None, bs=bs, shuffle=False):
-                logits = self.model(batch.ids, batch.lengths)
-                probs[batch.index.numpy()] = torch.softmax(logits.float(), -1).numpy()
-        return probs
+        """Class probabilities, shape [len(texts), n_classes], columns in `self.classes` order;
+        the average over the directions when the folder holds a forward and a backward model."""
+        return average(self.predict_proba_by_direction(texts, bs))
 
     def predict(self, texts: Sequence[str]) -> list[str]:
         return [self.classes[i] for i in self.predict_proba(texts).argmax(1)]
 
     def evaluate(self, texts: Sequence[str], labels: Sequence[str], source: str = "data") -> dict:
+        """Metrics of the (averaged) model; with two directions also each one's, under "by_direction"."""
         labels = [str(l).strip() for l in labels]
         unseen = sorted(set(labels) - set(self.classes))
         if unseen:
             raise UlmfitError(f"{source}: labels {unseen[:5]} were never seen in training (model classes: "
                               f"{self.classes}); map them to known classes or drop those rows")
         index = {c: i for i, c in enumerate(self.classes)}
-        y_true = np.array([index[l] for l in labels])
-        return classification_metrics(y_true, self.predict_proba(texts).argmax(1), self.classes)
+        y_true = np.array([index[l] for l in labels], dtype=np.int64)
+        return metrics_by_direction(self.predict_proba_by_direction(texts), y_true, self.classes)
 
 
 def load(folder: str | Path) -> Classifier:

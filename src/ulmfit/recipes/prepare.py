@@ -3,13 +3,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from ulmfit.data.readers import TextTable, read_table, read_texts
+from ulmfit.data.subset import stratified_subset
 from ulmfit.errors import UlmfitError
+from ulmfit.recipes.config import DataConfig
 from ulmfit.text.token_docs import TokenDocs
 from ulmfit.text.tokenize import Tokenizer
 from ulmfit.text.vocab import Vocab
@@ -20,6 +23,51 @@ class Labelled:
     texts: list[str]
     labels: np.ndarray  # int64 class ids
     source: str
+
+
+@dataclass
+class FitData:
+    """Everything `fit` trains on, read and checked."""
+
+    train: Labelled
+    valid: Labelled
+    classes: list[str]
+    unlabeled: list[str]  # LM-only text: the rest of a low-resource sample, then the --unlabeled files
+
+
+def load_fit_data(train, valid, d: DataConfig, seed: int, log: Callable[[str], None]) -> FitData:
+    """Tables -> classes, validation (a stratified split of the FULL training table when no file is
+    given), the low-resource sample of the remaining training rows, and the unlabelled texts."""
+    train_table = as_table(train, d.text_col, d.label_col, d.encoding)
+    classes = class_names_from(train_table)
+    if valid is None:
+        train_table, valid_table = split_train_valid(train_table, d.valid_frac, seed)
+        log(f"no validation file: holding out a stratified {d.valid_frac:.0%} of {train_table.source} "
+            f"({len(valid_table.texts)} rows)")
+    else:
+        valid_table = as_table(valid, d.text_col, d.label_col, d.encoding)
+    train_set = Labelled(train_table.texts, encode_labels(train_table, classes, "training"), train_table.source)
+    valid_set = Labelled(valid_table.texts, encode_labels(valid_table, classes), valid_table.source)
+    train_set, rest = sample_labels(train_set, classes, d, seed, log)
+    return FitData(train_set, valid_set, classes, rest + read_unlabeled(d.unlabeled, d.text_col, d.encoding))
+
+
+def sample_labels(train: Labelled, classes: list[str], d: DataConfig, seed: int,
+                  log: Callable[[str], None]) -> tuple[Labelled, list[str]]:
+    """Low-resource mode: (the sampled labelled rows, the texts of the other rows)."""
+    if d.labels_per_class is None and d.max_labels is None:
+        return train, []
+    keep, rest = stratified_subset(train.labels, per_class=d.labels_per_class, total=d.max_labels, seed=seed)
+    kept = Labelled([train.texts[i] for i in keep], train.labels[keep], train.source)
+    have = np.bincount(train.labels, minlength=len(classes))
+    got = np.bincount(kept.labels, minlength=len(classes))
+    if d.labels_per_class is not None:
+        short = [f"{c} ({n})" for c, n in zip(classes, have) if 0 < n < d.labels_per_class]
+        if short:
+            log(f"low-resource: fewer than {d.labels_per_class} training rows in {', '.join(short)}: all of them kept")
+    log(f"low-resource: {len(keep):,} labelled training texts ({' / '.join(f'{c} {n}' for c, n in zip(classes, got))}) "
+        f"sampled with seed {seed}; the other {len(rest):,} join the LM text")
+    return kept, [train.texts[i] for i in rest]
 
 
 def as_table(data, text_col: str, label_col: str | None, encoding: str = "utf-8") -> TextTable:

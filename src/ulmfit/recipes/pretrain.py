@@ -6,6 +6,9 @@ shard by shard and counts words and document lengths; pass 2 tokenizes again and
 straight into a memory-mapped `ids.npy` whose size pass 1 fixed. Training then reads batches
 from that memory map (`LMLoader` never copies the corpus). Checkpoints every N steps make a
 multi-hour CPU epoch resumable.
+
+`--set direction=bwd` pretrains a backward LM: every document's ids are written reversed (the
+documents keep their order), which is how `fit --direction bwd` reads its text too.
 """
 from __future__ import annotations
 
@@ -53,6 +56,7 @@ class PretrainConfig:
     checkpoint_every: int = 500  # steps
     precision: str = "fp32"
     seed: int = 0
+    direction: str = "fwd"  # fwd | bwd: a backward LM reads every document from its last token to its first
 
 
 def read_shards(corpus: Path, chunk: int = 5000) -> Iterator[list[str]]:
@@ -79,8 +83,9 @@ def numericalize_corpus(corpus: Path, folder: Path, tokenizer: Tokenizer, cfg: P
     """Two streaming passes: count, then write ids into memory maps. Returns (vocab, train, valid).
 
     Every `cfg.valid_every`-th document goes to the (small, in-RAM) validation set; the rest are
-    written to `folder/train/ids.npy`, memory-mapped.
+    written to `folder/train/ids.npy`, memory-mapped. A backward LM's documents are stored reversed.
     """
+    step = -1 if cfg.direction == "bwd" else 1
     t0 = time.perf_counter()
     counts, lengths = Counter(), []
     for docs in read_shards(corpus):
@@ -100,9 +105,9 @@ def numericalize_corpus(corpus: Path, folder: Path, tokenizer: Tokenizer, cfg: P
     for docs in read_shards(corpus):
         for toks in tokenizer.tokenize_many(docs):
             if is_valid[d]:
-                valid.append(vocab.numericalize(toks))
+                valid.append(vocab.numericalize(toks)[::step])
             else:
-                ids[train_offsets[t]:train_offsets[t + 1]] = vocab.numericalize(toks)
+                ids[train_offsets[t]:train_offsets[t + 1]] = vocab.numericalize(toks)[::step]
                 t += 1
             d += 1
     ids.flush()
@@ -140,8 +145,12 @@ def write_model_card(out: Path, cfg: PretrainConfig, lm_cfg: AWDLSTMConfig, stat
     overrides = " ".join(f"--set {k}={v}" for k, v in asdict(cfg).items()
                          if k != "preset" and v != getattr(PretrainConfig(), k))
     seconds = sum(r["seconds"] for r in history)
+    reads = ("backward: it reads every document from its last word to its first (use it with "
+             "`ulmfit fit --direction bwd`, or as `--pretrained-bwd` with `--direction both`)"
+             if cfg.direction == "bwd" else "forward: it reads text left to right")
     text = f"""# {out.name}: AWD-LSTM language model (ulmfit)
 
+- Direction: {reads}.
 - Architecture: AWD-LSTM, {lm_cfg.n_layers} layers, embedding {lm_cfg.emb_size}, hidden {lm_cfg.hidden_size}, tied decoder; preset `{cfg.preset}`; vocabulary {stats['vocab']:,} (min_freq {cfg.min_freq}).
 - Corpus: `{stats['corpus']}` — {stats['documents']:,} documents; trained on {stats['train_tokens']:,} tokens ({cfg.epochs} epoch(s){', a random subset of the corpus' if cfg.max_tokens else ''}); every {cfg.valid_every}th document held out ({stats['valid_tokens']:,} tokens).
 - Sources: {sources or 'see the corpus stats.json'}.
@@ -161,6 +170,16 @@ over the whole corpus for several epochs should replace it.
     atomic_write_text(out / "README.md", text)
 
 
+def _check_resumed_direction(out: Path, cfg: PretrainConfig, resume: bool) -> None:
+    """The stored ids are in the direction of the run that wrote them: a resume may not switch it."""
+    saved = out / "pretrain_config.json"
+    if resume and saved.exists():
+        before = json.loads(saved.read_text()).get("direction", "fwd")
+        if before != cfg.direction:
+            raise UlmfitError(f"{out}: an interrupted {before} pretraining run; resume it with --set direction={before}, "
+                              f"or pass --overwrite to start a {cfg.direction} one")
+
+
 def pretrain(corpus: str | Path, out: str | Path, cfg: PretrainConfig, resume: bool = False,
              overwrite: bool = False, log: Log = print) -> Path:
     corpus, out = Path(corpus), Path(out)
@@ -168,6 +187,9 @@ def pretrain(corpus: str | Path, out: str | Path, cfg: PretrainConfig, resume: b
         raise UlmfitError(f"{out} already holds a model; choose another --out, or pass --overwrite")
     if cfg.preset not in PRESETS:
         raise UlmfitError(f"unknown model preset {cfg.preset!r}; choose one of {sorted(PRESETS)}")
+    if cfg.direction not in ("fwd", "bwd"):
+        raise UlmfitError(f"pretrain direction must be fwd or bwd (--set direction=bwd), not {cfg.direction!r}")
+    _check_resumed_direction(out, cfg, resume)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "pretrain_config.json", asdict(cfg))
     tokenizer = Tokenizer(TokenizerConfig())
@@ -205,7 +227,7 @@ def pretrain(corpus: str | Path, out: str | Path, cfg: PretrainConfig, resume: b
              "wall_minutes_last_run": round((time.perf_counter() - t0) / 60, 1)}
     atomic_write_json(out / "pretrain_stats.json", stats)
     write_model_card(out, cfg, lm_cfg, stats, result.history)
-    model_dir.write_marker(out, "lm", pretrained_on=str(corpus))
+    model_dir.write_marker(out, "lm", pretrained_on=str(corpus), direction=cfg.direction)
     model_dir.remove_checkpoints(out)
     log(f"pretrained LM saved to {out}: validation perplexity {last['perplexity']:.1f}")
     return out

@@ -2,11 +2,15 @@
 train a classifier on its encoder with gradual unfreezing and discriminative learning rates.
 
 `fit()` is what `ulmfit fit` runs; `finetune_lm()` and `train_classifier()` are its two phases and
-are usable on their own (`ulmfit finetune-lm`).
+are usable on their own (`ulmfit finetune-lm`). With `direction="both"` fit runs both phases twice,
+forward then backward (every document read reversed), into one folder (the backward model in
+`bwd/`), and the classifier averages the two models' probabilities (ULMFiT §4, "bidirectional").
+With `recipe="siatl"` fit prepares the data the same way and hands over to `recipes/siatl.py`.
 """
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -23,8 +27,7 @@ from ulmfit.models.classifier import ClassifierConfig, TextClassifier
 from ulmfit.models.vocab_transfer import transfer_vocab
 from ulmfit.recipes import model_dir
 from ulmfit.recipes.config import ClassifierTrainConfig, FitConfig, LMTrainConfig
-from ulmfit.recipes.prepare import (Labelled, as_table, class_names_from, encode_labels, read_unlabeled,
-                                    split_train_valid)
+from ulmfit.recipes.prepare import FitData, Labelled, load_fit_data
 from ulmfit.text.token_docs import TokenDocs
 from ulmfit.text.tokenize import Tokenizer, TokenizerConfig
 from ulmfit.text.vocab import Vocab
@@ -36,9 +39,6 @@ from ulmfit.train.plots import plot_history
 from ulmfit.train.tasks import ClassifierTask, LMTask, balanced_class_weights
 
 Log = Callable[[str], None]
-
-
-
 
 
 @dataclass
@@ -81,6 +81,14 @@ def lm_from_pretrained(pretrained: LanguageModel, old_vocab: Vocab, new_vocab: V
     return lm, lm_cfg
 
 
+def scratch_lm(vocab: Vocab, cfg: LMTrainConfig) -> tuple[LanguageModel, AWDLSTMConfig]:
+    """A new, untrained LM of size `cfg.preset` for `vocab`."""
+    if cfg.preset not in PRESETS:
+        raise UlmfitError(f"unknown model preset {cfg.preset!r}; choose one of {sorted(PRESETS)}")
+    lm_cfg = AWDLSTMConfig(vocab_size=len(vocab), drop_mult=cfg.drop_mult, **PRESETS[cfg.preset])
+    return LanguageModel(lm_cfg), lm_cfg
+
+
 def _is_vocab_matrix(key: str) -> bool:
     return key.endswith("embedding.weight") or key.endswith("decoder.weight")
 
@@ -95,8 +103,11 @@ def subsample_tokens(docs: TokenDocs, max_tokens: int | None, seed: int) -> Toke
 
 def finetune_lm(token_lists: list[list[str]], out: Path, cfg: LMTrainConfig, *, tokenizer: Tokenizer,
                 vocab: Vocab | None = None, pretrained: str | None = None, seed: int = 0, optimizer: str = "adamw",
-                precision: str = "fp32", resume: bool = False, log: Log = _quiet) -> LMResult:
-    """Phase 1: train the language model on the target's text (ULMFiT §3.2) and save it into `out`."""
+                precision: str = "fp32", resume: bool = False, direction: str = "fwd", log: Log = _quiet) -> LMResult:
+    """Phase 1: train the language model on the target's text (ULMFiT §3.2) and save it into `out`.
+
+    `direction="bwd"`: a backward LM, trained on every document reversed (token order within each
+    document; documents keep their order, so no document is read into the start of the next one)."""
     out.mkdir(parents=True, exist_ok=True)
     _seed_all(seed)
     base = load_pretrained(pretrained, log) if model_dir.resolve_pretrained(pretrained) else None
@@ -106,18 +117,17 @@ def finetune_lm(token_lists: list[list[str]], out: Path, cfg: LMTrainConfig, *, 
     if base is not None:
         lm, lm_cfg = lm_from_pretrained(base[0], base[2], vocab, cfg, log)
     else:
-        if cfg.preset not in PRESETS:
-            raise UlmfitError(f"unknown model preset {cfg.preset!r}; choose one of {sorted(PRESETS)}")
-        lm_cfg = AWDLSTMConfig(vocab_size=len(vocab), drop_mult=cfg.drop_mult, **PRESETS[cfg.preset])
-        lm = LanguageModel(lm_cfg)
+        lm, lm_cfg = scratch_lm(vocab, cfg)
 
     docs = vocab.encode_many(token_lists)
+    if direction == "bwd":
+        docs = docs.reversed()
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(docs))
     n_valid = max(1, int(len(docs) * cfg.valid_frac))
     valid_docs = docs.subset(np.sort(order[:n_valid]))
     train_docs = subsample_tokens(docs.subset(np.sort(order[n_valid:])), cfg.max_tokens, seed)
-    log(f"language model: {train_docs.n_tokens:,} training tokens ({len(train_docs):,} documents), "
+    log(f"{model_dir.DIRECTION_NAMES[direction]} language model: {train_docs.n_tokens:,} training tokens ({len(train_docs):,} documents), "
         f"{valid_docs.n_tokens:,} validation tokens; vocab {len(vocab):,}; "
         f"{sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M parameters")
     valid_bs = max(1, min(cfg.bs, valid_docs.n_tokens // (2 * cfg.bptt) or 1))
@@ -165,16 +175,21 @@ def gradual_unfreezing(cfg: ClassifierTrainConfig) -> list[Stage]:
 def train_classifier(lm: LMResult, train: Labelled, valid: Labelled, classes: list[str], out: Path,
                      cfg: ClassifierTrainConfig, *, seed: int = 0, optimizer: str = "adamw", precision: str = "fp32",
                      resume: bool = False, train_tokens: list[list[str]] | None = None,
+                     valid_tokens: list[list[str]] | None = None, direction: str = "fwd",
                      log: Log = _quiet) -> tuple[TextClassifier, dict]:
     """Phase 2: the classifier, best checkpoint by `cfg.metric` on `valid`; returns (model, valid metrics).
 
-    `train_tokens`: the training texts already tokenized (by the LM phase), so they are not tokenized twice."""
+    `train_tokens` / `valid_tokens`: the texts already tokenized (by the LM phase), so they are not
+    tokenized twice. `direction="bwd"`: every document is read reversed (still right-padded)."""
     _seed_all(seed)
     model, enc_cfg, head_cfg = classifier_from_lm(lm.lm, lm.config, len(classes), cfg)
     if train_tokens is None:
         train_tokens = lm.tokenizer.tokenize_many(train.texts)
-    train_docs = lm.vocab.encode_many(train_tokens)
-    valid_docs = lm.vocab.encode_many(lm.tokenizer.tokenize_many(valid.texts))
+    if valid_tokens is None:
+        valid_tokens = lm.tokenizer.tokenize_many(valid.texts)
+    train_docs, valid_docs = lm.vocab.encode_many(train_tokens), lm.vocab.encode_many(valid_tokens)
+    if direction == "bwd":
+        train_docs, valid_docs = train_docs.reversed(), valid_docs.reversed()
     train_loader = ClassificationLoader(train_docs, train.labels, bs=cfg.bs, shuffle=True, seed=seed,
                                         max_tokens=cfg.max_tokens)
     valid_loader = ClassificationLoader(valid_docs, valid.labels, bs=cfg.bs * 2, shuffle=False,
@@ -186,7 +201,7 @@ def train_classifier(lm: LMResult, train: Labelled, valid: Labelled, classes: li
     groups = model.layer_groups()
     opt = make_optimizer(param_groups(groups, cfg.lrs[0], weight_decay=cfg.wd), kind=optimizer)
     loop_cfg = LoopConfig(monitor=cfg.metric, patience=cfg.patience, seed=seed, precision=precision)
-    log(f"classifier: {len(train.texts):,} training / {len(valid.texts):,} validation documents, "
+    log(f"{model_dir.DIRECTION_NAMES[direction]} classifier: {len(train.texts):,} training / {len(valid.texts):,} validation documents, "
         f"classes {classes}; selecting on {cfg.metric}")
     result = run_phase(model, task, opt, groups, gradual_unfreezing(cfg), train_loader, valid_loader,
                        PhaseFiles(out, "classifier"), loop_cfg, resume=resume)
@@ -209,57 +224,188 @@ def fit(train, valid=None, *, out: str | Path, text_col: str = "text", label_col
     if config is None and not resume:
         cfg.data = replace(cfg.data, text_col=text_col, label_col=label_col)
         cfg.pretrained = pretrained if pretrained is not None else cfg.pretrained
-    if cfg.recipe != "ulmfit":
-        raise UlmfitError(f"recipe {cfg.recipe!r} is not available; use --recipe ulmfit")
     cfg.data = replace(cfg.data, train=_path_or_none(train), valid=_path_or_none(valid),
                        unlabeled=[str(u) for u in unlabeled] or cfg.data.unlabeled)
-    cfg = cfg.resolved()
-    d = cfg.data
+    dirs = _check_recipe(cfg)
+    configs = _direction_configs(out, cfg, resume)  # checks the pretrained LMs before reading any data
     t0 = time.perf_counter()
-
-    train_table = as_table(train, d.text_col, d.label_col, d.encoding)
-    classes = class_names_from(train_table)
-    if valid is None:
-        train_table, valid_table = split_train_valid(train_table, d.valid_frac, cfg.seed)
-        log(f"no validation file: holding out a stratified {d.valid_frac:.0%} of {train_table.source} "
-            f"({len(valid_table.texts)} rows)")
+    data = load_fit_data(train, valid, cfg.data, cfg.seed, log)
+    for d, c in configs.items():
+        _folder(out, dirs, d).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(_folder(out, dirs, d) / "config.json", c.to_dict())
+    if cfg.recipe == "siatl":
+        metrics = _fit_siatl(out, configs["fwd"], data, resume, log)
     else:
-        valid_table = as_table(valid, d.text_col, d.label_col, d.encoding)
-    train_set = Labelled(train_table.texts, encode_labels(train_table, classes, "training"), train_table.source)
-    valid_set = Labelled(valid_table.texts, encode_labels(valid_table, classes), valid_table.source)
-    extra = read_unlabeled(cfg.data.unlabeled, d.text_col, d.encoding)
-
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", cfg.to_dict())
-    tokenizer = Tokenizer(TokenizerConfig())
-    pretrained_path = model_dir.resolve_pretrained(cfg.pretrained)
-    if pretrained_path:
-        tokenizer = model_dir.load_text_pipeline(pretrained_path)[0]
-    lm_tokens = tokenizer.tokenize_many(train_set.texts + extra)
-    log(f"tokenized {len(lm_tokens):,} documents for the language model ({sum(map(len, lm_tokens)):,} tokens) "
-        f"in {time.perf_counter() - t0:.1f}s")
-    vocab = Vocab.load(out / "vocab.json") if resume and (out / "vocab.json").exists() else None
-    lm = finetune_lm(lm_tokens, out, cfg.lm, tokenizer=tokenizer, vocab=vocab, pretrained=cfg.pretrained,
-                     seed=cfg.seed, optimizer=cfg.optimizer, precision=cfg.precision, resume=resume, log=log)
-    model, metrics = train_classifier(lm, train_set, valid_set, classes, out, cfg.clf, seed=cfg.seed,
-                                      optimizer=cfg.optimizer, precision=cfg.precision, resume=resume,
-                                      train_tokens=lm_tokens[:len(train_set.texts)], log=log)
-    write_reports(out, metrics, classes, cfg, time.perf_counter() - t0)
-    model_dir.write_marker(out, "classifier", classes=classes, recipe="ulmfit", metric=cfg.clf.metric)
+        metrics = _fit_ulmfit(out, configs, data, resume, log)
+    write_reports(out, metrics, data.classes, configs[dirs[0]], time.perf_counter() - t0)
+    model_dir.write_marker(out, "classifier", classes=data.classes, recipe=cfg.recipe, metric=_metric(cfg),
+                           direction=dirs[0], directions=dirs)
     model_dir.remove_checkpoints(out)
     return Classifier(out)
 
 
-def write_reports(out: Path, metrics: dict, classes: list[str], cfg: FitConfig, seconds: float) -> None:
-    records = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines() if line.strip()]
-    plot_history([r for r in records if r["phase"] == "lm"], out / "lm_history.png", title="language model")
-    plot_history([r for r in records if r["phase"] == "classifier"], out / "history.png", title="classifier")
+def _check_recipe(cfg: FitConfig) -> list[str]:
+    dirs = cfg.directions
+    if cfg.recipe not in ("ulmfit", "siatl"):
+        raise UlmfitError(f"recipe {cfg.recipe!r} is not available; use --recipe ulmfit or --recipe siatl")
+    if cfg.recipe == "siatl" and dirs != ["fwd"]:
+        raise UlmfitError("--recipe siatl supports --direction fwd only")
+    return dirs
+
+
+def _metric(cfg: FitConfig) -> str:
+    return cfg.siatl.metric if cfg.recipe == "siatl" else cfg.clf.metric
+
+
+def _folder(out: Path, dirs: list[str], direction: str) -> Path:
+    return model_dir.direction_folder(out, dirs[0], direction)
+
+
+def _direction_configs(out: Path, cfg: FitConfig, resume: bool) -> dict[str, FitConfig]:
+    """Each model's config with its "auto" rates resolved (fine-tuning or scratch rates, per its own
+    pretrained LM). Saved as config.json of its folder before training, so --resume reuses them."""
+    configs = {}
+    for d in cfg.directions:
+        saved = _folder(out, cfg.directions, d) / "config.json"
+        configs[d] = FitConfig.load(saved) if resume and saved.parent != out and saved.exists() else cfg.resolved(d)
+    return configs
+
+
+@dataclass
+class Tokens:
+    tokenizer: Tokenizer
+    lm: list[list[str]]  # the training texts first, then the unlabelled ones
+    valid: list[list[str]]
+
+
+def _fit_ulmfit(out: Path, configs: dict[str, FitConfig], data: FitData, resume: bool, log: Log) -> dict:
+    """Both phases for every direction; returns the validation metrics (of the average, for two models)."""
+    dirs, cache = list(configs), {}
+    for d in dirs:
+        _fit_direction(out, _folder(out, dirs, d), configs[d], d, data, cache, resume, log)
+    if len(dirs) == 1:
+        return json.loads(_done_file(out, dirs[0]).read_text())["metrics"]
+    return _ensemble(out, configs, data, log)
+
+
+def _done_file(out: Path, direction: str) -> Path:
+    """Written when a direction's model is complete: a resumed `both` run does not train it again."""
+    return out / "checkpoints" / f"{direction}-done.json"
+
+
+def _fit_direction(out: Path, folder: Path, cfg: FitConfig, direction: str, data: FitData, cache: dict,
+                   resume: bool, log: Log) -> None:
+    if resume and _done_file(out, direction).exists():
+        log(f"{model_dir.DIRECTION_NAMES[direction]} model: already trained, not trained again")
+        return
+    t0 = time.perf_counter()
+    pretrained = model_dir.resolve_pretrained(cfg.pretrained_for(direction), direction)
+    tokens = _tokens(pretrained, data, cache, log)
+    vocab = Vocab.load(folder / "vocab.json") if resume and (folder / "vocab.json").exists() else None
+    lm = finetune_lm(tokens.lm, folder, cfg.lm, tokenizer=tokens.tokenizer, vocab=vocab, pretrained=pretrained,
+                     seed=cfg.seed, optimizer=cfg.optimizer, precision=cfg.precision, resume=resume,
+                     direction=direction, log=log)
+    _, metrics = train_classifier(lm, data.train, data.valid, data.classes, folder, cfg.clf, seed=cfg.seed,
+                                  optimizer=cfg.optimizer, precision=cfg.precision, resume=resume,
+                                  train_tokens=tokens.lm[:len(data.train.texts)], valid_tokens=tokens.valid,
+                                  direction=direction, log=log)
+    atomic_write_json(_done_file(out, direction), {"metrics": metrics, "seconds": time.perf_counter() - t0})
+
+
+def _tokens(pretrained: Path | None, data: FitData, cache: dict, log: Log) -> Tokens:
+    """The texts tokenized by the pretrained LM's tokenizer, once per distinct tokenizer config
+    (the two directions of a run normally share it)."""
+    tokenizer = model_dir.load_text_pipeline(pretrained)[0] if pretrained else Tokenizer(TokenizerConfig())
+    key = json.dumps(asdict(tokenizer.config), sort_keys=True)
+    if key not in cache:
+        t0 = time.perf_counter()
+        lm_tokens = tokenizer.tokenize_many(data.train.texts + data.unlabeled)
+        cache[key] = Tokens(tokenizer, lm_tokens, tokenizer.tokenize_many(data.valid.texts))
+        log(f"tokenized {len(lm_tokens):,} documents for the language model ({sum(map(len, lm_tokens)):,} tokens) "
+            f"in {time.perf_counter() - t0:.1f}s")
+    return cache[key]
+
+
+def _ensemble(out: Path, configs: dict[str, FitConfig], data: FitData, log: Log) -> dict:
+    """Validation metrics of each model and of their average; completes the backward sub-folder."""
+    from ulmfit.recipes.predictor import Member, metrics_by_direction, proba_by_direction
+
+    dirs = list(configs)
+    members = [Member.load(_folder(out, dirs, d), d) for d in dirs]
+    probs = proba_by_direction(members, data.valid.texts, len(data.classes))
+    metrics = metrics_by_direction(probs, data.valid.labels, data.classes)
+    for d in dirs[1:]:
+        sub = _folder(out, dirs, d)
+        seconds = json.loads(_done_file(out, d).read_text())["seconds"]
+        write_reports(sub, metrics["by_direction"][d], data.classes, configs[d], seconds, direction=d)
+        model_dir.write_marker(sub, "classifier", classes=data.classes, recipe="ulmfit", metric=configs[d].clf.metric,
+                               direction=d, directions=[d])
+        model_dir.remove_checkpoints(sub)
+    log("validation macro-F1: " + ", ".join(f"{d} {m['macro_f1']:.4f}" for d, m in metrics["by_direction"].items())
+        + f", averaged {metrics['macro_f1']:.4f}")
+    return metrics
+
+
+def _fit_siatl(out: Path, cfg: FitConfig, data: FitData, resume: bool, log: Log) -> dict:
+    """SiATL (recipes/siatl.py) on the pretrained LM mapped to this run's vocabulary, not fine-tuned."""
+    from ulmfit.recipes.siatl import train_siatl
+
+    _seed_all(cfg.seed)
+    pretrained = model_dir.resolve_pretrained(cfg.pretrained, "fwd")
+    tokens = _tokens(pretrained, data, {}, log)
+    vocab = (Vocab.load(out / "vocab.json") if resume and (out / "vocab.json").exists()
+             else Vocab.build(tokens.lm, min_freq=cfg.lm.min_freq, max_vocab=cfg.lm.max_vocab))
+    model_dir.save_text_pipeline(out, tokens.tokenizer.config, vocab)
+    lm_train = replace(cfg.lm, drop_mult=cfg.siatl.drop_mult)
+    if pretrained:
+        pre_lm, _, pre_vocab = load_pretrained(pretrained, log)
+        lm, lm_cfg = lm_from_pretrained(pre_lm, pre_vocab, vocab, lm_train, log)
+    else:
+        lm, lm_cfg = scratch_lm(vocab, lm_train)
+    n = len(data.train.texts)
+    unlabeled_docs = vocab.encode_many(tokens.lm[n:]) if len(tokens.lm) > n else None
+    _, metrics = train_siatl(LMResult(lm, lm_cfg, tokens.tokenizer, vocab, []), data.train, data.valid, data.classes,
+                             out, cfg.siatl, unlabeled_docs=unlabeled_docs, seed=cfg.seed, precision=cfg.precision,
+                             resume=resume, train_tokens=tokens.lm[:n], log=log)
+    return metrics
+
+
+def write_reports(out: Path, metrics: dict, classes: list[str], cfg: FitConfig, seconds: float,
+                  direction: str | None = None) -> None:
+    """report.md, valid_metrics.json and the curves of a model folder. `direction`: the folder holds
+    that one model of the run (the `bwd/` of a `both` run); default: all of the run's models."""
+    dirs = [direction] if direction else cfg.directions
+    records = [json.loads(l) for l in _read_lines(out / "history.jsonl")]
+    curves = []
+    for png, title, rs in (("history.png", "classifier", [r for r in records if r.get("phase") != "lm"]),
+                           ("lm_history.png", "language model", [r for r in records if r.get("phase") == "lm"])):
+        if rs:  # a SiATL run has no separate language-model phase
+            plot_history(rs, out / png, title=title)
+            curves.append(f"{png} ({title})")
     atomic_write_json(out / "valid_metrics.json", metrics)
-    text = (f"# ulmfit model report\n\nRecipe: {cfg.recipe}; pretrained: {model_dir.resolve_pretrained(cfg.pretrained) or 'none'}; "
-            f"selection metric: {cfg.clf.metric}; total time {seconds / 60:.1f} min.\n\n"
-            f"## Validation set\n\n```\n{format_report(metrics, classes)}\n```\n\n"
-            f"Curves: history.png (classifier), lm_history.png (language model). Per-epoch figures: history.jsonl.\n")
+    pretrained = "; ".join(f"{d} {model_dir.resolve_pretrained(cfg.pretrained_for(d), d) or 'none'}" for d in dirs)
+    what = {"fwd": "forward", "bwd": "backward (documents read reversed)"}
+    model = " + ".join(what[d] for d in dirs) + (", class probabilities averaged" if len(dirs) > 1 else "")
+    text = (f"# ulmfit model report\n\nRecipe: {cfg.recipe}; model: {model}; pretrained: {pretrained}; "
+            f"selection metric: {_metric(cfg)}; total time {seconds / 60:.1f} min.\n\n"
+            f"## Validation set{' (averaged model)' if len(dirs) > 1 else ''}\n\n"
+            f"{_direction_table(metrics)}```\n{format_report(metrics, classes)}\n```\n\n"
+            f"Curves: {', '.join(curves) or 'none'}. Per-epoch figures: history.jsonl.\n")
+    if len(dirs) > 1:
+        text += "The backward model's own report, curves and history are in bwd/.\n"
     atomic_write_text(out / "report.md", text)
+
+
+def _direction_table(metrics: dict) -> str:
+    by = metrics.get("by_direction")
+    if not by:
+        return ""
+    rows = [f"| {d} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} |" for d, m in {**by, "averaged": metrics}.items()]
+    return "| model | accuracy | macro-F1 |\n|---|---|---|\n" + "\n".join(rows) + "\n\n"
+
+
+def _read_lines(path: Path) -> list[str]:
+    return [l for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
 
 
 def _resolve_config(out: Path, config: FitConfig | None, resume: bool, overwrite: bool) -> FitConfig:
@@ -276,6 +422,7 @@ def _resolve_config(out: Path, config: FitConfig | None, resume: bool, overwrite
         for name in ("history.jsonl",):
             (out / name).unlink(missing_ok=True)
         model_dir.remove_checkpoints(out)
+        shutil.rmtree(out / "bwd", ignore_errors=True)  # the backward model of an earlier `both` run
     return FitConfig.from_dict(asdict(config)) if config is not None else FitConfig()
 
 
