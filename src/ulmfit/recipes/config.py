@@ -80,6 +80,20 @@ class ClassifierTrainConfig:
     class_weights: str = "none"  # none | balanced
 
 
+# Fine-tuning rates by the size of the starting LM. fastai's (LM 3e-3; classifier 2e-2, 1e-2, 5e-3,
+# 1e-3) suit the paper-size models (WT103, hidden 1150/1152). A small LM (hidden 256), pretrained or
+# not, needs the higher from-scratch rates: general-en with fastai's rates lost 5 points of macro-F1
+# on the tweets (docs/BENCHMARKS.md, "Pretraining").
+LARGE_HIDDEN = 1000
+
+
+def _hidden_size(lm_folder: Path) -> int:
+    try:
+        return int(json.loads((Path(lm_folder) / "lm_config.json").read_text())["hidden_size"])
+    except (OSError, KeyError, ValueError, json.JSONDecodeError):
+        return LARGE_HIDDEN
+
+
 @dataclass
 class FitConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -131,19 +145,6 @@ class FitConfig:
                             unfreeze_lstm_epoch=1, unfreeze_embedding_epoch=1)
         return replace(self, lm=replace(self.lm, lr=lm_lr), clf=replace(self.clf, lrs=tuple(lrs)), siatl=siatl)
 
-
-# Fine-tuning rates by the size of the starting LM. fastai's (LM 3e-3; classifier 2e-2, 1e-2, 5e-3,
-# 1e-3) suit the paper-size models (WT103, hidden 1150/1152). A small LM (hidden 256), pretrained or
-# not, needs the higher from-scratch rates: general-en with fastai's rates lost 5 points of macro-F1
-# on the tweets (docs/BENCHMARKS.md, "Pretraining").
-LARGE_HIDDEN = 1000
-
-
-def _hidden_size(lm_folder: Path) -> int:
-    try:
-        return int(json.loads((Path(lm_folder) / "lm_config.json").read_text())["hidden_size"])
-    except (OSError, KeyError, ValueError, json.JSONDecodeError):
-        return LARGE_HIDDEN
 
     def to_dict(self) -> dict:
         return asdict(self)
