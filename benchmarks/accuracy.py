@@ -1,0 +1,415 @@
+"""Accuracy against the tools a user would otherwise use: test macro-F1 and accuracy per data set,
+label budget, method and seed, all on the same splits, machine and run.
+
+    nice -n 10 .venv/bin/python benchmarks/accuracy.py --quick --datasets tweets --methods ulmfit-fwd,tfidf --budgets 100,500 --seeds 1
+    nice -n 10 .venv/bin/python benchmarks/accuracy.py --pretrained runs/general-en          # the full sweep (hours)
+    nice -n 10 .venv/bin/python benchmarks/accuracy.py --csv tr.csv,va.csv,te.csv --csv-name mine --methods tfidf
+
+Data sets: tweets (`ulmfit.data.fetch.fetch_tweets`), spam (`fetch_spam`), and any `--csv
+train,valid,test` (CSV with text,label). Budgets: the number of labelled training examples (a
+stratified, seeded sample of the training split: proportional to class frequencies, at least one per
+class; the same sample for every method at a given seed), or `full`. Every method gets the full
+validation split (model selection, C, early stopping) and is scored on the full test split.
+
+Methods (peers run in their own venvs, benchmarks/setup_peers.sh; JSON files in and out):
+  ulmfit-fwd       `ulmfit fit` (our CLI; forward LM), then `ulmfit evaluate --json`
+  ulmfit-both      the same with `--direction both` (forward + backward ensemble)
+  siatl            the same with `--recipe siatl`
+  tfidf            TF-IDF 1-2 grams + logistic regression, C on valid (ulmfit.recipes.baselines)
+  minilm-frozen    all-MiniLM-L6-v2 sentence embeddings + logistic regression, C on valid
+  minilm-finetune  all-MiniLM-L6-v2 fine-tuned end to end (bounded epochs/steps: see peers/minilm.py)
+  fastai           fastai 2.8.12 ULMFiT (book chapter 10), our model size; starts from our
+                   pretrained LM (exported with ulmfit.recipes.fastai_export) when --pretrained is a folder
+Only ULMFiT methods see the rest of the training split (unlabelled) as language-model text; that is
+ULMFiT's point. By default the harness passes our sample as --train and the rest as --unlabeled, so
+ULMFiT trains on exactly the labels the peers get; `--ulmfit-labels cli` passes the whole training
+split with `--max-labels N` instead and lets ulmfit draw its own sample.
+
+Each cell is one JSON file in benchmarks/results/accuracy/ (accuracy-quick/ with --quick): a rerun
+skips finished cells, so an interrupted sweep resumes. The summary (median over seeds) is printed
+and written to benchmarks/results/accuracy.json, with a plot per data set, accuracy_<dataset>.png.
+A cell whose CLI flag does not exist yet is recorded as "unavailable" (retried on the next run).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (OUR_CLI, PEER_PY, RESULTS, machine_info, macro_f1_accuracy, package_versions,  # noqa: E402
+                    read_json, run_measured, table, tail, write_json)
+
+METHODS = ["ulmfit-fwd", "ulmfit-both", "siatl", "tfidf", "minilm-frozen", "minilm-finetune", "fastai"]
+ULMFIT_METHODS = {"ulmfit-fwd", "ulmfit-both", "siatl"}
+PEERS = Path(__file__).resolve().parent / "peers"
+
+# --quick: tiny data and models, to check the whole pipeline in a few minutes (numbers meaningless).
+QUICK_ROWS = {"train": 2000, "valid": 300, "test": 500}
+QUICK_OURS = ["--set", "lm.preset=tiny", "--set", "lm.epochs=1", "--set", "lm.max_tokens=30000",
+              "--set", "clf.epochs=[1,1,1,1]", "--set", "lm.max_vocab=5000"]
+QUICK_FASTAI = dict(emb_sz=16, n_hid=32, n_layers=2, lm_epochs=1, lm_frozen_epochs=1, clf_epochs=[1, 1, 1, 1],
+                    max_vocab=5000)
+QUICK_MINILM_FT = dict(epochs=1, max_steps=20)
+
+
+# ------------------------------------------------------------------------------------ data
+
+def load_datasets(names: list[str], csvs: list[str], csv_names: list[str]) -> dict[str, dict[str, Path]]:
+    out = {}
+    for name in names:
+        if name == "tweets":
+            from ulmfit.data.fetch import fetch_tweets
+            out[name] = fetch_tweets()
+        elif name == "spam":
+            from ulmfit.data.fetch_spam import fetch_spam
+            out[name] = fetch_spam()
+        else:
+            sys.exit(f"unknown data set {name!r}: tweets, spam, or give --csv train,valid,test")
+    for i, spec in enumerate(csvs):
+        parts = spec.split(",")
+        if len(parts) != 3:
+            sys.exit(f"--csv {spec!r}: expected train.csv,valid.csv,test.csv")
+        name = csv_names[i] if i < len(csv_names) else Path(parts[0]).resolve().parent.name
+        out[name] = dict(zip(("train", "valid", "test"), map(Path, parts)))
+    return out
+
+
+def read_split(path: Path) -> pd.DataFrame:
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = {"text", "label"} - set(df.columns)
+    if missing:
+        sys.exit(f"{path}: missing column(s) {sorted(missing)}; the harness reads CSV files with text,label")
+    return df[["text", "label"]]
+
+
+def stratified_sample(labels, n: int, seed: int) -> np.ndarray:
+    """Indices of a seeded stratified sample of size n: per class round(n * share) by largest
+    remainder, at least one per class (so n < number of classes gives one per class)."""
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    if n >= len(labels):
+        return np.arange(len(labels))
+    quota = n * counts / counts.sum()
+    take = np.maximum(1, np.floor(quota).astype(int))
+    order = np.argsort(-(quota - np.floor(quota)), kind="stable")
+    i = 0
+    while take.sum() < n and i < 10 * len(classes):
+        c = order[i % len(classes)]
+        if take[c] < counts[c]:
+            take[c] += 1
+        i += 1
+    while take.sum() > n and (take > 1).any():  # only when the at-least-one rule overshot
+        c = int(np.argmax(take))
+        take[c] -= 1
+    rng = np.random.default_rng(seed)
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, np.minimum(take, counts))]
+    return np.sort(np.concatenate(picked))
+
+
+def prepare(ds: str, paths: dict[str, Path], quick: bool, work: Path) -> dict[str, Path]:
+    """The splits the cells read (capped in --quick mode), as UTF-8 CSV files text,label."""
+    if not quick:
+        return {k: Path(v) for k, v in paths.items()}
+    out = {}
+    for split, path in paths.items():
+        dest = work / ds / "quick" / f"{split}.csv"
+        if not dest.exists():
+            df = read_split(path)
+            idx = stratified_sample(df["label"].to_numpy(), QUICK_ROWS[split], seed=12345)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            df.iloc[idx].to_csv(dest, index=False)
+        out[split] = dest
+    return out
+
+
+def budget_files(ds: str, splits: dict[str, Path], budget, seed: int, work: Path, quick: bool) -> tuple[Path, Path | None, int]:
+    """(labelled train CSV, unlabelled rest CSV or None, number of labels) for one budget and seed."""
+    if budget == "full":
+        return splits["train"], None, len(read_split(splits["train"]))
+    d = work / ds / ("quick" if quick else "samples") / f"n{budget}-s{seed}"
+    lab, rest = d / "train.csv", d / "unlabeled.csv"
+    if not (lab.exists() and rest.exists()):
+        df = read_split(splits["train"])
+        idx = stratified_sample(df["label"].to_numpy(), int(budget), seed)
+        mask = np.zeros(len(df), bool)
+        mask[idx] = True
+        d.mkdir(parents=True, exist_ok=True)
+        df[mask].to_csv(lab, index=False)
+        df[~mask][["text"]].to_csv(rest, index=False)
+    return lab, rest, int(budget)
+
+
+# ------------------------------------------------------------------------------------ methods
+
+def cli_caps() -> dict[str, bool]:
+    """Which of the flags the harness needs `ulmfit fit` has (they are being added in parallel)."""
+    try:
+        h = subprocess.run([str(OUR_CLI), "fit", "--help"], capture_output=True, text=True, timeout=120).stdout
+    except (OSError, subprocess.SubprocessError):
+        h = ""
+    recipe = re.search(r"--recipe \{([^}]*)\}", h)
+    direction = re.search(r"--direction \{([^}]*)\}", h)
+    return {"max_labels": "--max-labels" in h, "direction_both": bool(direction and "both" in direction.group(1)),
+            "direction": "--direction" in h, "siatl": bool(recipe and "siatl" in recipe.group(1))}
+
+
+def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log) -> dict:
+    need = {"ulmfit-both": "direction_both", "siatl": "siatl"}.get(method)
+    if need and not caps[need]:
+        return {"status": "unavailable", "reason": f"`ulmfit fit` has no {'--direction both' if need == 'direction_both' else '--recipe siatl'} yet"}
+    out = cdir / "model"
+    cmd = [str(OUR_CLI), "fit", "--valid", str(splits["valid"]), "--out", str(out), "--seed", str(seed), "--overwrite"]
+    if budget != "full" and a.ulmfit_labels == "cli":
+        if not caps["max_labels"]:
+            return {"status": "unavailable", "reason": "`ulmfit fit` has no --max-labels yet (or use --ulmfit-labels harness)"}
+        cmd += ["--train", str(splits["train"]), "--max-labels", str(budget)]
+    else:
+        cmd += ["--train", str(lab)] + (["--unlabeled", str(rest)] if rest is not None else [])
+    if method == "ulmfit-both":
+        cmd += ["--direction", "both"]
+    elif method == "ulmfit-fwd" and caps["direction"]:
+        cmd += ["--direction", "fwd"]
+    if method == "siatl":
+        cmd += ["--recipe", "siatl"]
+    pretrained = "none" if a.quick and a.pretrained is None else a.pretrained
+    if pretrained is not None:
+        cmd += ["--pretrained", pretrained]
+    if a.quick:
+        cmd += QUICK_OURS
+    for s in a.ulmfit_set or []:
+        cmd += ["--set", s]
+    fit = run_measured(cmd, log_path=cdir / "fit.log", timeout=a.cell_timeout)
+    if fit["rc"] != 0:
+        return {"status": "failed", "command": cmd, "rc": fit["rc"], "log_tail": tail(cdir / "fit.log")}
+    ev_cmd = [str(OUR_CLI), "evaluate", str(out), "--data", str(splits["test"]), "--json"]
+    ev = run_measured(ev_cmd, log_path=cdir / "evaluate.log", timeout=a.cell_timeout)
+    if ev["rc"] != 0:
+        return {"status": "failed", "command": ev_cmd, "rc": ev["rc"], "log_tail": tail(cdir / "evaluate.log")}
+    metrics = json.loads(ev["stdout"].strip().splitlines()[-1])
+    if not a.keep_models:
+        shutil.rmtree(out, ignore_errors=True)
+    return {"status": "ok", "macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"],
+            "train_s": fit["wall_s"], "wall_s": round(fit["wall_s"] + ev["wall_s"], 2),
+            "peak_rss_mb": fit["peak_rss_mb"], "predict_s": ev["wall_s"], "predict_peak_rss_mb": ev["peak_rss_mb"],
+            "command": cmd, "details": {"evaluate": {k: metrics[k] for k in metrics if k in ("per_class", "n")}}}
+
+
+def fastai_params(a) -> dict:
+    p = dict(QUICK_FASTAI) if a.quick else {}
+    if a.pretrained and a.fastai_pretrained and Path(a.pretrained).is_dir():
+        exp = export_for_fastai(a.pretrained)
+        cfg = read_json(exp / "fastai_config.json")
+        p.update(emb_sz=cfg["emb_sz"], n_hid=cfg["n_hid"], n_layers=cfg["n_layers"],
+                 pretrained_pth=str(exp / cfg["weights"]), pretrained_itos=str(exp / cfg["itos"]))
+    return p
+
+
+def export_for_fastai(lm_folder: str) -> Path:
+    """Our pretrained LM in fastai's format (once per folder)."""
+    from ulmfit.recipes.fastai_export import export_fastai
+
+    out = RESULTS / "work" / "fastai-export" / Path(lm_folder).name
+    if not (out / "fastai_config.json").exists():
+        export_fastai(lm_folder, out, overwrite=True)
+    return out
+
+
+def run_peer(method, a, splits, lab, seed, cdir) -> dict:
+    venv, script, params = {
+        "tfidf": ("ours", "tfidf.py", {}),
+        "minilm-frozen": ("hf", "minilm.py", {"mode": "frozen"}),
+        "minilm-finetune": ("hf", "minilm.py", {"mode": "finetune", **(QUICK_MINILM_FT if a.quick else {})}),
+        "fastai": ("fastai", "fastai_text.py", None),
+    }[method]
+    if params is None:
+        params = fastai_params(a)
+    py = PEER_PY[venv]
+    if not py.exists():
+        return {"status": "unavailable", "reason": f"{py} missing: run bash benchmarks/setup_peers.sh"}
+    job = {"train": str(lab), "valid": str(splits["valid"]), "test": str(splits["test"]), "unlabeled": None,
+           "seed": seed, "workdir": str(cdir / "work"), "params": params,
+           "cache_dir": str(RESULTS / "work" / "embeddings") if a.cache_embeddings else None}
+    write_json(cdir / "job.json", job)
+    cmd = [str(py), str(PEERS / script), str(cdir / "job.json"), str(cdir / "result.json")]
+    r = run_measured(cmd, log_path=cdir / "run.log", timeout=a.cell_timeout)
+    if r["rc"] != 0 or not (cdir / "result.json").exists():
+        return {"status": "failed", "command": cmd, "rc": r["rc"], "log_tail": tail(cdir / "run.log")}
+    res = read_json(cdir / "result.json")
+    truth = list(read_split(splits["test"])["label"])
+    m = macro_f1_accuracy(truth, res["test_pred"])
+    if not a.keep_models:
+        shutil.rmtree(cdir / "work", ignore_errors=True)
+    return {"status": "ok", **m, "train_s": res["train_s"], "wall_s": r["wall_s"], "peak_rss_mb": r["peak_rss_mb"],
+            "predict_s": res.get("predict_s"), "command": cmd, "details": res.get("details", {}),
+            "peer_versions": res.get("versions")}
+
+
+# ------------------------------------------------------------------------------------ summary
+
+def summarise(cells: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for c in cells:
+        groups.setdefault((c["dataset"], c["method"], str(c["budget"])), []).append(c)
+    rows = []
+    for (ds, method, budget), cs in sorted(groups.items(), key=lambda kv: (kv[0][0], METHODS.index(kv[0][1]) if kv[0][1] in METHODS else 99, _bkey(kv[0][2]))):
+        ok = [c for c in cs if c["status"] == "ok"]
+        med = lambda k: round(statistics.median(c[k] for c in ok), 4) if ok else None  # noqa: E731
+        rows.append({"dataset": ds, "method": method, "budget": budget, "n_labels": cs[0].get("n_labels"),
+                     "seeds_ok": len(ok), "seeds": len(cs), "macro_f1": med("macro_f1"), "accuracy": med("accuracy"),
+                     "macro_f1_min": min((c["macro_f1"] for c in ok), default=None),
+                     "macro_f1_max": max((c["macro_f1"] for c in ok), default=None),
+                     "train_s": med("train_s"), "peak_rss_mb": med("peak_rss_mb"),
+                     "status": "ok" if ok else cs[0]["status"]})
+    return rows
+
+
+def _bkey(b: str) -> float:
+    return math.inf if b == "full" else float(b)
+
+
+def plot(rows: list[dict], ds: str, path: Path, title_extra: str = "") -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in METHODS:
+        pts = sorted((r["n_labels"], r["macro_f1"], r.get("macro_f1_min"), r.get("macro_f1_max")) for r in rows
+                     if r["dataset"] == ds and r["method"] == method and r["macro_f1"] is not None)
+        if not pts:
+            continue
+        xs, ys, lo, hi = zip(*pts)
+        line, = ax.plot(xs, ys, marker="o", label=method)
+        ax.fill_between(xs, lo, hi, alpha=0.15, color=line.get_color())
+    ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+    ticks = sorted({r["n_labels"] for r in rows if r["dataset"] == ds and r["macro_f1"] is not None})
+    ax.set_xticks(ticks)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{int(x):,}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("labelled training examples (log scale)")
+    ax.set_ylabel("test macro-F1 (median over seeds; band: min-max)")
+    ax.set_title(f"{ds}: macro-F1 against the number of labels{title_extra}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------ main
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", default=None, help="comma list of tweets,spam (default both, or none when --csv is given)")
+    p.add_argument("--csv", action="append", default=[], help="train.csv,valid.csv,test.csv (repeatable)")
+    p.add_argument("--csv-name", action="append", default=[], help="a name per --csv (default: the folder's name)")
+    p.add_argument("--budgets", default="100,500,2000,full", help="labels per run; 'full' = the whole training split")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--seeds", default="3", help="a count N (seeds 0..N-1) or a comma list")
+    p.add_argument("--pretrained", default=None, help="passed to `ulmfit fit --pretrained` (a folder, a shipped "
+                   "name, or none; default: the CLI's own default; --quick: none). A folder also gives fastai its start")
+    p.add_argument("--no-fastai-pretrained", dest="fastai_pretrained", action="store_false",
+                   help="fastai from random weights even when --pretrained is a folder")
+    p.add_argument("--ulmfit-labels", choices=["harness", "cli"], default="harness",
+                   help="harness: our sample as --train + the rest as --unlabeled; cli: --max-labels N")
+    p.add_argument("--ulmfit-set", action="append", help="extra --set for `ulmfit fit` (repeatable)")
+    p.add_argument("--quick", action="store_true", help="tiny data and models: checks the pipeline in minutes")
+    p.add_argument("--threads", type=int, default=None, help="OMP/MKL threads of every subprocess (default: "
+                   "torch's = cores; use 1 when another job shares the cores)")
+    p.add_argument("--cell-timeout", type=float, default=6 * 3600, help="seconds per subprocess")
+    p.add_argument("--no-embedding-cache", dest="cache_embeddings", action="store_false",
+                   help="minilm-frozen: embed every cell's texts afresh (train_s then includes embedding)")
+    p.add_argument("--keep-models", action="store_true", help="keep the trained model folders")
+    p.add_argument("--redo", action="store_true", help="rerun cells that already have a result")
+    p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
+    a = p.parse_args()
+
+    tag = "accuracy-quick" if a.quick else "accuracy"
+    res_dir = Path(a.out) if a.out else RESULTS
+    cell_root, work = res_dir / tag, res_dir / "work"
+    names = a.datasets.split(",") if a.datasets else ([] if a.csv else ["tweets", "spam"])
+    datasets = load_datasets(names, a.csv, a.csv_name)
+    methods = a.methods.split(",")
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        sys.exit(f"unknown method(s) {bad}; choose from {METHODS}")
+    budgets = [b if b == "full" else int(b) for b in a.budgets.split(",")]
+    seeds = list(range(int(a.seeds))) if "," not in a.seeds else [int(s) for s in a.seeds.split(",")]
+    if a.threads:  # inherited by every subprocess (ulmfit and the peers alike)
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(a.threads)
+    caps = cli_caps()
+    info = {"machine": machine_info(), "versions": package_versions(), "cli_flags": caps, "quick": a.quick,
+            "argv": sys.argv, "pretrained": a.pretrained}
+    print(f"machine: {info['machine']['cpu']}, {info['machine']['cores']} cores, GPU {info['machine']['gpu']}; "
+          f"ulmfit fit flags: {caps}", flush=True)
+
+    t_start = time.perf_counter()
+    for ds, raw in datasets.items():
+        splits = prepare(ds, raw, a.quick, work)
+        n_train = len(read_split(splits["train"]))
+        for budget in budgets:
+            if budget != "full" and budget >= n_train:
+                print(f"{ds}: budget {budget} >= {n_train} training rows; skipped (use full)")
+                continue
+            for seed in seeds:
+                for method in methods:
+                    cell_id = f"{ds}__{method}__{budget}__s{seed}"
+                    path = cell_root / f"{cell_id}.json"
+                    if path.exists() and not a.redo and read_json(path).get("status") == "ok":
+                        continue
+                    cdir = work / tag / cell_id
+                    cdir.mkdir(parents=True, exist_ok=True)
+                    lab, rest, n_labels = budget_files(ds, splits, budget, seed, work, a.quick)
+                    t0 = time.perf_counter()
+                    print(f"[{time.strftime('%H:%M:%S')}] {cell_id} ...", end=" ", flush=True)
+                    try:
+                        if method in ULMFIT_METHODS:
+                            r = run_ulmfit(method, cell_id, a, caps, splits, lab, rest, budget, seed, cdir, print)
+                        else:
+                            r = run_peer(method, a, splits, lab, seed, cdir)
+                    except Exception as e:  # noqa: BLE001 - one broken cell must not stop a sweep
+                        r = {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
+                    r.update({"dataset": ds, "method": method, "budget": budget, "n_labels": n_labels, "seed": seed,
+                              "quick": a.quick, "cell_seconds": round(time.perf_counter() - t0, 1),
+                              "machine": info["machine"], "harness_versions": info["versions"]})
+                    write_json(path, r)
+                    if r["status"] == "ok":
+                        print(f"macro-F1 {r['macro_f1']:.4f} acc {r['accuracy']:.4f} train {r['train_s']:.0f}s "
+                              f"RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+                    else:
+                        print(f"{r['status']}: {r.get('reason') or r.get('log_tail', '')[-300:]}", flush=True)
+
+    cells = [read_json(f) for f in sorted(cell_root.glob("*.json"))]
+    cells = [c for c in cells if c["dataset"] in datasets and c["method"] in methods
+             and str(c["budget"]) in map(str, budgets) and c["seed"] in seeds]
+    rows = summarise(cells)
+    print()
+    print(table(rows, ["dataset", "method", "budget", "n_labels", "seeds_ok", "macro_f1", "accuracy", "train_s",
+                       "peak_rss_mb", "status"], {"macro_f1": ".4f", "accuracy": ".4f", "train_s": ".0f",
+                                                 "peak_rss_mb": ".0f"}))
+    summary = {**info, "sweep_seconds": round(time.perf_counter() - t_start, 1), "datasets": {k: {s: str(v) for s, v in d.items()} for k, d in datasets.items()},
+               "methods": methods, "budgets": budgets, "seeds": seeds, "summary": rows, "cells": len(cells)}
+    write_json(res_dir / f"{tag}.json", summary)
+    for ds in datasets:
+        png = res_dir / f"{tag}_{ds}.png"
+        plot(rows, ds, png, " (--quick: pipeline check only)" if a.quick else "")
+        print(f"plot: {png}")
+    print(f"summary: {res_dir / f'{tag}.json'}; cells: {cell_root}/")
+
+
+if __name__ == "__main__":
+    main()
