@@ -143,3 +143,18 @@ def test_model_card_says_how_to_reproduce(tmp_path):
     card = (out / "README.md").read_text()
     assert "validation perplexity" in card and "ulmfit pretrain --corpus" in card and "--preset tiny" in card
     assert "--set bs=8" in card and "float16" in card
+
+
+def test_shipped_general_en_loads_generates_and_has_its_card(capsys):
+    from ulmfit.cli import main
+    from ulmfit.recipes import model_dir
+
+    folder = model_dir.resolve_pretrained("auto", "fwd")
+    assert folder is not None and folder.name == "general-en", "the package ships general-en"
+    assert (folder / "lm.safetensors").stat().st_size <= 40e6
+    card = (folder / "README.md").read_text()
+    for fact in ("Corpus", "vocabulary", "perplexity", "Hardware", "ulmfit pretrain --corpus"):
+        assert fact in card
+    assert main(["generate", "--pretrained", "general-en", "--prompt", "The", "--words", "8", "--seed", "0"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("The") and len(out.split()) >= 5

@@ -163,9 +163,13 @@ def cmd_generate(a) -> int:
     from ulmfit.recipes import model_dir
     from ulmfit.recipes.generate import generate
 
-    lm, tokenizer, vocab = model_dir.load_lm(a.model)
-    if model_dir.marker_direction(Path(a.model)) == "bwd":
-        raise UlmfitError(f"{a.model}: a backward language model (it reads text right to left); `ulmfit generate` "
+    name = a.pretrained or a.model
+    if not name:
+        raise UlmfitError("generate: name a model folder, or a shipped LM with --pretrained general-en")
+    folder = model_dir.resolve_pretrained(name) if name in model_dir.shipped_models() else Path(name)
+    lm, tokenizer, vocab = model_dir.load_lm(folder)
+    if model_dir.marker_direction(folder) == "bwd":
+        raise UlmfitError(f"{name}: a backward language model (it reads text right to left); `ulmfit generate` "
                           f"needs a forward one (the top folder of a --direction both model is forward)")
     for i in range(a.n):
         seed = None if a.seed is None else a.seed + i
@@ -254,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_predict)
 
     g = sub.add_parser("generate", help="continue a prompt with the language model")
-    g.add_argument("model")
+    g.add_argument("model", nargs="?", help="a model or language-model folder, or a shipped LM name")
+    g.add_argument("--pretrained", help="a shipped LM (general-en) instead of a folder")
     g.add_argument("--prompt", default="")
     g.add_argument("--words", type=int, default=40)
     g.add_argument("--temperature", type=float, default=0.8)
