@@ -119,3 +119,20 @@ def test_training_batches_never_hold_a_single_document():
     sizes = [len(b.index) for b in loader]
     assert min(sizes) > 1 and sum(sizes) == 17 and len(sizes) == len(loader)
     assert [len(b.index) for b in ClassificationLoader(docs, None, bs=8, shuffle=False)] == [8, 8, 1]
+
+
+def test_min_batches_repeats_reshuffled_passes_of_the_data():
+    docs = TokenDocs.from_arrays([np.arange(1 + i % 7) + 10 for i in range(20)])
+    labels = np.arange(20) % 3
+    plain = ClassificationLoader(docs, labels, bs=8, shuffle=True, seed=3)
+    more = ClassificationLoader(docs, labels, bs=8, shuffle=True, seed=3, min_batches=7)
+    assert len(plain) == 3 and len(more) == 9  # 3 passes of 3 batches
+    got = more.batches()
+    assert len(got) == 9
+    assert [b.tolist() for b in got[:3]] == [b.tolist() for b in plain.batches()]  # first pass unchanged
+    counts = np.bincount(np.concatenate(got), minlength=20)
+    assert (counts == 3).all()  # every document once per pass
+    assert [b.tolist() for b in got[3:6]] != [b.tolist() for b in got[:3]]  # later passes reshuffled
+    assert [b.tolist() for b in more.batches()] == [b.tolist() for b in got]  # deterministic
+    inference = ClassificationLoader(docs, None, bs=8, shuffle=False, min_batches=7)
+    assert len(inference) == 3  # never repeats when predicting

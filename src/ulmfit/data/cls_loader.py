@@ -3,7 +3,9 @@
 Training (shuffle=True) uses sortish sampling, as fastai's SortishSampler: a random permutation,
 cut into chunks of bs*50 documents, each chunk sorted by length and cut into batches, the batches
 shuffled, except that the batch holding the longest document goes first so memory peaks at once
-(an out-of-memory error shows up in the first step, not an hour in). Inference (shuffle=False)
+(an out-of-memory error shows up in the first step, not an hour in). With `min_batches`, a training
+epoch repeats the data (each pass reshuffled) until it has at least that many batches: 500 labelled
+texts are 8 batches of 64, too few steps for a stage of gradual unfreezing. Inference (shuffle=False)
 sorts all documents by length; `ClsBatch.index` puts predictions back in the original order.
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ class ClsBatch:
 
 class ClassificationLoader:
     def __init__(self, docs: TokenDocs, labels: np.ndarray | None = None, bs: int = 64, shuffle: bool = True,
-                 seed: int = 0, pad_idx: int = 1, max_tokens: int | None = None):
+                 seed: int = 0, pad_idx: int = 1, max_tokens: int | None = None, min_batches: int = 0):
         if bs < 1:
             raise ValueError(f"bs must be positive, got {bs}")
         if max_tokens is not None and max_tokens < 1:
@@ -41,6 +43,7 @@ class ClassificationLoader:
                 raise ValueError(f"labels has shape {labels.shape}, expected ({len(docs)},)")
         self.docs, self.labels, self.bs = docs, labels, bs
         self.shuffle, self.seed, self.pad_idx, self.max_tokens = shuffle, seed, pad_idx, max_tokens
+        self.min_batches = min_batches
         lengths = docs.lengths
         self.lengths = np.minimum(lengths, max_tokens) if max_tokens is not None else lengths
         self.epoch = 0
@@ -50,8 +53,14 @@ class ClassificationLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = len(self.docs)
-        return math.ceil(n / self.bs) - int(self._merge_last())
+        return self._per_pass() * self._passes()
+
+    def _per_pass(self) -> int:
+        return math.ceil(len(self.docs) / self.bs) - int(self._merge_last())
+
+    def _passes(self) -> int:
+        per_pass = self._per_pass()
+        return max(1, math.ceil(self.min_batches / per_pass)) if self.shuffle and per_pass else 1
 
     def _merge_last(self) -> bool:
         """Training batches never hold a single document: BatchNorm in the head cannot train on one."""
@@ -66,7 +75,11 @@ class ClassificationLoader:
         if not self.shuffle:
             order = np.argsort(-self.lengths, kind="stable")
             return [order[i:i + bs] for i in range(0, n, bs)]
-        rng = np.random.default_rng([self.seed, self.epoch])
+        return [b for k in range(self._passes()) for b in self._sortish_pass(k)]
+
+    def _sortish_pass(self, k: int) -> list[np.ndarray]:
+        n, bs = len(self.docs), self.bs
+        rng = np.random.default_rng([self.seed, self.epoch] + ([k] if k else []))
         perm = rng.permutation(n)
         chunk = bs * SORTISH_CHUNK
         perm = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")]

@@ -78,6 +78,10 @@ class ClassifierTrainConfig:
     metric: str = "macro_f1"  # model selection and early stopping
     patience: int | None = 2
     class_weights: str = "none"  # none | balanced
+    # With few labels an epoch is a handful of steps (500 texts: 8 batches of 64); each training
+    # epoch then repeats the reshuffled data until it has at least this many steps, so every stage
+    # of gradual unfreezing gets enough updates. The full tweets (465 batches) are unaffected.
+    min_steps_per_epoch: int = 50
 
 
 # Fine-tuning rates by the size of the starting LM. fastai's (LM 3e-3; classifier 2e-2, 1e-2, 5e-3,

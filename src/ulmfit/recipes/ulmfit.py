@@ -191,7 +191,7 @@ def train_classifier(lm: LMResult, train: Labelled, valid: Labelled, classes: li
     if direction == "bwd":
         train_docs, valid_docs = train_docs.reversed(), valid_docs.reversed()
     train_loader = ClassificationLoader(train_docs, train.labels, bs=cfg.bs, shuffle=True, seed=seed,
-                                        max_tokens=cfg.max_tokens)
+                                        max_tokens=cfg.max_tokens, min_batches=cfg.min_steps_per_epoch)
     valid_loader = ClassificationLoader(valid_docs, valid.labels, bs=cfg.bs * 2, shuffle=False,
                                         max_tokens=cfg.max_tokens)
     weights = balanced_class_weights(train.labels, len(classes)) if cfg.class_weights == "balanced" else None
