@@ -1,21 +1,30 @@
-"""Does the pretrained LM help? The same ULMFiT recipe from general-en and from scratch, vs TF-IDF.
+"""Tweets test split: ULMFiT from general-en vs from scratch, fwd+bwd, SiATL and TF-IDF, by label budget.
 
-    .venv/bin/python benchmarks/transfer.py --pretrained general-en --seeds 0 1 2 --budgets full 500
+    .venv/bin/python benchmarks/transfer.py --seeds 0 1 2 --budgets full 500 --methods fwd none tfidf
+    .venv/bin/python benchmarks/transfer.py --seeds 0 --budgets 100 500 2000 full --methods fwd both siatl tfidf
 
-For each seed and each starting point (`--pretrained` and `none`), the language model is
-fine-tuned ONCE on all training texts (`ulmfit finetune-lm`), then one classifier is trained per
-label budget from that LM (`ulmfit fit --pretrained LM --set lm.epochs=0`): with N labels the
-other training texts are unlabelled, which is exactly the text the LM was fine-tuned on, so sharing
-the LM across budgets changes nothing but the cost. Both arms use the same rates (the from-scratch
-ones, which also suit the small pretrained model; see docs/BENCHMARKS.md) and the demo's sizing.
-TF-IDF + logistic regression (C chosen on validation) sees the same labelled sample.
-Each cell is evaluated once on the test split and cached as JSON under --work; the table (median
-over seeds) is printed and written to --json.
+Methods (columns):
+- `fwd`:  ULMFiT from `--pretrained` (default the shipped general-en);
+- `none`: the same recipe with no pretrained LM (the LM learns from the tweets' text alone);
+- `both`: `fwd` and a backward model from `--pretrained-bwd`, class probabilities averaged;
+- `siatl`: SiATL (`ulmfit fit --recipe siatl`) from `--pretrained`;
+- `tfidf`: TF-IDF (word 1-2 grams) + logistic regression, C chosen on validation.
+
+ULMFiT's language model is fine-tuned ONCE per seed, start and direction on all training texts
+(`ulmfit finetune-lm`); each label budget then trains a classifier from it (`ulmfit fit --pretrained
+LM --set lm.epochs=0`). With N labels the other training texts are unlabelled, which is exactly the
+text the LM was fine-tuned on, so sharing the LM across budgets changes nothing but the cost. The
+backward classifier of `both` is trained with the same seed and settings as the forward one, which
+is what `--direction both` does in one folder; here the two folders are averaged in-process.
+Every method sees the same stratified sample of labels (ulmfit.data.subset.stratified_subset with
+the seed) and the whole validation split; the test split is scored once per cell. Cells are cached
+as JSON under --work, so a rerun resumes; the table (median over seeds) goes to stdout and --json.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -28,11 +37,16 @@ from ulmfit.data.fetch import fetch_tweets
 from ulmfit.data.readers import read_table
 from ulmfit.data.subset import stratified_subset
 from ulmfit.recipes.baselines import tfidf_logreg
+from ulmfit.recipes.predictor import load
 from ulmfit.train.metrics import classification_metrics
 
 ULMFIT = str(Path(sys.executable).with_name("ulmfit"))
+# The demo's sizing (src/ulmfit/demo.py): LM 2 epochs over at most 600k tokens, classifier 1+1+1+3.
+# Rates: those FitConfig.resolved() picks for the small LMs (scratch and pretrained alike).
 LM_SETTINGS = ["lm.preset=small", "lm.epochs=2", "lm.max_tokens=600000", "lm.lr=0.02"]
 CLF_SETTINGS = ["clf.epochs=[1,1,1,3]", "clf.lrs=[0.02,0.01,0.01,0.005]"]
+METHODS = {"fwd": "ulmfit fwd (general-en)", "none": "ulmfit fwd (no pretrained LM)",
+           "both": "ulmfit fwd+bwd (general-en)", "siatl": "siatl (general-en)", "tfidf": "tfidf + logreg"}
 
 
 def run(cmd: list[str], log_path: Path) -> float:
@@ -48,46 +62,81 @@ def sets(settings: list[str]) -> list[str]:
     return [x for s in settings for x in ("--set", s)]
 
 
-def ulmfit_cell(paths, arm: str, pretrained: str, budget: str, seed: int, work: Path) -> dict:
-    lm_dir = work / f"lm-{arm}-s{seed}"
-    lm_seconds = 0.0
+def budget_flag(budget: str) -> list[str]:
+    return [] if budget == "full" else ["--max-labels", budget]
+
+
+def finetuned_lm(paths, start: str, pretrained: str, direction: str, seed: int, work: Path) -> tuple[Path, float]:
+    """The LM fine-tuned on all training texts, once per (start, direction, seed); (folder, seconds)."""
+    name = f"lm-{start}{'' if direction == 'fwd' else '-bwd'}-s{seed}"
+    lm_dir = work / name
     if not (lm_dir / "ulmfit.json").exists():
-        lm_seconds = run([ULMFIT, "finetune-lm", "--train", str(paths["train"]), "--out", str(lm_dir), "--overwrite",
-                          "--pretrained", pretrained, *sets(LM_SETTINGS + [f"seed={seed}"])], work / f"lm-{arm}-s{seed}.log")
-        (lm_dir / "seconds.txt").write_text(f"{lm_seconds:.1f}")
-    lm_seconds = float((lm_dir / "seconds.txt").read_text())
-    out = work / f"clf-{arm}-{budget}-s{seed}"
-    budget_flag = [] if budget == "full" else ["--max-labels", budget]
-    clf_seconds = run([ULMFIT, "fit", "--train", str(paths["train"]), "--valid", str(paths["valid"]), "--out", str(out),
-                       "--overwrite", "--pretrained", str(lm_dir), "--seed", str(seed), *budget_flag,
-                       *sets(["lm.epochs=0", "lm.frozen_epochs=0"] + CLF_SETTINGS)], work / f"clf-{arm}-{budget}-s{seed}.log")
-    res = subprocess.run([ULMFIT, "evaluate", str(out), "--data", str(paths["test"]), "--json"],
-                         capture_output=True, text=True, check=True)
-    m = json.loads(res.stdout)
-    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "lm_seconds": lm_seconds, "clf_seconds": clf_seconds}
+        seconds = run([ULMFIT, "finetune-lm", "--train", str(paths["train"]), "--out", str(lm_dir), "--overwrite",
+                       "--pretrained", pretrained, "--direction", direction, *sets(LM_SETTINGS + [f"seed={seed}"])],
+                      work / f"{name}.log")
+        (lm_dir / "seconds.txt").write_text(f"{seconds:.1f}")
+    return lm_dir, float((lm_dir / "seconds.txt").read_text())
+
+
+def classifier(paths, lm_dir: Path, direction: str, budget: str, seed: int, work: Path) -> tuple[Path, float]:
+    out = work / f"clf-{lm_dir.name}-{budget}"
+    if not (out / "ulmfit.json").exists():
+        seconds = run([ULMFIT, "fit", "--train", str(paths["train"]), "--valid", str(paths["valid"]), "--out", str(out),
+                       "--overwrite", "--pretrained", str(lm_dir), "--direction", direction, "--seed", str(seed),
+                       *budget_flag(budget), *sets(["lm.epochs=0", "lm.frozen_epochs=0"] + CLF_SETTINGS)],
+                      work / f"{out.name}.log")
+        (out / "seconds.txt").write_text(f"{seconds:.1f}")
+    return out, float((out / "seconds.txt").read_text())
+
+
+def test_metrics(folders: list[Path], test) -> dict:
+    """Test metrics of one classifier folder, or of several with their probabilities averaged."""
+    models = [load(f) for f in folders]
+    classes = models[0].classes
+    probs = np.mean([m.predict_proba(test.texts) for m in models], axis=0)
+    m = classification_metrics([classes.index(l) for l in test.labels], probs.argmax(1), classes)
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+
+
+def ulmfit_cell(a, paths, test, method: str, budget: str, seed: int, work: Path) -> dict:
+    if method == "siatl":
+        out = work / f"siatl-{budget}-s{seed}"
+        seconds = run([ULMFIT, "fit", "--train", str(paths["train"]), "--valid", str(paths["valid"]), "--out", str(out),
+                       "--overwrite", "--recipe", "siatl", "--pretrained", a.pretrained, "--seed", str(seed),
+                       *budget_flag(budget), *sets(a.siatl_set)], work / f"{out.name}.log")
+        return {**test_metrics([out], test), "seconds": seconds}
+    start, pretrained = ("none", "none") if method == "none" else ("pre", a.pretrained)
+    lm, lm_s = finetuned_lm(paths, start, pretrained, "fwd", seed, work)
+    clf, clf_s = classifier(paths, lm, "fwd", budget, seed, work)
+    folders, seconds = [clf], lm_s + clf_s
+    if method == "both":
+        lm_b, lm_b_s = finetuned_lm(paths, start, a.pretrained_bwd, "bwd", seed, work)
+        clf_b, clf_b_s = classifier(paths, lm_b, "bwd", budget, seed, work)
+        folders, seconds = [clf, clf_b], seconds + lm_b_s + clf_b_s
+    return {**test_metrics(folders, test), "seconds": seconds}
 
 
 def tfidf_cell(tables, budget: str, seed: int) -> dict:
     train, valid, test = tables
     texts, labels = train.texts, np.asarray(train.labels)
+    classes = sorted(set(train.labels))
     if budget != "full":
-        classes = sorted(set(labels))
         keep, _ = stratified_subset(np.array([classes.index(l) for l in labels]), total=int(budget), seed=seed)
         texts, labels = [texts[i] for i in keep], labels[keep]
     predict, info = tfidf_logreg(texts, list(labels), valid.texts, valid.labels, seed=seed)
-    classes = sorted(set(train.labels))
-    idx = {c: i for i, c in enumerate(classes)}
-    m = classification_metrics([idx[l] for l in test.labels], [idx[l] for l in predict(test.texts)], classes)
+    m = classification_metrics([classes.index(l) for l in test.labels], [classes.index(l) for l in predict(test.texts)],
+                               classes)
     return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "C": info["C"], "seconds": info["seconds"]}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--pretrained", default="general-en", help="the pretrained LM to compare with scratch")
+    p.add_argument("--pretrained", default="general-en", help="the forward pretrained LM")
+    p.add_argument("--pretrained-bwd", default="general-en-bwd", help="the backward pretrained LM (method both)")
+    p.add_argument("--methods", nargs="+", default=["fwd", "none", "tfidf"], choices=sorted(METHODS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--budgets", nargs="+", default=["full", "500"])
-    p.add_argument("--arms", nargs="+", default=["pretrained", "none", "tfidf"],
-                   help="which columns to run now (cells already cached are always reported)")
+    p.add_argument("--siatl-set", nargs="*", default=[], help="SECTION.FIELD=VALUE overrides for siatl cells")
     p.add_argument("--work", default="runs/bench-transfer")
     p.add_argument("--json", default="benchmarks/results/transfer.json")
     a = p.parse_args()
@@ -95,35 +144,42 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     paths = fetch_tweets()
     tables = [read_table(paths[s], "text", "label") for s in ("train", "valid", "test")]
-    arms = {f"ulmfit ({Path(a.pretrained).name})": a.pretrained, "ulmfit (none)": "none", "tfidf + logreg": None}
-    chosen = {f"ulmfit ({Path(a.pretrained).name})": "pretrained", "ulmfit (none)": "none", "tfidf + logreg": "tfidf"}
-    cells: dict[tuple[str, str], list[dict]] = {}
     for seed in a.seeds:
         for budget in a.budgets:
-            for name, pretrained in arms.items():
-                cache = work / f"cell-{name.replace(' ', '_').replace('(', '').replace(')', '')}-{budget}-s{seed}.json"
-                if cache.exists():
-                    r = json.loads(cache.read_text())
-                elif chosen[name] not in a.arms:
-                    continue
-                else:
-                    arm = "none" if pretrained == "none" else "pre"
-                    r = tfidf_cell(tables, budget, seed) if pretrained is None else \
-                        ulmfit_cell(paths, arm, pretrained, budget, seed, work)
+            for method in a.methods:
+                cache = work / f"cell-{method}-{budget}-s{seed}.json"
+                if not cache.exists():
+                    r = tfidf_cell(tables, budget, seed) if method == "tfidf" else \
+                        ulmfit_cell(a, paths, tables[2], method, budget, seed, work)
                     cache.write_text(json.dumps(r))
-                cells.setdefault((name, budget), []).append(r)
-                print(f"seed {seed} {budget:>5s} {name:28s} macro-F1 {r['macro_f1']:.4f} acc {r['accuracy']:.4f}", flush=True)
-    print(f"\n{'method':28s} {'labels':>6s} {'seeds':>5s} {'macro-F1 (median)':>18s} {'accuracy (median)':>18s}  per-seed macro-F1")
-    summary = []
-    for (name, budget), rs in cells.items():
-        f1s = [r["macro_f1"] for r in rs]
-        row = {"method": name, "labels": budget, "seeds": len(rs), "macro_f1": statistics.median(f1s),
-               "accuracy": statistics.median(r["accuracy"] for r in rs), "per_seed": rs}
-        summary.append(row)
-        print(f"{name:28s} {budget:>6s} {len(rs):5d} {row['macro_f1']:18.4f} {row['accuracy']:18.4f}  "
-              f"{' '.join(f'{x:.4f}' for x in f1s)}")
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "args": vars(a), "rows": summary}, indent=2))
+                r = json.loads(cache.read_text())
+                print(f"seed {seed} {budget:>5s} {METHODS[method]:30s} macro-F1 {r['macro_f1']:.4f} "
+                      f"acc {r['accuracy']:.4f} ({r['seconds']:.0f}s)", flush=True)
+    summarize(work, a.json)
+
+
+def summarize(work: Path, json_path: str) -> None:
+    """The table of every cached cell: median over seeds per method and budget."""
+    cells: dict[tuple[str, str], list[dict]] = {}
+    for f in sorted(work.glob("cell-*.json")):
+        method, budget, seed = f.stem[len("cell-"):].rsplit("-", 2)
+        cells.setdefault((method, budget), []).append({**json.loads(f.read_text()), "seed": int(seed[1:])})
+    order = {m: i for i, m in enumerate(METHODS)}
+    keyed = sorted(cells.items(), key=lambda kv: (kv[0][1] != "full", -int(kv[0][1]) if kv[0][1] != "full" else 0,
+                                                  order.get(kv[0][0], 99)))
+    print(f"\n{'labels':>6s} {'method':30s} {'seeds':>5s} {'macro-F1':>9s} {'accuracy':>9s}  per-seed macro-F1")
+    rows = []
+    for (method, budget), rs in keyed:
+        rs.sort(key=lambda r: r["seed"])
+        row = {"method": METHODS.get(method, method), "labels": budget, "seeds": [r["seed"] for r in rs],
+               "macro_f1": statistics.median(r["macro_f1"] for r in rs),
+               "accuracy": statistics.median(r["accuracy"] for r in rs), "cells": rs}
+        rows.append(row)
+        print(f"{budget:>6s} {row['method']:30s} {len(rs):5d} {row['macro_f1']:9.4f} {row['accuracy']:9.4f}  "
+              f"{' '.join('%.4f' % r['macro_f1'] for r in rs)}")
+    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_path).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": os.uname().machine,
+                                           "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
