@@ -149,6 +149,21 @@ def peer_main(run):
     write_json(Path(sys.argv[2]), result)
 
 
+def speed_task_main(tasks: dict) -> None:
+    """Entry point of the speed runners: run the job's `task` from `tasks` (a module's globals) with
+    the job's torch thread count, and record the count used."""
+    def run(job):
+        import torch
+
+        if job.get("threads"):
+            torch.set_num_threads(int(job["threads"]))
+        out = tasks[job["task"]](job)
+        out["torch_threads"] = torch.get_num_threads()
+        return out
+
+    peer_main(run)
+
+
 def read_csv_rows(path, text_col="text", label_col="label"):
     """(texts, labels) of a UTF-8 CSV without pandas (labels None when the column is absent)."""
     import csv

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import peer_main, read_json  # noqa: E402
+from common import speed_task_main, read_json  # noqa: E402
 
 
 def predict(job):
@@ -50,15 +50,5 @@ def predict(job):
             "parameters": sum(p.numel() for p in model.parameters())}
 
 
-def dispatch(job):
-    import torch
-
-    if job.get("threads"):
-        torch.set_num_threads(int(job["threads"]))
-    out = globals()[job["task"]](job)
-    out["torch_threads"] = torch.get_num_threads()
-    return out
-
-
 if __name__ == "__main__":
-    peer_main(dispatch)
+    speed_task_main(globals())
