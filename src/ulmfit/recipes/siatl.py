@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -41,6 +40,7 @@ from ulmfit.recipes.siatl_config import SiatlConfig
 from ulmfit.text.token_docs import TokenDocs
 from ulmfit.train.checkpoint import (append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text,
                                      load_weights, save_weights)
+from ulmfit.train.loop import autocast, epoch_seed
 from ulmfit.train.metrics import EarlyStopping, classification_metrics
 from ulmfit.train.siatl_optim import clip_and_step, make_optimizers, set_trainable
 from ulmfit.train.siatl_schedule import PARTS, gamma_at, trainable_parts
@@ -55,18 +55,6 @@ MODEL_FILE, CONFIG_FILE = "siatl.safetensors", "siatl_model.json"
 
 def _quiet(msg: str) -> None:
     pass
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return (seed * 1_000_003 + 7_919 + epoch * 101) % (2**31)
-
-
-def _autocast(precision: str):
-    if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    if precision == "fp32":
-        return nullcontext()
-    raise UlmfitError(f"precision must be fp32 or bf16, not {precision!r}")
 
 
 def build_model(base: "LMResult", n_classes: int, cfg: SiatlConfig) -> SiatlClassifier:
@@ -97,7 +85,7 @@ def evaluate(model: SiatlClassifier, loader: ClassificationLoader, classes: list
     probs = np.zeros((len(loader.docs), len(classes)), dtype=np.float32)
     lm_sum, lm_n = 0.0, 0
     for batch in loader:
-        with _autocast(precision):
+        with autocast(precision):
             logits, lm_logits = model.forward_with_lm(batch.ids, batch.lengths)
             n = int((batch.lengths.clamp(max=lm_logits.size(1)) - 1).sum())
             lm_sum += float(next_token_loss(lm_logits, batch.ids, batch.lengths)) * n
@@ -119,7 +107,7 @@ def train_siatl(base: "LMResult", train: Labelled, valid: Labelled, classes: lis
     return (best model in eval mode, its validation metrics from `classification_metrics`)."""
     out = Path(out)
     _check_inputs(train, valid, classes)
-    _autocast(precision)  # reject a bad precision before any work
+    autocast(precision)  # reject a bad precision before any work
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, best_path = out / "checkpoints" / f"{PHASE}-last.pt", out / "checkpoints" / f"{PHASE}-best.safetensors"
     log_path = out / "history.jsonl"
@@ -171,7 +159,7 @@ def train_siatl(base: "LMResult", train: Labelled, valid: Labelled, classes: lis
         if stopped:
             break
         t0 = time.perf_counter()
-        torch.manual_seed(_epoch_seed(seed, epoch))
+        torch.manual_seed(epoch_seed(seed, 0, epoch))
         active = trainable_parts(epoch, cfg.unfreeze_lstm_epoch, cfg.unfreeze_embedding_epoch)
         set_trainable(parts, active)
         gamma = gamma_at(epoch, cfg.gamma_start, cfg.gamma_end, cfg.gamma_epochs)
@@ -184,7 +172,7 @@ def train_siatl(base: "LMResult", train: Labelled, valid: Labelled, classes: lis
         train_loader.set_epoch(epoch)
         model.train()
         for batch in train_loader:
-            with _autocast(precision):
+            with autocast(precision):
                 if use_lm:
                     logits, lm_logits = model.forward_with_lm(batch.ids, batch.lengths)
                     lm_loss = next_token_loss(lm_logits, batch.ids, batch.lengths)

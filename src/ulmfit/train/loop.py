@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ulmfit.errors import UlmfitError
 from ulmfit.train.checkpoint import append_jsonl, atomic_torch_save, atomic_write_text, load_weights, save_weights
 from ulmfit.train.freeze import freeze_to
 from ulmfit.train.metrics import EarlyStopping
@@ -78,16 +79,18 @@ class PhaseResult:
     resumed_from: str | None = None
 
 
-def _epoch_seed(seed: int, stage: int, epoch: int) -> int:
+def epoch_seed(seed: int, stage: int, epoch: int) -> int:
+    """The torch seed of one epoch of one stage: a resumed run replays the same dropout masks."""
     return (seed * 1_000_003 + stage * 10_007 + epoch * 101) % (2**31)
 
 
-def _autocast(precision: str):
+def autocast(precision: str):
+    """The precision context of a forward pass: fp32 (none) or bf16 autocast on the CPU."""
     if precision == "bf16":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     if precision == "fp32":
         return nullcontext()
-    raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
+    raise UlmfitError(f"precision must be fp32 or bf16, not {precision!r}")
 
 
 def run_phase(
@@ -137,7 +140,7 @@ def run_phase(
                             pct_start=cfg.pct_start)
         first_epoch = pos["epoch"] if s == pos["stage"] else 0
         for epoch in range(first_epoch, stage.epochs):
-            torch.manual_seed(_epoch_seed(cfg.seed, s, epoch))
+            torch.manual_seed(epoch_seed(cfg.seed, s, epoch))
             train_loader.set_epoch(global_epoch)
             task.start_epoch()
             model.train()
@@ -158,7 +161,7 @@ def run_phase(
                     continue
                 step = epoch * steps_per_epoch + i
                 set_lr_mom(optimizer, schedule.lr_mult(step), schedule.momentum(step))
-                with _autocast(cfg.precision):
+                with autocast(cfg.precision):
                     loss = task.loss(model, batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -174,7 +177,7 @@ def run_phase(
                     save_checkpoint(s, epoch, i + 1, {"rng": torch.get_rng_state(), "running": (total_loss, n_batches, n_tokens),
                                                       "task": task.state_dict() if hasattr(task, "state_dict") else None})
             train_seconds = time.perf_counter() - t0
-            with _autocast(cfg.precision):
+            with autocast(cfg.precision):
                 metrics = task.evaluate(model, valid_loader)
             record = {"phase": files.prefix, "stage": stage.name, "epoch": global_epoch,
                       "train_loss": total_loss / max(n_batches, 1), **metrics,
