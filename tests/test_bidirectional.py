@@ -12,6 +12,7 @@ import torch
 
 from ulmfit.cli import main
 from ulmfit.errors import UlmfitError
+from ulmfit.recipes import fit as fit_module
 from ulmfit.recipes import ulmfit as recipe
 from ulmfit.text.tokenize import PAD_ID, Tokenizer, TokenizerConfig
 from ulmfit.text.vocab import Vocab
@@ -181,7 +182,7 @@ def test_generate_needs_a_forward_lm(both, capsys):
 def test_both_resumes_without_retraining_the_forward_half(tmp_path, capsys, monkeypatch):
     from ulmfit.train import loop
 
-    monkeypatch.setattr(recipe, "plot_history", lambda *a, **k: None)
+    monkeypatch.setattr(fit_module, "plot_history", lambda *a, **k: None)
     make_rows(90, 0).to_csv(tmp_path / "train.csv", index=False)
     make_rows(30, 1).to_csv(tmp_path / "valid.csv", index=False)
     atomic_write_json(tmp_path / "tiny.json", small_config().to_dict())
@@ -213,7 +214,7 @@ def test_both_resumes_without_retraining_the_forward_half(tmp_path, capsys, monk
 def test_bwd_alone_lives_in_the_top_folder(tmp_path, monkeypatch):
     import ulmfit
 
-    monkeypatch.setattr(recipe, "plot_history", lambda *a, **k: None)
+    monkeypatch.setattr(fit_module, "plot_history", lambda *a, **k: None)
     train, valid = make_rows(60, 0), make_rows(30, 1)
     model = ulmfit.fit(train, valid, out=tmp_path / "m", config=small_config("bwd"))
     meta = json.loads((tmp_path / "m" / "ulmfit.json").read_text())

@@ -266,6 +266,7 @@ def test_fit_recipe_siatl_hands_prepared_data_to_siatl(tiny_data, tmp_path, caps
     import types
 
     from ulmfit.recipes import model_dir
+    from ulmfit.recipes import fit as fit_module
     from ulmfit.recipes import ulmfit as recipe
     from ulmfit.recipes.config import ClassifierTrainConfig
     from ulmfit.recipes.siatl_config import SiatlConfig
@@ -290,7 +291,7 @@ def test_fit_recipe_siatl_hands_prepared_data_to_siatl(tiny_data, tmp_path, caps
     fake = types.ModuleType("ulmfit.recipes.siatl")
     fake.train_siatl, fake.load_siatl_model = train_siatl, load_siatl_model
     monkeypatch.setitem(sys.modules, "ulmfit.recipes.siatl", fake)
-    monkeypatch.setattr(recipe, "plot_history", lambda *a, **k: None)
+    monkeypatch.setattr(fit_module, "plot_history", lambda *a, **k: None)
     (tmp_path / "more.txt").write_text("the gate was open\nboston on monday\n")
     cfg_path = tmp_path / "tiny.json"
     atomic_write_json(cfg_path, tiny_fit_config().to_dict())

@@ -85,7 +85,7 @@ def test_fit_from_pretrained_transfers_vocabulary(tmp_path, tiny_data, tiny_conf
     corpus = make_corpus(tmp_path / "corpus")
     lm_dir = pretrain(corpus, tmp_path / "lm", tiny_cfg(epochs=1), log=lambda m: None)
     tiny_config.pretrained = str(lm_dir)
-    from ulmfit.recipes.ulmfit import fit
+    from ulmfit.recipes.fit import fit
 
     logs = []
     fit(tiny_data["train"], tiny_data["valid"], out=tmp_path / "clf", config=tiny_config, log=logs.append)

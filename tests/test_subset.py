@@ -122,10 +122,10 @@ def test_more_per_class_than_a_class_has_is_logged():
 
 def test_cli_low_resource_run_records_its_sample(tmp_path, capsys, monkeypatch):
     from ulmfit.cli import main
-    from ulmfit.recipes import ulmfit as recipe
+    from ulmfit.recipes import fit as fit_module
     from ulmfit.train.checkpoint import atomic_write_json
 
-    monkeypatch.setattr(recipe, "plot_history", lambda *a, **k: None)  # plots are tested elsewhere; keep this fast
+    monkeypatch.setattr(fit_module, "plot_history", lambda *a, **k: None)  # plots are tested elsewhere; keep this fast
     make_rows(90, 0).to_csv(tmp_path / "train.csv", index=False)
     make_rows(30, 1).to_csv(tmp_path / "valid.csv", index=False)
     cfg = tiny_fit_config()

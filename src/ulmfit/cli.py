@@ -19,7 +19,7 @@ def log(msg: str) -> None:
 
 def cmd_fit(a) -> int:
     from ulmfit.recipes.config import FitConfig
-    from ulmfit.recipes.ulmfit import fit
+    from ulmfit.recipes.fit import fit
 
     if a.resume:
         cfg = None

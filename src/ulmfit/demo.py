@@ -19,7 +19,7 @@ from ulmfit.data.readers import read_table
 from ulmfit.recipes.baselines import tfidf_logreg
 from ulmfit.recipes.config import FitConfig
 from ulmfit.recipes.model_dir import resolve_pretrained
-from ulmfit.recipes.ulmfit import fit
+from ulmfit.recipes.fit import fit
 from ulmfit.train.metrics import classification_metrics
 
 
