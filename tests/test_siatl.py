@@ -47,7 +47,8 @@ def data():
 
 def small_cfg(**kw) -> SiatlConfig:
     d = dict(task_hidden=16, bs=16, epochs=3, max_len=32, unfreeze_lstm_epoch=2, unfreeze_embedding_epoch=3,
-             patience=None, new_lr=1e-2, pretrained_lr=0.1, gamma_start=0.2, gamma_end=0.1, gamma_epochs=3)
+             patience=None, new_lr=1e-2, pretrained_lr=0.1, gamma_start=0.2, gamma_end=0.1, gamma_epochs=3,
+             min_steps_per_epoch=0)
     return SiatlConfig(**{**d, **kw})
 
 
@@ -97,7 +98,8 @@ def test_trainable_parts():
 
 
 @pytest.mark.parametrize("field,value", [("gamma_end", 0.0), ("unfreeze_embedding_epoch", 1), ("bs", 0),
-                                         ("pretrained_optimizer", "adamw"), ("metric", "f2"), ("clip", -1.0)])
+                                         ("pretrained_optimizer", "adamw"), ("metric", "f2"), ("clip", -1.0),
+                                         ("min_steps_per_epoch", -1)])
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(UlmfitError, match=field):
         SiatlConfig(**{field: value})
@@ -309,3 +311,23 @@ def test_bad_inputs_are_user_errors(data, tmp_path):
         train_siatl(base, train, bad, CLASSES, tmp_path, small_cfg())
     with pytest.raises(UlmfitError, match="precision"):
         train_siatl(base, train, valid, CLASSES, tmp_path, small_cfg(), precision="fp8")
+
+
+def test_few_labels_get_min_steps_per_epoch(data, tmp_path, monkeypatch):
+    """60 texts in batches of 16 are 4 steps; min_steps_per_epoch=10 repeats reshuffled passes to 12."""
+    import ulmfit.recipes.siatl as siatl_module
+
+    steps = []
+
+    class Counting(siatl_module.ClassificationLoader):
+        def __iter__(self):
+            n = 0
+            for batch in super().__iter__():
+                n += 1
+                yield batch
+            if self.shuffle:
+                steps.append(n)
+
+    monkeypatch.setattr(siatl_module, "ClassificationLoader", Counting)
+    run(data, tmp_path, small_cfg(epochs=2, min_steps_per_epoch=10))
+    assert steps == [12, 12]

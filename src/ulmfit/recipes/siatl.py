@@ -120,7 +120,7 @@ def train_siatl(base: "LMResult", train: Labelled, valid: Labelled, classes: lis
     train_docs = base.vocab.encode_many(train_tokens)
     valid_docs = base.vocab.encode_many(base.tokenizer.tokenize_many(valid.texts))
     train_loader = ClassificationLoader(train_docs, train.labels, bs=cfg.bs, shuffle=True, seed=seed,
-                                        pad_idx=pad, max_tokens=cfg.max_len)
+                                        pad_idx=pad, max_tokens=cfg.max_len, min_batches=cfg.min_steps_per_epoch)
     valid_loader = ClassificationLoader(valid_docs, valid.labels, bs=cfg.bs * 2, shuffle=False,
                                         pad_idx=pad, max_tokens=cfg.max_len)
     lm_loader = None
