@@ -172,3 +172,45 @@ def test_resume_inside_an_epoch_matches_uninterrupted_lm_run(tmp_path, monkeypat
     for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), k
     assert res.history[-1]["train_loss"] == pytest.approx(full_res.history[-1]["train_loss"], abs=1e-9)
+
+
+def test_resumed_epoch_counts_the_time_before_the_interruption(tmp_path, monkeypatch):
+    """An epoch resumed mid-way reports its whole duration (and tokens/s over it), not only the resumed part."""
+    import time
+
+    import numpy as np
+
+    from ulmfit.data.lm_loader import LMLoader
+    from ulmfit.models.awd_lstm import PRESETS, AWDLSTMConfig, LanguageModel
+    from ulmfit.text.token_docs import TokenDocs
+    from ulmfit.train.tasks import LMTask
+
+    rng = np.random.default_rng(0)
+    docs = TokenDocs.from_arrays([np.r_[2, rng.integers(9, 40, rng.integers(5, 30))] for _ in range(60)])
+
+    def lm_run(folder, resume=False):
+        torch.manual_seed(7)
+        lm = LanguageModel(AWDLSTMConfig(vocab_size=40, **PRESETS["tiny"]))
+        groups = lm.layer_groups()
+        opt = make_optimizer(param_groups(groups, 1e-2), "adamw")
+        cfg = LoopConfig(seed=3, patience=None, progress=False, checkpoint_every=2)
+        return run_phase(lm, LMTask(), opt, groups, [Stage("all", 1, 1e-2)], LMLoader(docs, bs=4, bptt=8, seed=1),
+                         LMLoader(docs, bs=4, bptt=8, shuffle=False), PhaseFiles(folder, "lm"), cfg, resume=resume)
+
+    real_loss, calls = LMTask.loss, {"n": 0}
+
+    def slow_then_crash(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 4:  # checkpointed after step 2, each of which slept 0.3 s
+            raise KeyboardInterrupt
+        time.sleep(0.3)
+        return real_loss(self, model, batch)
+
+    monkeypatch.setattr(LMTask, "loss", slow_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        lm_run(tmp_path)
+    monkeypatch.setattr(LMTask, "loss", real_loss)
+    record = lm_run(tmp_path, resume=True).history[-1]
+    assert record["seconds"] >= 0.6  # the resumed part alone takes a few milliseconds
+    n_tokens = sum(b[0].numel() for b in LMLoader(docs, bs=4, bptt=8, seed=1))
+    assert record["train_tokens_per_s"] <= n_tokens / 0.6

@@ -158,3 +158,29 @@ def test_shipped_general_en_loads_generates_and_has_its_card(capsys):
     assert main(["generate", "--pretrained", "general-en", "--prompt", "The", "--words", "8", "--seed", "0"]) == 0
     out = capsys.readouterr().out.strip()
     assert out.startswith("The") and len(out.split()) >= 5
+
+
+def test_shipped_general_en_bwd_reads_text_backwards():
+    """The shipped backward LM is found for direction bwd, is within the size limit, and predicts
+    reversed English better than English in reading order (the forward model the other way round)."""
+    import torch.nn.functional as F
+
+    folder = model_dir.resolve_pretrained("auto", "bwd")
+    assert folder is not None and folder.name == "general-en-bwd", "the package ships general-en-bwd"
+    assert (folder / "lm.safetensors").stat().st_size <= 40e6
+    assert json.loads((folder / "ulmfit.json").read_text())["direction"] == "bwd"
+    assert "backward" in (folder / "README.md").read_text()
+    text = ("The president of the United States said on Monday that the government would not change its "
+            "policy on trade with other countries, and that the people of the nation would have to wait.")
+
+    def loss(name, reverse):
+        lm, tok, vocab = model_dir.load_lm(model_dir.resolve_pretrained(name))
+        lm.eval()
+        ids = vocab.numericalize(tok.tokenize_many([text])[0])
+        ids = torch.as_tensor(ids[::-1].copy() if reverse else ids).long()[None]
+        with torch.no_grad():
+            logits = lm(ids[:, :-1])[0]
+        return F.cross_entropy(logits[0], ids[0, 1:]).item()
+
+    assert loss("general-en-bwd", reverse=True) < loss("general-en-bwd", reverse=False) - 0.5
+    assert loss("general-en", reverse=False) < loss("general-en", reverse=True) - 0.5

@@ -149,7 +149,10 @@ def run_phase(
             if ckpt is not None and ckpt.get("batch") and s == pos["stage"] and epoch == pos["epoch"]:
                 # Resume inside an epoch: same data order, skip what was done, restore RNG and carried state.
                 skip = ckpt["batch"]
-                total_loss, n_batches, n_tokens = ckpt["running"]
+                # "running" carries the epoch's time so far (4th item; older checkpoints lack it), so the
+                # epoch's seconds and tokens/s describe the whole epoch, not only its resumed part.
+                total_loss, n_batches, n_tokens, *elapsed = ckpt["running"]
+                t0 -= elapsed[0] if elapsed else 0.0
                 torch.set_rng_state(ckpt["rng"])
                 if hasattr(task, "load_state_dict"):
                     task.load_state_dict(ckpt["task"])
@@ -174,7 +177,8 @@ def run_phase(
                 if show_bar and i % 10 == 0:
                     bar.set_postfix(loss=f"{total_loss / n_batches:.3f}")
                 if cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0 and i + 1 < steps_per_epoch:
-                    save_checkpoint(s, epoch, i + 1, {"rng": torch.get_rng_state(), "running": (total_loss, n_batches, n_tokens),
+                    running = (total_loss, n_batches, n_tokens, time.perf_counter() - t0)
+                    save_checkpoint(s, epoch, i + 1, {"rng": torch.get_rng_state(), "running": running,
                                                       "task": task.state_dict() if hasattr(task, "state_dict") else None})
             train_seconds = time.perf_counter() - t0
             with autocast(cfg.precision):
