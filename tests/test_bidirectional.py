@@ -277,6 +277,9 @@ def test_direction_resolution_of_pretrained_settings(tmp_path, monkeypatch):
         FitConfig(direction="both", pretrained_bwd="general-en").resolved("bwd")
     cfg = FitConfig(direction="both")
     assert cfg.pretrained_for("fwd") == "auto" and cfg.resolved("bwd").lm.lr == 3e-3  # fine-tuning rates
+    scratch = FitConfig(direction="both", pretrained=None)  # --pretrained none: no LM for either direction
+    assert scratch.pretrained_for("bwd") is None and scratch.resolved("bwd").lm.lr == 2e-2
+    assert FitConfig(direction="both", pretrained=None, pretrained_bwd="general-en-bwd").pretrained_for("bwd") == "general-en-bwd"
     with pytest.raises(UlmfitError, match="direction"):
         FitConfig(direction="sideways").directions
 

@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "or 'none' (default: general-en when installed); with --direction bwd "
                                         "a backward one (default general-en-bwd)")
     f.add_argument("--pretrained-bwd", help="with --direction both: the backward language model (a shipped name, "
-                                            "general-en-bwd, a folder, or 'none'; default: general-en-bwd when installed)")
+                                            "general-en-bwd, a folder, or 'none'; default: general-en-bwd, or none with --pretrained none)")
     f.add_argument("--direction", choices=["fwd", "bwd", "both"],
                    help="read documents forward (default), backward, or train both and average their predictions")
     low = f.add_mutually_exclusive_group()

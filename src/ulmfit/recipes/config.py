@@ -127,7 +127,10 @@ class FitConfig:
 
     def pretrained_for(self, direction: str) -> str | None:
         """The pretrained-LM setting of the `direction` model of this run."""
-        return self.pretrained_bwd if self.direction == "both" and direction == "bwd" else self.pretrained
+        if self.direction == "both" and direction == "bwd":
+            # "auto" follows --pretrained: with no pretrained forward LM the backward one starts from scratch too
+            return None if self.pretrained_bwd == "auto" and self.pretrained is None else self.pretrained_bwd
+        return self.pretrained
 
     def resolved(self, direction: str | None = None) -> "FitConfig":
         """A copy with every `None` ("auto") rate replaced by its value for the `direction` model
