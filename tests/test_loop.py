@@ -133,25 +133,13 @@ def test_each_epoch_is_logged_as_json_line(tmp_path):
 def test_resume_inside_an_epoch_matches_uninterrupted_lm_run(tmp_path, monkeypatch):
     """Long pretraining epochs checkpoint every N steps; a crash mid-epoch resumes bit-exactly,
     including the LSTM state carried between batches and the dropout RNG."""
-    import numpy as np
-
     from ulmfit.data.lm_loader import LMLoader
-    from ulmfit.models.awd_lstm import PRESETS, AWDLSTMConfig, LanguageModel
-    from ulmfit.text.token_docs import TokenDocs
     from ulmfit.train.tasks import LMTask
 
-    rng = np.random.default_rng(0)
-    docs = TokenDocs.from_arrays([np.r_[2, rng.integers(9, 40, rng.integers(5, 30))] for _ in range(60)])
+    docs = _lm_docs()
 
     def lm_run(folder, resume=False):
-        torch.manual_seed(7)
-        lm = LanguageModel(AWDLSTMConfig(vocab_size=40, **PRESETS["tiny"]))
-        groups = lm.layer_groups()
-        opt = make_optimizer(param_groups(groups, 1e-2), "adamw")
-        cfg = LoopConfig(seed=3, patience=None, progress=False, checkpoint_every=2)
-        res = run_phase(lm, LMTask(), opt, groups, [Stage("all", 2, 1e-2)], LMLoader(docs, bs=4, bptt=8, seed=1),
-                        LMLoader(docs, bs=4, bptt=8, shuffle=False), PhaseFiles(folder, "lm"), cfg, resume=resume)
-        return lm, res
+        return _lm_run(docs, folder, 2, resume)
 
     full, full_res = lm_run(tmp_path / "full")
     real_loss, calls = LMTask.loss, {"n": 0}
@@ -178,24 +166,13 @@ def test_resumed_epoch_counts_the_time_before_the_interruption(tmp_path, monkeyp
     """An epoch resumed mid-way reports its whole duration (and tokens/s over it), not only the resumed part."""
     import time
 
-    import numpy as np
-
     from ulmfit.data.lm_loader import LMLoader
-    from ulmfit.models.awd_lstm import PRESETS, AWDLSTMConfig, LanguageModel
-    from ulmfit.text.token_docs import TokenDocs
     from ulmfit.train.tasks import LMTask
 
-    rng = np.random.default_rng(0)
-    docs = TokenDocs.from_arrays([np.r_[2, rng.integers(9, 40, rng.integers(5, 30))] for _ in range(60)])
+    docs = _lm_docs()
 
     def lm_run(folder, resume=False):
-        torch.manual_seed(7)
-        lm = LanguageModel(AWDLSTMConfig(vocab_size=40, **PRESETS["tiny"]))
-        groups = lm.layer_groups()
-        opt = make_optimizer(param_groups(groups, 1e-2), "adamw")
-        cfg = LoopConfig(seed=3, patience=None, progress=False, checkpoint_every=2)
-        return run_phase(lm, LMTask(), opt, groups, [Stage("all", 1, 1e-2)], LMLoader(docs, bs=4, bptt=8, seed=1),
-                         LMLoader(docs, bs=4, bptt=8, shuffle=False), PhaseFiles(folder, "lm"), cfg, resume=resume)
+        return _lm_run(docs, folder, 1, resume)[1]
 
     real_loss, calls = LMTask.loss, {"n": 0}
 
@@ -214,3 +191,28 @@ def test_resumed_epoch_counts_the_time_before_the_interruption(tmp_path, monkeyp
     assert record["seconds"] >= 0.6  # the resumed part alone takes a few milliseconds
     n_tokens = sum(b[0].numel() for b in LMLoader(docs, bs=4, bptt=8, seed=1))
     assert record["train_tokens_per_s"] <= n_tokens / 0.6
+
+
+def _lm_docs():
+    import numpy as np
+
+    from ulmfit.text.token_docs import TokenDocs
+
+    rng = np.random.default_rng(0)
+    return TokenDocs.from_arrays([np.r_[2, rng.integers(9, 40, rng.integers(5, 30))] for _ in range(60)])
+
+
+def _lm_run(docs, folder, epochs: int, resume: bool = False):
+    """A tiny LM trained `epochs` epochs, checkpointing every 2 steps; returns (model, PhaseResult)."""
+    from ulmfit.data.lm_loader import LMLoader
+    from ulmfit.models.awd_lstm import PRESETS, AWDLSTMConfig, LanguageModel
+    from ulmfit.train.tasks import LMTask
+
+    torch.manual_seed(7)
+    lm = LanguageModel(AWDLSTMConfig(vocab_size=40, **PRESETS["tiny"]))
+    groups = lm.layer_groups()
+    opt = make_optimizer(param_groups(groups, 1e-2), "adamw")
+    cfg = LoopConfig(seed=3, patience=None, progress=False, checkpoint_every=2)
+    res = run_phase(lm, LMTask(), opt, groups, [Stage("all", epochs, 1e-2)], LMLoader(docs, bs=4, bptt=8, seed=1),
+                    LMLoader(docs, bs=4, bptt=8, shuffle=False), PhaseFiles(folder, "lm"), cfg, resume=resume)
+    return lm, res
