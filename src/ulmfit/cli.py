@@ -166,7 +166,7 @@ def cmd_generate(a) -> int:
     name = a.pretrained or a.model
     if not name:
         raise UlmfitError("generate: name a model folder, or a shipped LM with --pretrained general-en")
-    folder = model_dir.resolve_pretrained(name) if name in model_dir.shipped_models() else Path(name)
+    folder = model_dir.lm_folder(name)
     lm, tokenizer, vocab = model_dir.load_lm(folder)
     if model_dir.marker_direction(folder) == "bwd":
         raise UlmfitError(f"{name}: a backward language model (it reads text right to left); `ulmfit generate` "

@@ -19,7 +19,7 @@ from ulmfit.errors import UlmfitError
 from ulmfit.recipes import model_dir
 from ulmfit.recipes.config import FitConfig
 from ulmfit.recipes.prepare import FitData, load_fit_data
-from ulmfit.recipes.ulmfit import (LMResult, Log, _quiet, _seed_all, finetune_lm, lm_from_pretrained, load_pretrained,
+from ulmfit.recipes.ulmfit import (LMResult, Log, quiet, seed_all, finetune_lm, lm_from_pretrained, load_pretrained,
                                    scratch_lm, train_classifier)
 from ulmfit.text.tokenize import Tokenizer, TokenizerConfig
 from ulmfit.text.vocab import Vocab
@@ -30,7 +30,7 @@ from ulmfit.train.plots import plot_history
 
 def fit(train, valid=None, *, out: str | Path, text_col: str = "text", label_col: str = "label",
         unlabeled: list[str] | tuple = (), pretrained: str | None = "auto", config: FitConfig | None = None,
-        resume: bool = False, overwrite: bool = False, log: Log = _quiet):
+        resume: bool = False, overwrite: bool = False, log: Log = quiet):
     """Train a ULMFiT classifier end to end and return the loaded model (see `ulmfit.load`)."""
     from ulmfit.recipes.predictor import Classifier
 
@@ -165,7 +165,7 @@ def _fit_siatl(out: Path, cfg: FitConfig, data: FitData, resume: bool, log: Log)
     """SiATL (recipes/siatl.py) on the pretrained LM mapped to this run's vocabulary, not fine-tuned."""
     from ulmfit.recipes.siatl import train_siatl
 
-    _seed_all(cfg.seed)
+    seed_all(cfg.seed)
     pretrained = model_dir.resolve_pretrained(cfg.pretrained, "fwd")
     tokens = _tokens(pretrained, data, {}, log)
     vocab = (Vocab.load(out / "vocab.json") if resume and (out / "vocab.json").exists()

@@ -48,6 +48,11 @@ def shipped_models() -> list[str]:
     return sorted(p.name for p in SHIPPED.glob("*") if (p / "ulmfit.json").exists()) if SHIPPED.is_dir() else []
 
 
+def lm_folder(name: str | Path) -> Path:
+    """A shipped model's name (general-en) to its folder; anything else is taken as a path."""
+    return SHIPPED / str(name) if str(name) in shipped_models() else Path(name)
+
+
 def resolve_pretrained(name: str | Path | None, direction: str | None = None,
                        flag: str = "--pretrained") -> Path | None:
     """A pretrained-LM setting to a folder: None/'none' -> None (from scratch); 'auto' -> the shipped
@@ -58,13 +63,10 @@ def resolve_pretrained(name: str | Path | None, direction: str | None = None,
     if str(name) == "auto":
         default = default_pretrained(direction or "fwd")
         return SHIPPED / default if default in shipped_models() else None
-    if str(name) in shipped_models():
-        path = SHIPPED / str(name)
-    else:
-        path = Path(name)
-        if not path.exists():
-            raise UlmfitError(f"pretrained model {name!r} not found: pass a language-model folder, one of the shipped "
-                              f"models {shipped_models() or '(none installed)'}, or 'none' to start from scratch")
+    path = lm_folder(name)
+    if not path.exists():
+        raise UlmfitError(f"pretrained model {name!r} not found: pass a language-model folder, one of the shipped "
+                          f"models {shipped_models() or '(none installed)'}, or 'none' to start from scratch")
     if direction is not None and (found := marker_direction(path)) != direction:
         raise UlmfitError(f"{flag} {name}: {path} holds a {DIRECTION_NAMES.get(found, found)} ({found}) language model "
                           f"but this model reads {DIRECTION_NAMES[direction]} ({direction}); pass a {direction} LM "

@@ -43,11 +43,13 @@ class LMResult:
     history: list
 
 
-def _quiet(msg: str) -> None:
+def quiet(msg: str) -> None:
+    """The default `log`: say nothing."""
     pass
 
 
-def _seed_all(seed: int) -> None:
+def seed_all(seed: int) -> None:
+    """Seed torch and NumPy at the start of a phase, so a run repeats from its config."""
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
 
@@ -96,13 +98,13 @@ def subsample_tokens(docs: TokenDocs, max_tokens: int | None, seed: int) -> Toke
 
 def finetune_lm(token_lists: list[list[str]], out: Path, cfg: LMTrainConfig, *, tokenizer: Tokenizer,
                 vocab: Vocab | None = None, pretrained: str | None = None, seed: int = 0, optimizer: str = "adamw",
-                precision: str = "fp32", resume: bool = False, direction: str = "fwd", log: Log = _quiet) -> LMResult:
+                precision: str = "fp32", resume: bool = False, direction: str = "fwd", log: Log = quiet) -> LMResult:
     """Phase 1: train the language model on the target's text (ULMFiT §3.2) and save it into `out`.
 
     `direction="bwd"`: a backward LM, trained on every document reversed (token order within each
     document; documents keep their order, so no document is read into the start of the next one)."""
     out.mkdir(parents=True, exist_ok=True)
-    _seed_all(seed)
+    seed_all(seed)
     base = load_pretrained(pretrained, log) if model_dir.resolve_pretrained(pretrained) else None
     if vocab is None:
         vocab = Vocab.build(token_lists, min_freq=cfg.min_freq, max_vocab=cfg.max_vocab)
@@ -169,12 +171,12 @@ def train_classifier(lm: LMResult, train: Labelled, valid: Labelled, classes: li
                      cfg: ClassifierTrainConfig, *, seed: int = 0, optimizer: str = "adamw", precision: str = "fp32",
                      resume: bool = False, train_tokens: list[list[str]] | None = None,
                      valid_tokens: list[list[str]] | None = None, direction: str = "fwd",
-                     log: Log = _quiet) -> tuple[TextClassifier, dict]:
+                     log: Log = quiet) -> tuple[TextClassifier, dict]:
     """Phase 2: the classifier, best checkpoint by `cfg.metric` on `valid`; returns (model, valid metrics).
 
     `train_tokens` / `valid_tokens`: the texts already tokenized (by the LM phase), so they are not
     tokenized twice. `direction="bwd"`: every document is read reversed (still right-padded)."""
-    _seed_all(seed)
+    seed_all(seed)
     model, enc_cfg, head_cfg = classifier_from_lm(lm.lm, lm.config, len(classes), cfg)
     if train_tokens is None:
         train_tokens = lm.tokenizer.tokenize_many(train.texts)
