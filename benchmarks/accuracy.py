@@ -20,9 +20,9 @@ Methods (peers run in their own venvs, benchmarks/setup_peers.sh; JSON files in 
   minilm-finetune  all-MiniLM-L6-v2 fine-tuned end to end (bounded epochs/steps: see peers/minilm.py)
   fastai           fastai 2.8.12 ULMFiT (book chapter 10), our model size; starts from our
                    pretrained LM (exported with ulmfit.recipes.fastai_export) when --pretrained is a folder
-Only ULMFiT methods see the rest of the training split (unlabelled) as language-model text; that is
-ULMFiT's point. By default the harness passes our sample as --train and the rest as --unlabeled, so
-ULMFiT trains on exactly the labels the peers get; `--ulmfit-labels cli` passes the whole training
+Only the ULMFiT methods (ours and fastai's) see the rest of the training split (unlabelled) as
+language-model text; that is ULMFiT's point. By default the harness passes our sample as --train
+and the rest as --unlabeled, so ULMFiT trains on exactly the labels the peers get; `--ulmfit-labels cli` passes the whole training
 split with `--max-labels N` instead and lets ulmfit draw its own sample.
 
 Each cell is one JSON file in benchmarks/results/accuracy/ (accuracy-quick/ with --quick): a rerun
@@ -226,7 +226,7 @@ def export_for_fastai(lm_folder: str) -> Path:
     return out
 
 
-def run_peer(method, a, splits, lab, seed, cdir) -> dict:
+def run_peer(method, a, splits, lab, rest, seed, cdir) -> dict:
     venv, script, params = {
         "tfidf": ("ours", "tfidf.py", {}),
         "minilm-frozen": ("hf", "minilm.py", {"mode": "frozen"}),
@@ -238,7 +238,8 @@ def run_peer(method, a, splits, lab, seed, cdir) -> dict:
     py = PEER_PY[venv]
     if not py.exists():
         return {"status": "unavailable", "reason": f"{py} missing: run bash benchmarks/setup_peers.sh"}
-    job = {"train": str(lab), "valid": str(splits["valid"]), "test": str(splits["test"]), "unlabeled": None,
+    job = {"train": str(lab), "valid": str(splits["valid"]), "test": str(splits["test"]),
+           "unlabeled": str(rest) if method == "fastai" and rest is not None else None,
            "seed": seed, "workdir": str(cdir / "work"), "params": params,
            "cache_dir": str(RESULTS / "work" / "embeddings") if a.cache_embeddings else None}
     write_json(cdir / "job.json", job)
@@ -380,7 +381,7 @@ def main() -> None:
                         if method in ULMFIT_METHODS:
                             r = run_ulmfit(method, cell_id, a, caps, splits, lab, rest, budget, seed, cdir, print)
                         else:
-                            r = run_peer(method, a, splits, lab, seed, cdir)
+                            r = run_peer(method, a, splits, lab, rest, seed, cdir)
                     except Exception as e:  # noqa: BLE001 - one broken cell must not stop a sweep
                         r = {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
                     r.update({"dataset": ds, "method": method, "budget": budget, "n_labels": n_labels, "seed": seed,
