@@ -29,6 +29,9 @@ Each cell is one JSON file in benchmarks/results/accuracy/ (accuracy-quick/ with
 skips finished cells, so an interrupted sweep resumes. The summary (median over seeds) is printed
 and written to benchmarks/results/accuracy.json, with a plot per data set, accuracy_<dataset>.png.
 A cell whose CLI flag does not exist yet is recorded as "unavailable" (retried on the next run).
+`--summary-only` runs nothing and rebuilds the summary and plots; `--with-transfer
+benchmarks/results/transfer.json` adds benchmarks/transfer.py's 3-seed tweets results for our recipes
+at the budgets this sweep has no cell for (the two harnesses draw the same samples).
 """
 from __future__ import annotations
 
@@ -266,7 +269,9 @@ def summarise(cells: list[dict]) -> list[dict]:
     rows = []
     for (ds, method, budget), cs in sorted(groups.items(), key=lambda kv: (kv[0][0], METHODS.index(kv[0][1]) if kv[0][1] in METHODS else 99, _bkey(kv[0][2]))):
         ok = [c for c in cs if c["status"] == "ok"]
-        med = lambda k: round(statistics.median(c[k] for c in ok), 4) if ok else None  # noqa: E731
+        def med(k):
+            vals = [c[k] for c in ok if c.get(k) is not None]
+            return round(statistics.median(vals), 4) if vals else None
         rows.append({"dataset": ds, "method": method, "budget": budget, "n_labels": cs[0].get("n_labels"),
                      "seeds_ok": len(ok), "seeds": len(cs), "macro_f1": med("macro_f1"), "accuracy": med("accuracy"),
                      "macro_f1_min": min((c["macro_f1"] for c in ok), default=None),
@@ -274,6 +279,28 @@ def summarise(cells: list[dict]) -> list[dict]:
                      "train_s": med("train_s"), "peak_rss_mb": med("peak_rss_mb"),
                      "status": "ok" if ok else cs[0]["status"]})
     return rows
+
+
+TRANSFER_METHODS = {"ulmfit fwd (general-en)": "ulmfit-fwd", "ulmfit fwd+bwd (general-en)": "ulmfit-both",
+                    "siatl (general-en)": "siatl"}
+
+
+def transfer_cells(path: Path, cells: list[dict], n_train: int) -> list[dict]:
+    """benchmarks/transfer.py's per-seed tweets results as cells of this harness, for (method, budget) groups
+    this sweep did not run. Both harnesses draw the same stratified sample per (budget, seed): TF-IDF, run in
+    both, scores identically."""
+    have = {(c["dataset"], c["method"], str(c["budget"])) for c in cells}
+    out = []
+    for row in read_json(path)["rows"]:
+        method, budget = TRANSFER_METHODS.get(row["method"]), str(row["labels"])
+        if method is None or ("tweets", method, budget) in have:
+            continue
+        for c in row["cells"]:
+            out.append({"dataset": "tweets", "method": method, "budget": budget, "seed": c["seed"], "status": "ok",
+                        "n_labels": n_train if budget == "full" else int(budget), "macro_f1": c["macro_f1"],
+                        "accuracy": c["accuracy"], "train_s": c["seconds"], "peak_rss_mb": None,
+                        "source": str(path)})
+    return out
 
 
 def _bkey(b: str) -> float:
@@ -337,6 +364,10 @@ def main() -> None:
     p.add_argument("--keep-models", action="store_true", help="keep the trained model folders")
     p.add_argument("--redo", action="store_true", help="rerun cells that already have a result")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
+    p.add_argument("--summary-only", action="store_true", help="run no cell: summarise and plot the finished ones")
+    p.add_argument("--with-transfer", default=None, metavar="JSON",
+                   help="also summarise and plot benchmarks/transfer.py's tweets cells (its results JSON) for our "
+                        "methods at the budgets this sweep has no cell for (same splits and samples)")
     a = p.parse_args()
 
     tag = "accuracy-quick" if a.quick else "accuracy"
@@ -362,7 +393,7 @@ def main() -> None:
     for ds, raw in datasets.items():
         splits = prepare(ds, raw, a.quick, work)
         n_train = len(read_split(splits["train"]))
-        for budget in budgets:
+        for budget in [] if a.summary_only else budgets:
             if budget != "full" and budget >= n_train:
                 print(f"{ds}: budget {budget} >= {n_train} training rows; skipped (use full)")
                 continue
@@ -397,6 +428,8 @@ def main() -> None:
     cells = [read_json(f) for f in sorted(cell_root.glob("*.json"))]
     cells = [c for c in cells if c["dataset"] in datasets and c["method"] in methods
              and str(c["budget"]) in map(str, budgets) and c["seed"] in seeds]
+    if a.with_transfer and "tweets" in datasets and not a.quick:
+        cells += transfer_cells(Path(a.with_transfer), cells, len(read_split(prepare("tweets", datasets["tweets"], a.quick, work)["train"])))
     rows = summarise(cells)
     print()
     print(table(rows, ["dataset", "method", "budget", "n_labels", "seeds_ok", "macro_f1", "accuracy", "train_s",
