@@ -22,8 +22,9 @@ Methods (peers run in their own venvs, benchmarks/setup_peers.sh; JSON files in 
                    pretrained LM (exported with ulmfit.recipes.fastai_export) when --pretrained is a folder
 Only the ULMFiT methods (ours and fastai's) see the rest of the training split (unlabelled) as
 language-model text; that is ULMFiT's point. By default the harness passes our sample as --train
-and the rest as --unlabeled, so ULMFiT trains on exactly the labels the peers get; `--ulmfit-labels cli` passes the whole training
-split with `--max-labels N` instead and lets ulmfit draw its own sample.
+and the rest as --unlabeled, so ULMFiT trains on exactly the labels the peers get;
+`--ulmfit-labels cli` passes the whole training split with `--max-labels N` instead and lets ulmfit
+draw its own sample.
 
 Each cell is one JSON file in benchmarks/results/accuracy/ (accuracy-quick/ with --quick): a rerun
 skips finished cells, so an interrupted sweep resumes. The summary (median over seeds) is printed
@@ -429,7 +430,8 @@ def main() -> None:
     cells = [c for c in cells if c["dataset"] in datasets and c["method"] in methods
              and str(c["budget"]) in map(str, budgets) and c["seed"] in seeds]
     if a.with_transfer and "tweets" in datasets and not a.quick:
-        cells += transfer_cells(Path(a.with_transfer), cells, len(read_split(prepare("tweets", datasets["tweets"], a.quick, work)["train"])))
+        n_tweets = len(read_split(Path(datasets["tweets"]["train"])))
+        cells += transfer_cells(Path(a.with_transfer), cells, n_tweets)
     rows = summarise(cells)
     print()
     print(table(rows, ["dataset", "method", "budget", "n_labels", "seeds_ok", "macro_f1", "accuracy", "train_s",
