@@ -282,18 +282,17 @@ def summarise(cells: list[dict]) -> list[dict]:
     return rows
 
 
-TRANSFER_METHODS = {"ulmfit fwd (general-en)": "ulmfit-fwd", "ulmfit fwd+bwd (general-en)": "ulmfit-both",
-                    "siatl (general-en)": "siatl"}
-
-
 def transfer_cells(path: Path, cells: list[dict], n_train: int) -> list[dict]:
     """benchmarks/transfer.py's per-seed tweets results as cells of this harness, for (method, budget) groups
     this sweep did not run. Both harnesses draw the same stratified sample per (budget, seed): TF-IDF, run in
     both, scores identically."""
+    from transfer import METHODS as TRANSFER_NAMES  # its row names, e.g. "ulmfit fwd (general-en)"
+
+    ours = {TRANSFER_NAMES["fwd"]: "ulmfit-fwd", TRANSFER_NAMES["both"]: "ulmfit-both", TRANSFER_NAMES["siatl"]: "siatl"}
     have = {(c["dataset"], c["method"], str(c["budget"])) for c in cells}
     out = []
     for row in read_json(path)["rows"]:
-        method, budget = TRANSFER_METHODS.get(row["method"]), str(row["labels"])
+        method, budget = ours.get(row["method"]), str(row["labels"])
         if method is None or ("tweets", method, budget) in have:
             continue
         for c in row["cells"]:
