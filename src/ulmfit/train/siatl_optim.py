@@ -15,9 +15,9 @@ from torch import nn
 PRETRAINED_PARTS = ("lstm", "embedding")
 
 
-def make_optimizers(parts: dict[str, list[nn.Parameter]], kind: str = "sgd", pretrained_lr: float = 1e-2,
+def make_optimizers(parts: dict[str, list[nn.Parameter]], kind: str = "adam", pretrained_lr: float = 1e-3,
                     embedding_lr: float | None = None, new_lr: float = 1e-3) -> dict[str, torch.optim.Optimizer]:
-    """{"pretrained": SGD/ASGD (or Adam) over parts "lstm" (lr pretrained_lr) and "embedding" (lr
+    """{"pretrained": Adam (SiatlConfig's default), SGD or ASGD (the paper's) over parts "lstm" (lr pretrained_lr) and "embedding" (lr
     embedding_lr, default pretrained_lr), "new": Adam over part "new" (lr new_lr)}.
 
     The authors' code: ASGD with torch's default lr 0.01 for the LSTM and LM head, ASGD lr 1e-4 for
