@@ -7,7 +7,8 @@ Every epoch e (1-based):
   - each batch's loss is  task cross-entropy + gamma_e * LM cross-entropy on the same documents
     (+ gamma_e * the LM loss of one batch of unlabelled target text, when given), gamma_e decaying
     exponentially from gamma_start to gamma_end;
-  - SGD/ASGD steps the pretrained part, Adam the new one, each clipped separately;
+  - one optimizer steps the pretrained part (Adam by default; SGD/ASGD as the paper), Adam the new one,
+    each clipped separately;
   - validation, one JSON line in `out/history.jsonl`, best weights kept by `cfg.metric`, and an
     epoch checkpoint in `out/checkpoints/` from which `resume=True` continues.
 
