@@ -31,8 +31,9 @@ skips finished cells, so an interrupted sweep resumes. The summary (median over 
 and written to benchmarks/results/accuracy.json, with a plot per data set, accuracy_<dataset>.png.
 A cell whose CLI flag does not exist yet is recorded as "unavailable" (retried on the next run).
 `--summary-only` runs nothing and rebuilds the summary and plots; `--with-transfer
-benchmarks/results/transfer.json` adds benchmarks/transfer.py's 3-seed tweets results for our recipes
-at the budgets this sweep has no cell for (the two harnesses draw the same samples).
+benchmarks/results/transfer.json` (repeatable: transfer_spam.json for spam) adds benchmarks/transfer.py's
+results for our recipes at the budgets this sweep has no cell for (the two harnesses draw the same
+samples).
 """
 from __future__ import annotations
 
@@ -282,8 +283,8 @@ def summarise(cells: list[dict]) -> list[dict]:
     return rows
 
 
-def transfer_cells(path: Path, cells: list[dict], n_train: int) -> list[dict]:
-    """benchmarks/transfer.py's per-seed tweets results as cells of this harness, for (method, budget) groups
+def transfer_cells(path: Path, cells: list[dict], ds: str, n_train: int) -> list[dict]:
+    """benchmarks/transfer.py's per-seed results on data set ds as cells of this harness, for (method, budget) groups
     this sweep did not run. Both harnesses draw the same stratified sample per (budget, seed): TF-IDF, run in
     both, scores identically."""
     from transfer import METHODS as TRANSFER_NAMES  # its row names, e.g. "ulmfit fwd (general-en)"
@@ -293,10 +294,10 @@ def transfer_cells(path: Path, cells: list[dict], n_train: int) -> list[dict]:
     out = []
     for row in read_json(path)["rows"]:
         method, budget = ours.get(row["method"]), str(row["labels"])
-        if method is None or ("tweets", method, budget) in have:
+        if method is None or (ds, method, budget) in have:
             continue
         for c in row["cells"]:
-            out.append({"dataset": "tweets", "method": method, "budget": budget, "seed": c["seed"], "status": "ok",
+            out.append({"dataset": ds, "method": method, "budget": budget, "seed": c["seed"], "status": "ok",
                         "n_labels": n_train if budget == "full" else int(budget), "macro_f1": c["macro_f1"],
                         "accuracy": c["accuracy"], "train_s": c["seconds"], "peak_rss_mb": None,
                         "source": str(path)})
@@ -365,9 +366,9 @@ def main() -> None:
     p.add_argument("--redo", action="store_true", help="rerun cells that already have a result")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     p.add_argument("--summary-only", action="store_true", help="run no cell: summarise and plot the finished ones")
-    p.add_argument("--with-transfer", default=None, metavar="JSON",
-                   help="also summarise and plot benchmarks/transfer.py's tweets cells (its results JSON) for our "
-                        "methods at the budgets this sweep has no cell for (same splits and samples)")
+    p.add_argument("--with-transfer", action="append", default=[], metavar="JSON",
+                   help="also summarise and plot benchmarks/transfer.py's cells (its results JSON; repeatable, one "
+                        "per data set) for our methods at the budgets this sweep has no cell for (same samples)")
     a = p.parse_args()
 
     tag = "accuracy-quick" if a.quick else "accuracy"
@@ -428,9 +429,10 @@ def main() -> None:
     cells = [read_json(f) for f in sorted(cell_root.glob("*.json"))]
     cells = [c for c in cells if c["dataset"] in datasets and c["method"] in methods
              and str(c["budget"]) in map(str, budgets) and c["seed"] in seeds]
-    if a.with_transfer and "tweets" in datasets and not a.quick:
-        n_tweets = len(read_split(Path(datasets["tweets"]["train"])))
-        cells += transfer_cells(Path(a.with_transfer), cells, n_tweets)
+    for path in [] if a.quick else map(Path, a.with_transfer):
+        ds = read_json(path).get("dataset", "tweets")
+        if ds in datasets:
+            cells += transfer_cells(path, cells, ds, len(read_split(Path(datasets[ds]["train"]))))
     rows = summarise(cells)
     print()
     print(table(rows, ["dataset", "method", "budget", "n_labels", "seeds_ok", "macro_f1", "accuracy", "train_s",

@@ -1,7 +1,9 @@
-"""Tweets test split: ULMFiT from general-en vs from scratch, fwd+bwd, SiATL and TF-IDF, by label budget.
+"""Tweets (or SpamAssassin) test split: ULMFiT from general-en vs from scratch, fwd+bwd, SiATL and TF-IDF,
+by label budget.
 
     .venv/bin/python benchmarks/transfer.py --seeds 0 1 2 --budgets full 500 --methods fwd none tfidf
     .venv/bin/python benchmarks/transfer.py --seeds 0 --budgets 100 500 2000 full --methods fwd both siatl tfidf
+    .venv/bin/python benchmarks/transfer.py --dataset spam --seeds 0 --budgets 100 500 2000 full --methods fwd tfidf
 
 Methods (columns):
 - `fwd`:  ULMFiT from `--pretrained` (default the shipped general-en);
@@ -18,7 +20,9 @@ backward classifier of `both` is trained with the same seed and settings as the 
 is what `--direction both` does in one folder; here the two folders are averaged in-process.
 Every method sees the same stratified sample of labels (ulmfit.data.subset.stratified_subset with
 the seed) and the whole validation split; the test split is scored once per cell. Cells are cached
-as JSON under --work, so a rerun resumes; the table (median over seeds) goes to stdout and --json.
+as JSON under --work (default runs/bench-transfer, runs/bench-transfer-spam for spam), so a rerun
+resumes; the table (median over seeds) goes to stdout and --json (default
+benchmarks/results/transfer.json, transfer_spam.json for spam).
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ulmfit.data.fetch import fetch_tweets
+from ulmfit.data.fetch_spam import fetch_spam
 from ulmfit.data.readers import read_table
 from ulmfit.data.subset import stratified_subset
 from ulmfit.recipes.baselines import tfidf_logreg
@@ -45,6 +50,7 @@ ULMFIT = str(Path(sys.executable).with_name("ulmfit"))
 # Rates: those FitConfig.resolved() picks for the small LMs (scratch and pretrained alike).
 LM_SETTINGS = ["lm.preset=small", "lm.epochs=2", "lm.max_tokens=600000", "lm.lr=0.02"]
 CLF_SETTINGS = ["clf.epochs=[1,1,1,3]", "clf.lrs=[0.02,0.01,0.01,0.005]"]
+DATASETS = {"tweets": (fetch_tweets, ""), "spam": (fetch_spam, "-spam")}  # fetcher, suffix of the default paths
 METHODS = {"fwd": "ulmfit fwd (general-en)", "none": "ulmfit fwd (no pretrained LM)",
            "both": "ulmfit fwd+bwd (general-en)", "siatl": "siatl (general-en)", "tfidf": "tfidf + logreg"}
 
@@ -137,12 +143,14 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--budgets", nargs="+", default=["full", "500"])
     p.add_argument("--siatl-set", nargs="*", default=[], help="SECTION.FIELD=VALUE overrides for siatl cells")
-    p.add_argument("--work", default="runs/bench-transfer")
-    p.add_argument("--json", default="benchmarks/results/transfer.json")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="tweets")
+    p.add_argument("--work", default=None, help="cells and models (default runs/bench-transfer[-spam])")
+    p.add_argument("--json", default=None, help="summary (default benchmarks/results/transfer[_spam].json)")
     a = p.parse_args()
-    work = Path(a.work)
+    fetch, suffix = DATASETS[a.dataset]
+    work = Path(a.work or f"runs/bench-transfer{suffix}")
     work.mkdir(parents=True, exist_ok=True)
-    paths = fetch_tweets()
+    paths = fetch()
     tables = [read_table(paths[s], "text", "label") for s in ("train", "valid", "test")]
     for seed in a.seeds:
         for budget in a.budgets:
@@ -155,10 +163,10 @@ def main() -> None:
                 r = json.loads(cache.read_text())
                 print(f"seed {seed} {budget:>5s} {METHODS[method]:30s} macro-F1 {r['macro_f1']:.4f} "
                       f"acc {r['accuracy']:.4f} ({r['seconds']:.0f}s)", flush=True)
-    summarize(work, a.json)
+    summarize(work, a.json or f"benchmarks/results/transfer{suffix.replace('-', '_')}.json", a.dataset)
 
 
-def summarize(work: Path, json_path: str) -> None:
+def summarize(work: Path, json_path: str, dataset: str = "tweets") -> None:
     """The table of every cached cell: median over seeds per method and budget."""
     cells: dict[tuple[str, str], list[dict]] = {}
     for f in sorted(work.glob("cell-*.json")):
@@ -178,7 +186,7 @@ def summarize(work: Path, json_path: str) -> None:
         print(f"{budget:>6s} {row['method']:30s} {len(rs):5d} {row['macro_f1']:9.4f} {row['accuracy']:9.4f}  "
               f"{' '.join('%.4f' % r['macro_f1'] for r in rs)}")
     Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(json_path).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": os.uname().machine,
+    Path(json_path).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "dataset": dataset, "machine": os.uname().machine,
                                            "rows": rows}, indent=2))
 
 
