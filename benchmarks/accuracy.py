@@ -341,6 +341,18 @@ def plot(rows: list[dict], ds: str, path: Path, title_extra: str = "") -> None:
 
 # ------------------------------------------------------------------------------------ main
 
+def parse_seeds(spec: str) -> list[int]:
+    """`--seeds 3` -> [0, 1, 2] (a count); `--seeds 0,2` or `--seeds 1,` -> those seeds (a comma list)."""
+    try:
+        seeds = [int(s) for s in spec.split(",") if s.strip()] if "," in spec else list(range(int(spec)))
+    except ValueError:
+        sys.exit(f"--seeds {spec!r}: expected a count N (seeds 0..N-1) or a comma list such as 0,1,2")
+    if not seeds:
+        sys.exit(f"--seeds {spec!r} selects no seed: a count is N >= 1 (--seeds 1 is seed 0); for one given seed "
+                 f"write a list with a comma, e.g. --seeds 2,")
+    return seeds
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", default=None, help="comma list of tweets,spam (default both, or none when --csv is given)")
@@ -348,7 +360,7 @@ def main() -> None:
     p.add_argument("--csv-name", action="append", default=[], help="a name per --csv (default: the folder's name)")
     p.add_argument("--budgets", default="100,500,2000,full", help="labels per run; 'full' = the whole training split")
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--seeds", default="3", help="a count N (seeds 0..N-1) or a comma list")
+    p.add_argument("--seeds", default="3", help="a count N (seeds 0..N-1) or a comma list (0,2; one seed: 2,)")
     p.add_argument("--pretrained", default=None, help="passed to `ulmfit fit --pretrained` (a folder, a shipped "
                    "name, or none; default: the CLI's own default; --quick: none). A folder also gives fastai its start")
     p.add_argument("--no-fastai-pretrained", dest="fastai_pretrained", action="store_false",
@@ -381,7 +393,7 @@ def main() -> None:
     if bad:
         sys.exit(f"unknown method(s) {bad}; choose from {METHODS}")
     budgets = [b if b == "full" else int(b) for b in a.budgets.split(",")]
-    seeds = list(range(int(a.seeds))) if "," not in a.seeds else [int(s) for s in a.seeds.split(",")]
+    seeds = parse_seeds(a.seeds)
     if a.threads:  # inherited by every subprocess (ulmfit and the peers alike)
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(a.threads)
     caps = cli_caps()
