@@ -140,8 +140,11 @@ def finetune_lm(token_lists: list[list[str]], out: Path, cfg: LMTrainConfig, *, 
                        PhaseFiles(out, "lm"), loop_cfg, resume=resume)
     model_dir.save_lm(out, lm, lm_cfg)
     last = result.history[-1] if result.history else {}
-    log(f"language model done: best validation perplexity {np.exp(result.best_value or np.nan):.1f} "
-        f"(accuracy {last.get('accuracy', float('nan')):.3f} at the last epoch)")
+    if result.best_value is None:  # lm.epochs=0 (and no frozen epoch): the starting LM as it is
+        log("language model: no fine-tuning epochs (lm.epochs=0); the classifier starts from the pretrained LM as it is")
+    else:
+        log(f"language model done: best validation perplexity {np.exp(result.best_value):.1f} "
+            f"(accuracy {last.get('accuracy', float('nan')):.3f} at the last epoch)")
     return LMResult(lm, lm_cfg, tokenizer, vocab, result.history)
 
 
