@@ -52,6 +52,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ulmfit.data.subset import stratified_subset
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (OUR_CLI, PEER_PY, RESULTS, machine_info, macro_f1_accuracy, package_versions,  # noqa: E402
                     read_json, run_measured, table, tail, write_json)
@@ -100,27 +102,12 @@ def read_split(path: Path) -> pd.DataFrame:
 
 
 def stratified_sample(labels, n: int, seed: int) -> np.ndarray:
-    """Indices of a seeded stratified sample of size n: per class round(n * share) by largest
-    remainder, at least one per class (so n < number of classes gives one per class)."""
-    labels = np.asarray(labels)
-    classes, counts = np.unique(labels, return_counts=True)
+    """Indices of a seeded stratified sample of size n (proportional to class shares by largest
+    remainder, at least one per class): the very sample `ulmfit fit --max-labels n --seed seed` draws,
+    so benchmarks/transfer.py's cells and these are scored on the same labels."""
     if n >= len(labels):
         return np.arange(len(labels))
-    quota = n * counts / counts.sum()
-    take = np.maximum(1, np.floor(quota).astype(int))
-    order = np.argsort(-(quota - np.floor(quota)), kind="stable")
-    i = 0
-    while take.sum() < n and i < 10 * len(classes):
-        c = order[i % len(classes)]
-        if take[c] < counts[c]:
-            take[c] += 1
-        i += 1
-    while take.sum() > n and (take > 1).any():  # only when the at-least-one rule overshot
-        c = int(np.argmax(take))
-        take[c] -= 1
-    rng = np.random.default_rng(seed)
-    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, np.minimum(take, counts))]
-    return np.sort(np.concatenate(picked))
+    return stratified_subset(np.asarray(labels), total=n, seed=seed)[0]
 
 
 def prepare(ds: str, paths: dict[str, Path], quick: bool, work: Path) -> dict[str, Path]:
