@@ -270,16 +270,21 @@ def summarise(cells: list[dict]) -> list[dict]:
     return rows
 
 
-def transfer_cells(path: Path, cells: list[dict], ds: str, n_train: int) -> list[dict]:
-    """benchmarks/transfer.py's per-seed results on data set ds as cells of this harness, for (method, budget) groups
-    this sweep did not run. Both harnesses draw the same stratified sample per (budget, seed): TF-IDF, run in
+def transfer_cells(path: Path, cells: list[dict], datasets: dict[str, dict[str, Path]]) -> list[dict]:
+    """benchmarks/transfer.py's per-seed results (on the data set its JSON names) as cells of this harness,
+    for (method, budget) groups this sweep did not run. Both harnesses draw the same stratified sample per (budget, seed): TF-IDF, run in
     both, scores identically."""
     from transfer import METHODS as TRANSFER_NAMES  # its row names, e.g. "ulmfit fwd (general-en)"
 
     ours = {TRANSFER_NAMES["fwd"]: "ulmfit-fwd", TRANSFER_NAMES["both"]: "ulmfit-both", TRANSFER_NAMES["siatl"]: "siatl"}
     have = {(c["dataset"], c["method"], str(c["budget"])) for c in cells}
+    results = read_json(path)
+    ds = results.get("dataset", "tweets")  # files written before transfer.py took --dataset are the tweets'
+    if ds not in datasets:
+        return []
+    n_train = len(read_split(Path(datasets[ds]["train"])))
     out = []
-    for row in read_json(path)["rows"]:
+    for row in results["rows"]:
         method, budget = ours.get(row["method"]), str(row["labels"])
         if method is None or (ds, method, budget) in have:
             continue
@@ -428,10 +433,8 @@ def main() -> None:
     cells = [read_json(f) for f in sorted(cell_root.glob("*.json"))]
     cells = [c for c in cells if c["dataset"] in datasets and c["method"] in methods
              and str(c["budget"]) in map(str, budgets) and c["seed"] in seeds]
-    for path in [] if a.quick else map(Path, a.with_transfer):
-        ds = read_json(path).get("dataset", "tweets")
-        if ds in datasets:
-            cells += transfer_cells(path, cells, ds, len(read_split(Path(datasets[ds]["train"]))))
+    for path in [] if a.quick else a.with_transfer:
+        cells += transfer_cells(Path(path), cells, datasets)
     rows = summarise(cells)
     print()
     print(table(rows, ["dataset", "method", "budget", "n_labels", "seeds_ok", "macro_f1", "accuracy", "train_s",

@@ -50,7 +50,9 @@ ULMFIT = str(Path(sys.executable).with_name("ulmfit"))
 # Rates: those FitConfig.resolved() picks for the small LMs (scratch and pretrained alike).
 LM_SETTINGS = ["lm.preset=small", "lm.epochs=2", "lm.max_tokens=600000", "lm.lr=0.02"]
 CLF_SETTINGS = ["clf.epochs=[1,1,1,3]", "clf.lrs=[0.02,0.01,0.01,0.005]"]
-DATASETS = {"tweets": (fetch_tweets, ""), "spam": (fetch_spam, "-spam")}  # fetcher, suffix of the default paths
+# data set: (fetcher, default --work, default --json)
+DATASETS = {"tweets": (fetch_tweets, "runs/bench-transfer", "benchmarks/results/transfer.json"),
+            "spam": (fetch_spam, "runs/bench-transfer-spam", "benchmarks/results/transfer_spam.json")}
 METHODS = {"fwd": "ulmfit fwd (general-en)", "none": "ulmfit fwd (no pretrained LM)",
            "both": "ulmfit fwd+bwd (general-en)", "siatl": "siatl (general-en)", "tfidf": "tfidf + logreg"}
 
@@ -147,8 +149,8 @@ def main() -> None:
     p.add_argument("--work", default=None, help="cells and models (default runs/bench-transfer[-spam])")
     p.add_argument("--json", default=None, help="summary (default benchmarks/results/transfer[_spam].json)")
     a = p.parse_args()
-    fetch, suffix = DATASETS[a.dataset]
-    work = Path(a.work or f"runs/bench-transfer{suffix}")
+    fetch, default_work, default_json = DATASETS[a.dataset]
+    work = Path(a.work or default_work)
     work.mkdir(parents=True, exist_ok=True)
     paths = fetch()
     tables = [read_table(paths[s], "text", "label") for s in ("train", "valid", "test")]
@@ -163,7 +165,7 @@ def main() -> None:
                 r = json.loads(cache.read_text())
                 print(f"seed {seed} {budget:>5s} {METHODS[method]:30s} macro-F1 {r['macro_f1']:.4f} "
                       f"acc {r['accuracy']:.4f} ({r['seconds']:.0f}s)", flush=True)
-    summarize(work, a.json or f"benchmarks/results/transfer{suffix.replace('-', '_')}.json", a.dataset)
+    summarize(work, a.json or default_json, a.dataset)
 
 
 def summarize(work: Path, json_path: str, dataset: str = "tweets") -> None:
