@@ -29,6 +29,8 @@ draw its own sample.
 Each cell is one JSON file in benchmarks/results/accuracy/ (accuracy-quick/ with --quick): a rerun
 skips finished cells, so an interrupted sweep resumes. The summary (median over seeds) is printed
 and written to benchmarks/results/accuracy.json, with a plot per data set, accuracy_<dataset>.png.
+The summary covers every cell in the folder, not only this run's selection, so a run that adds
+seeds 1-2 of one cell never drops the rest from the table.
 A cell whose CLI flag does not exist yet is recorded as "unavailable" (retried on the next run).
 `--summary-only` runs nothing and rebuilds the summary and plots; `--with-transfer
 benchmarks/results/transfer.json` (repeatable: transfer_spam.json for spam) adds benchmarks/transfer.py's
@@ -431,8 +433,10 @@ def main() -> None:
                         print(f"{r['status']}: {r.get('reason') or r.get('log_tail', '')[-300:]}", flush=True)
 
     cells = [read_json(f) for f in sorted(cell_root.glob("*.json"))]
-    cells = [c for c in cells if c["dataset"] in datasets and c["method"] in methods
-             and str(c["budget"]) in map(str, budgets) and c["seed"] in seeds]
+    n_other = sum(not (c["dataset"] in datasets and c["method"] in methods and str(c["budget"]) in map(str, budgets)
+                       and c["seed"] in seeds) for c in cells)
+    if n_other:
+        print(f"summary: {len(cells)} cells in {cell_root}/, {n_other} of them from earlier runs outside this selection")
     for path in [] if a.quick else a.with_transfer:
         cells += transfer_cells(Path(path), cells, datasets)
     rows = summarise(cells)
@@ -441,9 +445,9 @@ def main() -> None:
                        "peak_rss_mb", "status"], {"macro_f1": ".4f", "accuracy": ".4f", "train_s": ".0f",
                                                  "peak_rss_mb": ".0f"}))
     summary = {**info, "sweep_seconds": round(time.perf_counter() - t_start, 1), "datasets": {k: {s: str(v) for s, v in d.items()} for k, d in datasets.items()},
-               "methods": methods, "budgets": budgets, "seeds": seeds, "summary": rows, "cells": len(cells)}
+               "this_run": {"methods": methods, "budgets": budgets, "seeds": seeds}, "summary": rows, "cells": len(cells)}
     write_json(res_dir / f"{tag}.json", summary)
-    for ds in datasets:
+    for ds in sorted({r["dataset"] for r in rows}):
         png = res_dir / f"{tag}_{ds}.png"
         plot(rows, ds, png, " (--quick: pipeline check only)" if a.quick else "")
         print(f"plot: {png}")

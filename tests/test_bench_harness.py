@@ -31,3 +31,29 @@ def test_sample_is_stratified_seeded_and_exact(n, seed):
     assert np.array_equal(ours, accuracy.stratified_sample(labels, n, seed))
     assert not np.array_equal(ours, accuracy.stratified_sample(labels, n, seed + 1))
     assert np.array_equal(accuracy.stratified_sample(labels[:5], 10, seed), np.arange(5))
+
+
+def test_summary_keeps_cells_outside_this_runs_selection(tmp_path, monkeypatch):
+    """Adding seed 2 of one cell must not drop seeds 0-1 (nor other methods) from the summary."""
+    import json
+
+    data = tmp_path / "toy"
+    data.mkdir()
+    for split in ("train", "valid", "test"):
+        (data / f"{split}.csv").write_text("text,label\nfine day,pos\nbad day,neg\n")
+    cells = tmp_path / "res" / "accuracy"
+    cells.mkdir(parents=True)
+    for method, seed, f1 in [("tfidf", 0, 0.5), ("tfidf", 1, 0.7), ("tfidf", 2, 0.6), ("minilm-frozen", 0, 0.8)]:
+        cell = {"status": "ok", "dataset": "toy", "method": method, "budget": "full", "n_labels": 2, "seed": seed,
+                "macro_f1": f1, "accuracy": f1, "train_s": 1.0, "peak_rss_mb": 10.0}
+        (cells / f"toy__{method}__full__s{seed}.json").write_text(json.dumps(cell))
+    csv = ",".join(str(data / f"{s}.csv") for s in ("train", "valid", "test"))
+    monkeypatch.setattr(sys, "argv", ["accuracy.py", "--csv", csv, "--methods", "tfidf", "--budgets", "full",
+                                      "--seeds", "2,", "--summary-only", "--out", str(tmp_path / "res")])
+    accuracy.main()
+    summary = json.loads((tmp_path / "res" / "accuracy.json").read_text())
+    rows = {r["method"]: r for r in summary["summary"]}
+    assert rows["tfidf"]["seeds_ok"] == 3 and rows["tfidf"]["macro_f1"] == 0.6
+    assert rows["minilm-frozen"]["macro_f1"] == 0.8
+    assert summary["this_run"]["seeds"] == [2]
+    assert (tmp_path / "res" / "accuracy_toy.png").exists()
