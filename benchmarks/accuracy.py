@@ -433,8 +433,8 @@ def main() -> None:
                         print(f"{r['status']}: {r.get('reason') or r.get('log_tail', '')[-300:]}", flush=True)
 
     cells = [read_json(f) for f in sorted(cell_root.glob("*.json"))]
-    n_other = sum(not (c["dataset"] in datasets and c["method"] in methods and str(c["budget"]) in map(str, budgets)
-                       and c["seed"] in seeds) for c in cells)
+    selected = {(ds, m, str(b), s) for ds in datasets for m in methods for b in budgets for s in seeds}
+    n_other = sum((c["dataset"], c["method"], str(c["budget"]), c["seed"]) not in selected for c in cells)
     if n_other:
         print(f"summary: {len(cells)} cells in {cell_root}/, {n_other} of them from earlier runs outside this selection")
     for path in [] if a.quick else a.with_transfer:
