@@ -45,7 +45,7 @@ class RegressionTask:
     def __init__(self, scripted=None):
         self.scripted, self.calls = scripted, 0
 
-    def start_epoch(self):
+    def start_epoch(self, epoch):
         pass
 
     def loss(self, model, batch):

@@ -21,7 +21,6 @@ history.jsonl (appended), checkpoints/siatl-last.pt and checkpoints/siatl-best.s
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -39,11 +38,10 @@ from ulmfit.models.siatl import SiatlClassifier, SiatlHeadConfig, next_token_los
 from ulmfit.recipes.prepare import Labelled
 from ulmfit.recipes.siatl_config import SiatlConfig
 from ulmfit.text.token_docs import TokenDocs
-from ulmfit.train.checkpoint import (append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text,
-                                     load_weights, save_weights)
-from ulmfit.train.loop import autocast, epoch_seed
-from ulmfit.train.metrics import EarlyStopping, classification_metrics
-from ulmfit.train.siatl_optim import clip_and_step, make_optimizers, set_trainable
+from ulmfit.train.checkpoint import atomic_write_json, load_weights, save_weights
+from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, autocast, run_phase
+from ulmfit.train.metrics import classification_metrics
+from ulmfit.train.siatl_optim import SiatlStepper, make_optimizers, set_trainable
 from ulmfit.train.siatl_schedule import PARTS, gamma_at, trainable_parts
 
 if TYPE_CHECKING:  # recipes.ulmfit calls this module; importing it here would be circular
@@ -99,19 +97,87 @@ def evaluate(model: SiatlClassifier, loader: ClassificationLoader, classes: list
             "macro_f1": m["macro_f1"], "weighted_f1": m["weighted_f1"]}, probs
 
 
+class SiatlTask:
+    """The loop's task for SiATL: each batch's loss is the task cross-entropy + gamma_e * (the
+    next-token loss on the same documents + one unlabelled LM batch, once the LSTM trains).
+    `start_epoch` sets gamma_e and the unlabelled stream; `epoch_record` logs the loss parts."""
+
+    def __init__(self, cfg: SiatlConfig, classes: list[str], lm_loader: LMLoader | None, precision: str):
+        self.cfg, self.classes, self.lm_loader, self.precision = cfg, classes, lm_loader, precision
+
+    def start_epoch(self, epoch: int) -> None:
+        cfg = self.cfg
+        self.active = trainable_parts(epoch, cfg.unfreeze_lstm_epoch, cfg.unfreeze_embedding_epoch)
+        self.gamma = gamma_at(epoch, cfg.gamma_start, cfg.gamma_end, cfg.gamma_epochs)
+        self.use_lm = self.gamma > 0  # before the LSTM unfreezes the LM loss trains nothing, but it is logged
+        # The unlabelled LM batches only start when they can reach trainable weights (the LSTM).
+        self.stream = (_lm_stream(self.lm_loader, epoch)
+                       if (self.lm_loader and self.use_lm and "lstm" in self.active) else None)
+        self.lm_state = None
+        self.sums = {"train_task_loss": 0.0, "train_lm_loss": 0.0, "train_unlabeled_lm_loss": 0.0}
+        self.n_batches = 0
+
+    def loss(self, model: SiatlClassifier, batch) -> torch.Tensor:
+        if self.use_lm:
+            logits, lm_logits = model.forward_with_lm(batch.ids, batch.lengths)
+            lm_loss = next_token_loss(lm_logits, batch.ids, batch.lengths)
+        else:
+            logits, lm_loss = model(batch.ids, batch.lengths), torch.zeros(())
+        task_loss = F.cross_entropy(logits.float(), batch.labels)
+        unl_loss = torch.zeros(())
+        if self.stream is not None:
+            x, y, fresh = next(self.stream)
+            ulogits, self.lm_state = model.language_model(x, None if fresh else detach_state(self.lm_state))
+            unl_loss = F.cross_entropy(ulogits.reshape(-1, ulogits.size(-1)).float(), y.reshape(-1))
+        for key, value in (("train_task_loss", task_loss), ("train_lm_loss", lm_loss),
+                           ("train_unlabeled_lm_loss", unl_loss)):
+            self.sums[key] += float(value.detach())
+        self.n_batches += 1
+        return task_loss + self.gamma * (lm_loss + unl_loss)
+
+    def epoch_record(self) -> dict:
+        n = max(self.n_batches, 1)
+        return {"stage": "+".join(self.active), "gamma": round(self.gamma, 6),
+                **{k: v / n for k, v in self.sums.items() if k != "train_unlabeled_lm_loss" or self.stream}}
+
+    def evaluate(self, model: SiatlClassifier, loader: ClassificationLoader) -> dict:
+        return evaluate(model, loader, self.classes, self.precision)[0]
+
+
+class _Progress:
+    """The recipe's messages, as loop callbacks."""
+
+    def __init__(self, cfg: SiatlConfig, log: Log):
+        self.cfg, self.log = cfg, log
+
+    def on_resume(self, result) -> None:
+        if result.resumed_meta != asdict(self.cfg):
+            self.log("siatl: note: the siatl config differs from the interrupted run's; the result will not match it")
+        done = result.history[-1]["epoch"] if result.history else 0
+        self.log(f"siatl: resuming after epoch {done}" + (" (it had stopped early)" if result.stopped else ""))
+
+    def on_epoch_end(self, r: dict) -> None:
+        cfg = self.cfg
+        self.log(f"siatl epoch {r['epoch']}/{cfg.epochs} [{r['stage']}] gamma {r['gamma']:.3f}: train loss "
+                 f"{r['train_loss']:.3f} (task {r['train_task_loss']:.3f}, LM {r['train_lm_loss']:.3f}); "
+                 f"valid {cfg.metric} {r[cfg.metric]:.4f}{' *' if r['best'] else ''} ({r['seconds']:.0f}s)")
+
+    def on_stop(self, r: dict) -> None:
+        self.log(f"siatl: no better {self.cfg.metric} for {self.cfg.patience} epochs; stopping early")
+
+
 def train_siatl(base: "LMResult", train: Labelled, valid: Labelled, classes: list[str], out: Path,
                 cfg: SiatlConfig, *, unlabeled_docs: TokenDocs | None = None, seed: int = 0,
                 precision: str = "fp32", resume: bool = False, train_tokens: list[list[str]] | None = None,
                 log: Log = _quiet) -> tuple[nn.Module, dict]:
     """Train a SiATL classifier on `base` (an LMResult: the pretrained LM mapped onto the target
     vocabulary, or a random one), select it on `valid` by `cfg.metric`, save it into `out` and
-    return (best model in eval mode, its validation metrics from `classification_metrics`)."""
+    return (best model in eval mode, its validation metrics from `classification_metrics`).
+    The epochs run in train/loop.py `run_phase`: one stage of `cfg.epochs` epochs numbered from 1."""
     out = Path(out)
     _check_inputs(train, valid, classes)
     autocast(precision)  # reject a bad precision before any work
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, best_path = out / "checkpoints" / f"{PHASE}-last.pt", out / "checkpoints" / f"{PHASE}-best.safetensors"
-    log_path = out / "history.jsonl"
 
     torch.manual_seed(seed)  # the new layers' initial values
     model = build_model(base, len(classes), cfg)
@@ -131,98 +197,23 @@ def train_siatl(base: "LMResult", train: Labelled, valid: Labelled, classes: lis
 
     parts = model.partitions()
     optimizers = make_optimizers(parts, cfg.pretrained_optimizer, cfg.pretrained_lr, cfg.embedding_lr, cfg.new_lr)
-    early = EarlyStopping(cfg.metric, patience=cfg.patience)
-    history: list[dict] = []
-    first_epoch, stopped = 1, False
-    if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        try:
-            model.load_state_dict(ckpt["model"])
-        except RuntimeError as e:
-            raise UlmfitError(f"{ckpt_path} does not fit this model ({str(e).splitlines()[0]}); resume with the "
-                              "same siatl config, or start again without --resume") from e
-        for name, opt in optimizers.items():
-            opt.load_state_dict(ckpt["optimizers"][name])
-        early.load_state_dict(ckpt["early"])
-        torch.set_rng_state(ckpt["rng"])
-        history, first_epoch, stopped = ckpt["history"], ckpt["epoch"] + 1, ckpt["stopped"]
-        if ckpt.get("config") != asdict(cfg):
-            log("siatl: note: the siatl config differs from the interrupted run's; the result will not match it")
-        _rewrite_log(log_path, history)
-        log(f"siatl: resuming after epoch {ckpt['epoch']}" + (" (it had stopped early)" if stopped else ""))
-    else:
-        best_path.unlink(missing_ok=True)  # a stale best from an earlier run must not be restored
+    stepper = SiatlStepper(parts, optimizers, cfg.clip, cfg.unfreeze_lstm_epoch, cfg.unfreeze_embedding_epoch)
     log(f"siatl: {len(train.texts):,} training / {len(valid.texts):,} validation documents, classes {classes}; "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; selecting on {cfg.metric}"
         + (f"; LM term also on {unlabeled_docs.n_tokens:,} unlabelled tokens" if lm_loader else ""))
+    loop_cfg = LoopConfig(monitor=cfg.metric, patience=cfg.patience, clip=cfg.clip, seed=seed, precision=precision,
+                          progress=False, first_epoch=1, log_throughput=False)
+    stage = Stage("siatl", cfg.epochs, cfg.new_lr, schedule="constant", can_stop_early=True)
+    result = run_phase(model, SiatlTask(cfg, classes, lm_loader, precision), stepper, None, [stage],
+                       train_loader, valid_loader, PhaseFiles(out, PHASE), loop_cfg, resume=resume,
+                       callbacks=(_Progress(cfg, log),), meta=asdict(cfg))
 
-    for epoch in range(first_epoch, cfg.epochs + 1):
-        if stopped:
-            break
-        t0 = time.perf_counter()
-        torch.manual_seed(epoch_seed(seed, 0, epoch))
-        active = trainable_parts(epoch, cfg.unfreeze_lstm_epoch, cfg.unfreeze_embedding_epoch)
-        set_trainable(parts, active)
-        gamma = gamma_at(epoch, cfg.gamma_start, cfg.gamma_end, cfg.gamma_epochs)
-        use_lm = gamma > 0  # before the LSTM unfreezes the LM loss trains nothing, but it is logged
-        # The unlabelled LM batches only start when they can reach trainable weights (the LSTM).
-        stream = _lm_stream(lm_loader, epoch) if (lm_loader and use_lm and "lstm" in active) else None
-        lm_state = None
-        sums = {"train_loss": 0.0, "train_task_loss": 0.0, "train_lm_loss": 0.0, "train_unlabeled_lm_loss": 0.0}
-        n_batches = 0
-        train_loader.set_epoch(epoch)
-        model.train()
-        for batch in train_loader:
-            with autocast(precision):
-                if use_lm:
-                    logits, lm_logits = model.forward_with_lm(batch.ids, batch.lengths)
-                    lm_loss = next_token_loss(lm_logits, batch.ids, batch.lengths)
-                else:
-                    logits, lm_loss = model(batch.ids, batch.lengths), torch.zeros(())
-                task_loss = F.cross_entropy(logits.float(), batch.labels)
-                unl_loss = torch.zeros(())
-                if stream is not None:
-                    x, y, fresh = next(stream)
-                    ulogits, lm_state = model.language_model(x, None if fresh else detach_state(lm_state))
-                    unl_loss = F.cross_entropy(ulogits.reshape(-1, ulogits.size(-1)).float(), y.reshape(-1))
-                loss = task_loss + gamma * (lm_loss + unl_loss)
-            for opt in optimizers.values():
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            clip_and_step(optimizers, cfg.clip)  # an optimizer with no unfrozen parameter does not step
-            for key, value in (("train_loss", loss), ("train_task_loss", task_loss), ("train_lm_loss", lm_loss),
-                               ("train_unlabeled_lm_loss", unl_loss)):
-                sums[key] += float(value.detach())
-            n_batches += 1
-
-        metrics, _ = evaluate(model, valid_loader, classes, precision)
-        improved = early.step(metrics[cfg.metric], epoch)
-        if improved:
-            save_weights(model.state_dict(), best_path)
-        stopped = early.should_stop
-        record = {"phase": PHASE, "stage": "+".join(active), "epoch": epoch, "gamma": round(gamma, 6),
-                  **{k: v / max(n_batches, 1) for k, v in sums.items() if k != "train_unlabeled_lm_loss" or stream},
-                  **metrics, "best": improved, "seconds": round(time.perf_counter() - t0, 2)}
-        append_jsonl(log_path, record)
-        history.append(record)
-        atomic_torch_save({"model": model.state_dict(), "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                           "early": early.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch,
-                           "stopped": stopped, "history": history, "config": asdict(cfg)}, ckpt_path)
-        log(f"siatl epoch {epoch}/{cfg.epochs} [{record['stage']}] gamma {gamma:.3f}: train loss "
-            f"{record['train_loss']:.3f} (task {record['train_task_loss']:.3f}, LM {record['train_lm_loss']:.3f}); "
-            f"valid {cfg.metric} {metrics[cfg.metric]:.4f}{' *' if improved else ''} ({record['seconds']:.0f}s)")
-        if stopped:
-            log(f"siatl: no better {cfg.metric} for {cfg.patience} epochs; stopping early")
-
-    if best_path.exists():
-        model.load_state_dict(load_weights(best_path))
     set_trainable(parts, PARTS)
-    model.eval()
     _, probs = evaluate(model, valid_loader, classes, precision)
     metrics = classification_metrics(valid.labels, probs.argmax(1), classes)
     save_siatl_model(out, model)
-    log(f"siatl done: best {cfg.metric} {early.best if early.best is not None else float('nan'):.4f} "
-        f"(epoch {early.best_epoch}); validation accuracy "
+    log(f"siatl done: best {cfg.metric} {result.best_value if result.best_value is not None else float('nan'):.4f} "
+        f"(epoch {result.best_epoch}); validation accuracy "
         f"{metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
     return model, metrics
 
@@ -265,12 +256,3 @@ def _check_inputs(train: Labelled, valid: Labelled, classes: list[str]) -> None:
         if labels.min() < 0 or labels.max() >= len(classes):
             raise UlmfitError(f"siatl: {what} labels must be class indices in [0, {len(classes)}); "
                               f"encode them with the training classes")
-
-
-def _rewrite_log(path: Path, history: list[dict]) -> None:
-    """Make the log's siatl lines agree with the checkpoint (an epoch logged but not checkpointed
-    before a crash is trained again, so its line must go); other phases' lines are kept."""
-    if not path.exists():
-        return
-    other = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l).get("phase") != PHASE]
-    atomic_write_text(path, "".join(l + "\n" for l in other + [json.dumps(r) for r in history]))

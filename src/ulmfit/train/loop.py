@@ -1,11 +1,26 @@
-"""The training loop: stages of epochs, each with its own learning rate, schedule and freezing.
+"""The training loop: every kind of training (LM pretraining and fine-tuning, the ULMFiT classifier,
+SiATL, distillation) runs through `run_phase`, once.
 
-A *phase* (fine-tuning the LM, training the classifier) is a list of `Stage`s sharing one model,
-one optimizer and one early-stopping monitor. ULMFiT's gradual unfreezing (§3.3) is four stages:
-`freeze_to(-1)`, `-2`, `-3`, then all. After every epoch the loop writes one JSON line to the log,
-keeps the best weights by the monitored metric and checkpoints everything needed to resume
-(model, optimizer, early-stopping counters, position). Randomness is re-seeded from
+A *phase* is a list of `Stage`s sharing one model, one `Stepper` (how weights are updated) and one
+early-stopping monitor. ULMFiT's gradual unfreezing (§3.3) is four stages: `freeze_to(-1)`, `-2`,
+`-3`, then all. After every epoch the loop writes one JSON line to the log, keeps the best weights
+by the monitored metric and checkpoints everything needed to resume (model, optimizer state,
+early-stopping counters, position, the task's carried state). Randomness is re-seeded from
 (seed, stage, epoch) at the start of every epoch, so a resumed run reproduces an uninterrupted one.
+
+What differs between kinds of training lives in two small objects (minGPT's trainer shape: one
+model-agnostic loop, extended from outside):
+
+* the **task** (train/tasks.py): `loss(model, batch) -> Tensor` and `evaluate(model, loader) ->
+  dict`; optionally `start_epoch(epoch)`, `epoch_record() -> dict` (extra fields of the epoch's log
+  line), `state_dict()` / `load_state_dict()` (state carried across batches, for mid-epoch resume);
+* the **stepper**: `GroupStepper` (one optimizer over layer groups: freezing, discriminative rates,
+  the schedule; what ULMFiT uses) or any object with the same methods (SiATL's two optimizers with
+  sequential unfreezing: train/siatl_optim.py `SiatlStepper`). Passing a torch optimizer and its
+  layer groups builds a `GroupStepper`.
+
+`callbacks`: objects with any of `on_resume(result)`, `on_epoch_end(record)`,
+`on_stop(record)`, called after the epoch's checkpoint is written (a recipe's progress messages).
 """
 from __future__ import annotations
 
@@ -48,6 +63,10 @@ class LoopConfig:
     seed: int = 0
     progress: bool | None = None  # None: a bar only when stderr is a terminal
     checkpoint_every: int | None = None  # also checkpoint every N steps inside an epoch (long pretraining epochs)
+    # The number of the phase's first epoch in seeds, loader orders and the log: 0, or 1 for SiATL,
+    # whose schedules (gamma, unfreezing) count epochs from 1 as the paper does.
+    first_epoch: int = 0
+    log_throughput: bool = True  # train_tokens_per_s in every log line (SiATL's lines never had it)
 
 
 @dataclass
@@ -77,6 +96,8 @@ class PhaseResult:
     best_value: float | None = None
     best_epoch: int | None = None
     resumed_from: str | None = None
+    stopped: bool = False  # early stopping ended the phase
+    resumed_meta: dict | None = None  # the `meta` the interrupted run was started with
 
 
 def epoch_seed(seed: int, stage: int, epoch: int) -> int:
@@ -93,56 +114,111 @@ def autocast(precision: str):
     raise UlmfitError(f"precision must be fp32 or bf16, not {precision!r}")
 
 
+class GroupStepper:
+    """One optimizer over a model's layer groups, lowest first (ULMFiT §3.2-3.3): each stage freezes
+    all but its top groups, gives group k the rate lr / lr_factor**(top - k) and follows its schedule
+    (one-cycle, slanted triangular or constant) step by step; gradients are clipped over every
+    trainable parameter of the model."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, layer_groups: list, cfg: "LoopConfig"):
+        self.optimizer, self.layer_groups, self.cfg = optimizer, layer_groups, cfg
+        self.schedule: Schedule | None = None
+
+    def start_stage(self, stage: Stage, steps_per_epoch: int) -> None:
+        freeze_to(self.layer_groups, stage.freeze_to)
+        lrs = discriminative_lrs(len(self.layer_groups), stage.lr, self.cfg.lr_factor)
+        for g in self.optimizer.param_groups:
+            g["base_lr"] = lrs[g["layer"]]
+        self.schedule = Schedule(kind=stage.schedule, lr_max=stage.lr, pct_start=self.cfg.pct_start,
+                                 total_steps=max(1, stage.epochs * steps_per_epoch))
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
+    def set_step(self, step: int) -> None:
+        set_lr_mom(self.optimizer, self.schedule.lr_mult(step), self.schedule.momentum(step))
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self, model) -> None:
+        if self.cfg.clip:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], self.cfg.clip)
+        self.optimizer.step()
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, d: dict) -> None:
+        self.optimizer.load_state_dict(d)
+
+
 def run_phase(
     model,
     task,
-    optimizer: torch.optim.Optimizer,
-    layer_groups: list,
+    optimizer,
+    layer_groups: list | None,
     stages: list[Stage],
     train_loader,
     valid_loader,
     files: PhaseFiles,
     cfg: LoopConfig,
     resume: bool = False,
+    callbacks: tuple = (),
+    meta: dict | None = None,
 ) -> PhaseResult:
-    """Train `model` through `stages`; on return the model holds the best weights seen."""
+    """Train `model` through `stages`; on return the model holds the best weights seen.
+
+    `optimizer`: a torch optimizer over `layer_groups` (wrapped in a `GroupStepper`), or a stepper.
+    `meta`: stored with the checkpoint and handed back on resume as `result.resumed_meta` (a recipe
+    compares its config with the interrupted run's)."""
+    stepper = GroupStepper(optimizer, layer_groups, cfg) if isinstance(optimizer, torch.optim.Optimizer) else optimizer
+    hooks = (task, *callbacks)
     early = EarlyStopping(cfg.monitor, patience=cfg.patience)
     result = PhaseResult()
-    pos = {"stage": 0, "epoch": 0, "global_epoch": 0, "batch": 0}
-    ckpt = None
+    pos = {"stage": 0, "epoch": 0, "global_epoch": cfg.first_epoch, "batch": 0}
+    ckpt, stopped = None, False
     if resume and files.checkpoint.exists():
         ckpt = torch.load(files.checkpoint, map_location="cpu", weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise UlmfitError(f"{files.checkpoint} does not fit this model ({str(e).splitlines()[0]}); resume with "
+                              "the same config, or start again without --resume") from e
+        stepper.load_state_dict(ckpt["optimizer"])
         early.load_state_dict(ckpt["early"])
         pos = {k: ckpt.get(k, 0) for k in pos}
+        if pos["stage"] < len(stages) and pos["epoch"] >= stages[pos["stage"]].epochs:  # saved past a stage's end
+            pos.update(stage=pos["stage"] + 1, epoch=0)
+        stopped = result.stopped = bool(ckpt.get("stopped"))
+        result.resumed_meta = ckpt.get("meta")
         result.history = ckpt["history"]
         _rewrite_log(files, result.history)
         result.resumed_from = f"stage {pos['stage']} epoch {pos['epoch']}" + (f" batch {pos['batch']}" if pos["batch"] else "")
+        _fire(hooks, "on_resume", result)
+    else:
+        files.best.unlink(missing_ok=True)  # a stale best from an earlier run must not be restored
     show_bar = sys.stderr.isatty() if cfg.progress is None else cfg.progress
     global_epoch = pos["global_epoch"]
 
     def save_checkpoint(stage_i, epoch_i, batch_i, extra=None):
-        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        atomic_torch_save({"model": model.state_dict(), "optimizer": stepper.state_dict(),
                            "early": early.state_dict(), "stage": stage_i, "epoch": epoch_i, "batch": batch_i,
                            "global_epoch": global_epoch, "history": result.history, "loop_config": asdict(cfg),
-                           **(extra or {})}, files.checkpoint)
+                           "stopped": stopped, "meta": meta, **(extra or {})}, files.checkpoint)
 
-    stopped = False
     for s in range(pos["stage"], len(stages)):
+        if stopped:
+            break
         stage = stages[s]
-        freeze_to(layer_groups, stage.freeze_to)
-        lrs = discriminative_lrs(len(layer_groups), stage.lr, cfg.lr_factor)
-        for g in optimizer.param_groups:
-            g["base_lr"] = lrs[g["layer"]]
         steps_per_epoch = len(train_loader)
-        schedule = Schedule(kind=stage.schedule, lr_max=stage.lr, total_steps=max(1, stage.epochs * steps_per_epoch),
-                            pct_start=cfg.pct_start)
+        stepper.start_stage(stage, steps_per_epoch)
         first_epoch = pos["epoch"] if s == pos["stage"] else 0
         for epoch in range(first_epoch, stage.epochs):
-            torch.manual_seed(epoch_seed(cfg.seed, s, epoch))
+            torch.manual_seed(epoch_seed(cfg.seed, s, epoch + cfg.first_epoch))
             train_loader.set_epoch(global_epoch)
-            task.start_epoch()
+            stepper.start_epoch(global_epoch)
+            _fire((task,), "start_epoch", global_epoch)
             model.train()
             t0, total_loss, n_batches, n_tokens = time.perf_counter(), 0.0, 0, 0
             skip = 0
@@ -162,15 +238,12 @@ def run_phase(
             for i, batch in enumerate(bar):
                 if i < skip:
                     continue
-                step = epoch * steps_per_epoch + i
-                set_lr_mom(optimizer, schedule.lr_mult(step), schedule.momentum(step))
+                stepper.set_step(epoch * steps_per_epoch + i)
                 with autocast(cfg.precision):
                     loss = task.loss(model, batch)
-                optimizer.zero_grad(set_to_none=True)
+                stepper.zero_grad()
                 loss.backward()
-                if cfg.clip:
-                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.clip)
-                optimizer.step()
+                stepper.step(model)
                 total_loss += loss.item()
                 n_batches += 1
                 n_tokens += _batch_tokens(batch)
@@ -184,10 +257,12 @@ def run_phase(
             with autocast(cfg.precision):
                 metrics = task.evaluate(model, valid_loader)
             record = {"phase": files.prefix, "stage": stage.name, "epoch": global_epoch,
-                      "train_loss": total_loss / max(n_batches, 1), **metrics,
-                      "lr": stage.lr, "seconds": round(time.perf_counter() - t0, 2),
-                      "train_tokens_per_s": round(n_tokens / max(train_seconds, 1e-9), 1)}
-            improved = early.step(metrics[cfg.monitor])
+                      "train_loss": total_loss / max(n_batches, 1),
+                      **(task.epoch_record() if hasattr(task, "epoch_record") else {}), **metrics,
+                      "lr": stage.lr, "seconds": round(time.perf_counter() - t0, 2)}
+            if cfg.log_throughput:
+                record["train_tokens_per_s"] = round(n_tokens / max(train_seconds, 1e-9), 1)
+            improved = early.step(metrics[cfg.monitor], global_epoch)
             record["best"] = improved
             if improved:
                 save_weights(model.state_dict(), files.best)
@@ -195,20 +270,26 @@ def run_phase(
             result.history.append(record)
             global_epoch += 1
             stopped = stage.can_stop_early and early.should_stop
-            next_stage, next_epoch = (s, epoch + 1) if epoch + 1 < stage.epochs else (s + 1, 0)
+            save_checkpoint(s, epoch + 1, 0)  # past a stage's last epoch: the next stage starts at resume
+            _fire(hooks, "on_epoch_end", record)
             if stopped:
-                next_stage, next_epoch = len(stages), 0
-            save_checkpoint(next_stage, next_epoch, 0)
-            if stopped:
+                result.stopped = True
+                _fire(hooks, "on_stop", record)
                 break
-        if stopped:
-            break
 
     result.best_value, result.best_epoch = early.best, early.best_epoch
     if files.best.exists():
         model.load_state_dict(load_weights(files.best))
     model.eval()
     return result
+
+
+def _fire(hooks, name: str, *args) -> None:
+    """Call `name(*args)` on each hook object that defines it."""
+    for h in hooks:
+        fn = getattr(h, name, None)
+        if fn is not None:
+            fn(*args)
 
 
 def _rewrite_log(files: PhaseFiles, history: list[dict]) -> None:

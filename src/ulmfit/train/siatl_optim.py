@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ulmfit.train.siatl_schedule import trainable_parts
+
 PRETRAINED_PARTS = ("lstm", "embedding")
 
 
@@ -59,3 +61,37 @@ def clip_and_step(optimizers: dict[str, torch.optim.Optimizer], clip: float | No
             norms[name] = float(torch.nn.utils.clip_grad_norm_(params, clip))
         opt.step()
     return norms
+
+
+class SiatlStepper:
+    """The loop's stepper for SiATL (see train/loop.py `GroupStepper` for the protocol): the two
+    optimizers above, sequential unfreezing at the start of every epoch (1-based epochs, the
+    paper's), constant rates (no schedule, as the paper), each optimizer clipped on its own."""
+
+    def __init__(self, parts: dict[str, list[nn.Parameter]], optimizers: dict[str, torch.optim.Optimizer],
+                 clip: float | None, unfreeze_lstm_epoch: int, unfreeze_embedding_epoch: int):
+        self.parts, self.optimizers, self.clip = parts, optimizers, clip
+        self.unfreeze = (unfreeze_lstm_epoch, unfreeze_embedding_epoch)
+
+    def start_stage(self, stage, steps_per_epoch: int) -> None:
+        pass
+
+    def start_epoch(self, epoch: int) -> None:
+        set_trainable(self.parts, trainable_parts(epoch, *self.unfreeze))
+
+    def set_step(self, step: int) -> None:
+        pass
+
+    def zero_grad(self) -> None:
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+
+    def step(self, model) -> None:
+        clip_and_step(self.optimizers, self.clip)  # an optimizer with no unfrozen parameter does not step
+
+    def state_dict(self) -> dict:
+        return {k: o.state_dict() for k, o in self.optimizers.items()}
+
+    def load_state_dict(self, d: dict) -> None:
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(d[name])

@@ -1,7 +1,18 @@
 """What a training step and an evaluation mean for each kind of model.
 
 The loop in `loop.py` knows nothing about language models or classifiers; a task gives it
-`loss(model, batch)` for training and `evaluate(model, loader)` for validation.
+
+    loss(model, batch) -> Tensor          the training loss of one batch (the loop backpropagates it)
+    evaluate(model, loader) -> dict       validation metrics; must hold the loop's `monitor`
+
+and optionally
+
+    start_epoch(epoch)                    reset per-epoch state (`epoch`: the number in the log)
+    epoch_record() -> dict                extra fields for the epoch's log line (e.g. loss parts)
+    state_dict() / load_state_dict(d)     state carried across batches, for resuming mid-epoch
+
+`LMTask` (next word, BPTT state carried) and `ClassifierTask` (cross-entropy on documents) are
+here; a recipe with its own objective keeps its task beside it (recipes/siatl.py `SiatlTask`).
 """
 from __future__ import annotations
 
@@ -25,7 +36,7 @@ class LMTask:
         self.alpha, self.beta = alpha, beta
         self.state = None
 
-    def start_epoch(self) -> None:
+    def start_epoch(self, epoch: int) -> None:
         self.state = None
 
     def state_dict(self) -> dict:
@@ -70,9 +81,6 @@ class ClassifierTask:
     def __init__(self, class_names: list[str], class_weights: torch.Tensor | None = None):
         self.class_names = class_names
         self.class_weights = class_weights
-
-    def start_epoch(self) -> None:
-        pass
 
     def loss(self, model, batch) -> torch.Tensor:
         logits = model(batch.ids, batch.lengths)
