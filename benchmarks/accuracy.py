@@ -66,7 +66,7 @@ PEERS = Path(__file__).resolve().parent / "peers"
 
 # --quick: tiny data and models, to check the whole pipeline in a few minutes (numbers meaningless).
 QUICK_ROWS = {"train": 2000, "valid": 300, "test": 500}
-QUICK_OURS = ["--set", "lm.preset=tiny", "--set", "lm.epochs=1", "--set", "lm.max_tokens=30000",
+QUICK_OURS = ["--set", "lm.preset=tiny", "--set", "lm.epochs=1", "--set", "lm.max_train_tokens=30000",
               "--set", "clf.epochs=[1,1,1,1]", "--set", "lm.max_vocab=5000"]
 QUICK_FASTAI = dict(emb_sz=16, n_hid=32, n_layers=2, lm_epochs=1, lm_frozen_epochs=1, clf_epochs=[1, 1, 1, 1],
                     max_vocab=5000)

@@ -48,7 +48,7 @@ from ulmfit.train.metrics import classification_metrics
 ULMFIT = str(Path(sys.executable).with_name("ulmfit"))
 # The demo's sizing (src/ulmfit/demo.py): LM 2 epochs over at most 600k tokens, classifier 1+1+1+3.
 # Rates: those FitConfig.resolved() picks for the small LMs (scratch and pretrained alike).
-LM_SETTINGS = ["lm.preset=small", "lm.epochs=2", "lm.max_tokens=600000", "lm.lr=0.02"]
+LM_SETTINGS = ["lm.preset=small", "lm.epochs=2", "lm.max_train_tokens=600000", "lm.lr=0.02"]
 CLF_SETTINGS = ["clf.epochs=[1,1,1,3]", "clf.lrs=[0.02,0.01,0.01,0.005]"]
 # data set: (fetcher, default --work, default --json)
 DATASETS = {"tweets": (fetch_tweets, "runs/bench-transfer", "benchmarks/results/transfer.json"),

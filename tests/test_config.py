@@ -31,7 +31,15 @@ def test_siatl_from_scratch_trains_everything_with_adam_unless_configured(tmp_pa
     monkeypatch.setattr(model_dir, "SHIPPED", tmp_path / "none")
     s = FitConfig(recipe="siatl", pretrained=None).resolved().siatl
     assert s.pretrained_optimizer == "adam" and s.unfreeze_lstm_epoch == 1 and s.unfreeze_embedding_epoch == 1
+    # Issue 14: a field the user sets is kept as set, and the fields left "auto" still get their
+    # from-scratch values (before, setting any siatl field silently dropped the whole adjustment).
     custom = FitConfig(recipe="siatl", pretrained=None, siatl=SiatlConfig(pretrained_lr=5e-3)).resolved().siatl
-    assert custom == SiatlConfig(pretrained_lr=5e-3)  # a configured run is left as the user set it
+    assert custom == SiatlConfig(pretrained_lr=5e-3, pretrained_optimizer="adam", new_lr=1e-2,
+                                 unfreeze_lstm_epoch=1, unfreeze_embedding_epoch=1)
+    pinned = SiatlConfig(pretrained_optimizer="sgd", pretrained_lr=1e-2, new_lr=1e-3, unfreeze_lstm_epoch=2,
+                         unfreeze_embedding_epoch=5)
+    assert FitConfig(recipe="siatl", pretrained=None, siatl=pinned).resolved().siatl == pinned
     pre = _lm_folder(tmp_path / "pre", 256)
-    assert FitConfig(recipe="siatl", pretrained=str(pre)).resolved().siatl == SiatlConfig()
+    # with a pretrained LM the paper's staged unfreezing and Adam at a fine-tuning rate, as before issue 14
+    assert FitConfig(recipe="siatl", pretrained=str(pre)).resolved().siatl == SiatlConfig(
+        pretrained_optimizer="adam", pretrained_lr=1e-3, new_lr=1e-3, unfreeze_lstm_epoch=2, unfreeze_embedding_epoch=5)

@@ -33,7 +33,7 @@ def _config(run: str):
     if run == "siatl":
         cfg.recipe = "siatl"
         # every field that a from-scratch run resolves is set outright, so the figures do not depend on it
-        cfg.siatl = replace(cfg.siatl, task_hidden=16, bs=16, epochs=3, max_len=32, min_steps_per_epoch=0,
+        cfg.siatl = replace(cfg.siatl, task_hidden=16, bs=16, epochs=3, max_doc_tokens=32, min_steps_per_epoch=0,
                             unfreeze_lstm_epoch=2, unfreeze_embedding_epoch=3, patience=None, gamma_epochs=3,
                             pretrained_optimizer="adam", pretrained_lr=1e-2, embedding_lr=1e-2, new_lr=1e-2)
     return cfg

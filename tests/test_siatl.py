@@ -46,7 +46,7 @@ def data():
 
 
 def small_cfg(**kw) -> SiatlConfig:
-    d = dict(task_hidden=16, bs=16, epochs=3, max_len=32, unfreeze_lstm_epoch=2, unfreeze_embedding_epoch=3,
+    d = dict(task_hidden=16, bs=16, epochs=3, max_doc_tokens=32, unfreeze_lstm_epoch=2, unfreeze_embedding_epoch=3,
              patience=None, new_lr=1e-2, pretrained_lr=0.1, gamma_start=0.2, gamma_end=0.1, gamma_epochs=3,
              min_steps_per_epoch=0)
     return SiatlConfig(**{**d, **kw})

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ulmfit.errors import UlmfitError
+from ulmfit.recipes import registry
 from ulmfit.recipes.config import apply_overrides
 
 
@@ -218,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "training texts become unlabelled LM text")
     low.add_argument("--max-labels", type=int, metavar="N",
                      help="low-resource mode: train on N labelled rows in all, in proportion to the classes")
-    f.add_argument("--recipe", choices=["ulmfit", "siatl"], help="training recipe (default ulmfit)")
+    f.add_argument("--recipe", choices=registry.names(),
+                   help="training recipe: " + "; ".join(r.summary for r in registry.recipes().values())
+                        + f" (default {registry.default_name()})")
     f.add_argument("--config", help="a config.json to start from (e.g. from another model folder)")
     f.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a config field")
     f.add_argument("--seed", type=int)

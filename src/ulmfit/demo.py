@@ -30,7 +30,7 @@ def log(msg: str) -> None:
 def demo_config(pretrained: str | None = "auto") -> FitConfig:
     """The default recipe, sized for a 2-core CPU in about 10 minutes."""
     cfg = FitConfig(pretrained=pretrained)
-    cfg.lm = replace(cfg.lm, preset="small", epochs=2, max_tokens=600_000)
+    cfg.lm = replace(cfg.lm, preset="small", epochs=2, max_train_tokens=600_000)
     cfg.clf = replace(cfg.clf, epochs=(1, 1, 1, 3))
     return cfg
 
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     paths = fetch_tweets()
     log(f"tweets: {', '.join(f'{k} {v}' for k, v in paths.items())}")
     cfg = demo_config(a.pretrained)
-    log(f"demo sizing: language model on at most {cfg.lm.max_tokens:,} tokens for {cfg.lm.epochs} epochs, "
+    log(f"demo sizing: language model on at most {cfg.lm.max_train_tokens:,} tokens for {cfg.lm.epochs} epochs, "
         f"'{cfg.lm.preset}' model; classifier stages {cfg.clf.epochs} epochs (full training split)")
     model = fit(paths["train"], paths["valid"], out=a.out, config=cfg, overwrite=True, log=log)
 

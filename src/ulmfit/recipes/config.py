@@ -1,17 +1,23 @@
-"""One configuration dataclass per stage, saved as `config.json` in every model folder.
+"""The run's configuration, saved as `config.json` in every model folder: the shared sections
+(`data`, `lm`, the run-wide fields) here, each recipe's own section where the recipe registers
+(recipes/registry.py: `clf` in ulmfit_config.py, `siatl` in siatl_config.py).
 
-Defaults come from the ULMFiT paper (Howard & Ruder 2018) and fastai's text defaults, sized
-down where a 2-core CPU needs it (the `small` preset); each field says where it comes from.
+Every field is declared once with its checks (recipes/fields.py) and checked when the config is
+built: CLI flags, `--set`, `--config` files and the Python API alike, before any data is read.
+Defaults come from the ULMFiT paper (Howard & Ruder 2018) and fastai's text defaults, sized down
+where a 2-core CPU needs it (the `small` preset); each field says where it comes from. Fields that
+were renamed stay loadable under their old names (`RENAMED` of each section).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
+from typing import Any, ClassVar
 
 from ulmfit.errors import UlmfitError
-from ulmfit.recipes.siatl_config import SiatlConfig
-
+from ulmfit.recipes import fields as F
+from ulmfit.recipes import registry
 
 DIRECTIONS = ("fwd", "bwd", "both")
 
@@ -20,68 +26,52 @@ DIRECTIONS = ("fwd", "bwd", "both")
 class DataConfig:
     train: str | None = None  # paths, recorded so a run can be repeated from its folder
     valid: str | None = None
-    unlabeled: list[str] = field(default_factory=list)
+    unlabeled: list[str] = F.spec(factory=list)
     text_col: str = "text"
     label_col: str = "label"
     encoding: str = "utf-8"
-    valid_frac: float = 0.1  # held out (stratified) from train when no validation file is given
+    valid_frac: float = F.spec(0.1, gt=0, lt=1)  # held out (stratified) from train when no validation file is given
     # Low-resource mode (at most one of the two): train the classifier on a stratified, seeded sample
     # of the training rows; the other rows' texts join the language model's unlabelled text.
-    labels_per_class: int | None = None
-    max_labels: int | None = None  # in proportion to the class frequencies, at least one per class
+    labels_per_class: int | None = F.spec(None, ge=1)
+    max_labels: int | None = F.spec(None, ge=1)  # in proportion to the class frequencies, at least one per class
+
+    def __post_init__(self) -> None:
+        F.check(self, "data")
+        if self.labels_per_class is not None and self.max_labels is not None:
+            F.fail("data", "max_labels", self.max_labels, "set at most one of labels_per_class and max_labels")
 
 
 @dataclass
 class LMTrainConfig:
     """Language-model fine-tuning (ULMFiT §3.2), or training from scratch without a pretrained LM."""
 
-    preset: str = "small"  # model size when not starting from a pretrained LM (see models.awd_lstm.PRESETS)
-    drop_mult: float = 0.3  # fastai's book uses 0.3 for LM fine-tuning
-    bs: int = 32  # more, smaller steps: on small target corpora the step count is what runs short
-    bptt: int = 70
+    preset: str = F.preset("small")  # model size when not starting from a pretrained LM (models/presets.py)
+    drop_mult: float = F.drop_mult(0.3)  # fastai's book uses 0.3 for LM fine-tuning
+    bs: int = F.batch_size(32)  # more, smaller steps: on small target corpora the step count is what runs short
+    bptt: int = F.bptt(70)
     variable_bptt: bool = True  # Merity et al. §4.1
-    epochs: int = 4
+    epochs: int = F.spec(4, ge=0)
     # Rate of the top group in the unfrozen epochs. None: 3e-3 when fine-tuning a pretrained LM
     # (fastai's book uses 2e-3..1e-2), 2e-2 when training from scratch (measured on the tweets: at
     # 5e-3 a from-scratch LM was still at unigram level after 2 epochs).
-    lr: float | None = None
-    frozen_epochs: int = 1  # with a pretrained LM: first train only the embeddings (new words), fastai-style
-    frozen_lr: float = 1e-2
-    wd: float = 0.1
-    schedule: str = "one_cycle"  # or "stlr" (ULMFiT §3.2)
-    min_freq: int = 3  # fastai's default
-    max_vocab: int = 30000
-    max_tokens: int | None = None  # subsample the LM text to this many tokens (None: all)
-    valid_frac: float = 0.05  # documents held out for perplexity and early stopping
-    patience: int | None = 2
-    alpha: float = 2.0  # AR
-    beta: float = 1.0  # TAR
+    lr: float | None = F.learning_rate(None)
+    frozen_epochs: int = F.spec(1, ge=0)  # with a pretrained LM: first train only the embeddings (new words), fastai-style
+    frozen_lr: float = F.learning_rate(1e-2)
+    wd: float = F.weight_decay(0.1)
+    schedule: str = F.schedule()  # or "stlr" (ULMFiT §3.2)
+    min_freq: int = F.spec(3, ge=1)  # fastai's default
+    max_vocab: int = F.spec(30000, ge=10)
+    max_train_tokens: int | None = F.max_train_tokens()
+    valid_frac: float = F.spec(0.05, gt=0, lt=1)  # documents held out for perplexity and early stopping
+    patience: int | None = F.patience(2)
+    alpha: float = F.spec(2.0, ge=0)  # AR
+    beta: float = F.spec(1.0, ge=0)  # TAR
 
+    RENAMED: ClassVar[dict] = {"max_tokens": "max_train_tokens"}  # old config.json names
 
-@dataclass
-class ClassifierTrainConfig:
-    """Classifier fine-tuning with gradual unfreezing (ULMFiT §3.3)."""
-
-    drop_mult: float = 0.5  # fastai's book
-    bs: int = 64
-    bptt: int = 72
-    max_len: int = 72 * 20
-    max_tokens: int | None = None  # read at most this many tokens per document (None: all)
-    lin_sizes: tuple[int, ...] = (50,)
-    # Gradual unfreezing: one learning rate and epoch count per stage: head, -2, -3, all.
-    # None: fastai's book rates (2e-2, 1e-2, 5e-3, 1e-3) on a pretrained encoder; from scratch the
-    # encoder has more to learn, so the last two stages keep higher rates (2e-2, 1e-2, 1e-2, 5e-3).
-    lrs: tuple[float, ...] | None = None
-    epochs: tuple[int, ...] = (1, 1, 1, 3)
-    schedule: str = "one_cycle"
-    wd: float = 0.01
-    metric: str = "macro_f1"  # model selection and early stopping
-    patience: int | None = 2
-    class_weights: str = "none"  # none | balanced
-    # With few labels an epoch is a handful of steps (500 texts: 8 batches of 64); each training
-    # epoch then repeats the reshuffled data until it has at least this many steps, so every stage
-    # of gradual unfreezing gets enough updates. The full tweets (465 batches) are unaffected.
-    min_steps_per_epoch: int = 50
+    def __post_init__(self) -> None:
+        F.check(self, "lm")
 
 
 # Fine-tuning rates by the size of the starting LM. fastai's (LM 3e-3; classifier 2e-2, 1e-2, 5e-3,
@@ -98,25 +88,74 @@ def _hidden_size(lm_folder: Path) -> int:
         return LARGE_HIDDEN
 
 
-@dataclass
+CORE_SECTIONS = {"data": DataConfig, "lm": LMTrainConfig}
+
+
+@dataclass(init=False)
 class FitConfig:
+    """The whole run: the shared sections, the run-wide fields, and one section per registered
+    recipe (`cfg.clf`, `cfg.siatl`, ...: attributes backed by `sections`; `FitConfig(clf=...)` works).
+    Saved flat: {"data": ..., "lm": ..., "clf": ..., "siatl": ..., "recipe": ..., ...}."""
+
     data: DataConfig = field(default_factory=DataConfig)
     lm: LMTrainConfig = field(default_factory=LMTrainConfig)
-    clf: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
-    siatl: SiatlConfig = field(default_factory=SiatlConfig)
-    recipe: str = "ulmfit"  # ulmfit | siatl
+    recipe: str = field(default_factory=registry.default_name)  # a registered recipe (recipes/registry.py)
     # "auto": the shipped general-en LM when installed, else from scratch; a shipped name; a
     # language-model folder; or None / "none" to train the LM from scratch on your text.
     pretrained: str | None = "auto"
     # fwd | bwd | both. A backward model reads every document from its last token to its first;
     # "both" trains a forward and a backward model and averages their probabilities (ULMFiT §4).
-    direction: str = "fwd"
+    direction: str = F.spec("fwd", choices=DIRECTIONS)
     # The backward LM of a "both" run (the forward one is `pretrained`; with direction "bwd" alone,
     # `pretrained` is the backward LM). "auto": the shipped general-en-bwd when installed, else scratch.
     pretrained_bwd: str | None = "auto"
-    optimizer: str = "adamw"
-    precision: str = "fp32"
-    seed: int = 0
+    optimizer: str = F.spec("adamw", choices=F.OPTIMIZERS)
+    precision: str = F.spec("fp32", choices=F.PRECISIONS)
+    seed: int = F.spec(0, ge=0)
+    sections: dict = field(default_factory=dict)  # {section name: its config} of every registered recipe
+
+    def __init__(self, **kw: Any) -> None:
+        own = {f.name: f for f in fields(self)}
+        secs = registry.sections()
+        given = dict(kw.pop("sections", None) or {})
+        for name in list(kw):
+            if name in secs:
+                given[name] = kw.pop(name)
+        given = {k: _build(secs[k], v, k) if isinstance(v, dict) and k in secs else v for k, v in given.items()}
+        unknown = set(kw) - set(own)
+        if unknown:
+            raise UlmfitError(f"config has unknown field(s) {sorted(unknown)}; allowed: "
+                              f"{sorted(set(own) - {'sections'} | set(secs))}")
+        for name, f in own.items():
+            if name != "sections":
+                object.__setattr__(self, name, kw[name] if name in kw else
+                                   f.default_factory() if callable(f.default_factory) else f.default)
+        object.__setattr__(self, "sections", {name: given.get(name) or cls() for name, cls in secs.items()})
+        self.__post_init__()
+
+    def __post_init__(self) -> None:
+        F.check(self, "fit")
+        registry.get(self.recipe)  # a registered recipe, or one line naming the registered ones
+        for name, cls in {**CORE_SECTIONS, **registry.sections()}.items():
+            value = getattr(self, name)
+            if not isinstance(value, cls):
+                F.fail("fit", name, value, f"expected a {cls.__name__}")
+
+    def __getattr__(self, name: str):  # only for names that are not plain attributes: recipe sections
+        sections = self.__dict__.get("sections")
+        if sections is not None and name in sections:
+            return sections[name]
+        raise AttributeError(f"FitConfig has no field or recipe section {name!r}")
+
+    def __setattr__(self, name: str, value) -> None:
+        sections = self.__dict__.get("sections")
+        if sections is not None and name in sections:
+            sections[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, FitConfig) and self.to_dict() == other.to_dict()
 
     @property
     def directions(self) -> list[str]:
@@ -124,6 +163,11 @@ class FitConfig:
         if self.direction not in DIRECTIONS:
             raise UlmfitError(f"direction (--direction) must be one of {list(DIRECTIONS)}, not {self.direction!r}")
         return ["fwd", "bwd"] if self.direction == "both" else [self.direction]
+
+    @property
+    def recipe_section(self):
+        """The section of this run's recipe (its `metric` selects the model)."""
+        return getattr(self, registry.get(self.recipe).section)
 
     def pretrained_for(self, direction: str) -> str | None:
         """The pretrained-LM setting of the `direction` model of this run."""
@@ -133,8 +177,9 @@ class FitConfig:
         return self.pretrained
 
     def resolved(self, direction: str | None = None) -> "FitConfig":
-        """A copy with every `None` ("auto") rate replaced by its value for the `direction` model
-        (default: the first one this run trains): fine-tuning rates with a pretrained LM, else scratch rates."""
+        """A copy with every `None`/"auto" value resolved for the `direction` model (default: the
+        first one this run trains): fine-tuning values with a pretrained LM, else from-scratch ones.
+        The LM's rate here; each recipe's section by its registered `resolve`."""
         from ulmfit.recipes.model_dir import resolve_pretrained
 
         direction = direction or self.directions[0]
@@ -142,50 +187,52 @@ class FitConfig:
         pretrained = resolve_pretrained(self.pretrained_for(direction), direction, flag=flag)
         large = pretrained is not None and _hidden_size(pretrained) >= LARGE_HIDDEN
         lm_lr = self.lm.lr if self.lm.lr is not None else (3e-3 if large else 2e-2)
-        lrs = self.clf.lrs if self.clf.lrs is not None else (
-            (2e-2, 1e-2, 5e-3, 1e-3) if large else (2e-2, 1e-2, 1e-2, 5e-3))
-        siatl = self.siatl
-        if pretrained is None and self.recipe == "siatl" and siatl == SiatlConfig():
-            # A random LSTM stack passes almost no signal up: train it all from the first epoch, with
-            # Adam at a from-scratch rate (measured with the paper's SGD at a fine-tuning rate and the
-            # staged unfreezing: macro-F1 at majority-class level after 3 epochs).
-            siatl = replace(siatl, pretrained_optimizer="adam", pretrained_lr=1e-2, new_lr=1e-2,
-                            unfreeze_lstm_epoch=1, unfreeze_embedding_epoch=1)
-        return replace(self, lm=replace(self.lm, lr=lm_lr), clf=replace(self.clf, lrs=tuple(lrs)), siatl=siatl)
-
+        sections = {r.section: r.resolve(getattr(self, r.section), pretrained, large) if r.resolve
+                    else getattr(self, r.section) for r in registry.recipes().values()}
+        out = FitConfig.from_dict(self.to_dict())
+        out.lm = replace(self.lm, lr=lm_lr)
+        out.sections = sections
+        return out
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = {f.name: asdict(getattr(self, f.name)) if is_dataclass(getattr(self, f.name)) else getattr(self, f.name)
+             for f in fields(self) if f.name != "sections"}
+        return {**d, **{name: asdict(value) for name, value in self.sections.items()}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "FitConfig":
-        return cls(
-            data=_build(DataConfig, d.get("data", {}), "data"),
-            lm=_build(LMTrainConfig, d.get("lm", {}), "lm"),
-            clf=_build(ClassifierTrainConfig, d.get("clf", {}), "clf"),
-            siatl=_build(SiatlConfig, d.get("siatl", {}), "siatl"),
-            **{k: v for k, v in d.items() if k not in ("data", "lm", "clf", "siatl")},
-        )
+        if not isinstance(d, dict):
+            raise UlmfitError(f"a config must be a JSON object of sections, not {type(d).__name__}")
+        all_sections = {**CORE_SECTIONS, **registry.sections()}
+        return cls(**{k: _build(all_sections[k], v, k) if k in all_sections else v for k, v in d.items()})
 
     @classmethod
     def load(cls, path: str | Path) -> "FitConfig":
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError, TypeError) as e:
+            d = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UlmfitError(f"{path}: not a readable ulmfit config ({e}); pass the config.json of a model folder") from e
+        try:
+            return cls.from_dict(d)
+        except UlmfitError as e:
+            raise UlmfitError(f"{path}: {e}") from e
 
 
 def _build(cls, d: dict, section: str):
+    if not isinstance(d, dict):
+        raise UlmfitError(f"config section '{section}' must be an object of fields, not {d!r}")
+    renamed = getattr(cls, "RENAMED", {})
+    d = {renamed.get(k, k): v for k, v in d.items()}
     known = {f.name for f in fields(cls)}
     unknown = set(d) - known
     if unknown:
         raise UlmfitError(f"config section '{section}' has unknown field(s) {sorted(unknown)}; allowed: {sorted(known)}")
-    d = {k: tuple(v) if isinstance(v, list) and k in ("lin_sizes", "lrs", "epochs") else v for k, v in d.items()}
     return cls(**d)
 
 
 def apply_overrides(cfg, assignments: list[str]):
-    """`--set lm.epochs=3 --set clf.lrs=[0.01,0.005]`: values parsed as JSON, else kept as strings."""
+    """`--set lm.epochs=3 --set clf.lrs=[0.01,0.005]`: values parsed as JSON, else kept as strings;
+    each checked as the config is rebuilt (one line naming field, value and what is allowed)."""
     for item in assignments or []:
         if "=" not in item:
             raise UlmfitError(f"--set {item!r}: expected SECTION.FIELD=VALUE, e.g. --set lm.epochs=3")
@@ -197,18 +244,26 @@ def apply_overrides(cfg, assignments: list[str]):
             value = raw
         if isinstance(value, list):
             value = tuple(value)
-        if section == "fit":
-            target = cfg
-        else:
-            target = getattr(cfg, section, None)
+        target = cfg if section == "fit" else getattr(cfg, section, None)
         if target is None or not is_dataclass(target):
-            raise UlmfitError(f"--set {item!r}: unknown section {section!r} (data, lm, clf, siatl, fit)")
-        names = {f.name for f in fields(target)}
+            allowed = ", ".join([*CORE_SECTIONS, *registry.sections(), "fit"])
+            raise UlmfitError(f"--set {item!r}: unknown section {section!r} ({allowed})")
+        name = getattr(type(target), "RENAMED", {}).get(name, name)
+        names = {f.name for f in fields(target)} - {"sections"}
         if name not in names:
             raise UlmfitError(f"--set {item!r}: {section} has no field {name!r}; fields: {sorted(names)}")
-        new = replace(target, **{name: value})
+        try:
+            new = replace(target, **{name: value})
+        except UlmfitError as e:
+            raise UlmfitError(f"--set {item!r}: {e}") from e
         if section == "fit":
             cfg = new
         else:
             setattr(cfg, section, new)
     return cfg
+
+
+# the recipes shipped with the package register their sections (imported here for compatibility:
+# `from ulmfit.recipes.config import ClassifierTrainConfig`)
+from ulmfit.recipes.siatl_config import SiatlConfig  # noqa: E402,F401
+from ulmfit.recipes.ulmfit_config import ClassifierTrainConfig  # noqa: E402,F401

@@ -1,10 +1,8 @@
 """`ulmfit fit`: read and prepare the data once, then run the chosen recipe into one model folder.
 
-ULMFiT (recipes/ulmfit.py: `finetune_lm`, then `train_classifier`) once per direction; with
-`direction="both"` forward then backward (every document read reversed), the backward model in
-`bwd/`, and the classifier averages the two models' probabilities (ULMFiT §4, "bidirectional").
-With `recipe="siatl"` the same prepared data goes to `recipes/siatl.py`. Resolved configs, reports,
-the folder marker and resume bookkeeping live here, so both recipes share them.
+The recipe comes from the registry (recipes/registry.py): `get(cfg.recipe).fit(run)` trains into
+the folder and returns the validation metrics. Resolved configs (one per model direction), reports,
+the folder marker and resume bookkeeping live here, so every recipe shares them.
 """
 
 from __future__ import annotations
@@ -12,17 +10,14 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from ulmfit.errors import UlmfitError
-from ulmfit.recipes import model_dir
+from ulmfit.recipes import model_dir, registry
 from ulmfit.recipes.config import FitConfig
-from ulmfit.recipes.prepare import FitData, load_fit_data
-from ulmfit.recipes.ulmfit import (LMResult, Log, quiet, seed_all, finetune_lm, lm_from_pretrained, load_pretrained,
-                                   scratch_lm, train_classifier)
-from ulmfit.text.tokenize import Tokenizer, TokenizerConfig
-from ulmfit.text.vocab import Vocab
+from ulmfit.recipes.prepare import load_fit_data
+from ulmfit.recipes.toolbox import Log, quiet
 from ulmfit.train.checkpoint import atomic_write_json, atomic_write_text
 from ulmfit.train.metrics import format_report
 from ulmfit.train.plots import plot_history
@@ -31,7 +26,7 @@ from ulmfit.train.plots import plot_history
 def fit(train, valid=None, *, out: str | Path, text_col: str = "text", label_col: str = "label",
         unlabeled: list[str] | tuple = (), pretrained: str | None = "auto", config: FitConfig | None = None,
         resume: bool = False, overwrite: bool = False, log: Log = quiet):
-    """Train a ULMFiT classifier end to end and return the loaded model (see `ulmfit.load`)."""
+    """Train a classifier end to end with the config's recipe and return the loaded model (see `ulmfit.load`)."""
     from ulmfit.recipes.predictor import Classifier
 
     out = Path(out)
@@ -41,17 +36,18 @@ def fit(train, valid=None, *, out: str | Path, text_col: str = "text", label_col
         cfg.pretrained = pretrained if pretrained is not None else cfg.pretrained
     cfg.data = replace(cfg.data, train=_path_or_none(train), valid=_path_or_none(valid),
                        unlabeled=[str(u) for u in unlabeled] or cfg.data.unlabeled)
-    dirs = _check_recipe(cfg)
+    recipe = _check_recipe(cfg)
+    dirs = cfg.directions
     configs = _direction_configs(out, cfg, resume)  # checks the pretrained LMs before reading any data
+    for c in configs.values():
+        if recipe.check:
+            recipe.check(getattr(c, recipe.section))
     t0 = time.perf_counter()
     data = load_fit_data(train, valid, cfg.data, cfg.seed, log)
     for d, c in configs.items():
         _folder(out, dirs, d).mkdir(parents=True, exist_ok=True)
         atomic_write_json(_folder(out, dirs, d) / "config.json", c.to_dict())
-    if cfg.recipe == "siatl":
-        metrics = _fit_siatl(out, configs["fwd"], data, resume, log)
-    else:
-        metrics = _fit_ulmfit(out, configs, data, resume, log)
+    metrics = recipe.fit(registry.Run(out, configs, data, resume, log))
     write_reports(out, metrics, data.classes, configs[dirs[0]], time.perf_counter() - t0)
     model_dir.write_marker(out, "classifier", classes=data.classes, recipe=cfg.recipe, metric=_metric(cfg),
                            direction=dirs[0], directions=dirs)
@@ -59,17 +55,15 @@ def fit(train, valid=None, *, out: str | Path, text_col: str = "text", label_col
     return Classifier(out)
 
 
-def _check_recipe(cfg: FitConfig) -> list[str]:
-    dirs = cfg.directions
-    if cfg.recipe not in ("ulmfit", "siatl"):
-        raise UlmfitError(f"recipe {cfg.recipe!r} is not available; use --recipe ulmfit or --recipe siatl")
-    if cfg.recipe == "siatl" and dirs != ["fwd"]:
-        raise UlmfitError("--recipe siatl supports --direction fwd only")
-    return dirs
+def _check_recipe(cfg: FitConfig) -> registry.Recipe:
+    recipe = registry.get(cfg.recipe)
+    if cfg.direction not in recipe.directions:
+        raise UlmfitError(f"--recipe {recipe.name} supports --direction {' or '.join(recipe.directions)} only")
+    return recipe
 
 
 def _metric(cfg: FitConfig) -> str:
-    return cfg.siatl.metric if cfg.recipe == "siatl" else cfg.clf.metric
+    return cfg.recipe_section.metric
 
 
 def _folder(out: Path, dirs: list[str], direction: str) -> Path:
@@ -77,112 +71,13 @@ def _folder(out: Path, dirs: list[str], direction: str) -> Path:
 
 
 def _direction_configs(out: Path, cfg: FitConfig, resume: bool) -> dict[str, FitConfig]:
-    """Each model's config with its "auto" rates resolved (fine-tuning or scratch rates, per its own
-    pretrained LM). Saved as config.json of its folder before training, so --resume reuses them."""
+    """Each model's config with its "auto" values resolved (fine-tuning or scratch values, per its
+    own pretrained LM). Saved as config.json of its folder before training, so --resume reuses them."""
     configs = {}
     for d in cfg.directions:
         saved = _folder(out, cfg.directions, d) / "config.json"
         configs[d] = FitConfig.load(saved) if resume and saved.parent != out and saved.exists() else cfg.resolved(d)
     return configs
-
-
-@dataclass
-class Tokens:
-    tokenizer: Tokenizer
-    lm: list[list[str]]  # the training texts first, then the unlabelled ones
-    valid: list[list[str]]
-
-
-def _fit_ulmfit(out: Path, configs: dict[str, FitConfig], data: FitData, resume: bool, log: Log) -> dict:
-    """Both phases for every direction; returns the validation metrics (of the average, for two models)."""
-    dirs, cache = list(configs), {}
-    for d in dirs:
-        _fit_direction(out, _folder(out, dirs, d), configs[d], d, data, cache, resume, log)
-    if len(dirs) == 1:
-        return json.loads(_done_file(out, dirs[0]).read_text())["metrics"]
-    return _ensemble(out, configs, data, log)
-
-
-def _done_file(out: Path, direction: str) -> Path:
-    """Written when a direction's model is complete: a resumed `both` run does not train it again."""
-    return out / "checkpoints" / f"{direction}-done.json"
-
-
-def _fit_direction(out: Path, folder: Path, cfg: FitConfig, direction: str, data: FitData, cache: dict,
-                   resume: bool, log: Log) -> None:
-    if resume and _done_file(out, direction).exists():
-        log(f"{model_dir.DIRECTION_NAMES[direction]} model: already trained, not trained again")
-        return
-    t0 = time.perf_counter()
-    pretrained = model_dir.resolve_pretrained(cfg.pretrained_for(direction), direction)
-    tokens = _tokens(pretrained, data, cache, log)
-    vocab = Vocab.load(folder / "vocab.json") if resume and (folder / "vocab.json").exists() else None
-    lm = finetune_lm(tokens.lm, folder, cfg.lm, tokenizer=tokens.tokenizer, vocab=vocab, pretrained=pretrained,
-                     seed=cfg.seed, optimizer=cfg.optimizer, precision=cfg.precision, resume=resume,
-                     direction=direction, log=log)
-    _, metrics = train_classifier(lm, data.train, data.valid, data.classes, folder, cfg.clf, seed=cfg.seed,
-                                  optimizer=cfg.optimizer, precision=cfg.precision, resume=resume,
-                                  train_tokens=tokens.lm[:len(data.train.texts)], valid_tokens=tokens.valid,
-                                  direction=direction, log=log)
-    atomic_write_json(_done_file(out, direction), {"metrics": metrics, "seconds": time.perf_counter() - t0})
-
-
-def _tokens(pretrained: Path | None, data: FitData, cache: dict, log: Log) -> Tokens:
-    """The texts tokenized by the pretrained LM's tokenizer, once per distinct tokenizer config
-    (the two directions of a run normally share it)."""
-    tokenizer = model_dir.load_text_pipeline(pretrained)[0] if pretrained else Tokenizer(TokenizerConfig())
-    key = json.dumps(asdict(tokenizer.config), sort_keys=True)
-    if key not in cache:
-        t0 = time.perf_counter()
-        lm_tokens = tokenizer.tokenize_many(data.train.texts + data.unlabeled)
-        cache[key] = Tokens(tokenizer, lm_tokens, tokenizer.tokenize_many(data.valid.texts))
-        log(f"tokenized {len(lm_tokens):,} documents for the language model ({sum(map(len, lm_tokens)):,} tokens) "
-            f"in {time.perf_counter() - t0:.1f}s")
-    return cache[key]
-
-
-def _ensemble(out: Path, configs: dict[str, FitConfig], data: FitData, log: Log) -> dict:
-    """Validation metrics of each model and of their average; completes the backward sub-folder."""
-    from ulmfit.recipes.predictor import Member, metrics_by_direction, proba_by_direction
-
-    dirs = list(configs)
-    members = [Member.load(_folder(out, dirs, d), d) for d in dirs]
-    probs = proba_by_direction(members, data.valid.texts, len(data.classes))
-    metrics = metrics_by_direction(probs, data.valid.labels, data.classes)
-    for d in dirs[1:]:
-        sub = _folder(out, dirs, d)
-        seconds = json.loads(_done_file(out, d).read_text())["seconds"]
-        write_reports(sub, metrics["by_direction"][d], data.classes, configs[d], seconds, direction=d)
-        model_dir.write_marker(sub, "classifier", classes=data.classes, recipe="ulmfit", metric=configs[d].clf.metric,
-                               direction=d, directions=[d])
-        model_dir.remove_checkpoints(sub)
-    log("validation macro-F1: " + ", ".join(f"{d} {m['macro_f1']:.4f}" for d, m in metrics["by_direction"].items())
-        + f", averaged {metrics['macro_f1']:.4f}")
-    return metrics
-
-
-def _fit_siatl(out: Path, cfg: FitConfig, data: FitData, resume: bool, log: Log) -> dict:
-    """SiATL (recipes/siatl.py) on the pretrained LM mapped to this run's vocabulary, not fine-tuned."""
-    from ulmfit.recipes.siatl import train_siatl
-
-    seed_all(cfg.seed)
-    pretrained = model_dir.resolve_pretrained(cfg.pretrained, "fwd")
-    tokens = _tokens(pretrained, data, {}, log)
-    vocab = (Vocab.load(out / "vocab.json") if resume and (out / "vocab.json").exists()
-             else Vocab.build(tokens.lm, min_freq=cfg.lm.min_freq, max_vocab=cfg.lm.max_vocab))
-    model_dir.save_text_pipeline(out, tokens.tokenizer.config, vocab)
-    lm_train = replace(cfg.lm, drop_mult=cfg.siatl.drop_mult)
-    if pretrained:
-        pre_lm, _, pre_vocab = load_pretrained(pretrained, log)
-        lm, lm_cfg = lm_from_pretrained(pre_lm, pre_vocab, vocab, lm_train, log)
-    else:
-        lm, lm_cfg = scratch_lm(vocab, lm_train)
-    n = len(data.train.texts)
-    unlabeled_docs = vocab.encode_many(tokens.lm[n:]) if len(tokens.lm) > n else None
-    _, metrics = train_siatl(LMResult(lm, lm_cfg, tokens.tokenizer, vocab, []), data.train, data.valid, data.classes,
-                             out, cfg.siatl, unlabeled_docs=unlabeled_docs, seed=cfg.seed, precision=cfg.precision,
-                             resume=resume, train_tokens=tokens.lm[:n], log=log)
-    return metrics
 
 
 def write_reports(out: Path, metrics: dict, classes: list[str], cfg: FitConfig, seconds: float,
@@ -238,7 +133,7 @@ def _resolve_config(out: Path, config: FitConfig | None, resume: bool, overwrite
             (out / name).unlink(missing_ok=True)
         model_dir.remove_checkpoints(out)
         shutil.rmtree(out / "bwd", ignore_errors=True)  # the backward model of an earlier `both` run
-    return FitConfig.from_dict(asdict(config)) if config is not None else FitConfig()
+    return FitConfig.from_dict(config.to_dict()) if config is not None else FitConfig()
 
 
 def _path_or_none(x) -> str | None:

@@ -16,7 +16,7 @@ import torch
 
 from ulmfit.data.cls_loader import ClassificationLoader
 from ulmfit.errors import UlmfitError
-from ulmfit.recipes import model_dir
+from ulmfit.recipes import model_dir, registry
 from ulmfit.text.tokenize import Tokenizer
 from ulmfit.text.vocab import Vocab
 from ulmfit.train.metrics import classification_metrics
@@ -32,14 +32,10 @@ class Member:
     model: torch.nn.Module
 
     @classmethod
-    def load(cls, folder: Path, direction: str = "fwd", recipe: str = "ulmfit") -> "Member":
+    def load(cls, folder: Path, direction: str = "fwd", recipe: str | None = None) -> "Member":
+        """The model of `folder`, loaded by its recipe's registered `load_model` (default: the default recipe)."""
         tokenizer, vocab = model_dir.load_text_pipeline(folder)
-        if recipe == "siatl":
-            from ulmfit.recipes.siatl import load_siatl_model
-
-            model = load_siatl_model(folder)
-        else:
-            model = model_dir.load_classifier_model(folder)
+        model = registry.get(recipe or registry.default_name()).load_model(folder)
         return cls(direction, tokenizer, vocab, model.eval())
 
     def predict_proba(self, tokens: list[list[str]], n_classes: int, bs: int = 128) -> np.ndarray:
@@ -92,7 +88,7 @@ class Classifier:
                               f"use `ulmfit generate` with it, or train a classifier with `ulmfit fit`")
         self.classes: list[str] = list(self.meta["classes"])
         self.directions: list[str] = list(self.meta.get("directions") or [self.meta.get("direction", "fwd")])
-        recipe = self.meta.get("recipe", "ulmfit")
+        recipe = self.meta.get("recipe") or registry.default_name()  # folders from before recipes were recorded
         self.members = [Member.load(model_dir.direction_folder(self.folder, self.directions[0], d), d, recipe)
                         for d in self.directions]
         first = self.members[0]

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -25,10 +25,11 @@ import torch
 from ulmfit.data.lm_loader import LMLoader
 from ulmfit.errors import UlmfitError
 from ulmfit.models.awd_lstm import PRESETS, AWDLSTMConfig, LanguageModel
+from ulmfit.recipes import fields as F
 from ulmfit.recipes import model_dir
-from ulmfit.recipes.ulmfit import subsample_tokens
+from ulmfit.recipes.toolbox import subsample_tokens
 from ulmfit.text.token_docs import TokenDocs
-from ulmfit.text.tokenize import SPECIAL_TOKENS, Tokenizer, TokenizerConfig
+from ulmfit.text.tokenize import Tokenizer, TokenizerConfig
 from ulmfit.text.vocab import Vocab
 from ulmfit.train.checkpoint import atomic_write_json, atomic_write_text, save_weights
 from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, run_phase
@@ -41,22 +42,31 @@ Log = Callable[[str], None]
 
 @dataclass
 class PretrainConfig:
-    preset: str = "small"
-    drop_mult: float = 0.5  # less regularisation than fine-tuning: the corpus is large
-    bs: int = 64
-    bptt: int = 70
-    epochs: int = 1
-    lr: float = 5e-3
-    wd: float = 0.01
-    schedule: str = "one_cycle"
-    min_freq: int = 5
-    max_vocab: int = 30000
-    max_tokens: int | None = None  # train on at most this many tokens (None: the whole corpus)
-    valid_every: int = 100  # every 100th document is held out for validation perplexity
-    checkpoint_every: int = 500  # steps
-    precision: str = "fp32"
-    seed: int = 0
-    direction: str = "fwd"  # fwd | bwd: a backward LM reads every document from its last token to its first
+    """`ulmfit pretrain`'s settings (`--set FIELD=VALUE`); fields shared with the other sections are
+    declared once in recipes/fields.py and checked when the config is built."""
+
+    preset: str = F.preset("small")
+    drop_mult: float = F.drop_mult(0.5)  # less regularisation than fine-tuning: the corpus is large
+    bs: int = F.batch_size(64)
+    bptt: int = F.bptt(70)
+    epochs: int = F.spec(1, ge=1)
+    lr: float = F.learning_rate(5e-3)
+    wd: float = F.weight_decay(0.01)
+    schedule: str = F.schedule()
+    min_freq: int = F.spec(5, ge=1)
+    max_vocab: int = F.spec(30000, ge=16)
+    max_train_tokens: int | None = F.max_train_tokens()  # None: the whole corpus
+    valid_every: int = F.spec(100, ge=2)  # every 100th document is held out for validation perplexity
+    checkpoint_every: int = F.spec(500, ge=1)  # steps
+    precision: str = F.spec("fp32", choices=F.PRECISIONS)
+    seed: int = F.spec(0, ge=0)
+    # fwd | bwd: a backward LM reads every document from its last token to its first
+    direction: str = F.spec("fwd", choices=("fwd", "bwd"))
+
+    RENAMED: ClassVar[dict] = {"max_tokens": "max_train_tokens"}  # old pretrain_config.json names
+
+    def __post_init__(self) -> None:
+        F.check(self, "pretrain")
 
 
 def read_shards(corpus: Path, chunk: int = 5000) -> Iterator[list[str]]:
@@ -92,7 +102,7 @@ def numericalize_corpus(corpus: Path, folder: Path, tokenizer: Tokenizer, cfg: P
         for toks in tokenizer.tokenize_many(docs):
             counts.update(toks)
             lengths.append(len(toks))
-    vocab = Vocab(_itos_from_counts(counts, cfg.min_freq, cfg.max_vocab))
+    vocab = Vocab.from_counts(counts, cfg.min_freq, cfg.max_vocab)
     lengths = np.asarray(lengths, dtype=np.int64)
     is_valid = np.arange(len(lengths)) % cfg.valid_every == 0
     log(f"pass 1: {len(lengths):,} documents, {lengths.sum():,} tokens, vocab {len(vocab):,} "
@@ -120,19 +130,6 @@ def numericalize_corpus(corpus: Path, folder: Path, tokenizer: Tokenizer, cfg: P
     return vocab, TokenDocs.load(folder / "train", mmap=True), valid_docs
 
 
-def _itos_from_counts(counts: Counter, min_freq: int, max_vocab: int) -> list[str]:
-    """The same ordering rule as `Vocab.build`, from counts gathered in a streaming pass."""
-    specials = set(SPECIAL_TOKENS)
-    words = sorted((w for w, c in counts.items() if c >= min_freq and w not in specials), key=lambda w: (-counts[w], w))
-    itos = list(SPECIAL_TOKENS) + words[: max_vocab - len(SPECIAL_TOKENS)]
-    while len(itos) % 8:
-        if len(itos) >= max_vocab:
-            itos = itos[: len(itos) - len(itos) % 8]
-            break
-        itos.append(f"xxfake{len(itos) % 8}")
-    return itos
-
-
 def write_model_card(out: Path, cfg: PretrainConfig, lm_cfg: AWDLSTMConfig, stats: dict, history: list[dict]) -> None:
     """README.md next to the weights: what it was trained on, how, how well, and how to redo it."""
     import platform
@@ -152,7 +149,7 @@ def write_model_card(out: Path, cfg: PretrainConfig, lm_cfg: AWDLSTMConfig, stat
 
 - Direction: {reads}.
 - Architecture: AWD-LSTM, {lm_cfg.n_layers} layers, embedding {lm_cfg.emb_size}, hidden {lm_cfg.hidden_size}, tied decoder; preset `{cfg.preset}`; vocabulary {stats['vocab']:,} (min_freq {cfg.min_freq}).
-- Corpus: `{stats['corpus']}` — {stats['documents']:,} documents; trained on {stats['train_tokens']:,} tokens ({cfg.epochs} epoch(s){', a random subset of the corpus' if cfg.max_tokens else ''}); every {cfg.valid_every}th document held out ({stats['valid_tokens']:,} tokens).
+- Corpus: `{stats['corpus']}` — {stats['documents']:,} documents; trained on {stats['train_tokens']:,} tokens ({cfg.epochs} epoch(s){', a random subset of the corpus' if cfg.max_train_tokens else ''}); every {cfg.valid_every}th document held out ({stats['valid_tokens']:,} tokens).
 - Sources: {sources or 'see the corpus stats.json'}.
 - Result: validation perplexity {stats['valid_perplexity']:.1f}, next-token accuracy {stats['valid_accuracy']:.3f}.
 - Training: bs {cfg.bs}, bptt {cfg.bptt} (variable), AdamW, {cfg.schedule} lr {cfg.lr}, drop_mult {cfg.drop_mult}, {cfg.precision}; {stats['tokens_per_s']:,.0f} tokens/s; {seconds / 60:.0f} min of training.
@@ -194,8 +191,6 @@ def pretrain(corpus: str | Path, out: str | Path, cfg: PretrainConfig, resume: b
         raise UlmfitError(f"{out} already holds a model; choose another --out, or pass --overwrite")
     if cfg.preset not in PRESETS:
         raise UlmfitError(f"unknown model preset {cfg.preset!r}; choose one of {sorted(PRESETS)}")
-    if cfg.direction not in ("fwd", "bwd"):
-        raise UlmfitError(f"pretrain direction must be fwd or bwd (--set direction=bwd), not {cfg.direction!r}")
     _check_resumed_direction(out, cfg, resume)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "pretrain_config.json", asdict(cfg))
@@ -207,7 +202,7 @@ def pretrain(corpus: str | Path, out: str | Path, cfg: PretrainConfig, resume: b
     else:
         vocab, all_train, valid_docs = numericalize_corpus(corpus, data_dir, tokenizer, cfg, log)
         model_dir.save_text_pipeline(out, tokenizer.config, vocab)
-    train_docs = subsample_tokens(all_train, cfg.max_tokens, cfg.seed)
+    train_docs = subsample_tokens(all_train, cfg.max_train_tokens, cfg.seed)
     torch.manual_seed(cfg.seed)
     lm_cfg = AWDLSTMConfig(vocab_size=len(vocab), drop_mult=cfg.drop_mult, **PRESETS[cfg.preset])
     lm = LanguageModel(lm_cfg)

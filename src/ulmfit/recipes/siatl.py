@@ -61,7 +61,7 @@ def build_model(base: "LMResult", n_classes: int, cfg: SiatlConfig) -> SiatlClas
     (fastai's, times cfg.drop_mult, as the ulmfit recipe) and new task layers."""
     enc_cfg = replace(base.config, drop_mult=cfg.drop_mult, **CLASSIFIER_DROPOUTS)
     head_cfg = SiatlHeadConfig(n_classes=n_classes, task_hidden=cfg.task_hidden, head_p=cfg.head_p,
-                               max_len=cfg.max_len)
+                               max_len=cfg.max_doc_tokens)
     return SiatlClassifier.from_language_model(base.lm, head_cfg, enc_cfg)
 
 
@@ -175,6 +175,7 @@ def train_siatl(base: "LMResult", train: Labelled, valid: Labelled, classes: lis
     return (best model in eval mode, its validation metrics from `classification_metrics`).
     The epochs run in train/loop.py `run_phase`: one stage of `cfg.epochs` epochs numbered from 1."""
     out = Path(out)
+    cfg = cfg.resolved(pretrained=True)  # "auto" values left by a direct call: the pretrained-LM ones
     _check_inputs(train, valid, classes)
     autocast(precision)  # reject a bad precision before any work
     out.mkdir(parents=True, exist_ok=True)
@@ -187,9 +188,9 @@ def train_siatl(base: "LMResult", train: Labelled, valid: Labelled, classes: lis
     train_docs = base.vocab.encode_many(train_tokens)
     valid_docs = base.vocab.encode_many(base.tokenizer.tokenize_many(valid.texts))
     train_loader = ClassificationLoader(train_docs, train.labels, bs=cfg.bs, shuffle=True, seed=seed,
-                                        pad_idx=pad, max_tokens=cfg.max_len, min_batches=cfg.min_steps_per_epoch)
+                                        pad_idx=pad, max_tokens=cfg.max_doc_tokens, min_batches=cfg.min_steps_per_epoch)
     valid_loader = ClassificationLoader(valid_docs, valid.labels, bs=cfg.bs * 2, shuffle=False,
-                                        pad_idx=pad, max_tokens=cfg.max_len)
+                                        pad_idx=pad, max_tokens=cfg.max_doc_tokens)
     lm_loader = None
     if unlabeled_docs is not None and cfg.unlabeled_lm and unlabeled_docs.n_tokens > 2:
         lm_bs = min(cfg.bs, (unlabeled_docs.n_tokens - 1) // 2)

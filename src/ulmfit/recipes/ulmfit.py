@@ -2,98 +2,39 @@
 train a classifier on its encoder with gradual unfreezing and discriminative learning rates.
 
 `finetune_lm()` and `train_classifier()` are its two phases, usable on their own (`ulmfit
-finetune-lm`); `recipes/fit.py` runs them per direction for `ulmfit fit`. `direction="bwd"` reads
-every document reversed (ULMFiT §4, "bidirectional").
+finetune-lm`); `fit_recipe()` runs them per direction for `ulmfit fit` (registered in
+recipes/ulmfit_config.py). `direction="bwd"` reads every document reversed; with two directions the
+classifier averages the two models' probabilities (ULMFiT §4, "bidirectional"). The pieces other
+recipes share (the starting LM, tokens, seeding) are in recipes/toolbox.py.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import json
+import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
-import torch
 
 from ulmfit.data.cls_loader import ClassificationLoader
 from ulmfit.data.lm_loader import LMLoader
 from ulmfit.errors import UlmfitError
-from ulmfit.models.awd_lstm import CLASSIFIER_DROPOUTS, PRESETS, AWDLSTM, AWDLSTMConfig, LanguageModel
+from ulmfit.models.awd_lstm import CLASSIFIER_DROPOUTS, AWDLSTM, AWDLSTMConfig, LanguageModel
 from ulmfit.models.classifier import ClassifierConfig, TextClassifier
-from ulmfit.models.vocab_transfer import transfer_vocab
 from ulmfit.recipes import model_dir
-from ulmfit.recipes.config import ClassifierTrainConfig, LMTrainConfig
+from ulmfit.recipes.config import LMTrainConfig
 from ulmfit.recipes.prepare import Labelled
-from ulmfit.text.token_docs import TokenDocs
+from ulmfit.recipes.registry import Run
+from ulmfit.recipes.toolbox import (LMResult, Log, language_model, lm_from_pretrained, load_pretrained,  # noqa: F401
+                                    quiet, scratch_lm, seed_all, subsample_tokens, tokens_for)
+from ulmfit.recipes.ulmfit_config import ClassifierTrainConfig
 from ulmfit.text.tokenize import Tokenizer
 from ulmfit.text.vocab import Vocab
+from ulmfit.train.checkpoint import atomic_write_json
 from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, run_phase
 from ulmfit.train.metrics import classification_metrics
 from ulmfit.train.optim import make_optimizer, param_groups
 from ulmfit.train.tasks import ClassifierTask, LMTask, balanced_class_weights
-
-Log = Callable[[str], None]
-
-
-@dataclass
-class LMResult:
-    lm: LanguageModel
-    config: AWDLSTMConfig
-    tokenizer: Tokenizer
-    vocab: Vocab
-    history: list
-
-
-def quiet(msg: str) -> None:
-    """The default `log`: say nothing."""
-    pass
-
-
-def seed_all(seed: int) -> None:
-    """Seed torch and NumPy at the start of a phase, so a run repeats from its config."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % (2**32))
-
-
-def load_pretrained(name: str | Path, log: Log) -> tuple[LanguageModel, Tokenizer, Vocab]:
-    path = model_dir.resolve_pretrained(name)
-    lm, tok, vocab = model_dir.load_lm(path)
-    log(f"pretrained LM: {path} (vocab {len(vocab)}, {sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M parameters)")
-    return lm, tok, vocab
-
-
-def lm_from_pretrained(pretrained: LanguageModel, old_vocab: Vocab, new_vocab: Vocab, cfg: LMTrainConfig,
-                       log: Log) -> tuple[LanguageModel, AWDLSTMConfig]:
-    """The pretrained LM re-sized to `new_vocab` (shared words keep their rows), with this run's dropouts."""
-    base = pretrained.encoder.cfg if hasattr(pretrained.encoder, "cfg") else pretrained.cfg
-    lm_cfg = replace(base, vocab_size=len(new_vocab), drop_mult=cfg.drop_mult)
-    state, found = transfer_vocab(pretrained.state_dict(), old_vocab.itos, new_vocab.itos,
-                                  embedding_keys=tuple(k for k in pretrained.state_dict() if _is_vocab_matrix(k)),
-                                  bias_keys=tuple(k for k in pretrained.state_dict() if k.endswith("decoder.bias")))
-    log(f"vocabulary transfer: {found}/{len(new_vocab)} target tokens found in the pretrained vocabulary "
-        f"({100 * found / len(new_vocab):.1f}%); the rest start at the mean embedding")
-    lm = LanguageModel(lm_cfg)
-    lm.load_state_dict(state)
-    return lm, lm_cfg
-
-
-def scratch_lm(vocab: Vocab, cfg: LMTrainConfig) -> tuple[LanguageModel, AWDLSTMConfig]:
-    """A new, untrained LM of size `cfg.preset` for `vocab`."""
-    if cfg.preset not in PRESETS:
-        raise UlmfitError(f"unknown model preset {cfg.preset!r}; choose one of {sorted(PRESETS)}")
-    lm_cfg = AWDLSTMConfig(vocab_size=len(vocab), drop_mult=cfg.drop_mult, **PRESETS[cfg.preset])
-    return LanguageModel(lm_cfg), lm_cfg
-
-
-def _is_vocab_matrix(key: str) -> bool:
-    return key.endswith("embedding.weight") or key.endswith("decoder.weight")
-
-
-def subsample_tokens(docs: TokenDocs, max_tokens: int | None, seed: int) -> TokenDocs:
-    if not max_tokens or docs.n_tokens <= max_tokens:
-        return docs
-    order = np.random.default_rng(seed).permutation(len(docs))
-    keep = order[: int(np.searchsorted(np.cumsum(docs.lengths[order]), max_tokens)) + 1]
-    return docs.subset(np.sort(keep))
 
 
 def finetune_lm(token_lists: list[list[str]], out: Path, cfg: LMTrainConfig, *, tokenizer: Tokenizer,
@@ -105,14 +46,11 @@ def finetune_lm(token_lists: list[list[str]], out: Path, cfg: LMTrainConfig, *, 
     document; documents keep their order, so no document is read into the start of the next one)."""
     out.mkdir(parents=True, exist_ok=True)
     seed_all(seed)
-    base = load_pretrained(pretrained, log) if model_dir.resolve_pretrained(pretrained) else None
+    pretrained = model_dir.resolve_pretrained(pretrained)
     if vocab is None:
         vocab = Vocab.build(token_lists, min_freq=cfg.min_freq, max_vocab=cfg.max_vocab)
     model_dir.save_text_pipeline(out, tokenizer.config, vocab)
-    if base is not None:
-        lm, lm_cfg = lm_from_pretrained(base[0], base[2], vocab, cfg, log)
-    else:
-        lm, lm_cfg = scratch_lm(vocab, cfg)
+    lm, lm_cfg = language_model(pretrained, vocab, cfg, log)
 
     docs = vocab.encode_many(token_lists)
     if direction == "bwd":
@@ -121,7 +59,7 @@ def finetune_lm(token_lists: list[list[str]], out: Path, cfg: LMTrainConfig, *, 
     order = rng.permutation(len(docs))
     n_valid = max(1, int(len(docs) * cfg.valid_frac))
     valid_docs = docs.subset(np.sort(order[:n_valid]))
-    train_docs = subsample_tokens(docs.subset(np.sort(order[n_valid:])), cfg.max_tokens, seed)
+    train_docs = subsample_tokens(docs.subset(np.sort(order[n_valid:])), cfg.max_train_tokens, seed)
     log(f"{model_dir.DIRECTION_NAMES[direction]} language model: {train_docs.n_tokens:,} training tokens ({len(train_docs):,} documents), "
         f"{valid_docs.n_tokens:,} validation tokens; vocab {len(vocab):,}; "
         f"{sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M parameters")
@@ -131,7 +69,7 @@ def finetune_lm(token_lists: list[list[str]], out: Path, cfg: LMTrainConfig, *, 
     valid_loader = LMLoader(valid_docs, bs=valid_bs, bptt=cfg.bptt, shuffle=False)
 
     stages = [Stage("all", cfg.epochs, cfg.lr, freeze_to=0, schedule=cfg.schedule, can_stop_early=True)]
-    if base is not None and cfg.frozen_epochs > 0:
+    if pretrained is not None and cfg.frozen_epochs > 0:
         stages.insert(0, Stage("frozen", cfg.frozen_epochs, cfg.frozen_lr, freeze_to=-1, schedule=cfg.schedule))
     groups = lm.layer_groups()
     opt = make_optimizer(param_groups(groups, cfg.lr, weight_decay=cfg.wd), kind=optimizer)
@@ -154,7 +92,7 @@ def classifier_from_lm(lm: LanguageModel, lm_cfg: AWDLSTMConfig, n_classes: int,
     enc_cfg = replace(lm_cfg, drop_mult=cfg.drop_mult, **CLASSIFIER_DROPOUTS)
     head_cfg = ClassifierConfig(n_classes=n_classes, lin_sizes=tuple(cfg.lin_sizes),
                                 ps=(CLASSIFIER_DROPOUTS["output_p"] * cfg.drop_mult,) + (0.1,) * len(cfg.lin_sizes),
-                                bptt=cfg.bptt, max_len=cfg.max_len)
+                                bptt=cfg.bptt, max_len=cfg.pool_len)
     encoder = AWDLSTM(enc_cfg)
     encoder.load_state_dict(lm.encoder.state_dict())
     return TextClassifier(encoder, head_cfg), enc_cfg, head_cfg
@@ -189,9 +127,9 @@ def train_classifier(lm: LMResult, train: Labelled, valid: Labelled, classes: li
     if direction == "bwd":
         train_docs, valid_docs = train_docs.reversed(), valid_docs.reversed()
     train_loader = ClassificationLoader(train_docs, train.labels, bs=cfg.bs, shuffle=True, seed=seed,
-                                        max_tokens=cfg.max_tokens, min_batches=cfg.min_steps_per_epoch)
+                                        max_tokens=cfg.max_doc_tokens, min_batches=cfg.min_steps_per_epoch)
     valid_loader = ClassificationLoader(valid_docs, valid.labels, bs=cfg.bs * 2, shuffle=False,
-                                        max_tokens=cfg.max_tokens)
+                                        max_tokens=cfg.max_doc_tokens)
     weights = balanced_class_weights(train.labels, len(classes)) if cfg.class_weights == "balanced" else None
     if cfg.class_weights not in ("none", "balanced"):
         raise UlmfitError(f"class_weights must be 'none' or 'balanced', not {cfg.class_weights!r}")
@@ -209,3 +147,60 @@ def train_classifier(lm: LMResult, train: Labelled, valid: Labelled, classes: li
     log(f"classifier done: best {cfg.metric} {result.best_value:.4f} (epoch {result.best_epoch}); "
         f"validation accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
     return model, metrics
+
+
+# ----------------------------------------------------------------------------- `ulmfit fit`
+def fit_recipe(run: Run) -> dict:
+    """Both phases for every direction of the run; returns the validation metrics (of the average,
+    for two models). A direction already trained (its done file) is not trained again on resume."""
+    dirs, cache = list(run.configs), {}
+    for d in dirs:
+        _fit_direction(run, model_dir.direction_folder(run.out, dirs[0], d), run.configs[d], d, cache)
+    if len(dirs) == 1:
+        return json.loads(_done_file(run.out, dirs[0]).read_text())["metrics"]
+    return _ensemble(run)
+
+
+def _done_file(out: Path, direction: str) -> Path:
+    """Written when a direction's model is complete: a resumed `both` run does not train it again."""
+    return out / "checkpoints" / f"{direction}-done.json"
+
+
+def _fit_direction(run: Run, folder: Path, cfg, direction: str, cache: dict) -> None:
+    data, resume, log = run.data, run.resume, run.log
+    if resume and _done_file(run.out, direction).exists():
+        log(f"{model_dir.DIRECTION_NAMES[direction]} model: already trained, not trained again")
+        return
+    t0 = time.perf_counter()
+    pretrained = model_dir.resolve_pretrained(cfg.pretrained_for(direction), direction)
+    tokens = tokens_for(pretrained, data, cache, log)
+    vocab = Vocab.load(folder / "vocab.json") if resume and (folder / "vocab.json").exists() else None
+    lm = finetune_lm(tokens.lm, folder, cfg.lm, tokenizer=tokens.tokenizer, vocab=vocab, pretrained=pretrained,
+                     seed=cfg.seed, optimizer=cfg.optimizer, precision=cfg.precision, resume=resume,
+                     direction=direction, log=log)
+    _, metrics = train_classifier(lm, data.train, data.valid, data.classes, folder, cfg.clf, seed=cfg.seed,
+                                  optimizer=cfg.optimizer, precision=cfg.precision, resume=resume,
+                                  train_tokens=tokens.lm[:len(data.train.texts)], valid_tokens=tokens.valid,
+                                  direction=direction, log=log)
+    atomic_write_json(_done_file(run.out, direction), {"metrics": metrics, "seconds": time.perf_counter() - t0})
+
+
+def _ensemble(run: Run) -> dict:
+    """Validation metrics of each model and of their average; completes the backward sub-folder."""
+    from ulmfit.recipes.fit import write_reports
+    from ulmfit.recipes.predictor import Member, metrics_by_direction, proba_by_direction
+
+    dirs, data, out = list(run.configs), run.data, run.out
+    folders = {d: model_dir.direction_folder(out, dirs[0], d) for d in dirs}
+    members = [Member.load(folders[d], d) for d in dirs]
+    probs = proba_by_direction(members, data.valid.texts, len(data.classes))
+    metrics = metrics_by_direction(probs, data.valid.labels, data.classes)
+    for d in dirs[1:]:
+        seconds = json.loads(_done_file(out, d).read_text())["seconds"]
+        write_reports(folders[d], metrics["by_direction"][d], data.classes, run.configs[d], seconds, direction=d)
+        model_dir.write_marker(folders[d], "classifier", classes=data.classes, recipe="ulmfit",
+                               metric=run.configs[d].clf.metric, direction=d, directions=[d])
+        model_dir.remove_checkpoints(folders[d])
+    run.log("validation macro-F1: " + ", ".join(f"{d} {m['macro_f1']:.4f}" for d, m in metrics["by_direction"].items())
+            + f", averaged {metrics['macro_f1']:.4f}")
+    return metrics

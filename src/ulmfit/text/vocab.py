@@ -40,11 +40,18 @@ class Vocab:
         fastai does: embedding and softmax matrices with a multiple-of-8 dimension multiply faster.
         The padded size never exceeds `max_vocab` (real tokens are dropped to make room instead).
         """
-        if max_vocab < 16:
-            raise UlmfitError(f"max_vocab must be at least 16 (9 special tokens, padded to 8), got {max_vocab}")
         counts = Counter()
         for toks in token_lists:
             counts.update(toks)
+        return cls.from_counts(counts, min_freq, max_vocab)
+
+    @classmethod
+    def from_counts(cls, counts: Counter, min_freq: int = 3, max_vocab: int = 60000) -> "Vocab":
+        """The rule of `build` on token counts gathered elsewhere (`ulmfit pretrain` counts a corpus
+        in a streaming pass). The one place the vocabulary rule lives."""
+        if max_vocab < 16:
+            raise UlmfitError(f"max_vocab must be at least 16 (9 special tokens, padded to 8), got {max_vocab}")
+        counts = Counter(counts)
         for s in SPECIAL_TOKENS:
             counts.pop(s, None)
         words = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))

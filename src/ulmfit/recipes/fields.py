@@ -1,0 +1,192 @@
+"""Configuration fields defined once: type, range, allowed values and meaning, checked at the door.
+
+Every config dataclass (recipes/config.py, ulmfit_config.py, siatl_config.py, pretrain.py) declares
+its fields with `spec(default, ...)` or with one of the shared fields below, and calls
+`check(self, section)` in `__post_init__` (setfit's `TrainingArguments` shape). So a value is
+checked for its type (from the annotation), range and choices whenever a config is built: CLI
+flags, `--set`, `--config` files and the Python API alike, before any data is read. A bad value is
+one `UlmfitError` line naming the field, the value and what is allowed.
+
+A field shared by several sections (the classifier's and SiATL's `bs`, `metric`, `patience`, ...)
+is one function here: its type, range and meaning are written once; each section passes only its
+own default. This module imports no torch, so the checks take milliseconds.
+"""
+from __future__ import annotations
+
+import math
+import types
+import typing
+from dataclasses import MISSING, field, fields
+from typing import Any, Literal
+
+from ulmfit.errors import UlmfitError
+from ulmfit.models.presets import PRESETS
+from ulmfit.train.schedules import SCHEDULE_KINDS
+
+METRICS = ("macro_f1", "accuracy", "weighted_f1", "valid_loss")  # model selection (train/metrics.py computes them)
+OPTIMIZERS = ("adamw", "adam", "sgd")  # train/optim.py make_optimizer
+PRECISIONS = ("fp32", "bf16")  # train/loop.py autocast
+AUTO = "auto"  # a value the configuration resolves per run (recipes/config.py FitConfig.resolved)
+
+
+def spec(default: Any = MISSING, *, ge: float | None = None, gt: float | None = None, lt: float | None = None,
+         le: float | None = None, choices: tuple | None = None, factory: Any = MISSING):
+    """A dataclass field with its checks: `ge`/`gt`/`le`/`lt` bounds (on each item of a tuple),
+    `choices` (allowed values; "auto" must be listed where a field takes it)."""
+    meta = {k: v for k, v in dict(ge=ge, gt=gt, lt=lt, le=le, choices=choices).items() if v is not None}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------- shared fields (one definition each)
+def drop_mult(default: float):
+    """Scales every dropout of the AWD-LSTM (fastai's drop_mult); 0 turns them off."""
+    return spec(default, ge=0)
+
+
+def batch_size(default: int):
+    return spec(default, ge=1)
+
+
+def metric(default: str = "macro_f1"):
+    """The validation metric that selects the best epoch and drives early stopping."""
+    return spec(default, choices=METRICS)
+
+
+def patience(default: int | None):
+    """Epochs without a better `metric` before stopping; None never stops early."""
+    return spec(default, ge=1)
+
+
+def min_steps_per_epoch(default: int = 50):
+    """With few labels an epoch is a handful of steps; each training epoch then repeats the
+    reshuffled data until it has at least this many (0: one pass)."""
+    return spec(default, ge=0)
+
+
+def max_doc_tokens(default: int | None):
+    """Read at most the first this-many tokens of each document (None: all). Was `max_tokens`
+    (classifier) and `max_len` (SiATL) in config files before issue 14."""
+    return spec(default, ge=1)
+
+
+def max_train_tokens(default: int | None = None):
+    """Train the language model on at most this many tokens of text, a seeded sample of whole
+    documents (None: all). Was `max_tokens` before issue 14."""
+    return spec(default, ge=1)
+
+
+def learning_rate(default: float | None):
+    return spec(default, gt=0)
+
+
+def weight_decay(default: float):
+    return spec(default, ge=0)
+
+
+def schedule(default: str = "one_cycle"):
+    return spec(default, choices=SCHEDULE_KINDS)
+
+
+def preset(default: str = "small"):
+    """Model size when no pretrained LM is given (models/presets.py)."""
+    return spec(default, choices=tuple(PRESETS))
+
+
+def bptt(default: int):
+    return spec(default, ge=1)
+
+
+# ---------------------------------------------------------------- checking
+def check(obj: Any, section: str) -> None:
+    """Check every field of dataclass `obj` against its annotation and spec; tuples given as lists
+    (JSON) become tuples. Raises one UlmfitError line: section.field=value and what is allowed."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, list) and _allows(hints[f.name], tuple):
+            value = tuple(value)
+            object.__setattr__(obj, f.name, value)
+        problem = _problem(value, hints[f.name], f.metadata)
+        if problem:
+            raise UlmfitError(f"{section}.{f.name}={value!r}: {problem}")
+
+
+def fail(section: str, name: str, value: Any, what: str) -> None:
+    """One line for a rule between fields (`check` covers each field alone)."""
+    raise UlmfitError(f"{section}.{name}={value!r}: {what}")
+
+
+def _alternatives(tp) -> tuple:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return typing.get_args(tp)
+    return (tp,)
+
+
+def _allows(tp, kind) -> bool:
+    return any(a is kind or typing.get_origin(a) is kind for a in _alternatives(tp))
+
+
+def _problem(value: Any, tp, meta) -> str | None:
+    for alt in _alternatives(tp):
+        if _matches(value, alt):
+            if isinstance(value, str) and meta.get("choices") and value not in meta["choices"]:
+                return f"choose one of {', '.join(map(str, meta['choices']))}"
+            if typing.get_origin(alt) is Literal or value is None or isinstance(value, (str, bool)):
+                return None
+            bad = next((v for v in (value if isinstance(value, tuple) else (value,)) if _out_of_range(v, meta)), None)
+            return None if bad is None else f"{'each value ' if isinstance(value, tuple) else ''}must be {_range(meta)}"
+    return f"expected {_describe(tp, meta)}"
+
+
+def _matches(value: Any, tp) -> bool:
+    if tp is type(None):
+        return value is None
+    if typing.get_origin(tp) is Literal:
+        return value in typing.get_args(tp)
+    if typing.get_origin(tp) is tuple:
+        item = typing.get_args(tp)[0]
+        return isinstance(value, tuple) and len(value) > 0 and all(_matches(v, item) for v in value)
+    if typing.get_origin(tp) is list:
+        item = typing.get_args(tp)[0]
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if tp is str:
+        return isinstance(value, str)
+    return isinstance(value, tp) if isinstance(tp, type) else True
+
+
+def _out_of_range(v, meta) -> bool:
+    return (("ge" in meta and v < meta["ge"]) or ("gt" in meta and v <= meta["gt"])
+            or ("le" in meta and v > meta["le"]) or ("lt" in meta and v >= meta["lt"]))
+
+
+def _range(meta) -> str:
+    parts = [f"{op} {meta[k]}" for k, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if k in meta]
+    return " and ".join(parts)
+
+
+def _describe(tp, meta) -> str:
+    names = []
+    for alt in _alternatives(tp):
+        if alt is type(None):
+            names.append("null")
+        elif typing.get_origin(alt) is Literal:
+            names.append(" or ".join(repr(a) for a in typing.get_args(alt)))
+        elif typing.get_origin(alt) is tuple:
+            names.append(f"a non-empty list of {_describe(typing.get_args(alt)[0], {})}s")
+        elif typing.get_origin(alt) is list:
+            names.append(f"a list of {_describe(typing.get_args(alt)[0], {})}s")
+        elif alt is str and meta.get("choices"):
+            names.append("one of " + ", ".join(map(str, meta["choices"])))
+        else:
+            names.append({int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(alt, str(alt)))
+    text = " or ".join(names)
+    rng = _range(meta)
+    return f"{text} {rng}" if rng else text
