@@ -20,7 +20,6 @@ def log(msg: str) -> None:
 
 def cmd_fit(a) -> int:
     from ulmfit.recipes.config import FitConfig
-    from ulmfit.recipes.fit import fit
 
     if a.resume:
         cfg = None
@@ -39,6 +38,8 @@ def cmd_fit(a) -> int:
         train, valid = a.train or cfg.data.train, a.valid or cfg.data.valid
     if not train:
         raise UlmfitError("no training data: pass --train FILE (a CSV/TSV/JSONL file, or a folder per class)")
+    from ulmfit.recipes.fit import fit  # torch: only once the configuration has passed its checks
+
     model = fit(train, valid, out=a.out, unlabeled=a.unlabeled or (), config=cfg, resume=a.resume,
                 overwrite=a.overwrite, log=log)
     log(f"model saved to {model.folder} (report: {model.folder / 'report.md'})")

@@ -148,9 +148,22 @@ class FitConfig:
         raise AttributeError(f"FitConfig has no field or recipe section {name!r}")
 
     def __setattr__(self, name: str, value) -> None:
+        """`cfg.seed = 3`, `cfg.clf = replace(cfg.clf, ...)`: checked like the constructor's values."""
         sections = self.__dict__.get("sections")
         if sections is not None and name in sections:
-            sections[name] = value
+            old, sections[name] = sections[name], value
+        else:
+            old = self.__dict__.get(name)
+            object.__setattr__(self, name, value)
+        try:
+            self.__post_init__()
+        except UlmfitError:
+            self.__setattr_raw(name, old)
+            raise
+
+    def __setattr_raw(self, name: str, value) -> None:
+        if name in self.__dict__["sections"]:
+            self.__dict__["sections"][name] = value
         else:
             object.__setattr__(self, name, value)
 

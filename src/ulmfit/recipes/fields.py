@@ -179,10 +179,10 @@ def _describe(tp, meta) -> str:
             names.append("null")
         elif typing.get_origin(alt) is Literal:
             names.append(" or ".join(repr(a) for a in typing.get_args(alt)))
-        elif typing.get_origin(alt) is tuple:
-            names.append(f"a non-empty list of {_describe(typing.get_args(alt)[0], {})}s")
-        elif typing.get_origin(alt) is list:
-            names.append(f"a list of {_describe(typing.get_args(alt)[0], {})}s")
+        elif typing.get_origin(alt) in (tuple, list):
+            item = typing.get_args(alt)[0]
+            plural = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}.get(item, str(item))
+            names.append(f"a {'non-empty ' if typing.get_origin(alt) is tuple else ''}list of {plural}")
         elif alt is str and meta.get("choices"):
             names.append("one of " + ", ".join(map(str, meta["choices"])))
         else:

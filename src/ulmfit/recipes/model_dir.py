@@ -153,6 +153,33 @@ def load_classifier_model(folder: Path) -> TextClassifier:
     return model.eval()
 
 
+def save_backbone(folder: Path, backbone, pipeline, prefix: str = "backbone") -> None:
+    """Any registered backbone (models/backbone.py) and its text pipeline: PREFIX.json (kind,
+    architecture, pipeline) + PREFIX.safetensors, reloadable offline by `load_backbone`."""
+    from ulmfit.models.backbone import get_backbone
+
+    spec = get_backbone(backbone.kind)
+    atomic_write_json(folder / f"{prefix}.json", {"kind": spec.kind, "config": spec.config(backbone),
+                                                  "pipeline": spec.pipeline_to_json(pipeline)})
+    save_weights(backbone.state_dict(), folder / f"{prefix}.safetensors")
+
+
+def load_backbone(folder: Path, prefix: str = "backbone"):
+    """(backbone in eval mode, its text pipeline) from what `save_backbone` wrote; the kind picks
+    the loader from the backbone registry."""
+    from ulmfit.models.backbone import get_backbone
+
+    d = _read_json(folder / f"{prefix}.json")
+    try:
+        spec = get_backbone(d["kind"])
+        backbone = spec.from_config(d["config"])
+        pipeline = spec.pipeline_from_json(d["pipeline"])
+    except (KeyError, TypeError) as e:
+        raise UlmfitError(f"{folder / f'{prefix}.json'}: corrupt ({type(e).__name__}: {e}); retrain or restore it") from e
+    backbone.load_state_dict(load_weights(folder / f"{prefix}.safetensors"))
+    return backbone.eval(), pipeline
+
+
 def remove_checkpoints(folder: Path) -> None:
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
 
