@@ -62,14 +62,15 @@ def _fit_flags(cfg, a):
 
 
 def cmd_finetune_lm(a) -> int:
-    from ulmfit.recipes import model_dir
     from ulmfit.recipes.config import FitConfig
+
+    cfg = apply_overrides(FitConfig.load(a.config) if a.config else FitConfig(), a.set)  # checked before torch loads
+    from ulmfit.recipes import model_dir
     from ulmfit.recipes.prepare import read_unlabeled
     from ulmfit.recipes.ulmfit import finetune_lm
     from ulmfit.text.tokenize import Tokenizer, TokenizerConfig
     from ulmfit.train.checkpoint import atomic_write_json
 
-    cfg = apply_overrides(FitConfig.load(a.config) if a.config else FitConfig(), a.set)
     out = Path(a.out)
     if (out / "ulmfit.json").exists() and not (a.overwrite or a.resume):
         raise UlmfitError(f"{out} already holds a model; choose another --out, or pass --overwrite")
@@ -181,9 +182,10 @@ def cmd_generate(a) -> int:
 
 def cmd_lr_find(a) -> int:
     from ulmfit.recipes.config import FitConfig
+
+    cfg = apply_overrides(FitConfig.load(a.config) if a.config else FitConfig(), a.set)  # checked before torch loads
     from ulmfit.recipes.lr_find import lr_find_run
 
-    cfg = apply_overrides(FitConfig.load(a.config) if a.config else FitConfig(), a.set)
     lr_find_run(a.train, a.out, cfg, text_col=a.text_col or "text", label_col=a.label_col,
                 encoding=a.encoding or "utf-8", encoder=a.encoder, iters=a.iters, log=log)
     return 0
