@@ -8,12 +8,13 @@ from torch import nn
 from ulmfit.errors import UlmfitError
 from ulmfit.train.checkpoint import (
     append_jsonl,
-    atomic_torch_save,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    load_state,
     load_weights,
     read_weights_metadata,
+    save_state,
     save_weights,
 )
 
@@ -35,20 +36,57 @@ def test_atomic_writes_round_trip(tmp_path):
     atomic_write_json(tmp_path / "c.json", {"x": [1, 2], "p": tmp_path})
     text = (tmp_path / "c.json").read_text()
     assert json.loads(text)["x"] == [1, 2] and '\n  "x"' in text
-    atomic_torch_save({"w": torch.arange(3)}, tmp_path / "d.pt")
-    assert torch.equal(torch.load(tmp_path / "d.pt")["w"], torch.arange(3))
+    save_state({"w": torch.arange(3)}, tmp_path / "d.safetensors")
+    assert torch.equal(load_state(tmp_path / "d.safetensors")["w"], torch.arange(3))
     assert _no_temp_files(tmp_path)
 
 
-def test_failed_torch_save_keeps_previous_file(tmp_path):
-    path = tmp_path / "ckpt.pt"
-    atomic_torch_save({"step": 1}, path)
+def test_failed_state_save_keeps_previous_file(tmp_path):
+    path = tmp_path / "ckpt.safetensors"
+    save_state({"step": 1}, path)
     before = path.read_bytes()
-    with pytest.raises(RuntimeError, match="cannot pickle"):
-        atomic_torch_save({"step": 2, "bad": Unpicklable()}, path)
+    with pytest.raises(TypeError, match="cannot store"):
+        save_state({"step": 2, "bad": Unpicklable()}, path)
     assert path.read_bytes() == before
-    assert torch.load(path) == {"step": 1}
+    assert load_state(path) == {"step": 1}
     assert _no_temp_files(tmp_path)
+
+
+def test_state_round_trip_keeps_types(tmp_path):
+    """Optimizer state (int keys), tuples, RNG bytes, NaN/inf and nested tensors come back as they were."""
+    model = nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, betas=(0.8, 0.99))
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    state = {"optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "running": (1.5, 2, 3, float("inf")),
+             "task": {"state": [(torch.ones(1, 2), torch.zeros(1, 2))]}, "best": None, "history": [{"a": float("nan")}]}
+    save_state(state, tmp_path / "s.safetensors")
+    back = load_state(tmp_path / "s.safetensors")
+    assert back["running"] == (1.5, 2, 3, float("inf")) and back["best"] is None
+    assert torch.equal(back["rng"], state["rng"]) and back["rng"].dtype == torch.uint8
+    assert isinstance(back["task"]["state"][0], tuple) and torch.equal(back["task"]["state"][0][0], torch.ones(1, 2))
+    opt2 = torch.optim.AdamW(nn.Linear(3, 2).parameters(), lr=0.5)
+    opt2.load_state_dict(back["optimizer"])
+    assert opt2.param_groups[0]["betas"] == (0.8, 0.99) and set(opt2.state_dict()["state"]) == {0, 1}
+
+
+def test_planted_pickle_is_refused_without_running(tmp_path):
+    """A pickle whose __reduce__ would create a file, put where a resume checkpoint goes."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "lm-last.safetensors"
+    path.write_bytes(pickle.dumps({"model": Evil()}))
+    torch.save({"model": Evil()}, tmp_path / "zip.safetensors")  # torch's zip format too
+    for p in (path, tmp_path / "zip.safetensors"):
+        with pytest.raises(UlmfitError, match="not a ulmfit resume-state file"):
+            load_state(p)
+    assert not marker.exists()
 
 
 def test_failed_json_keeps_previous_file(tmp_path):

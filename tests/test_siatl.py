@@ -21,6 +21,7 @@ from ulmfit.recipes.siatl_config import SiatlConfig
 from ulmfit.recipes.ulmfit import LMResult
 from ulmfit.text.tokenize import Tokenizer
 from ulmfit.text.vocab import Vocab
+from ulmfit.train.checkpoint import load_state
 from ulmfit.train.siatl_optim import make_optimizers
 from ulmfit.train.siatl_schedule import gamma_at, trainable_parts
 
@@ -64,7 +65,7 @@ def snapshots(out):
 
     def log(msg):
         if msg.startswith("siatl epoch"):
-            ckpt = torch.load(out / "checkpoints" / "siatl-last.pt", weights_only=False)
+            ckpt = load_state(out / "checkpoints" / "siatl-last.safetensors")
             states[ckpt["epoch"]] = {k: v.clone() for k, v in ckpt["model"].items()}
 
     return states, log
@@ -253,7 +254,7 @@ def test_unlabeled_switch(data, tmp_path):
     run(data, tmp_path / "off", small_cfg(epochs=2, unlabeled_lm=False))
     records = [json.loads(l) for l in (tmp_path / "off" / "history.jsonl").read_text().splitlines()]
     assert all("train_unlabeled_lm_loss" not in r for r in records)
-    last = {k: torch.load(tmp_path / k / "checkpoints" / "siatl-last.pt", weights_only=False)["model"]
+    last = {k: load_state(tmp_path / k / "checkpoints" / "siatl-last.safetensors")["model"]
             for k in ("on", "off")}  # the last epoch's weights (the best may be epoch 1, before the LSTM trains)
     key = "encoder.rnns.0.weight_hh_l0_raw"
     assert not torch.equal(last["on"][key], last["off"][key])

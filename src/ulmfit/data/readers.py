@@ -10,17 +10,19 @@ import csv
 import difflib
 import io
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import pandas as pd
-
 from ulmfit.errors import UlmfitError
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a document may be longer than the csv module's 128 KiB default
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".txt")
 ON_EMPTY = ("error", "skip", "keep")
 MAX_NAMED = 5  # places named in one error message
+MISSING_LABELS = ("nan", "-nan", "inf", "-inf", "infinity", "-infinity")  # float artefacts, never a class name
 
 
 @dataclass
@@ -75,9 +77,10 @@ def read_table(path, text_col: str = "text", label_col: str | None = None,
 
     if labels is not None:
         labels = [lab.strip() for lab in labels]
-        missing = [i for i, lab in enumerate(labels) if not lab]
+        # "nan" is what a missing value turns into on its way through pandas or float(); never a class
+        missing = [i for i, lab in enumerate(labels) if not lab or lab.lower() in MISSING_LABELS]
         if missing:
-            raise UlmfitError(f"{path}: {len(missing)} missing label(s) in '{label_col}' at "
+            raise UlmfitError(f"{path}: {len(missing)} missing label(s) (empty or NaN) in '{label_col}' at "
                               f"{_name(recs, [rec[i] for i in missing])}; fill them in or remove those rows")
     return TextTable(texts=texts, labels=labels, source=str(path))
 
@@ -121,26 +124,54 @@ def _read_file(path: Path, encoding: str, label_col: str | None) -> _Records:
 
 
 def _parse_delimited(text: str, path: Path, sep: str) -> _Records:
-    """CSV keeps standard quoting; TSV is read without quoting (a `"` in a tweet is just a character)."""
-    try:
-        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False,
-                         skip_blank_lines=False,
-                         quoting=csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL)
-    except pd.errors.EmptyDataError:
-        raise UlmfitError(f"{path}: the file is empty; give a file with a header and one document per row") from None
-    except pd.errors.ParserError as e:
-        msg = str(e).strip().splitlines()[-1]
-        raise UlmfitError(f"{path}: cannot parse as {'CSV' if sep == ',' else 'TSV'} ({msg}); "
-                          "check the quoting and the number of fields per row") from None
-    df = df.fillna("")
-    df.columns = [str(c).strip() for c in df.columns]
-    # Quoted fields may span lines: count their newlines so the line numbers stay true.
-    columns = {c: df[c].tolist() for c in df.columns}
+    """CSV keeps standard quoting; TSV is read without quoting (a `"` in a tweet is just a character).
 
-    def where(i: int) -> str:
-        extra = sum(int(df[c].iloc[:i].str.count("\n").sum()) for c in df.columns) if i else 0
-        return f"line {i + 2 + extra} (row {i + 1})"
-    return _Records(columns, len(df), where)
+    Parsed with the csv module so that every record's first line is known: a row with more fields
+    than the header is an error naming that row (never shifted into an index), header names that
+    are equal after trimming are an error (never silently renamed), and a bare carriage return
+    inside a text (pandas writes them unquoted) stays in its text instead of ending the row.
+    """
+    kind = "CSV" if sep == "," else "TSV"
+    cr = None
+    if "\r" in text and "\n" in text:  # "\n" ends rows; a lone "\r" is part of a text
+        text = text.replace("\r\n", "\n")
+        if "\r" in text:
+            cr = next(chr(c) for c in range(0xE000, 0xF900) if chr(c) not in text)  # an unused placeholder
+            text = text.replace("\r", cr)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True,
+                        quoting=csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL)
+    rows, starts, prev = [], [], 0
+    try:
+        for row in reader:
+            rows.append(row)
+            starts.append(prev + 1)
+            prev = reader.line_num
+    except csv.Error as e:
+        raise UlmfitError(f"{path}: cannot parse as {kind} at line {reader.line_num} ({e}); "
+                          "check the quoting and the number of fields per row") from None
+    if not rows or not any(h.strip() for h in rows[0]):
+        raise UlmfitError(f"{path}: the file is empty; give a file with a header and one document per row")
+    header = [h.strip() for h in rows[0]]
+    seen: dict[str, int] = {}
+    for j, name in enumerate(header):
+        if name in seen:
+            raise UlmfitError(f"{path}: line 1: columns {seen[name] + 1} and {j + 1} are both named {name!r}"
+                              f"{' after trimming spaces' if rows[0][j] != rows[0][seen[name]] else ''}; "
+                              "give every column its own name")
+        seen[name] = j
+    data, starts = rows[1:], starts[1:]
+    for i, row in enumerate(data):
+        if len(row) > len(header):
+            raise UlmfitError(f"{path}: line {starts[i]} (row {i + 1}) has {len(row)} fields but the header has "
+                              f"{len(header)}; quote that row's text (it holds a {'comma' if sep == ',' else 'tab'}) "
+                              "or remove the extra field")
+
+    def cell(row: list[str], j: int) -> str:
+        v = row[j] if j < len(row) else ""
+        return v.replace(cr, "\r") if cr else v
+
+    columns = {name: [cell(row, j) for row in data] for j, name in enumerate(header)}
+    return _Records(columns, len(data), lambda i: f"line {starts[i]} (row {i + 1})")
 
 
 def _parse_jsonl(text: str, path: Path) -> _Records:
@@ -153,13 +184,24 @@ def _parse_jsonl(text: str, path: Path) -> _Records:
         except json.JSONDecodeError as e:
             raise UlmfitError(f"{path}: line {lineno} is not valid JSON ({e.msg} at column {e.colno}); "
                               "fix that line (each line must be one JSON object)") from None
+        except RecursionError:
+            raise UlmfitError(f"{path}: line {lineno} is nested too deeply to read; "
+                              'write each line as a flat object {"text": ..., "label": ...}') from None
         if not isinstance(obj, dict):
             raise UlmfitError(f"{path}: line {lineno} is a JSON {type(obj).__name__}, not an object; "
                               'write each line as {"text": ..., "label": ...}')
         rows.append(obj)
         lines.append(lineno)
     names = list(dict.fromkeys(k for r in rows for k in r))  # keys in order of first appearance
-    columns = {k: [_as_str(r.get(k)) for r in rows] for k in names}
+    columns = {}
+    for k in names:
+        columns[k] = []
+        for i, r in enumerate(rows):
+            try:
+                columns[k].append(_as_str(r.get(k)))
+            except (RecursionError, ValueError):
+                raise UlmfitError(f"{path}: line {lines[i]}: field {k!r} is nested too deeply to read; "
+                                  "give it a plain string or number") from None
     return _Records(columns, len(rows), lambda i: f"line {lines[i]} (row {i + 1})")
 
 
@@ -167,7 +209,10 @@ def _read_class_folders(path: Path, encoding: str) -> _Records:
     """`path/<label>/*.txt`: each file is one document, the folder name is its label."""
     texts, labels, places = [], [], []
     for sub in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for f in sorted(p for p in sub.glob("*.txt") if p.is_file()):
+        files = sorted(p for p in sub.glob("*.txt") if p.is_file())
+        if not files:  # never dropped silently: a class with no examples is a mistake to point at
+            raise UlmfitError(f"{sub}: class folder with no .txt documents; add its documents or remove the folder")
+        for f in files:
             texts.append(_decode(f.read_bytes(), encoding, f))
             labels.append(sub.name)
             places.append(str(f.relative_to(path)))
@@ -209,6 +254,13 @@ def _name(recs: _Records, idx: list[int]) -> str:
 
 
 def _as_str(v) -> str:
+    """A JSON value as text. Numbers are normalised so that one number is one label: 1 and 1.0
+    both read "1" (an integral float prints as an int), 0.5 reads "0.5"; true/false read "true"/
+    "false" as JSON writes them; NaN and Infinity read "nan"/"inf" (refused as labels)."""
     if v is None:
         return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return str(int(v)) if v.is_integer() else str(v)
     return v if isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list)) else str(v)

@@ -186,7 +186,8 @@ class FitConfig:
         """The pretrained-LM setting of the `direction` model of this run."""
         if self.direction == "both" and direction == "bwd":
             # "auto" follows --pretrained: with no pretrained forward LM the backward one starts from scratch too
-            return None if self.pretrained_bwd == "auto" and self.pretrained is None else self.pretrained_bwd
+            scratch = self.pretrained is None or str(self.pretrained).lower() == "none"  # --pretrained none
+            return None if self.pretrained_bwd == "auto" and scratch else self.pretrained_bwd
         return self.pretrained
 
     def resolved(self, direction: str | None = None) -> "FitConfig":

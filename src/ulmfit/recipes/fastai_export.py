@@ -35,8 +35,8 @@ documents reversed (`backwards=True` in the DataLoaders).
 """
 from __future__ import annotations
 
-import json
 import os
+import io
 import pickle
 import re
 from pathlib import Path
@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 
 from ulmfit.errors import UlmfitError
+from ulmfit.fileio import atomic_write_bytes, atomic_write_json
 from ulmfit.recipes import model_dir
 
 ITOS_NAME = "itos.pkl"
@@ -87,14 +88,14 @@ def export_fastai(lm_folder: str | os.PathLike, out_dir: str | os.PathLike, *, o
     cfg = lm.cfg
     if cfg.pad_idx != 1:
         raise UlmfitError(f"{lm_folder}: pad id {cfg.pad_idx}, but fastai's AWD_LSTM pads with id 1")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(fastai_state_dict(lm), pth)
-    with open(out_dir / ITOS_NAME, "wb") as f:
-        pickle.dump(fastai_itos(vocab.itos), f, protocol=4)
-    (out_dir / "fastai_config.json").write_text(json.dumps({
+    buf = io.BytesIO()
+    torch.save(fastai_state_dict(lm), buf)  # fastai's own format (a pickle); written for fastai to read
+    atomic_write_bytes(pth, buf.getvalue())
+    atomic_write_bytes(out_dir / ITOS_NAME, pickle.dumps(fastai_itos(vocab.itos), protocol=4))
+    atomic_write_json(out_dir / "fastai_config.json", {
         "emb_sz": cfg.emb_size, "n_hid": cfg.hidden_size, "n_layers": cfg.n_layers, "pad_token": cfg.pad_idx,
         "vocab_size": cfg.vocab_size, "tie_weights": cfg.tie_weights, "direction": direction,
-        "source": str(lm_folder), "weights": pth.name, "itos": ITOS_NAME}, indent=2) + "\n")
+        "source": str(lm_folder), "weights": pth.name, "itos": ITOS_NAME})
     log(f"fastai export: {lm_folder} -> {pth} (+ {ITOS_NAME}; vocab {cfg.vocab_size:,}, emb {cfg.emb_size}, "
         f"hidden {cfg.hidden_size}, {cfg.n_layers} layers)")
     return pth

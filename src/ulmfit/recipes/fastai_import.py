@@ -52,6 +52,7 @@ import torch
 
 from ulmfit.data.fetch import cache_dir
 from ulmfit.errors import UlmfitError
+from ulmfit.fileio import Staged
 from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
 from ulmfit.recipes import model_dir
 from ulmfit.text.tokenize import PAD_ID, SPECIAL_TOKENS, TokenizerConfig
@@ -102,7 +103,11 @@ def import_fastai(src: str | os.PathLike, out: str | os.PathLike, *, itos: str |
         raise UlmfitError(f"{src}: not found; pass fastai's wt103-{direction}.tgz, a folder holding "
                           f"lstm_{direction}.pth and {ITOS_NAME}, or the .pth file with itos=")
     if (out / "ulmfit.json").exists() and not overwrite:
-        raise UlmfitError(f"{out} already holds a model; choose another folder, or pass overwrite=True to replace it")
+        raise UlmfitError(f"{out} already holds a model; choose another folder, or pass overwrite=True "
+                          "(--overwrite) to replace it")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UlmfitError(f"{out} is not empty (an interrupted run?); choose another folder, or pass overwrite=True "
+                          "(--overwrite) to replace what it holds")
 
     with _located(src, itos, direction) as (pth, itos_src):
         tokens = _read_itos(itos_src) if not isinstance(itos_src, list) else itos_src
@@ -125,11 +130,12 @@ def import_fastai(src: str | os.PathLike, out: str | os.PathLike, *, itos: str |
         raise UlmfitError(f"{pth.name}: weights do not fit an AWD-LSTM ({str(e).splitlines()[0]})") from None
     lm.eval()
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ulmfit.json").unlink(missing_ok=True)  # written last: a crash leaves no valid-looking folder
-    model_dir.save_text_pipeline(out, TokenizerConfig(), vocab)
-    model_dir.save_lm(out, lm, cfg)
-    model_dir.write_marker(out, "lm", source="fastai", direction=direction, source_file=src.name)
+    # Built beside `out` when it holds anything and swapped in whole: an earlier model (or an
+    # interrupted run) in `out` stays as it was until the new one is complete; ulmfit.json goes last.
+    with model_dir.writing(out, overwrite=overwrite) as work:
+        model_dir.save_text_pipeline(work, TokenizerConfig(), vocab)
+        model_dir.save_lm(work, lm, cfg)
+        model_dir.write_marker(work, "lm", source="fastai", direction=direction, source_file=src.name)
     n_params = sum(p.numel() for p in lm.parameters())
     log(f"fastai import: {src.name} -> {out} ({direction}; vocab {len(vocab):,}, emb {cfg.emb_size}, "
         f"hidden {cfg.hidden_size}, {cfg.n_layers} layers, {n_params / 1e6:.1f}M parameters)")
@@ -255,8 +261,11 @@ def _read_itos(path: Path) -> list[str]:
     try:
         with open(path, "rb") as f:
             tokens = _PlainUnpickler(f).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
-        raise UlmfitError(f"{path.name}: not a pickled list of tokens ({e}); pass fastai's {ITOS_NAME}") from None
+    except OSError as e:
+        raise UlmfitError(f"{path}: cannot read it ({e.strerror}); check the path") from None
+    except Exception as e:  # a malformed pickle raises many types (OverflowError, MemoryError, RecursionError...)
+        raise UlmfitError(f"{path.name}: not a pickled list of tokens ({type(e).__name__}); "
+                          f"pass fastai's {ITOS_NAME}") from None
     if not isinstance(tokens, (list, tuple)) or not tokens or not all(isinstance(t, str) for t in tokens):
         raise UlmfitError(f"{path.name}: expected a pickled list of str (fastai's {ITOS_NAME}), "
                           f"got {type(tokens).__name__}")
@@ -428,20 +437,20 @@ def download_fastai_wt103(direction: str = "fwd", cache: str | os.PathLike | Non
         return dest
     hint = (f"no internet? download {url} by hand and pass the file: "
             f"ulmfit.recipes.fastai_import.import_fastai('wt103-{direction}.tgz', out)")
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{dest.name}.", suffix=".part")
+    staged = Staged(dest, "wb")  # the one atomic writer: an interrupted download never looks finished
     try:
-        with os.fdopen(fd, "wb") as f:
-            req = urllib.request.Request(url, headers={"User-Agent": "ulmfit"})
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                shutil.copyfileobj(resp, f, 1 << 20)
-        if not tarfile.is_tarfile(tmp):
+        req = urllib.request.Request(url, headers={"User-Agent": "ulmfit"})
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            shutil.copyfileobj(resp, staged.file, 1 << 20)
+        staged.file.flush()
+        if not tarfile.is_tarfile(staged.tmp):
             raise UlmfitError(f"{url}: the download is not a tar archive; {hint}")
-        os.replace(tmp, dest)
+        staged.commit()
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:  # refused, 404, timeout
+        staged.abort()
         reason = e if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", None) or e
         raise UlmfitError(f"could not download {url} ({reason}); {hint}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    except BaseException:
+        staged.abort()
+        raise
     return dest

@@ -8,12 +8,12 @@ the folder marker and resume bookkeeping live here, so every recipe shares them.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from ulmfit.errors import UlmfitError
+from ulmfit.fileio import make_dir
 from ulmfit.recipes import model_dir, registry
 from ulmfit.recipes.config import FitConfig
 from ulmfit.recipes.prepare import load_fit_data
@@ -30,7 +30,14 @@ def fit(train, valid=None, *, out: str | Path, text_col: str = "text", label_col
     from ulmfit.recipes.predictor import Classifier
 
     out = Path(out)
-    cfg = _resolve_config(out, config, resume, overwrite)
+    with model_dir.writing(out, resume=resume, overwrite=overwrite) as work:
+        _fit_into(work, train, valid, text_col, label_col, unlabeled, pretrained, config, resume, log)
+    return Classifier(out)
+
+
+def _fit_into(out: Path, train, valid, text_col, label_col, unlabeled, pretrained, config, resume, log) -> None:
+    """The whole run into `out` (the model folder, or the staging folder of an --overwrite)."""
+    cfg = _resolve_config(out, config, resume)
     if config is None and not resume:
         cfg.data = replace(cfg.data, text_col=text_col, label_col=label_col)
         cfg.pretrained = pretrained if pretrained is not None else cfg.pretrained
@@ -45,14 +52,13 @@ def fit(train, valid=None, *, out: str | Path, text_col: str = "text", label_col
     t0 = time.perf_counter()
     data = load_fit_data(train, valid, cfg.data, cfg.seed, log)
     for d, c in configs.items():
-        _folder(out, dirs, d).mkdir(parents=True, exist_ok=True)
+        make_dir(_folder(out, dirs, d))
         atomic_write_json(_folder(out, dirs, d) / "config.json", c.to_dict())
     metrics = recipe.fit(registry.Run(out, configs, data, resume, log))
     write_reports(out, metrics, data.classes, configs[dirs[0]], time.perf_counter() - t0)
     model_dir.write_marker(out, "classifier", classes=data.classes, recipe=cfg.recipe, metric=_metric(cfg),
                            direction=dirs[0], directions=dirs)
     model_dir.remove_checkpoints(out)
-    return Classifier(out)
 
 
 def _check_recipe(cfg: FitConfig) -> registry.Recipe:
@@ -118,21 +124,18 @@ def _read_lines(path: Path) -> list[str]:
     return [l for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
 
 
-def _resolve_config(out: Path, config: FitConfig | None, resume: bool, overwrite: bool) -> FitConfig:
+def _resolve_config(out: Path, config: FitConfig | None, resume: bool) -> FitConfig:
+    """`out` is where this run writes (model_dir.writing chose it: a fresh or staging folder for
+    --overwrite, the interrupted run's folder for --resume)."""
     saved = out / "config.json"
     if resume:
         if not saved.exists():
             raise UlmfitError(f"{out}: nothing to resume (no config.json); start the run without --resume")
         return FitConfig.load(saved)
-    if (out / "ulmfit.json").exists() and not overwrite:
+    if (out / "ulmfit.json").exists():
         raise UlmfitError(f"{out} already holds a trained model; choose another --out, or pass --overwrite to replace it")
-    if (out / "checkpoints").exists() and not overwrite:
+    if (out / "checkpoints").exists() or (out / "config.json").exists():
         raise UlmfitError(f"{out} holds an interrupted run; pass --resume to continue it, or --overwrite to start again")
-    if overwrite:
-        for name in ("history.jsonl",):
-            (out / name).unlink(missing_ok=True)
-        model_dir.remove_checkpoints(out)
-        shutil.rmtree(out / "bwd", ignore_errors=True)  # the backward model of an earlier `both` run
     return FitConfig.from_dict(config.to_dict()) if config is not None else FitConfig()
 
 

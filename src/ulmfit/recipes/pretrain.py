@@ -62,6 +62,7 @@ class PretrainConfig:
     seed: int = F.spec(0, ge=0)
     # fwd | bwd: a backward LM reads every document from its last token to its first
     direction: str = F.spec("fwd", choices=("fwd", "bwd"))
+    encoding: str = F.spec("utf-8")  # of the corpus shards (`corpus build` writes UTF-8); latin-1 reads any byte
 
     RENAMED: ClassVar[dict] = {"max_tokens": "max_train_tokens"}  # old pretrain_config.json names
 
@@ -69,21 +70,31 @@ class PretrainConfig:
         F.check(self, "pretrain")
 
 
-def read_shards(corpus: Path, chunk: int = 5000) -> Iterator[list[str]]:
-    """Documents of the corpus, at most `chunk` lines at a time, in file-name order (bounded memory)."""
+def read_shards(corpus: Path, chunk: int = 5000, encoding: str = "utf-8") -> Iterator[list[str]]:
+    """Documents of the corpus, at most `chunk` lines at a time, in file-name order (bounded memory).
+    A byte that is not valid in `encoding` is one line naming the shard, the line and the option."""
     shards = sorted((corpus / "shards").glob("*.txt")) if (corpus / "shards").is_dir() else sorted(corpus.glob("*.txt"))
     if not shards:
         raise UlmfitError(f"{corpus}: no text shards (expected {corpus}/shards/*.txt); build one with "
                           f"`ulmfit corpus build general-en --out {corpus}`")
     for path in shards:
-        with open(path, encoding="utf-8") as f:
-            docs = []
-            for line in f:
-                if line.strip():
-                    docs.append(line.strip())
-                if len(docs) == chunk:
-                    yield docs
-                    docs = []
+        try:
+            f = open(path, encoding=encoding)
+        except LookupError:
+            raise UlmfitError(f"unknown encoding {encoding!r}; pass --set encoding=utf-8 (or latin-1)") from None
+        with f:
+            docs, lineno = [], 0
+            try:
+                for lineno, line in enumerate(f, 1):
+                    if line.strip():
+                        docs.append(line.strip())
+                    if len(docs) == chunk:
+                        yield docs
+                        docs = []
+            except UnicodeDecodeError as e:
+                raise UlmfitError(f"{path}: byte 0x{e.object[e.start]:02x} near line {lineno + 1} is not valid "
+                                  f"{encoding}; fix that shard, or pass --set encoding=latin-1 (the shards' real "
+                                  "encoding)") from None
             if docs:
                 yield docs
 
@@ -98,7 +109,7 @@ def numericalize_corpus(corpus: Path, folder: Path, tokenizer: Tokenizer, cfg: P
     step = -1 if cfg.direction == "bwd" else 1
     t0 = time.perf_counter()
     counts, lengths = Counter(), []
-    for docs in read_shards(corpus):
+    for docs in read_shards(corpus, encoding=cfg.encoding):
         for toks in tokenizer.tokenize_many(docs):
             counts.update(toks)
             lengths.append(len(toks))
@@ -112,7 +123,7 @@ def numericalize_corpus(corpus: Path, folder: Path, tokenizer: Tokenizer, cfg: P
     tmp = folder / "train" / ".ids.npy.tmp"
     ids = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int32, shape=(int(train_offsets[-1]),))
     valid, d, t = [], 0, 0
-    for docs in read_shards(corpus):
+    for docs in read_shards(corpus, encoding=cfg.encoding):
         for toks in tokenizer.tokenize_many(docs):
             if is_valid[d]:
                 valid.append(vocab.numericalize(toks)[::step])
@@ -191,8 +202,15 @@ def pretrain(corpus: str | Path, out: str | Path, cfg: PretrainConfig, resume: b
         raise UlmfitError(f"{out} already holds a model; choose another --out, or pass --overwrite")
     if cfg.preset not in PRESETS:
         raise UlmfitError(f"unknown model preset {cfg.preset!r}; choose one of {sorted(PRESETS)}")
-    _check_resumed_direction(out, cfg, resume)
-    out.mkdir(parents=True, exist_ok=True)
+    with model_dir.writing(out, resume=resume, overwrite=overwrite) as work:
+        _check_resumed_direction(work, cfg, resume)
+        _pretrain_into(corpus, work, cfg, resume, log)
+    log(f"pretrained LM saved to {out}")
+    return out
+
+
+def _pretrain_into(corpus: Path, out: Path, cfg: PretrainConfig, resume: bool, log: Log) -> None:
+    """The run into `out` (the model folder, or the staging folder of an --overwrite)."""
     atomic_write_json(out / "pretrain_config.json", asdict(cfg))
     tokenizer = Tokenizer(TokenizerConfig())
     data_dir = out / "data"
@@ -231,5 +249,4 @@ def pretrain(corpus: str | Path, out: str | Path, cfg: PretrainConfig, resume: b
     write_model_card(out, cfg, lm_cfg, stats, result.history)
     model_dir.write_marker(out, "lm", pretrained_on=str(corpus), direction=cfg.direction)
     model_dir.remove_checkpoints(out)
-    log(f"pretrained LM saved to {out}: validation perplexity {last['perplexity']:.1f}")
-    return out
+    log(f"validation perplexity {last['perplexity']:.1f}")

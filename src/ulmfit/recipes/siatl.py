@@ -16,7 +16,7 @@ Randomness is re-seeded from (seed, epoch) at the start of every epoch, and the 
 depend on (seed, epoch) only, so a resumed run repeats an uninterrupted one exactly.
 
 Files written into `out`: siatl.safetensors + siatl_model.json (the model, see `load_siatl_model`),
-history.jsonl (appended), checkpoints/siatl-last.pt and checkpoints/siatl-best.safetensors.
+history.jsonl (appended), checkpoints/siatl-last.safetensors and checkpoints/siatl-best.safetensors.
 """
 from __future__ import annotations
 
@@ -226,22 +226,20 @@ def save_siatl_model(folder: Path, model: SiatlClassifier) -> None:
 
 
 def load_siatl_model(folder: Path) -> SiatlClassifier:
-    """Rebuild the model saved by `train_siatl` from `folder` alone (in eval mode)."""
+    """Rebuild the model saved by `train_siatl` from `folder` alone (in eval mode), checked by the
+    model-folder validator (recipes/model_dir.py) against its vocabulary and classes."""
+    from ulmfit.recipes import model_dir
+
     folder = Path(folder)
     path = folder / CONFIG_FILE
     if not path.exists():
         raise UlmfitError(f"{folder}: no SiATL model ({CONFIG_FILE} missing); pass the --out folder of a siatl run")
-    try:
-        d = json.loads(path.read_text())
-        model = SiatlClassifier(AWDLSTMConfig.from_dict(d["encoder"]), SiatlHeadConfig.from_dict(d["head"]))
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise UlmfitError(f"{path}: corrupt ({type(e).__name__}: {e}); retrain or restore the model folder") from e
-    try:
-        model.load_state_dict(load_weights(folder / MODEL_FILE))
-    except RuntimeError as e:
-        raise UlmfitError(f"{folder / MODEL_FILE} does not match {CONFIG_FILE} ({str(e).splitlines()[0]}); "
-                          "retrain or restore the model folder") from e
-    return model.eval()
+    enc, head = model_dir.read_config(path, AWDLSTMConfig, "encoder"), model_dir.read_config(path, SiatlHeadConfig, "head")
+    vocab, n_classes = model_dir.vocab_and_classes(folder)
+    if vocab is not None:
+        model_dir.check_vocab(folder, vocab, enc.vocab_size, f"{CONFIG_FILE} (encoder)")
+    model_dir.check_classes(folder, n_classes, head.n_classes, f"{CONFIG_FILE} (head)")
+    return model_dir.load_weights_into(SiatlClassifier(enc, head), folder / MODEL_FILE, CONFIG_FILE).eval()
 
 
 def _check_inputs(train: Labelled, valid: Labelled, classes: list[str]) -> None:

@@ -12,6 +12,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ulmfit.fileio import atomic_write_npy
+
 
 @dataclass
 class TokenDocs:
@@ -63,13 +65,8 @@ class TokenDocs:
 
     def save(self, folder: str | os.PathLike) -> None:
         """Write `ids.npy` and `offsets.npy` into `folder` (atomically, each via a temp file)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         for name, arr in (("ids", self.ids), ("offsets", self.offsets)):
-            tmp = folder / f".{name}.npy.tmp"
-            with open(tmp, "wb") as f:
-                np.save(f, arr)
-            os.replace(tmp, folder / f"{name}.npy")
+            atomic_write_npy(Path(folder) / f"{name}.npy", arr)
 
     @classmethod
     def load(cls, folder: str | os.PathLike, mmap: bool = True) -> "TokenDocs":

@@ -11,6 +11,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ulmfit.errors import UlmfitError
+from ulmfit.fileio import atomic_write_json
 from ulmfit.text.token_docs import TokenDocs
 from ulmfit.text.tokenize import SPECIAL_TOKENS, UNK_ID
 
@@ -96,16 +97,8 @@ class Vocab:
         return [itos[i] for i in np.asarray(ids, dtype=np.int64).reshape(-1).tolist()]
 
     def save(self, path: str | os.PathLike) -> None:
-        """JSON, written to a temp file then renamed, so a crash never leaves half a vocab."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"format": FORMAT, "version": VERSION, "itos": self.itos}, f, ensure_ascii=False)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        """JSON, written atomically (ulmfit.fileio), so a crash never leaves half a vocab."""
+        atomic_write_json(path, {"format": FORMAT, "version": VERSION, "itos": self.itos}, indent=None)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Vocab":

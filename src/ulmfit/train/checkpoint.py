@@ -1,110 +1,28 @@
-"""Crash-safe file writes and safetensors weights.
+"""Safetensors weights and resume state, written through the one atomic writer (``ulmfit.fileio``).
 
-Every write goes to a temporary file in the destination's folder, is flushed and fsync'ed, and
-then renamed over the destination with ``os.replace`` (atomic on POSIX and Windows). A crash or
-an exception mid-write therefore leaves either the old file or the new one, never a truncated one.
+Nothing here unpickles: weights are safetensors; resume state (:func:`save_state`) is safetensors
+for the tensors plus a JSON skeleton in the same file's header for everything else, so a crafted
+checkpoint can at worst be refused, never run code. The file writers of ``ulmfit.fileio`` are
+re-exported for the modules that import them from here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from ulmfit.errors import UlmfitError
+from ulmfit.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: F401 (re-export)
 
 ALIAS_KEY = "ulmfit_aliases"  # safetensors metadata: JSON {alias_name: stored_name}
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (best effort; not possible on every OS / file system)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def _atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Yield a temp file next to ``path``; on success fsync it and rename it over ``path``,
-    on any exception delete it and leave ``path`` untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        kwargs = {"encoding": "utf-8", "newline": ""} if "b" not in mode else {}
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with _atomic_file(path, "wb") as f:
-        f.write(data)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically."""
-    with _atomic_file(path, "w") as f:
-        f.write(text)
-
-
-def _json_default(obj: Any) -> Any:
-    """JSON for numpy scalars/arrays, tensors, paths and sets."""
-    if hasattr(obj, "tolist"):  # numpy arrays and scalars, torch tensors
-        return obj.tolist()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    raise TypeError(f"object of type {type(obj).__name__} is not JSON serializable")
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON (indent 2, trailing newline) atomically. The JSON is built
-    before the file is touched, so an unserialisable object leaves the old file intact."""
-    text = json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n"
-    atomic_write_text(path, text)
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` atomically: a pickling error or a crash keeps the old file."""
-    with _atomic_file(path, "wb") as f:
-        torch.save(obj, f)
-
-
-def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    """Append ``record`` as one JSON line to ``path`` and fsync, so a crash loses at most the
-    line being written."""
-    line = json.dumps(record, ensure_ascii=False, default=_json_default) + "\n"
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+STATE_KEY = "ulmfit_state"  # safetensors metadata of a resume-state file: the JSON skeleton
 
 
 def _view_key(t: torch.Tensor) -> tuple:
@@ -193,3 +111,93 @@ def read_weights_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise UlmfitError(f"weights file {path} is corrupt or not a safetensors file ({e})") from e
     meta.pop(ALIAS_KEY, None)
     return meta
+
+
+# --- resume state: nested dicts/lists/tuples of tensors and JSON scalars, no pickle ----------------
+
+def _flatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The JSON skeleton of `obj`; every tensor is moved into `tensors` under a fresh name."""
+    if isinstance(obj, torch.Tensor):
+        name = f"t{len(tensors)}"
+        tensors[name] = obj.detach().to("cpu").contiguous().clone()
+        return {"__tensor__": name}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {"__dict__": {k: _flatten(v, tensors) for k, v in obj.items()}}
+        # torch optimizers key their state by int parameter ids: keep the keys' types
+        return {"__items__": [[_flatten(k, tensors), _flatten(v, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_flatten(v, tensors) for v in obj]}
+    if isinstance(obj, list):
+        return [_flatten(v, tensors) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # numpy scalar
+        return obj.item()
+    raise TypeError(f"save_state: cannot store a {type(obj).__name__} (tensors, dicts, lists, tuples, "
+                    "numbers, strings and None only)")
+
+
+def _unflatten(obj: Any, tensors: dict[str, torch.Tensor], path: Path) -> Any:
+    if isinstance(obj, list):
+        return [_unflatten(v, tensors, path) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if len(obj) != 1:
+        raise UlmfitError(f"{path}: not a ulmfit resume-state file (unexpected entry {sorted(obj)[:3]}); "
+                          "delete its checkpoints/ folder and start the run again")
+    (tag, value), = obj.items()
+    if tag == "__tensor__":
+        if value not in tensors:
+            raise UlmfitError(f"{path}: resume state names a missing tensor {value!r}; delete the checkpoints/ "
+                              "folder and start the run again")
+        return tensors[value]
+    if tag == "__dict__":
+        return {k: _unflatten(v, tensors, path) for k, v in value.items()}
+    if tag == "__items__":
+        return {_unflatten(k, tensors, path): _unflatten(v, tensors, path) for k, v in value}
+    if tag == "__tuple__":
+        return tuple(_unflatten(v, tensors, path) for v in value)
+    raise UlmfitError(f"{path}: not a ulmfit resume-state file (unknown tag {tag!r}); delete its checkpoints/ "
+                      "folder and start the run again")
+
+
+def save_state(obj: Any, path: str | os.PathLike) -> None:
+    """Save resume state (model and optimizer state dicts, RNG state, positions, history...) as one
+    safetensors file: the tensors as tensors, everything else as JSON in the header. Atomic."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = json.dumps(_flatten(obj, tensors))
+    atomic_write_bytes(path, st_save(tensors, metadata={STATE_KEY: skeleton}))
+
+
+def load_state(path: str | os.PathLike) -> Any:
+    """Read what :func:`save_state` wrote. Never unpickles: a file that is not such a safetensors
+    file (a planted pickle, a truncated write) is refused with one line naming it."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        skeleton = json.loads(meta[STATE_KEY])
+    except Exception as e:  # safetensors raises several types for a file that is not one of its own
+        raise UlmfitError(f"{path}: not a ulmfit resume-state file ({type(e).__name__}); it was not loaded; delete "
+                          "the checkpoints/ folder and start the run again without --resume") from None
+    return _unflatten(skeleton, tensors, path)
+
+
+def rewrite_phase_log(path: str | os.PathLike, phase: str, history: list[dict]) -> None:
+    """Make a history.jsonl agree with a resume checkpoint: its `phase` lines become `history` (an
+    epoch logged but not checkpointed before a crash is trained again, so its line must go); other
+    phases' lines are kept; a line torn by a kill mid-append is dropped."""
+    path = Path(path)
+    if not path.exists():
+        return
+    other = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # torn by a kill in the middle of append_jsonl
+        if isinstance(record, dict) and record.get("phase") != phase:
+            other.append(line)
+    atomic_write_text(path, "".join(l + "\n" for l in other + [json.dumps(r) for r in history]))

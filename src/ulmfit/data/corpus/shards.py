@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
+from ulmfit.fileio import Staged, atomic_write_text, make_dir  # noqa: F401 (atomic_write_text: re-export)
+
 SHARD_BYTES = 10_000_000
 SHARD_NAME = re.compile(r"^[a-z0-9-]+-\d{3}\.txt$")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and os.replace."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class ShardWriter:
@@ -27,17 +20,14 @@ class ShardWriter:
 
     def __init__(self, folder: Path, source: str, max_bytes: int = SHARD_BYTES):
         self.folder, self.source, self.max_bytes = Path(folder), source, max_bytes
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._tmp: list[Path] = []
+        make_dir(self.folder)
+        self._staged: list[Staged] = []
         self._fh = None
         self._size = 0
 
     def _open_next(self) -> None:
-        if self._fh:
-            self._fh.close()
-        tmp = self.folder / f".{self.source}-{len(self._tmp):03d}.txt.tmp"
-        self._tmp.append(tmp)
-        self._fh = open(tmp, "w", encoding="utf-8", newline="\n")
+        self._fh = Staged(self.folder / f"{self.source}-{len(self._staged):03d}.txt", "w")
+        self._staged.append(self._fh)
         self._size = 0
 
     def write(self, doc: str) -> None:
@@ -50,26 +40,16 @@ class ShardWriter:
         self._size += n
 
     def commit(self) -> list[Path]:
-        """Close and publish the shards; returns their final paths."""
-        if self._fh:
-            self._fh.close()
-            self._fh = None
-        final = []
-        for tmp in self._tmp:
-            dest = tmp.with_name(tmp.name[1:-len(".tmp")])
-            os.replace(tmp, dest)
-            final.append(dest)
-        self._tmp = []
+        """Flush, fsync and publish the shards; returns their final paths."""
+        final = [s.commit() for s in self._staged]
+        self._staged, self._fh = [], None
         return final
 
     def abort(self) -> None:
         """Close and delete the unpublished shards."""
-        if self._fh:
-            self._fh.close()
-            self._fh = None
-        for tmp in self._tmp:
-            tmp.unlink(missing_ok=True)
-        self._tmp = []
+        for s in self._staged:
+            s.abort()
+        self._staged, self._fh = [], None
 
 
 def clear_shards(folder: Path) -> None:
@@ -78,6 +58,7 @@ def clear_shards(folder: Path) -> None:
     if not folder.is_dir():
         return
     for p in folder.iterdir():
-        name = p.name[1:-4] if p.name.startswith(".") and p.name.endswith(".tmp") else p.name
+        # a stale temporary of fileio.Staged: ".{shard name}.{random}.tmp"
+        name = p.name[1:].split(".txt.")[0] + ".txt" if p.name.startswith(".") and p.name.endswith(".tmp") else p.name
         if p.is_file() and SHARD_NAME.match(name):
             p.unlink()
