@@ -15,9 +15,13 @@ Methods (peers run in their own venvs, benchmarks/setup_peers.sh; JSON files in 
   ulmfit-fwd       `ulmfit fit` (our CLI; forward LM), then `ulmfit evaluate --json`
   ulmfit-both      the same with `--direction both` (forward + backward ensemble)
   siatl            the same with `--recipe siatl`
+  ulmfit-minilm    `ulmfit fit --backbone minilm`: the ULMFiT recipe on all-MiniLM-L6-v2 (masked-word
+                   fine-tuning on the text at hand, then the classifier with gradual unfreezing)
   tfidf            TF-IDF 1-2 grams + logistic regression, C on valid (ulmfit.recipes.baselines)
   minilm-frozen    all-MiniLM-L6-v2 sentence embeddings + logistic regression, C on valid
   minilm-finetune  all-MiniLM-L6-v2 fine-tuned end to end (bounded epochs/steps: see peers/minilm.py)
+  setfit           SetFit 1.2.0 with the all-MiniLM-L6-v2 body (contrastive pairs, then logistic
+                   regression; bounded steps: see peers/setfit_peer.py); venv: setup_peers.sh setfit
   fastai           fastai 2.8.12 ULMFiT (book chapter 10), our model size; starts from our
                    pretrained LM (exported with ulmfit.recipes.fastai_export) when --pretrained is a folder
 Only the ULMFiT methods (ours and fastai's) see the rest of the training split (unlabelled) as
@@ -60,8 +64,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (OUR_CLI, PEER_PY, RESULTS, machine_info, macro_f1_accuracy, package_versions,  # noqa: E402
                     read_json, run_measured, table, tail, write_json)
 
-METHODS = ["ulmfit-fwd", "ulmfit-both", "siatl", "tfidf", "minilm-frozen", "minilm-finetune", "fastai"]
-ULMFIT_METHODS = {"ulmfit-fwd", "ulmfit-both", "siatl"}
+METHODS = ["ulmfit-fwd", "ulmfit-both", "siatl", "ulmfit-minilm", "tfidf", "minilm-frozen", "minilm-finetune", "setfit",
+           "fastai"]
+ULMFIT_METHODS = {"ulmfit-fwd", "ulmfit-both", "siatl", "ulmfit-minilm"}
 PEERS = Path(__file__).resolve().parent / "peers"
 
 # --quick: tiny data and models, to check the whole pipeline in a few minutes (numbers meaningless).
@@ -71,6 +76,8 @@ QUICK_OURS = ["--set", "lm.preset=tiny", "--set", "lm.epochs=1", "--set", "lm.ma
 QUICK_FASTAI = dict(emb_sz=16, n_hid=32, n_layers=2, lm_epochs=1, lm_frozen_epochs=1, clf_epochs=[1, 1, 1, 1],
                     max_vocab=5000)
 QUICK_MINILM_FT = dict(epochs=1, max_steps=20)
+QUICK_TRANSFORMER = ["--set", "transformer.mlm_max_docs=500", "--set", "transformer.epochs=[1,1,1,1]",
+                     "--set", "clf.min_steps_per_epoch=5"]
 
 
 # ------------------------------------------------------------------------------------ data
@@ -156,13 +163,15 @@ def cli_caps() -> dict[str, bool]:
     recipe = re.search(r"--recipe \{([^}]*)\}", h)
     direction = re.search(r"--direction \{([^}]*)\}", h)
     return {"max_labels": "--max-labels" in h, "direction_both": bool(direction and "both" in direction.group(1)),
-            "direction": "--direction" in h, "siatl": bool(recipe and "siatl" in recipe.group(1))}
+            "direction": "--direction" in h, "siatl": bool(recipe and "siatl" in recipe.group(1)),
+            "backbone": "--backbone" in h}
 
 
 def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log) -> dict:
-    need = {"ulmfit-both": "direction_both", "siatl": "siatl"}.get(method)
+    need = {"ulmfit-both": "direction_both", "siatl": "siatl", "ulmfit-minilm": "backbone"}.get(method)
     if need and not caps[need]:
-        return {"status": "unavailable", "reason": f"`ulmfit fit` has no {'--direction both' if need == 'direction_both' else '--recipe siatl'} yet"}
+        flag = {"direction_both": "--direction both", "siatl": "--recipe siatl", "backbone": "--backbone"}[need]
+        return {"status": "unavailable", "reason": f"`ulmfit fit` has no {flag} yet"}
     out = cdir / "model"
     cmd = [str(OUR_CLI), "fit", "--valid", str(splits["valid"]), "--out", str(out), "--seed", str(seed), "--overwrite"]
     if budget != "full" and a.ulmfit_labels == "cli":
@@ -177,11 +186,14 @@ def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log
         cmd += ["--direction", "fwd"]
     if method == "siatl":
         cmd += ["--recipe", "siatl"]
-    pretrained = "none" if a.quick and a.pretrained is None else a.pretrained
-    if pretrained is not None:
-        cmd += ["--pretrained", pretrained]
-    if a.quick:
-        cmd += QUICK_OURS
+    if method == "ulmfit-minilm":  # its own pretrained encoder: --pretrained (an AWD-LSTM LM) does not apply
+        cmd += ["--backbone", "minilm"] + (QUICK_TRANSFORMER if a.quick else [])
+    else:
+        pretrained = "none" if a.quick and a.pretrained is None else a.pretrained
+        if pretrained is not None:
+            cmd += ["--pretrained", pretrained]
+        if a.quick:
+            cmd += QUICK_OURS
     for s in a.ulmfit_set or []:
         cmd += ["--set", s]
     fit = run_measured(cmd, log_path=cdir / "fit.log", timeout=a.cell_timeout)
@@ -225,6 +237,7 @@ def run_peer(method, a, splits, lab, rest, seed, cdir) -> dict:
         "tfidf": ("ours", "tfidf.py", {}),
         "minilm-frozen": ("hf", "minilm.py", {"mode": "frozen"}),
         "minilm-finetune": ("hf", "minilm.py", {"mode": "finetune", **(QUICK_MINILM_FT if a.quick else {})}),
+        "setfit": ("setfit", "setfit_peer.py", {"max_steps": 20} if a.quick else {}),
         "fastai": ("fastai", "fastai_text.py", None),
     }[method]
     if params is None:

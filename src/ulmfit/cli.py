@@ -57,6 +57,11 @@ def _fit_flags(cfg, a):
     cfg.direction = a.direction or cfg.direction
     _check_number("--labels-per-class", a.labels_per_class, low=1)
     _check_number("--max-labels", a.max_labels, low=1)
+    if a.backbone is not None and a.backbone != "awd_lstm":
+        # A transformer backbone runs the "transformer" recipe; --recipe siatl there means its SiATL objective.
+        objective = "siatl" if cfg.recipe == "siatl" else "ulmfit"
+        cfg.recipe = "transformer"
+        cfg.transformer = replace(cfg.transformer, backbone=a.backbone, objective=objective)
     if a.pretrained_bwd is not None:
         if cfg.direction != "both":
             raise UlmfitError(f"--pretrained-bwd is for --direction both; with --direction {cfg.direction} pass the "
@@ -214,6 +219,15 @@ def _check_number(flag: str, value, low=None, low_open: bool = False, hint: str 
         raise UlmfitError(f"{flag} {value}: must be {need}; pass {flag} with such a value" + (f" ({hint})" if hint else ""))
 
 
+def cmd_ensemble(a) -> int:
+    from ulmfit.recipes.ensemble import build_ensemble
+
+    model = build_ensemble(a.models, a.valid, a.out, text_col=a.text_col, label_col=a.label_col, encoding=a.encoding,
+                           grid=a.grid, overwrite=a.overwrite, log=log)
+    log(f"ensemble saved to {model.folder} (report: {model.folder / 'report.md'})")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--recipe", choices=registry.names(),
                    help="training recipe: " + "; ".join(r.summary for r in registry.recipes().values())
                         + f" (default {registry.default_name()})")
+    f.add_argument("--backbone", help="awd_lstm (default: the --pretrained language model), minilm (the "
+                                      "all-MiniLM-L6-v2 encoder; needs the 'transformers' extra) or a local "
+                                      "Hugging Face BERT-type model folder: runs the transformer recipe")
     f.add_argument("--config", help="a config.json to start from (e.g. from another model folder)")
     f.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a config field")
     f.add_argument("--seed", type=int)
@@ -285,6 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--text-col", default="text")
     pr.add_argument("--encoding", default="utf-8")
     pr.set_defaults(func=cmd_predict)
+
+    en = sub.add_parser("ensemble", help="average finished classifiers' probabilities, weights chosen on --valid")
+    en.add_argument("models", nargs="+", help="two or more model folders (any backbone or recipe)")
+    en.add_argument("--valid", required=True, help="labelled validation data to choose the weights on")
+    en.add_argument("--out", required=True, help="ensemble folder to create (members are copied into it)")
+    en.add_argument("--grid", type=int, default=10, help="weights are multiples of 1/GRID (default 10)")
+    en.add_argument("--overwrite", action="store_true")
+    en.add_argument("--text-col", default="text")
+    en.add_argument("--label-col", default="label")
+    en.add_argument("--encoding", default="utf-8")
+    en.set_defaults(func=cmd_ensemble)
 
     g = sub.add_parser("generate", help="continue a prompt with the language model")
     g.add_argument("model", nargs="?", help="a model or language-model folder, or a shipped LM name")

@@ -96,7 +96,7 @@ class BackboneSpec:
 
 _BACKBONES: dict[str, BackboneSpec] = {}
 # The modules whose import registers the shipped backbones.
-BUILTIN_MODULES = ("ulmfit.models.awd_lstm_backbone",)
+BUILTIN_MODULES = ("ulmfit.models.awd_lstm_backbone", "ulmfit.models.transformer")
 _loaded = False
 
 

@@ -104,11 +104,12 @@ def concat_pool(out: Tensor, mask: Tensor) -> Tensor:
 class PoolingHead(nn.Module):
     """Concat pooling, then one block per layer: BatchNorm1d -> Dropout -> Linear, with ReLU
     between blocks and nothing after the last (fastai's PoolingLinearClassifier, Howard & Ruder
-    2018 §3.3)."""
+    2018 §3.3). `n_pooled`: pooled vectors per document (3 for concat pooling; 1 for a mean-pooled
+    transformer, models/transformer.py)."""
 
-    def __init__(self, in_features: int, cfg: ClassifierConfig):
+    def __init__(self, in_features: int, cfg: ClassifierConfig, n_pooled: int = 3):
         super().__init__()
-        sizes = [3 * in_features, *cfg.lin_sizes, cfg.n_classes]
+        sizes = [n_pooled * in_features, *cfg.lin_sizes, cfg.n_classes]
         layers: list[nn.Module] = []
         for i, p in enumerate(cfg.ps):
             layers += [nn.BatchNorm1d(sizes[i]), nn.Dropout(p), nn.Linear(sizes[i], sizes[i + 1])]

@@ -100,6 +100,8 @@ def write_reports(out: Path, metrics: dict, classes: list[str], cfg: FitConfig, 
             curves.append(f"{png} ({title})")
     atomic_write_json(out / "valid_metrics.json", metrics)
     pretrained = "; ".join(f"{d} {model_dir.resolve_pretrained(cfg.pretrained_for(d), d) or 'none'}" for d in dirs)
+    if hasattr(cfg.recipe_section, "backbone"):  # a recipe on its own pretrained encoder (the transformer's)
+        pretrained = f"transformer backbone {cfg.recipe_section.backbone}"
     what = {"fwd": "forward", "bwd": "backward (documents read reversed)"}
     model = " + ".join(what[d] for d in dirs) + (", class probabilities averaged" if len(dirs) > 1 else "")
     text = (f"# ulmfit model report\n\nRecipe: {cfg.recipe}; model: {model}; pretrained: {pretrained}; "

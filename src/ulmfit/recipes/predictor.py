@@ -33,9 +33,13 @@ class Member:
 
     @classmethod
     def load(cls, folder: Path, direction: str = "fwd", recipe: str | None = None) -> "Member":
-        """The model of `folder`, loaded by its recipe's registered `load_model` (default: the default recipe)."""
+        """The model of `folder`, loaded by its recipe's registered `load_model` (default: the default
+        recipe); a recipe with its own text pipeline (the transformer's) gives its own member."""
+        r = registry.get(recipe or registry.default_name())
+        if r.load_member is not None:
+            return r.load_member(folder, direction)
         tokenizer, vocab = model_dir.load_text_pipeline(folder)
-        model = registry.get(recipe or registry.default_name()).load_model(folder)
+        model = r.load_model(folder)
         return cls(direction, tokenizer, vocab, model.eval())
 
     def predict_proba(self, tokens: list[list[str]], n_classes: int, bs: int = 128) -> np.ndarray:
@@ -65,13 +69,17 @@ def proba_by_direction(members: list[Member], texts: Sequence[str], n_classes: i
     return out
 
 
-def average(probs: dict[str, np.ndarray]) -> np.ndarray:
-    return np.mean(np.stack(list(probs.values())), axis=0).astype(np.float32)
+def average(probs: dict[str, np.ndarray], weights: dict[str, float] | None = None) -> np.ndarray:
+    """The mean of the models' probabilities; with `weights` (summing to 1) their weighted sum."""
+    if weights is None:
+        return np.mean(np.stack(list(probs.values())), axis=0).astype(np.float32)
+    return sum(weights[k] * p.astype(np.float64) for k, p in probs.items()).astype(np.float32)
 
 
-def metrics_by_direction(probs: dict[str, np.ndarray], y_true: np.ndarray, classes: list[str]) -> dict:
+def metrics_by_direction(probs: dict[str, np.ndarray], y_true: np.ndarray, classes: list[str],
+                         weights: dict[str, float] | None = None) -> dict:
     """The ensemble's metrics, plus each direction's under "by_direction" when there are several."""
-    metrics = classification_metrics(y_true, average(probs).argmax(1), classes)
+    metrics = classification_metrics(y_true, average(probs, weights).argmax(1), classes)
     if len(probs) > 1:
         metrics["by_direction"] = {d: classification_metrics(y_true, p.argmax(1), classes) for d, p in probs.items()}
     return metrics
@@ -83,10 +91,19 @@ class Classifier:
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self.meta = model_dir.read_marker(self.folder)
-        if self.meta.get("kind") != "classifier":
+        if self.meta.get("kind") not in ("classifier", "ensemble"):
             raise UlmfitError(f"{self.folder}: holds a {self.meta.get('kind')} model, not a classifier; "
                               f"use `ulmfit generate` with it, or train a classifier with `ulmfit fit`")
         self.classes: list[str] = list(self.meta["classes"])
+        self.weights: dict[str, float] | None = None
+        if self.meta["kind"] == "ensemble":  # recipes/ensemble.py: member folders copied inside
+            self.parts = {e["path"]: Classifier(self.folder / e["path"]) for e in self.meta["members"]}
+            self.weights = {e["path"]: float(e["weight"]) for e in self.meta["members"]}
+            self.directions = list(self.parts)
+            self.members = [m for part in self.parts.values() for m in part.members]
+            first = next(iter(self.parts.values()))
+            self.tokenizer, self.vocab, self.model = first.tokenizer, first.vocab, first.model
+            return
         self.directions: list[str] = list(self.meta.get("directions") or [self.meta.get("direction", "fwd")])
         recipe = self.meta.get("recipe") or registry.default_name()  # folders from before recipes were recorded
         self.members = [Member.load(model_dir.direction_folder(self.folder, self.directions[0], d), d, recipe)
@@ -97,12 +114,15 @@ class Classifier:
     def predict_proba_by_direction(self, texts: Sequence[str], bs: int = 128) -> dict[str, np.ndarray]:
         """{direction: probabilities} of every model in the folder (one entry unless trained with both)."""
         texts = ["" if t is None else str(t) for t in texts]
+        if self.weights is not None:  # an ensemble: each member folder's probabilities, columns in our order
+            return {k: part.predict_proba(texts, bs)[:, [part.classes.index(c) for c in self.classes]]
+                    for k, part in self.parts.items()}
         return proba_by_direction(self.members, texts, len(self.classes), bs)
 
     def predict_proba(self, texts: Sequence[str], bs: int = 128) -> np.ndarray:
         """Class probabilities, shape [len(texts), n_classes], columns in `self.classes` order;
         the average over the directions when the folder holds a forward and a backward model."""
-        return average(self.predict_proba_by_direction(texts, bs))
+        return average(self.predict_proba_by_direction(texts, bs), self.weights)
 
     def predict(self, texts: Sequence[str]) -> list[str]:
         return [self.classes[i] for i in self.predict_proba(texts).argmax(1)]
@@ -116,7 +136,7 @@ class Classifier:
                               f"{self.classes}); map them to known classes or drop those rows")
         index = {c: i for i, c in enumerate(self.classes)}
         y_true = np.array([index[l] for l in labels], dtype=np.int64)
-        return metrics_by_direction(self.predict_proba_by_direction(texts), y_true, self.classes)
+        return metrics_by_direction(self.predict_proba_by_direction(texts), y_true, self.classes, self.weights)
 
 
 def load(folder: str | Path) -> Classifier:

@@ -32,7 +32,7 @@ from typing import Any, Callable
 from ulmfit.errors import UlmfitError
 
 # The modules whose import registers the shipped recipes (each registers itself, torch-free).
-BUILTIN_MODULES = ("ulmfit.recipes.ulmfit_config", "ulmfit.recipes.siatl_config")
+BUILTIN_MODULES = ("ulmfit.recipes.ulmfit_config", "ulmfit.recipes.siatl_config", "ulmfit.recipes.transformer_config")
 
 
 @dataclass
@@ -60,6 +60,9 @@ class Recipe:
     check: Callable[[Any], None] | None = None  # rules between fields of the resolved section, before a run
     directions: tuple[str, ...] = ("fwd", "bwd", "both")  # the --direction values it supports
     default: bool = False  # the recipe of a config that names none
+    # load_member(folder, direction) -> a predictor member (predictor.Member's face) for a recipe whose
+    # folder has its own text pipeline (a transformer's WordPiece tokenizer); None: tokenizer.json + vocab.json
+    load_member: Callable[[Path, str], Any] | None = None
     summary: str = ""
 
 

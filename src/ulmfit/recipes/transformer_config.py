@@ -1,0 +1,70 @@
+"""The ULMFiT recipe on a transformer backbone: its registration and its section (`transformer` in
+config.json). `ulmfit fit --backbone minilm` (or a Hugging Face folder) selects it; the recipe itself
+is recipes/transformer.py (torch, transformers); this module stays torch-free.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ulmfit.recipes import fields as F
+from ulmfit.recipes.registry import Recipe, lazy, register
+
+OBJECTIVES = ("ulmfit", "siatl")
+
+
+@dataclass
+class TransformerTrainConfig:
+    # minilm (the all-MiniLM-L6-v2 package) or a local Hugging Face BERT-type model folder.
+    backbone: str = "minilm"
+    # ulmfit: masked-word fine-tuning on the text at hand, then the classifier (two phases);
+    # siatl: no separate LM phase, the classifier trains with SiATL's auxiliary masked-word loss.
+    objective: str = F.spec("ulmfit", choices=OBJECTIVES)
+    # How documents are read (models/transformer.py, TransformerConfig).
+    window: int = F.spec(128, ge=3)  # word pieces per encoder call incl. [CLS]/[SEP]; ~97% of tweets fit in one
+    overlap: int = F.spec(32, ge=0)  # pieces shared by consecutive windows of a longer document
+    blocks_per_group: int = F.spec(2, ge=1)  # MiniLM's 6 blocks -> 3 groups; + embeddings + head = 5 layer groups
+    pooling: str = F.spec("concat", choices=("concat", "mean"))  # concat: [last, max, mean] (ULMFiT §3.3); mean: MiniLM's own
+    # Target-task masked-word fine-tuning (ULMFiT §3.2 on an encoder). 0 epochs skips it.
+    mlm_epochs: int = F.spec(1, ge=0)
+    mlm_lr: float = F.learning_rate(1e-4)  # top group (MLM head); BERT pretraining used 1e-4
+    mlm_bs: int = F.batch_size(32)
+    mlm_prob: float = F.spec(0.15, gt=0, lt=1)  # BERT §3.1
+    mlm_max_docs: int | None = F.spec(5_000, ge=2)  # at most this many documents of LM text, a seeded sample (CPU time)
+    # Classifier with gradual unfreezing: one rate and epoch count per stage (head, -2, -3, all).
+    # The head is new, so its stage runs at 1e-3; once the pretrained blocks train, the top rate drops
+    # to the usual BERT fine-tuning range (5e-5..2e-4); lower groups get lr / lr_factor per group.
+    lrs: tuple[float, ...] = F.spec((1e-3, 2e-4, 1e-4, 1e-4), gt=0)
+    epochs: tuple[int, ...] = F.spec((1, 1, 1, 2), ge=0)
+    lr_factor: float = F.spec(1.5, gt=0)  # ULMFiT's 2.6 over 5 groups leaves the embeddings at lr/46; 1.5 gives lr/5
+    bs: int = F.batch_size(16)  # CPU: 16 tweets x 128 pieces is a quick step, and few labels need many steps
+    clip: float | None = F.spec(1.0, gt=0)  # BERT fine-tuning's gradient-norm clip
+    drop_mult: float = F.drop_mult(0.5)  # the head's dropouts, as the AWD-LSTM classifier's (0.4 * 0.5 on the pooled features)
+    lin_sizes: tuple[int, ...] = F.spec((50,), ge=1)
+    schedule: str = F.schedule()
+    wd: float = F.weight_decay(0.01)
+    metric: str = F.metric()
+    patience: int | None = F.patience(2)
+    class_weights: str = F.spec("none", choices=("none", "balanced"))
+    min_steps_per_epoch: int = F.min_steps_per_epoch(50)
+    # objective "siatl": gamma, the weight of the masked-word loss, decays per epoch (SiATL's 0.2 -> 0.1).
+    gamma_start: float = F.spec(0.2, ge=0)
+    gamma_end: float = F.spec(0.1, ge=0)
+    gamma_epochs: int = F.spec(15, ge=1)
+
+    def __post_init__(self) -> None:
+        F.check(self, "transformer")
+        if len(self.lrs) != len(self.epochs) or not self.lrs:
+            F.fail("transformer", "lrs", self.lrs, f"give one rate per stage of transformer.epochs {self.epochs}")
+        if self.overlap >= self.window - 2:
+            F.fail("transformer", "overlap", self.overlap, f"must be below window - 2 = {self.window - 2}")
+        if (self.gamma_start > 0) != (self.gamma_end > 0):
+            F.fail("transformer", "gamma_end", self.gamma_end, "needs gamma_start and gamma_end both > 0, or both 0")
+
+
+RECIPE = register(Recipe(
+    name="transformer", section="transformer", config=TransformerTrainConfig, directions=("fwd",),
+    fit=lazy("ulmfit.recipes.transformer", "fit_recipe"),
+    load_model=lazy("ulmfit.recipes.transformer", "load_model"),
+    load_member=lazy("ulmfit.recipes.transformer", "load_member"),
+    check=lazy("ulmfit.recipes.transformer", "check_section"),
+    summary="ULMFiT on a pretrained transformer (--backbone minilm): masked-word fine-tuning, then the classifier"))
