@@ -112,3 +112,18 @@ def test_ensemble_errors(two_models, tiny_data, tmp_path, capsys):
     (tmp_path / "busy" / "f").write_text("x")
     code = main(["ensemble", *map(str, two_models), "--valid", str(tiny_data["valid"]), "--out", str(tmp_path / "busy")])
     assert code == 2 and "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ensemble_marker_is_validated_and_overwrite_swaps(two_models, tiny_data, tmp_path):
+    out = tmp_path / "ens"
+    build_ensemble(two_models, tiny_data["valid"], out)
+    before = load(out).predict_proba(["great"])
+    build_ensemble(list(reversed(two_models)), tiny_data["valid"], out, overwrite=True)  # replaced whole
+    np.testing.assert_allclose(load(out).predict_proba(["great"]), before, atol=1e-6)
+    assert not any(p.name.startswith(".ens") for p in tmp_path.iterdir())  # no staging or lock left behind
+    marker = json.loads((out / "ulmfit.json").read_text())
+    marker["members"][0]["path"] = "../elsewhere"
+    (out / "ulmfit.json").write_text(json.dumps(marker))
+    with pytest.raises(UlmfitError, match="inside the ensemble"):
+        load(out)

@@ -29,6 +29,7 @@ import numpy as np
 
 from ulmfit.data.readers import read_table
 from ulmfit.errors import UlmfitError
+from ulmfit.fileio import staging_path, swap_in, write_lock
 from ulmfit.recipes import model_dir
 from ulmfit.train.checkpoint import atomic_write_json, atomic_write_text
 from ulmfit.train.metrics import classification_metrics, format_report
@@ -93,7 +94,7 @@ def build_ensemble(members: Sequence[str | Path], valid: str | Path, out: str | 
     for m in members:
         if Path(m).resolve() == out.resolve() or out.resolve() in Path(m).resolve().parents:
             raise UlmfitError(f"ensemble: --out {out} is (or holds) the member {m}; choose another --out")
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise UlmfitError(f"{out} already exists and is not empty; choose another --out, or pass --overwrite")
     models = [Classifier(m) for m in members]
     classes = models[0].classes
@@ -115,8 +116,15 @@ def build_ensemble(members: Sequence[str | Path], valid: str | Path, out: str | 
     log(f"weights {', '.join(f'{w:.2f}' for w in weights)} (best of {score['points']} grid points by validation "
         f"macro-F1 {score['macro_f1']:.4f}, log-loss {score['log_loss']:.4f})")
 
-    if overwrite and out.exists():
-        shutil.rmtree(out)
+    with write_lock(out):  # built beside `out`, swapped in whole: an old ensemble stays intact until then
+        stage = staging_path(out)
+        shutil.rmtree(stage, ignore_errors=True)
+        _write(stage, members, weights, probs, y, classes, table.source, grid, valid)
+        swap_in(stage, out)
+    return Classifier(out)
+
+
+def _write(out: Path, members, weights, probs, y, classes, source: str, grid: int, valid) -> None:
     (out / MEMBERS_DIR).mkdir(parents=True, exist_ok=True)
     entries = []
     for i, (m, w) in enumerate(zip(members, weights)):
@@ -133,9 +141,8 @@ def build_ensemble(members: Sequence[str | Path], valid: str | Path, out: str | 
                      for e in entries)
     atomic_write_text(out / "report.md", (
         f"# ulmfit ensemble report\n\nWeighted average of {len(entries)} classifiers' probabilities; weights chosen "
-        f"on {table.source} ({len(y)} texts) by macro-F1 (ties: log-loss), step 1/{grid_for(len(entries), grid)}.\n\n"
+        f"on {source} ({len(y)} texts) by macro-F1 (ties: log-loss), step 1/{grid_for(len(entries), grid)}.\n\n"
         f"| member | weight | validation macro-F1 |\n|---|---|---|\n{rows}\n| ensemble | | {metrics['macro_f1']:.4f} |\n\n"
         f"```\n{format_report(metrics, classes)}\n```\n"))
     model_dir.write_marker(out, "ensemble", classes=classes, members=entries,
                            metric="macro_f1", valid=str(Path(valid).resolve()))
-    return Classifier(out)

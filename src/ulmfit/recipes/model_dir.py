@@ -113,11 +113,13 @@ def read_marker(folder: str | Path) -> dict:
     if meta.get("version") != VERSION:
         raise UlmfitError(f"{folder}: model folder format version {meta.get('version')} but this ulmfit reads version "
                           f"{VERSION}; retrain with this version or install the ulmfit that wrote it ({meta.get('ulmfit_version')})")
-    if meta.get("kind") not in ("lm", "classifier"):
-        raise UlmfitError(f"{marker}: field 'kind' is {meta.get('kind')!r}, not 'lm' or 'classifier'; "
+    if meta.get("kind") not in ("lm", "classifier", "ensemble"):
+        raise UlmfitError(f"{marker}: field 'kind' is {meta.get('kind')!r}, not 'lm', 'classifier' or 'ensemble'; "
                           "restore the folder from a copy or retrain")
+    if meta["kind"] == "ensemble":
+        _check_members(marker, meta.get("members"))
     classes = meta.get("classes")
-    if meta["kind"] == "classifier" and not (isinstance(classes, list) and len(classes) >= 2
+    if meta["kind"] in ("classifier", "ensemble") and not (isinstance(classes, list) and len(classes) >= 2
                                              and all(isinstance(c, str) and c for c in classes)
                                              and len(set(classes)) == len(classes)):
         raise UlmfitError(f"{marker}: field 'classes' must list two or more distinct class names, not "
@@ -195,6 +197,17 @@ def load_text_pipeline(folder: Path) -> tuple[Tokenizer, Vocab]:
 def save_lm(folder: Path, lm: LanguageModel, cfg: AWDLSTMConfig) -> None:
     atomic_write_json(folder / "lm_config.json", cfg.to_dict())
     save_weights(lm.state_dict(), folder / "lm.safetensors")
+
+
+def _check_members(marker: Path, members) -> None:
+    """An ensemble's members (recipes/ensemble.py): folders inside it, by relative path, with weights >= 0."""
+    ok = isinstance(members, list) and len(members) >= 2 and all(
+        isinstance(m, dict) and isinstance(m.get("path"), str) and m["path"] and not Path(m["path"]).is_absolute()
+        and ".." not in Path(m["path"]).parts and isinstance(m.get("weight"), (int, float)) and m["weight"] >= 0
+        for m in members)
+    if not ok:
+        raise UlmfitError(f"{marker}: field 'members' must list two or more member folders inside the ensemble "
+                          f"(relative paths) with weights >= 0, not {str(members)[:80]}; rebuild it with `ulmfit ensemble`")
 
 
 def load_lm(folder: str | Path) -> tuple[LanguageModel, Tokenizer, Vocab]:

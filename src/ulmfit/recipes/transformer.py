@@ -47,7 +47,8 @@ from ulmfit.recipes.registry import Run
 from ulmfit.recipes.toolbox import Log, seed_all
 from ulmfit.recipes.transformer_config import TransformerTrainConfig
 from ulmfit.recipes.ulmfit import gradual_unfreezing
-from ulmfit.train.checkpoint import atomic_write_json, load_weights, save_weights
+from ulmfit.recipes.model_dir import load_weights_into
+from ulmfit.train.checkpoint import atomic_write_json, save_weights
 from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, run_phase
 from ulmfit.train.metrics import classification_metrics
 from ulmfit.train.mlm_task import MaskedLMTask
@@ -201,12 +202,7 @@ def load_transformer_classifier(folder: Path) -> tuple[TransformerClassifier, Wo
     text = spec.pipeline_from_json(d["backbone"]["pipeline"])
     model = TransformerClassifier(backbone, ClassifierConfig.from_dict(d["head"]), pooling=d.get("pooling", "concat"),
                                   train_mlm_head=d.get("train_mlm_head", False))
-    try:
-        model.load_state_dict(load_weights(Path(folder) / "classifier.safetensors"))
-    except (RuntimeError, OSError) as e:
-        raise UlmfitError(f"{folder}: classifier.safetensors does not match classifier_config.json ({str(e)[:200]}); "
-                          f"retrain or restore the folder") from None
-    return model.eval(), text
+    return load_weights_into(model, Path(folder) / "classifier.safetensors", "classifier_config.json").eval(), text
 
 
 def load_model(folder: Path) -> TransformerClassifier:
