@@ -1,6 +1,6 @@
 """Hostile input: every case runs the CLI in-process and must exit 2 with exactly one `error:` line
 that names the thing (file, field, option, row) and says the fix, print no traceback, run no
-planted code, and leave every file that existed before byte-identical.
+planted code, leave every file that existed before byte-identical and leave no new file or folder.
 
 Classes (issue 15): unwritable output, planted pickles, hand-edited or mismatched model folders,
 odd input files, option values, resume edge cases, two writers. The session summary prints
@@ -349,6 +349,12 @@ def second_writer_overwrite(env, t, mp):
     return ["fit", "--train", env / "train.csv", "--out", m, "--overwrite"], ["being written"]
 
 
+def overwrite_with_bad_data(env, t, mp):
+    """The old model stays as it was and no staging folder is left behind."""
+    (t / "bad.csv").write_text("text,label\na,pos,extra\n")
+    return ["fit", "--train", t / "bad.csv", "--out", model_copy(env, t), "--overwrite"], ["bad.csv", "line 2"]
+
+
 def refit_without_overwrite(env, t, mp):
     return ["fit", "--train", env / "train.csv", "--out", model_copy(env, t)], ["already holds", "--overwrite"]
 
@@ -373,7 +379,7 @@ CASES = [out_under_a_file, out_is_a_file, out_dangling_symlink, predict_out_is_a
          byte_ff_in_pretraining_shard, bad_csv_quoting, unknown_encoding,
          words_zero, samples_zero, labels_per_class_zero, lr_find_iters_zero,
          resume_finished_model, resume_nothing_written, resume_missing_folder, resume_before_config,
-         second_writer, second_writer_overwrite, refit_without_overwrite, import_fastai_into_interrupted_run]
+         second_writer, second_writer_overwrite, overwrite_with_bad_data, refit_without_overwrite, import_fastai_into_interrupted_run]
 
 
 # --- classes beyond the issue's list ---------------------------------------------------------------
@@ -420,6 +426,7 @@ CASES += [weights_file_as_resume_state, resume_state_of_another_model, model_fol
 def check(argv, names, tmp_path, env, capsys):
     HOSTILE["total"] += 1
     before = {**snapshot(tmp_path), **snapshot(env)}
+    dirs_before = sorted(p for p in tmp_path.rglob("*") if p.is_dir())
     code = main([str(a) for a in argv])
     _, err = capsys.readouterr()
     errors = [line for line in err.splitlines() if line.startswith("error:")]
@@ -432,6 +439,8 @@ def check(argv, names, tmp_path, env, capsys):
     assert not (tmp_path / "pwned").exists(), "planted code ran"
     after = {**snapshot(tmp_path), **snapshot(env)}
     assert [p for p in before if before[p] != after.get(p)] == [], "a file that existed before was changed"
+    assert sorted(set(after) - set(before)) == [], "a refused command left files behind"
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_dir()) == dirs_before, "a refused command left folders behind"
     HOSTILE["clean"] += 1
 
 

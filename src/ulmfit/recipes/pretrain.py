@@ -24,6 +24,7 @@ import torch
 
 from ulmfit.data.lm_loader import LMLoader
 from ulmfit.errors import UlmfitError
+from ulmfit.fileio import atomic_write_npy, make_dir
 from ulmfit.models.awd_lstm import PRESETS, AWDLSTMConfig, LanguageModel
 from ulmfit.recipes import fields as F
 from ulmfit.recipes import model_dir
@@ -119,8 +120,8 @@ def numericalize_corpus(corpus: Path, folder: Path, tokenizer: Tokenizer, cfg: P
     log(f"pass 1: {len(lengths):,} documents, {lengths.sum():,} tokens, vocab {len(vocab):,} "
         f"({time.perf_counter() - t0:.0f}s)")
     train_offsets = np.r_[0, np.cumsum(lengths[~is_valid])].astype(np.int64)
-    (folder / "train").mkdir(parents=True, exist_ok=True)
-    tmp = folder / "train" / ".ids.npy.tmp"
+    make_dir(folder / "train")
+    tmp = folder / "train" / ".ids.npy.tmp"  # a memory map too large for memory: written here, renamed when whole
     ids = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int32, shape=(int(train_offsets[-1]),))
     valid, d, t = [], 0, 0
     for docs in read_shards(corpus, encoding=cfg.encoding):
@@ -133,7 +134,7 @@ def numericalize_corpus(corpus: Path, folder: Path, tokenizer: Tokenizer, cfg: P
             d += 1
     ids.flush()
     del ids
-    np.save(folder / "train" / "offsets.npy", train_offsets)
+    atomic_write_npy(folder / "train" / "offsets.npy", train_offsets)
     tmp.replace(folder / "train" / "ids.npy")
     valid_docs = TokenDocs.from_arrays(valid)
     valid_docs.save(folder / "valid")
@@ -211,15 +212,15 @@ def pretrain(corpus: str | Path, out: str | Path, cfg: PretrainConfig, resume: b
 
 def _pretrain_into(corpus: Path, out: Path, cfg: PretrainConfig, resume: bool, log: Log) -> None:
     """The run into `out` (the model folder, or the staging folder of an --overwrite)."""
-    atomic_write_json(out / "pretrain_config.json", asdict(cfg))
     tokenizer = Tokenizer(TokenizerConfig())
     data_dir = out / "data"
     if resume and (data_dir / "train" / "ids.npy").exists() and (out / "vocab.json").exists():
         vocab = Vocab.load(out / "vocab.json")
         all_train, valid_docs = TokenDocs.load(data_dir / "train"), TokenDocs.load(data_dir / "valid", mmap=False)
-    else:
+    else:  # pass 1 reads every shard before anything is written: a bad shard leaves no folder behind
         vocab, all_train, valid_docs = numericalize_corpus(corpus, data_dir, tokenizer, cfg, log)
         model_dir.save_text_pipeline(out, tokenizer.config, vocab)
+    atomic_write_json(out / "pretrain_config.json", asdict(cfg))
     train_docs = subsample_tokens(all_train, cfg.max_train_tokens, cfg.seed)
     torch.manual_seed(cfg.seed)
     lm_cfg = AWDLSTMConfig(vocab_size=len(vocab), drop_mult=cfg.drop_mult, **PRESETS[cfg.preset])
