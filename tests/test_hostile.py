@@ -419,7 +419,25 @@ def unknown_kind(env, t, mp):
     return ["predict", m], ["ulmfit.json", "kind"]
 
 
-CASES += [weights_file_as_resume_state, resume_state_of_another_model, model_folder_is_a_file, lm_folder_for_predict,
+def marker_version_is_a_string(env, t, mp):
+    m = model_copy(env, t)
+    edit_json(m / "ulmfit.json", lambda d: {**d, "version": "1"})
+    return ["predict", m], ["format version '1'"]
+
+
+def marker_not_utf8(env, t, mp):
+    m = model_copy(env, t)
+    (m / "ulmfit.json").write_bytes(b"\xff\xfe\x00")
+    return ["predict", m], ["ulmfit.json", "corrupt"]
+
+
+def lm_config_wrong_type(env, t, mp):
+    m = model_copy(env, t)
+    edit_json(m / "lm_config.json", lambda d: {**d, "emb_size": "abc"})
+    return ["generate", m, "--words", "2"], ["lm_config.json", "AWDLSTMConfig"]
+
+
+CASES += [marker_version_is_a_string, marker_not_utf8, lm_config_wrong_type, weights_file_as_resume_state, resume_state_of_another_model, model_folder_is_a_file, lm_folder_for_predict,
           unknown_kind]
 
 

@@ -111,7 +111,7 @@ def read_marker(folder: str | Path) -> dict:
     if meta.get("format") != FORMAT:
         raise UlmfitError(f"{marker}: not a ulmfit model marker (format={meta.get('format')!r})")
     if meta.get("version") != VERSION:
-        raise UlmfitError(f"{folder}: model folder format version {meta.get('version')} but this ulmfit reads version "
+        raise UlmfitError(f"{folder}: model folder format version {meta.get('version')!r} but this ulmfit reads version "
                           f"{VERSION}; retrain with this version or install the ulmfit that wrote it ({meta.get('ulmfit_version')})")
     if meta.get("kind") not in ("lm", "classifier", "ensemble"):
         raise UlmfitError(f"{marker}: field 'kind' is {meta.get('kind')!r}, not 'lm', 'classifier' or 'ensemble'; "
