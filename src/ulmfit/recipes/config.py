@@ -110,8 +110,8 @@ class FitConfig:
     # `pretrained` is the backward LM). "auto": the shipped general-en-bwd when installed, else scratch.
     pretrained_bwd: str | None = "auto"
     optimizer: str = F.spec("adamw", choices=F.OPTIMIZERS)
-    precision: str = F.spec("fp32", choices=F.PRECISIONS)
-    seed: int = F.spec(0, ge=0)
+    precision: str = F.precision()
+    seed: int = F.seed()
     sections: dict = field(default_factory=dict)  # {section name: its config} of every registered recipe
 
     def __init__(self, **kw: Any) -> None:

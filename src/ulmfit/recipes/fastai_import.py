@@ -50,7 +50,7 @@ from pathlib import Path
 
 import torch
 
-from ulmfit.data.fetch import cache_dir
+from ulmfit.data.fetch_lib import cache_dir
 from ulmfit.errors import UlmfitError
 from ulmfit.fileio import Staged
 from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel

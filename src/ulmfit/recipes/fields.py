@@ -1,6 +1,7 @@
 """Configuration fields defined once: type, range, allowed values and meaning, checked at the door.
 
-Every config dataclass (recipes/config.py, ulmfit_config.py, siatl_config.py, pretrain.py) declares
+Every config dataclass (recipes/config.py, ulmfit_config.py, siatl_config.py, transformer_config.py,
+pretrain_config.py) declares
 its fields with `spec(default, ...)` or with one of the shared fields below, and calls
 `check(self, section)` in `__post_init__` (setfit's `TrainingArguments` shape). So a value is
 checked for its type (from the annotation), range and choices whenever a config is built: CLI
@@ -26,6 +27,7 @@ from ulmfit.train.schedules import SCHEDULE_KINDS
 METRICS = ("macro_f1", "accuracy", "weighted_f1", "valid_loss")  # model selection (train/metrics.py computes them)
 OPTIMIZERS = ("adamw", "adam", "sgd")  # train/optim.py make_optimizer
 PRECISIONS = ("fp32", "bf16")  # train/loop.py autocast
+CLASS_WEIGHTS = ("none", "balanced")  # train/tasks.py balanced_class_weights
 AUTO = "auto"  # a value the configuration resolves per run (recipes/config.py FitConfig.resolved)
 
 
@@ -98,6 +100,56 @@ def bptt(default: int):
     return spec(default, ge=1)
 
 
+def precision(default: str = "fp32"):
+    """fp32, or bf16 autocast (train/loop.py)."""
+    return spec(default, choices=PRECISIONS)
+
+
+def seed(default: int = 0):
+    return spec(default, ge=0)
+
+
+# ---------------------------------------------------------------- classifier sections (clf, transformer, siatl)
+def stage_lrs(default: tuple[float, ...] | None):
+    """Gradual unfreezing (ULMFiT §3.3): the top group's learning rate of each stage."""
+    return spec(default, gt=0)
+
+
+def stage_epochs(default: tuple[int, ...]):
+    """Gradual unfreezing: the epochs of each stage (head, -2, -3, all), one per rate of `lrs`."""
+    return spec(default, ge=0)
+
+
+def lin_sizes(default: tuple[int, ...] = (50,)):
+    """Hidden sizes of the classifier head's linear blocks (ULMFiT §3.3)."""
+    return spec(default, ge=1)
+
+
+def class_weights(default: str = "none"):
+    """none, or balanced: each class's loss weighted by n / (classes * its count) (train/tasks.py)."""
+    return spec(default, choices=CLASS_WEIGHTS)
+
+
+def clip(default: float | None = 1.0):
+    """Gradient-norm clipping; None: none."""
+    return spec(default, gt=0)
+
+
+def gamma_start(default: float = 0.2):
+    """SiATL's auxiliary LM-loss weight at epoch 1 (train/siatl_schedule.py gamma_at)."""
+    return spec(default, ge=0)
+
+
+def gamma_end(default: float = 0.1):
+    """The LM-loss weight at epoch `gamma_epochs` and after; both 0 turns the LM loss off."""
+    return spec(default, ge=0)
+
+
+def gamma_epochs(default: int = 15):
+    """Epochs over which gamma decays (geometrically) from gamma_start to gamma_end."""
+    return spec(default, ge=1)
+
+
 # ---------------------------------------------------------------- checking
 def check(obj: Any, section: str) -> None:
     """Check every field of dataclass `obj` against its annotation and spec; tuples given as lists
@@ -116,6 +168,13 @@ def check(obj: Any, section: str) -> None:
 def fail(section: str, name: str, value: Any, what: str) -> None:
     """One line for a rule between fields (`check` covers each field alone)."""
     raise UlmfitError(f"{section}.{name}={value!r}: {what}")
+
+
+def check_gamma(obj: Any, section: str) -> None:
+    """gamma_start and gamma_end both > 0 (the exponential decay), or both 0 (no LM loss)."""
+    if (obj.gamma_start > 0) != (obj.gamma_end > 0):
+        fail(section, "gamma_end", obj.gamma_end, "the exponential decay needs gamma_start and gamma_end both > 0, "
+                                                  "or both 0 to turn the LM loss off")
 
 
 def _alternatives(tp) -> tuple:

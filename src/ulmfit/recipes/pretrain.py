@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, ClassVar, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -26,8 +26,8 @@ from ulmfit.data.lm_loader import LMLoader
 from ulmfit.errors import UlmfitError
 from ulmfit.fileio import atomic_write_npy, make_dir
 from ulmfit.models.awd_lstm import PRESETS, AWDLSTMConfig, LanguageModel
-from ulmfit.recipes import fields as F
 from ulmfit.recipes import model_dir
+from ulmfit.recipes.pretrain_config import PretrainConfig  # noqa: F401 (its home before; checked torch-free)
 from ulmfit.recipes.toolbox import subsample_tokens
 from ulmfit.text.token_docs import TokenDocs
 from ulmfit.text.tokenize import Tokenizer, TokenizerConfig
@@ -39,36 +39,6 @@ from ulmfit.train.plots import plot_history
 from ulmfit.train.tasks import LMTask
 
 Log = Callable[[str], None]
-
-
-@dataclass
-class PretrainConfig:
-    """`ulmfit pretrain`'s settings (`--set FIELD=VALUE`); fields shared with the other sections are
-    declared once in recipes/fields.py and checked when the config is built."""
-
-    preset: str = F.preset("small")
-    drop_mult: float = F.drop_mult(0.5)  # less regularisation than fine-tuning: the corpus is large
-    bs: int = F.batch_size(64)
-    bptt: int = F.bptt(70)
-    epochs: int = F.spec(1, ge=1)
-    lr: float = F.learning_rate(5e-3)
-    wd: float = F.weight_decay(0.01)
-    schedule: str = F.schedule()
-    min_freq: int = F.spec(5, ge=1)
-    max_vocab: int = F.spec(30000, ge=16)
-    max_train_tokens: int | None = F.max_train_tokens()  # None: the whole corpus
-    valid_every: int = F.spec(100, ge=2)  # every 100th document is held out for validation perplexity
-    checkpoint_every: int = F.spec(500, ge=1)  # steps
-    precision: str = F.spec("fp32", choices=F.PRECISIONS)
-    seed: int = F.spec(0, ge=0)
-    # fwd | bwd: a backward LM reads every document from its last token to its first
-    direction: str = F.spec("fwd", choices=("fwd", "bwd"))
-    encoding: str = F.spec("utf-8")  # of the corpus shards (`corpus build` writes UTF-8); latin-1 reads any byte
-
-    RENAMED: ClassVar[dict] = {"max_tokens": "max_train_tokens"}  # old pretrain_config.json names
-
-    def __post_init__(self) -> None:
-        F.check(self, "pretrain")
 
 
 def read_shards(corpus: Path, chunk: int = 5000, encoding: str = "utf-8") -> Iterator[list[str]]:

@@ -46,9 +46,9 @@ class SiatlConfig:
     min_steps_per_epoch: int = F.min_steps_per_epoch(50)
     # gamma: the weight of the LM loss. Their code: exp(linspace(-1.6, -2.3, 15)) indexed by epoch,
     # i.e. 0.20 -> 0.10 over 15 epochs, then held. Both 0 turns the LM loss off (the paper's ablation).
-    gamma_start: float = F.spec(0.2, ge=0)
-    gamma_end: float = F.spec(0.1, ge=0)
-    gamma_epochs: int = F.spec(15, ge=1)
+    gamma_start: float = F.gamma_start(0.2)
+    gamma_end: float = F.gamma_end(0.1)
+    gamma_epochs: int = F.gamma_epochs(15)
     unfreeze_lstm_epoch: int | Auto = F.spec("auto", ge=1)  # 1-based: from this epoch the pretrained LSTM trains
     unfreeze_embedding_epoch: int | Auto = F.spec("auto", ge=1)  # from this epoch the embeddings train too
     # adam | sgd | asgd, for the pretrained part. The paper uses SGD (their code: ASGD at 0.01) on an
@@ -60,7 +60,7 @@ class SiatlConfig:
     pretrained_lr: float | Auto = F.spec("auto", ge=0)  # LSTM + decoder bias (their code: ASGD's default lr 0.01, with sgd/asgd)
     embedding_lr: float | None = F.spec(None, ge=0)  # the tied embedding/decoder; None: pretrained_lr (their code: 1e-4)
     new_lr: float | Auto = F.spec("auto", ge=0)  # Adam, for the new layers (their code: top_lr 5e-4)
-    clip: float | None = F.spec(1.0, gt=0)  # gradient-norm clipping, per optimizer (their code: clip 1); None: none
+    clip: float | None = F.clip(1.0)  # gradient-norm clipping, per optimizer (their code: clip 1); None: none
     metric: str = F.metric()
     patience: int | None = F.patience(3)  # their code: 6, on the loss
     unlabeled_lm: bool = True  # with unlabelled target text: one extra LM batch from it per step
@@ -70,9 +70,7 @@ class SiatlConfig:
 
     def __post_init__(self) -> None:
         F.check(self, "siatl")
-        if (self.gamma_start > 0) != (self.gamma_end > 0):
-            F.fail("siatl", "gamma_end", self.gamma_end, "the exponential decay needs gamma_start and gamma_end "
-                                                         "both > 0, or both 0 to turn the LM loss off")
+        F.check_gamma(self, "siatl")
         lstm, emb = self.unfreeze_lstm_epoch, self.unfreeze_embedding_epoch
         if emb != "auto":  # an "auto" LSTM epoch may resolve to the pretrained-LM value
             lstm_at = AUTO_PRETRAINED["unfreeze_lstm_epoch"] if lstm == "auto" else lstm

@@ -33,23 +33,23 @@ class TransformerTrainConfig:
     # Classifier with gradual unfreezing: one rate and epoch count per stage (head, -2, -3, all).
     # The head is new, so its stage runs at 1e-3; once the pretrained blocks train, the top rate drops
     # to the usual BERT fine-tuning range (5e-5..2e-4); lower groups get lr / lr_factor per group.
-    lrs: tuple[float, ...] = F.spec((1e-3, 2e-4, 1e-4, 1e-4), gt=0)
-    epochs: tuple[int, ...] = F.spec((1, 1, 1, 2), ge=0)
+    lrs: tuple[float, ...] = F.stage_lrs((1e-3, 2e-4, 1e-4, 1e-4))
+    epochs: tuple[int, ...] = F.stage_epochs((1, 1, 1, 2))
     lr_factor: float = F.spec(1.5, gt=0)  # ULMFiT's 2.6 over 5 groups leaves the embeddings at lr/46; 1.5 gives lr/5
     bs: int = F.batch_size(16)  # CPU: 16 tweets x 128 pieces is a quick step, and few labels need many steps
-    clip: float | None = F.spec(1.0, gt=0)  # BERT fine-tuning's gradient-norm clip
+    clip: float | None = F.clip(1.0)  # BERT fine-tuning's gradient-norm clip
     drop_mult: float = F.drop_mult(0.5)  # the head's dropouts, as the AWD-LSTM classifier's (0.4 * 0.5 on the pooled features)
-    lin_sizes: tuple[int, ...] = F.spec((50,), ge=1)
+    lin_sizes: tuple[int, ...] = F.lin_sizes((50,))
     schedule: str = F.schedule()
     wd: float = F.weight_decay(0.01)
     metric: str = F.metric()
     patience: int | None = F.patience(2)
-    class_weights: str = F.spec("none", choices=("none", "balanced"))
+    class_weights: str = F.class_weights("none")
     min_steps_per_epoch: int = F.min_steps_per_epoch(50)
     # objective "siatl": gamma, the weight of the masked-word loss, decays per epoch (SiATL's 0.2 -> 0.1).
-    gamma_start: float = F.spec(0.2, ge=0)
-    gamma_end: float = F.spec(0.1, ge=0)
-    gamma_epochs: int = F.spec(15, ge=1)
+    gamma_start: float = F.gamma_start(0.2)
+    gamma_end: float = F.gamma_end(0.1)
+    gamma_epochs: int = F.gamma_epochs(15)
 
     def __post_init__(self) -> None:
         F.check(self, "transformer")
@@ -57,8 +57,7 @@ class TransformerTrainConfig:
             F.fail("transformer", "lrs", self.lrs, f"give one rate per stage of transformer.epochs {self.epochs}")
         if self.overlap >= self.window - 2:
             F.fail("transformer", "overlap", self.overlap, f"must be below window - 2 = {self.window - 2}")
-        if (self.gamma_start > 0) != (self.gamma_end > 0):
-            F.fail("transformer", "gamma_end", self.gamma_end, "needs gamma_start and gamma_end both > 0, or both 0")
+        F.check_gamma(self, "transformer")
 
 
 RECIPE = register(Recipe(

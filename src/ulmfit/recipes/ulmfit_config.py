@@ -23,17 +23,17 @@ class ClassifierTrainConfig:
     # Only the outputs at each document's last pool_len tokens are pooled (fastai's max_len, 72 * 20).
     pool_len: int = F.spec(72 * 20, ge=1)
     max_doc_tokens: int | None = F.max_doc_tokens(None)
-    lin_sizes: tuple[int, ...] = F.spec((50,), ge=1)
+    lin_sizes: tuple[int, ...] = F.lin_sizes((50,))
     # Gradual unfreezing: one learning rate and epoch count per stage: head, -2, -3, all.
     # None: fastai's book rates (2e-2, 1e-2, 5e-3, 1e-3) on a pretrained encoder; from scratch the
     # encoder has more to learn, so the last two stages keep higher rates (2e-2, 1e-2, 1e-2, 5e-3).
-    lrs: tuple[float, ...] | None = F.spec(None, gt=0)
-    epochs: tuple[int, ...] = F.spec((1, 1, 1, 3), ge=0)
+    lrs: tuple[float, ...] | None = F.stage_lrs(None)
+    epochs: tuple[int, ...] = F.stage_epochs((1, 1, 1, 3))
     schedule: str = F.schedule()
     wd: float = F.weight_decay(0.01)
     metric: str = F.metric()
     patience: int | None = F.patience(2)
-    class_weights: str = F.spec("none", choices=("none", "balanced"))
+    class_weights: str = F.class_weights("none")
     # With few labels an epoch is a handful of steps (500 texts: 8 batches of 64); each training
     # epoch then repeats the reshuffled data until it has at least this many steps, so every stage
     # of gradual unfreezing gets enough updates. The full tweets (465 batches) are unaffected.

