@@ -136,3 +136,99 @@ def test_detokenize_round_trip(text):
 def test_detokenize_drops_and_expands():
     assert detokenize([BOS, FLD, "1", TK_MAJ, "hi", FLD, "2", TK_UP, "ok", EOS, "xxpad"]) == "Hi OK"
     assert detokenize([TK_WREP, "3", TK_MAJ, "no", TK_REP, "3", "!"]) == "No No No!!!"
+
+
+# ------------------------------------------------------------------ linear time (issue 15, "quadratic tokenizer")
+
+# Inputs built to make a backtracking pattern quadratic (or worse): a long run that almost matches
+# an e-mail, a URL, a number, an emoticon, a `<br>` tag, a contraction, a repetition. Each is ~100k
+# characters: a linear tokenizer takes well under 0.2 s on a busy 2-core machine, the old e-mail
+# pattern took over a minute on the first one, the old `<br>` pattern ~10 s on the second.
+_PATHOLOGICAL = {
+    "email local part": "a-" * 50000 + "@",
+    "email, mixed run": "a.b-c+" * 16000 + "@x",
+    "email, dotted domain": "a@" + "b." * 50000,
+    "emails chained": "a@b.c+" * 16000,
+    "br tag spaces": "<br" + " " * 100000,
+    "br tag slash": "<br /" + " " * 100000,
+    "url punctuation": "www." + "." * 100000,
+    "urls chained": "http://" * 14000,
+    "number separators": "1." * 50000 + "a",
+    "number run": "1" * 100000 + ".",
+    "initials": "a." * 50000 + "-",
+    "apostrophes": "a'" * 50000 + "-",
+    "contractions": "n't'" * 25000,
+    "emoticon caret": "^" + "_" * 100000,
+    "emoticon dash": "-" + "_" * 100000 + "!",
+    "mentions": "@a" * 50000,
+    "symbols": ".-" * 50000,
+    "zwj": "👍\u200d" * 50000,
+    "html": "&amp;" * 20000,
+}
+_TIME_BOUND_S = 2.0  # per input; ~10x the linear cost under load, a small fraction of a quadratic one
+
+
+@pytest.mark.parametrize("name", sorted(_PATHOLOGICAL))
+def test_pathological_inputs_take_linear_time(name):
+    import time
+    text = _PATHOLOGICAL[name]
+    t0 = time.perf_counter()
+    out = tok(text)
+    took = time.perf_counter() - t0
+    assert took < _TIME_BOUND_S, f"{name}: {len(text):,} characters took {took:.1f} s"
+    assert out[0] == BOS and all(t and t.split() == [t] for t in out)
+
+
+def _old_email_alternation():
+    """The pre-fix pattern (backtracking, quadratic): the oracle for `_split_emails` on short input."""
+    import re
+    from ulmfit.text import tokenize as T
+    return re.compile(r"[\w.+-]+@\w[\w-]*(?:\.[\w-]+)+|" + T._TOKEN, re.VERBOSE)
+
+
+def test_email_split_equals_the_backtracking_alternation():
+    from ulmfit.text.tokenize import _split_emails
+    old = _old_email_alternation()
+    rng = random.Random(3)
+    alphabet = "ab1_.-+@:/#'<3)w"
+    for _ in range(3000):
+        piece = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 25)))
+        assert _split_emails(piece) == old.findall(piece), piece
+    for piece in ["a@b.com", "x.y+z@ex.co.uk,", "#tag-x@b.com", "<3x@b.com", "http://x.com/a@b.com",
+                  "a@b.c+x@d.org", "a@b.com@c.org", "@bob:", "me@localhost", "a-" * 30 + "@b.c"]:
+        assert _split_emails(piece) == old.findall(piece), piece
+
+
+def test_tweet_sample_tokens_unchanged():
+    """Tokens of a fixed sample of real-looking tweets, recorded before the linear-time rewrite."""
+    import pathlib
+    data = json.loads((pathlib.Path(__file__).parent / "fixtures" / "tokenizer_golden.json").read_text())
+    for text, expected in zip(data["texts"], data["tokens"]):
+        assert tok(text) == expected, text
+
+
+def test_fuzz_tokenizer_linear_and_clean():
+    """Property-based: adversarial repetitions of short fragments; every input is tokenized in
+    bounded time, no token is empty or holds whitespace, and the e-mail split equals the old
+    alternation on each whitespace piece short enough for the old pattern."""
+    import time
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from ulmfit.text.tokenize import _split_emails
+    old = _old_email_alternation()
+    frag = st.text(alphabet="aZ9_.-+@:;/#'\"<>&!?()^ \n\u200d👍é", min_size=1, max_size=6)
+
+    @settings(max_examples=120, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(st.lists(st.tuples(frag, st.integers(1, 3000)), min_size=1, max_size=4))
+    def check(parts):
+        text = "".join(f * n for f, n in parts)
+        t0 = time.perf_counter()
+        out = tok(text)
+        assert time.perf_counter() - t0 < _TIME_BOUND_S, (len(text), parts)
+        assert all(t and t.split() == [t] for t in out)
+        for piece in text.split()[:50]:
+            if "@" in piece and len(piece) <= 60:
+                assert _split_emails(piece) == old.findall(piece), piece
+
+    check()

@@ -60,7 +60,9 @@ class TokenizerConfig:
 _BARE_ENTITIES = [("#39;", "'"), ("#146;", "'"), ("#36;", "$"), ("quot;", '"'), ("nbsp;", " "),
                   ("amp;", "&")]
 _WIKI = [(" @.@ ", "."), (" @-@ ", "-"), (" @,@ ", ",")]
-_RE_BR = re.compile(r"<\s*br\s*/?\s*>", re.IGNORECASE)
+# `(?:/\s*)?` rather than `/?\s*`: two adjacent `\s*` split a run of spaces in quadratically many
+# ways when no `>` follows ("<br" + 100k spaces took seconds).
+_RE_BR = re.compile(r"<\s*br\s*(?:/\s*)?>", re.IGNORECASE)
 _INVISIBLE = [("\u200b", ""), ("\ufeff", ""), ("\u00ad", ""), ("\u2018", "'"), ("\u2019", "'")]
 
 
@@ -119,7 +121,14 @@ _TOKEN = rf"""
                                                          # keep skin tones and ZWJ sequences
 """
 _RE_TOKEN = re.compile(_TOKEN, re.VERBOSE)
-_RE_EMAIL = re.compile(r"[\w.+-]+@\w[\w-]*(?:\.[\w-]+)+|" + _TOKEN, re.VERBOSE)  # only used on text with "@"
+# E-mails. The obvious `[\w.+-]+@domain|<_TOKEN>` backtracks quadratically: tried at every
+# position of "a-a-a-...@", the local part runs to the "@" and fails each time (`'a-' * 50000 + '@'`
+# took over a minute). The result of that alternative at a position depends only on the maximal run
+# of local-part characters holding it (the only "@" it can reach is the one ending the run), so
+# each run is checked once and `_split_emails` gives exactly the tokens of that alternation.
+_RE_LOCAL_RUN = re.compile(r"[\w.+-]+")
+_RE_DOMAIN = re.compile(r"\w[\w-]*(?:\.[\w-]+)+")  # `.` never inside `[\w-]`: one way to match
+_RE_EMAIL_HINT = re.compile(r"[\w.+-]@\w")  # fixed width: a cheap test before the run scan
 # spaCy-style contractions: "don't" -> "do n't", "I'm" -> "I 'm"; "o'clock", "y'all" stay whole.
 _RE_CONTRACTION = re.compile(r"(?<=\w)(n't|'(?:s|m|d|ll|ve|re))(?!\w)", re.IGNORECASE)
 
@@ -158,7 +167,10 @@ class Tokenizer:
                 continue
             if "'" in piece:
                 piece = _RE_CONTRACTION.sub(r" \1", piece)
-            toks += (_RE_EMAIL if "@" in piece else _RE_TOKEN).findall(piece)
+            if "@" in piece and _RE_EMAIL_HINT.search(piece):
+                toks += _split_emails(piece)
+            else:
+                toks += _RE_TOKEN.findall(piece)
         if len(toks) > self.config.max_rep and any(map(eq, toks, islice(toks, 1, None))):
             toks = self._replace_wrep(toks)
         # Capitals: most tokens are already lowercase and take the first branch.
@@ -245,6 +257,39 @@ def _tokenize_chunk(config: TokenizerConfig, texts: list[str]) -> str:
     tok = Tokenizer(config)
     with _gc_paused():
         return "\n".join(" ".join(tok(t)) for t in texts)
+
+
+def _split_emails(piece: str) -> list[str]:
+    r"""`findall` of `e-mail | _TOKEN` over `piece`, in linear time. Findall tries the e-mail first
+    at each position it reaches; that succeeds at position p iff p lies before the "@" of a maximal
+    run of `[\w.+-]` that ends in "@" followed by a domain, and the match then ends where that
+    domain does. So: list those runs, let `_TOKEN` take the text before each one, and emit the
+    e-mail from the first position reached inside it (unless a token such as a URL swallowed the
+    "@")."""
+    emails = []  # (run start, "@" index, e-mail end)
+    for m in _RE_LOCAL_RUN.finditer(piece):
+        at = m.end()
+        if at < len(piece) and piece[at] == "@":
+            d = _RE_DOMAIN.match(piece, at + 1)
+            if d:
+                emails.append((m.start(), at, d.end()))
+    if not emails:
+        return _RE_TOKEN.findall(piece)
+    out: list[str] = []
+    pos = 0
+    for start, at, end in emails:
+        while pos < start:
+            m = _RE_TOKEN.match(piece, pos)
+            if m is None:  # as findall: no token here, try the next character
+                pos += 1
+            else:
+                out.append(m.group())
+                pos = m.end()
+        if pos < at:
+            out.append(piece[pos:end])
+            pos = end
+    out += _RE_TOKEN.findall(piece, pos)
+    return out
 
 
 def _sub_rep(m: re.Match) -> str:
