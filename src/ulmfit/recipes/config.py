@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from ulmfit.errors import UlmfitError
 from ulmfit.recipes import fields as F
 from ulmfit.recipes import registry
+from ulmfit.train.precision import resolve_precision
 
 DIRECTIONS = ("fwd", "bwd", "both")
 
@@ -206,6 +207,7 @@ class FitConfig:
         out = FitConfig.from_dict(self.to_dict())
         out.lm = replace(self.lm, lr=lm_lr)
         out.sections = sections
+        out.precision = resolve_precision(self.precision)
         return out
 
     def to_dict(self) -> dict:

@@ -22,11 +22,11 @@ from typing import Any, Literal
 
 from ulmfit.errors import UlmfitError
 from ulmfit.models.presets import PRESETS
+from ulmfit.train.precision import PRECISIONS  # auto | fp32 | bf16 (torch imported only when resolving)
 from ulmfit.train.schedules import SCHEDULE_KINDS
 
 METRICS = ("macro_f1", "accuracy", "weighted_f1", "valid_loss")  # model selection (train/metrics.py computes them)
 OPTIMIZERS = ("adamw", "adam", "sgd")  # train/optim.py make_optimizer
-PRECISIONS = ("fp32", "bf16")  # train/loop.py autocast
 CLASS_WEIGHTS = ("none", "balanced")  # train/tasks.py balanced_class_weights
 AUTO = "auto"  # a value the configuration resolves per run (recipes/config.py FitConfig.resolved)
 
@@ -100,8 +100,9 @@ def bptt(default: int):
     return spec(default, ge=1)
 
 
-def precision(default: str = "fp32"):
-    """fp32, or bf16 autocast (train/loop.py)."""
+def precision(default: str = "auto"):
+    """auto, fp32, or bf16 autocast. auto: bf16 where the hardware computes bf16 natively (AMX or
+    AVX512-BF16 CPUs, bf16 GPUs), else fp32 (train/precision.py); resolved once per run and saved."""
     return spec(default, choices=PRECISIONS)
 
 

@@ -21,6 +21,7 @@ from ulmfit.recipes.toolbox import Log, quiet
 from ulmfit.train.checkpoint import atomic_write_json, atomic_write_text
 from ulmfit.train.metrics import format_report
 from ulmfit.train.plots import plot_history
+from ulmfit.train.precision import describe_precision
 
 
 def fit(train, valid=None, *, out: str | Path, text_col: str = "text", label_col: str = "label",
@@ -51,6 +52,7 @@ def _fit_into(out: Path, train, valid, text_col, label_col, unlabeled, pretraine
             recipe.check(getattr(c, recipe.section))
     t0 = time.perf_counter()
     data = load_fit_data(train, valid, cfg.data, cfg.seed, log)
+    log(f"precision: {describe_precision(cfg.precision)}")
     for d, c in configs.items():
         make_dir(_folder(out, dirs, d))
         atomic_write_json(_folder(out, dirs, d) / "config.json", c.to_dict())

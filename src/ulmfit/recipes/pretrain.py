@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -37,6 +37,7 @@ from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, run_phase
 from ulmfit.train.optim import make_optimizer, param_groups
 from ulmfit.train.plots import plot_history
 from ulmfit.train.tasks import LMTask
+from ulmfit.train.precision import describe_precision, resolve_precision
 
 Log = Callable[[str], None]
 
@@ -182,6 +183,8 @@ def pretrain(corpus: str | Path, out: str | Path, cfg: PretrainConfig, resume: b
 
 def _pretrain_into(corpus: Path, out: Path, cfg: PretrainConfig, resume: bool, log: Log) -> None:
     """The run into `out` (the model folder, or the staging folder of an --overwrite)."""
+    how = describe_precision(cfg.precision)
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision))  # the resolved value is what is saved
     tokenizer = Tokenizer(TokenizerConfig())
     data_dir = out / "data"
     if resume and (data_dir / "train" / "ids.npy").exists() and (out / "vocab.json").exists():
@@ -196,6 +199,7 @@ def _pretrain_into(corpus: Path, out: Path, cfg: PretrainConfig, resume: bool, l
     lm_cfg = AWDLSTMConfig(vocab_size=len(vocab), drop_mult=cfg.drop_mult, **PRESETS[cfg.preset])
     lm = LanguageModel(lm_cfg)
     n_train = train_docs.n_tokens
+    log(f"precision: {how}")
     log(f"pretraining {cfg.preset} LM ({sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M parameters) on "
         f"{n_train:,} tokens, validating on {valid_docs.n_tokens:,}; {cfg.epochs} epoch(s), bs {cfg.bs}, bptt {cfg.bptt}")
     train_loader = LMLoader(train_docs, bs=cfg.bs, bptt=cfg.bptt, shuffle=True, variable_bptt=True, seed=cfg.seed)

@@ -77,7 +77,7 @@ def _lm_stream(loader: LMLoader, epoch: int):
 
 @torch.no_grad()
 def evaluate(model: SiatlClassifier, loader: ClassificationLoader, classes: list[str],
-             precision: str = "fp32") -> tuple[dict, np.ndarray]:
+             precision: str = "auto") -> tuple[dict, np.ndarray]:
     """(metrics, class probabilities in the loader's document order): valid_loss (task
     cross-entropy), valid_lm_loss (next-token cross-entropy per token), accuracy, macro/weighted F1."""
     model.eval()
@@ -168,7 +168,7 @@ class _Progress:
 
 def train_siatl(base: "LMResult", train: Labelled, valid: Labelled, classes: list[str], out: Path,
                 cfg: SiatlConfig, *, unlabeled_docs: TokenDocs | None = None, seed: int = 0,
-                precision: str = "fp32", resume: bool = False, train_tokens: list[list[str]] | None = None,
+                precision: str = "auto", resume: bool = False, train_tokens: list[list[str]] | None = None,
                 log: Log = _quiet) -> tuple[nn.Module, dict]:
     """Train a SiATL classifier on `base` (an LMResult: the pretrained LM mapped onto the target
     vocabulary, or a random one), select it on `valid` by `cfg.metric`, save it into `out` and

@@ -39,7 +39,7 @@ from ulmfit.train.tasks import ClassifierTask, LMTask, balanced_class_weights
 
 def finetune_lm(token_lists: list[list[str]], out: Path, cfg: LMTrainConfig, *, tokenizer: Tokenizer,
                 vocab: Vocab | None = None, pretrained: str | None = None, seed: int = 0, optimizer: str = "adamw",
-                precision: str = "fp32", resume: bool = False, direction: str = "fwd", log: Log = quiet) -> LMResult:
+                precision: str = "auto", resume: bool = False, direction: str = "fwd", log: Log = quiet) -> LMResult:
     """Phase 1: train the language model on the target's text (ULMFiT §3.2) and save it into `out`.
 
     `direction="bwd"`: a backward LM, trained on every document reversed (token order within each
@@ -109,7 +109,7 @@ def gradual_unfreezing(cfg: ClassifierTrainConfig) -> list[Stage]:
 
 
 def train_classifier(lm: LMResult, train: Labelled, valid: Labelled, classes: list[str], out: Path,
-                     cfg: ClassifierTrainConfig, *, seed: int = 0, optimizer: str = "adamw", precision: str = "fp32",
+                     cfg: ClassifierTrainConfig, *, seed: int = 0, optimizer: str = "adamw", precision: str = "auto",
                      resume: bool = False, train_tokens: list[list[str]] | None = None,
                      valid_tokens: list[list[str]] | None = None, direction: str = "fwd",
                      log: Log = quiet) -> tuple[TextClassifier, dict]:

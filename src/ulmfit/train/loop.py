@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,6 +38,8 @@ from ulmfit.train.checkpoint import (append_jsonl, load_state, load_weights, rew
 from ulmfit.train.freeze import freeze_to
 from ulmfit.train.metrics import EarlyStopping
 from ulmfit.train.optim import discriminative_lrs, set_lr_mom
+from ulmfit.train.precision import autocast, resolve_precision
+from ulmfit.train.progress import Heartbeat
 from ulmfit.train.schedules import Schedule
 
 
@@ -59,9 +60,10 @@ class LoopConfig:
     clip: float | None = 0.25  # gradient-norm clipping as in awd-lstm-lm
     lr_factor: float = 2.6  # ULMFiT §3.2: each lower layer group gets lr / 2.6
     pct_start: float = 0.25
-    precision: str = "fp32"  # fp32 | bf16 (CPU autocast)
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast); auto: bf16 where computed natively (train/precision.py)
     seed: int = 0
     progress: bool | None = None  # None: a bar only when stderr is a terminal
+    heartbeat_s: float | None = 30.0  # without a bar: a progress line on stderr at most this often (None: never)
     checkpoint_every: int | None = None  # also checkpoint every N steps inside an epoch (long pretraining epochs)
     # The number of the phase's first epoch in seeds, loader orders and the log: 0, or 1 for SiATL,
     # whose schedules (gamma, unfreezing) count epochs from 1 as the paper does.
@@ -103,15 +105,6 @@ class PhaseResult:
 def epoch_seed(seed: int, stage: int, epoch: int) -> int:
     """The torch seed of one epoch of one stage: a resumed run replays the same dropout masks."""
     return (seed * 1_000_003 + stage * 10_007 + epoch * 101) % (2**31)
-
-
-def autocast(precision: str):
-    """The precision context of a forward pass: fp32 (none) or bf16 autocast on the CPU."""
-    if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    if precision == "fp32":
-        return nullcontext()
-    raise UlmfitError(f"precision must be fp32 or bf16, not {precision!r}")
 
 
 class GroupStepper:
@@ -201,6 +194,8 @@ def run_phase(
         files.best.unlink(missing_ok=True)  # a stale best from an earlier run must not be restored
         _rewrite_log(files, [])  # lines of this phase with no checkpoint behind them (a kill in the first write)
     show_bar = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    device = next(model.parameters()).device.type
+    precision = resolve_precision(cfg.precision, device)
     global_epoch = pos["global_epoch"]
 
     def save_checkpoint(stage_i, epoch_i, batch_i, extra=None):
@@ -235,13 +230,14 @@ def run_phase(
                 if hasattr(task, "load_state_dict"):
                     task.load_state_dict(ckpt["task"])
             ckpt = None
-            bar = tqdm(train_loader, desc=f"{files.prefix} {stage.name} {epoch + 1}/{stage.epochs}",
-                       disable=not show_bar, leave=False, dynamic_ncols=True)
+            desc = f"{files.prefix} {stage.name} {epoch + 1}/{stage.epochs}"
+            bar = tqdm(train_loader, desc=desc, disable=not show_bar, leave=False, dynamic_ncols=True)
+            beat = Heartbeat(desc, steps_per_epoch, None if show_bar or cfg.progress is False else cfg.heartbeat_s)
             for i, batch in enumerate(bar):
                 if i < skip:
                     continue
                 stepper.set_step(epoch * steps_per_epoch + i)
-                with autocast(cfg.precision):
+                with autocast(precision, device):
                     loss = task.loss(model, batch)
                 stepper.zero_grad()
                 loss.backward()
@@ -251,12 +247,13 @@ def run_phase(
                 n_tokens += _batch_tokens(batch)
                 if show_bar and i % 10 == 0:
                     bar.set_postfix(loss=f"{total_loss / n_batches:.3f}")
+                beat.update(i + 1, total_loss / n_batches, n_tokens)
                 if cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0 and i + 1 < steps_per_epoch:
                     running = (total_loss, n_batches, n_tokens, time.perf_counter() - t0)
                     save_checkpoint(s, epoch, i + 1, {"rng": torch.get_rng_state(), "running": running,
                                                       "task": task.state_dict() if hasattr(task, "state_dict") else None})
             train_seconds = time.perf_counter() - t0
-            with autocast(cfg.precision):
+            with autocast(precision, device):
                 metrics = task.evaluate(model, valid_loader)
             record = {"phase": files.prefix, "stage": stage.name, "epoch": global_epoch,
                       "train_loss": total_loss / max(n_batches, 1),

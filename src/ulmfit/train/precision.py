@@ -1,0 +1,85 @@
+"""The arithmetic of training and evaluation steps: fp32, or bf16 autocast, or `auto`.
+
+`auto` (the default) is resolved once, at the start of a run, and the resolved value is what the
+run's config.json and log record (so a resumed run keeps it, even on another machine):
+
+- a model on a CUDA device: bf16 autocast where the GPU supports bf16, else fp32;
+- on the CPU: bf16 autocast where the CPU computes bf16 natively (AMX-BF16 tiles or AVX512-BF16
+  dot products; detected at run time through torch, or /proc/cpuinfo's flags), else fp32.
+  Without native support, bf16 is emulated and slower than fp32.
+
+bf16 keeps fp32's exponent range, so no loss scaling is needed; the losses and the optimizer state
+stay in fp32 (autocast only lowers matrix products and LSTM cells).
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from functools import lru_cache
+from pathlib import Path
+
+from ulmfit.errors import UlmfitError
+
+PRECISIONS = ("auto", "fp32", "bf16")  # the config fields' choices (recipes/fields.py); this module imports torch lazily
+_NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo names, strongest first
+
+
+@lru_cache(maxsize=1)
+def native_bf16_cpu() -> str | None:
+    """The CPU feature that computes bf16 natively ("amx_bf16", "avx512_bf16"), or None."""
+    import torch
+
+    caps = {}
+    try:
+        caps = torch.cpu.get_capabilities()  # recent torch: {"amx_bf16": False, "avx512_bf16": True, ...}
+    except (AttributeError, RuntimeError):
+        pass
+    flags: set[str] = {k for k, v in caps.items() if v is True}
+    if not caps:
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+        except OSError:
+            pass
+    return next((f for f in _NATIVE_BF16_FLAGS if f in flags), None)
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise UlmfitError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    return precision
+
+
+def resolve_precision(precision: str, device: str = "cpu") -> str:
+    """"fp32" or "bf16": `precision` itself, or what `auto` means on `device` ("cpu", "cuda")."""
+    if check_precision(precision) != "auto":
+        return precision
+    import torch
+
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if native_bf16_cpu() else "fp32"
+
+
+def describe_precision(precision: str, device: str = "cpu") -> str:
+    """One phrase for the log, e.g. "bf16 (auto: this CPU has avx512_bf16)"."""
+    resolved = resolve_precision(precision, device)
+    if precision != "auto":
+        return resolved
+    if device == "cuda":
+        why = "the GPU supports bf16" if resolved == "bf16" else "the GPU lacks bf16"
+    else:
+        flag = native_bf16_cpu()
+        why = f"this CPU has {flag}" if flag else "this CPU has no native bf16 (amx_bf16 / avx512_bf16)"
+    return f"{resolved} (auto: {why})"
+
+
+def autocast(precision: str, device_type: str = "cpu"):
+    """The context of a forward pass: nothing for fp32, bf16 autocast on `device_type` for bf16
+    (and for `auto` where it resolves to bf16)."""
+    if resolve_precision(precision, device_type) == "bf16":
+        import torch
+
+        return torch.autocast(device_type, dtype=torch.bfloat16)
+    return nullcontext()
