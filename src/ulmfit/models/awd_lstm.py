@@ -18,7 +18,11 @@ from torch import Tensor, nn
 
 from ulmfit.errors import UlmfitError
 from ulmfit.models.dropout import LockedDropout, WeightDropLSTM, embedding_dropout
+<<<<<<< HEAD
 from ulmfit.models.presets import PRESETS  # sizes per preset (torch-free, for the config checks)
+=======
+from ulmfit.models.linear_ce import linear_cross_entropy
+>>>>>>> 0b26dd4 (LM training: decoder + cross-entropy fused over row chunks (models/linear_ce.py), no [B*T, V] logits; precision line logged after the data is read)
 
 State = list[tuple[Tensor, Tensor]]
 
@@ -180,12 +184,24 @@ class LanguageModel(nn.Module):
     def init_state(self, bs: int) -> State:
         return self.encoder.init_state(bs)
 
+    def features(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State, Tensor]:
+        """ids [B, T] -> (dropped_out, new state, raw_out): the last layer's output [B, T, emb_size]
+        after output dropout (the decoder's input) and before it (for `ar_tar_loss`)."""
+        raw_out, new_state = self.encoder(ids, state)
+        return self.output_dp(raw_out), new_state, raw_out
+
     def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State, Tensor, Tensor]:
         """ids [B, T] -> (logits [B, T, V], new state, raw_out, dropped_out), the last two being the
         last layer's output [B, T, emb_size] before and after output dropout (for `ar_tar_loss`)."""
-        raw_out, new_state = self.encoder(ids, state)
-        dropped_out = self.output_dp(raw_out)
+        dropped_out, new_state, raw_out = self.features(ids, state)
         return self.decoder(dropped_out), new_state, raw_out, dropped_out
+
+    def cross_entropy(self, dropped_out: Tensor, targets: Tensor) -> Tensor:
+        """Mean next-token cross-entropy of the decoder on `dropped_out` [B, T, E] against `targets`
+        [B, T]: `F.cross_entropy(self.decoder(dropped_out), targets)` without the [B*T, V] logits
+        (models/linear_ce.py; for training, where they are the largest cost of a step)."""
+        return linear_cross_entropy(dropped_out.reshape(-1, dropped_out.shape[-1]), self.decoder.weight,
+                                    self.decoder.bias, targets.reshape(-1))
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """[[rnn0], [rnn1], ..., [embedding (= tied decoder weight), decoder bias]]: fastai's

@@ -51,8 +51,8 @@ class LMTask:
         state = detach_state(self.state) if self.state is not None else None
         if state is not None and state[0][0].shape[1] != x.shape[0]:
             state = None
-        logits, self.state, raw, dropped = model(x, state)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+        dropped, self.state, raw = model.features(x, state)
+        loss = model.cross_entropy(dropped, y)  # decoder + softmax fused: no [B*T, V] logits
         if self.alpha or self.beta:
             loss = loss + ar_tar_loss(raw, dropped, self.alpha, self.beta)
         return loss
