@@ -18,11 +18,8 @@ from torch import Tensor, nn
 
 from ulmfit.errors import UlmfitError
 from ulmfit.models.dropout import LockedDropout, WeightDropLSTM, embedding_dropout
-<<<<<<< HEAD
-from ulmfit.models.presets import PRESETS  # sizes per preset (torch-free, for the config checks)
-=======
 from ulmfit.models.linear_ce import linear_cross_entropy
->>>>>>> 0b26dd4 (LM training: decoder + cross-entropy fused over row chunks (models/linear_ce.py), no [B*T, V] logits; precision line logged after the data is read)
+from ulmfit.models.presets import PRESETS  # sizes per preset (torch-free, for the config checks)
 
 State = list[tuple[Tensor, Tensor]]
 
