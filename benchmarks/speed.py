@@ -75,16 +75,20 @@ def thread_env(threads: int | None) -> dict | None:
     return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
-def measure(who: str, job: dict, work: Path, timeout: float, threads: int | None = None) -> dict:
+def measure(who: str, job: dict, work: Path, timeout: float, threads: int | None = None,
+            pythonpath: str | None = None) -> dict:
     py, script = SCRIPTS[who]
-    name = f"{who}-{job['task']}" + (f"-w{job['workers']}" if "workers" in job else "")
+    name = f"{who}-{job.get('name', job['task'])}" + (f"-w{job['workers']}" if "workers" in job else "")
     if not Path(py).exists():
         return {"status": "unavailable", "reason": f"{py} missing: bash benchmarks/setup_peers.sh"}
     jp, rp = work / f"{name}.job.json", work / f"{name}.result.json"
     rp.unlink(missing_ok=True)
     write_json(jp, {**job, "threads": threads})
+    env = thread_env(threads)
+    if pythonpath:
+        env = {**(env or os.environ), "PYTHONPATH": pythonpath}
     r = run_measured([str(py), str(PEERS / script), str(jp), str(rp)], log_path=work / f"{name}.log", timeout=timeout,
-                     env=thread_env(threads))
+                     env=env)
     if r["rc"] != 0 or not rp.exists():
         print(f"  {name}: FAILED (rc {r['rc']})\n{tail(work / f'{name}.log', 8)}", flush=True)
         return {"status": "failed", "rc": r["rc"], "log_tail": tail(work / f"{name}.log")}
@@ -112,6 +116,8 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=1800, help="seconds per subprocess")
     p.add_argument("--threads", type=int, default=None, help="torch threads in every subprocess (default: torch's, "
                    "= cores). Use 1 when another job shares the cores: 2 threads on a contended core slow down ~10x")
+    p.add_argument("--baseline-src", default=None, help="also time LM training (fp32) with the ulmfit package under "
+                   "this src/ folder (e.g. an export of an older commit): ours-before vs ours-after in the same run")
     p.add_argument("--json", default=None, help="output (default benchmarks/results/speed.json / speed-quick.json)")
     a = p.parse_args()
     q = a.quick
@@ -140,8 +146,15 @@ def main() -> None:
     common_lm = {"stream": str(work / "stream.npy"), "vocab_size": data["vocab_size"], "bs": a.bs, "bptt": a.bptt,
                  "steps": a.lm_steps, "warmup_steps": 3, **size}
     if "lm" in parts:
+        # each tool's defaults (ours: precision auto, fastai: fp32), then ours at fastai's precision
         for who in ("ours", "fastai"):
             res[f"lm-{who}"] = measure(who, {"task": "lm", **common_lm}, work, a.timeout, a.threads)
+        res["lm-ours-fp32"] = measure("ours", {"task": "lm", "name": "lm-fp32", **common_lm, "precision": "fp32"},
+                                      work, a.timeout, a.threads)
+        if a.baseline_src:
+            env_src = str(Path(a.baseline_src).resolve())
+            res["lm-baseline-fp32"] = measure("ours", {"task": "lm", "name": "lm-baseline", **common_lm, "precision": "fp32"},
+                                              work, a.timeout, a.threads, pythonpath=env_src)
     if "clf" in parts:
         for who in ("ours", "fastai"):
             res[f"clf-{who}"] = measure(who, {"task": "clf", "docs": str(work / "docs.npz"), "vocab_size": data["vocab_size"],
@@ -183,7 +196,13 @@ def build_rows(res: dict) -> list[dict]:
     for w in (1, 2):
         add(f"tokenizer, {w} worker{'s' * (w > 1)}", "tokens/s", {"ours": f"tokenize-w{w}-ours", "fastai": f"tokenize-w{w}-fastai"},
             "tokens_per_s", True)
-    add("LM training", "tokens/s", {"ours": "lm-ours", "fastai": "lm-fastai"}, "tokens_per_s", True)
+    prec = (res.get("lm-ours") or {}).get("precision", "?")
+    add("LM training, defaults", "tokens/s", {"ours": "lm-ours", "fastai": "lm-fastai"}, "tokens_per_s", True,
+        f"ours {prec}, fastai fp32")
+    add("LM training, both fp32", "tokens/s", {"ours": "lm-ours-fp32", "fastai": "lm-fastai"}, "tokens_per_s", True)
+    if "lm-baseline-fp32" in res:
+        add("LM training, fp32, --baseline-src", "tokens/s", {"ours": "lm-baseline-fp32", "fastai": "lm-fastai"},
+            "tokens_per_s", True, "ours = the baseline code")
     add("classifier training", "s/epoch", {"ours": "clf-ours", "fastai": "clf-fastai"}, "seconds_per_epoch", False)
     pk = {"ours": "predict-ours", "fastai": "predict-fastai", "minilm": "predict-minilm"}
     add("predict 1 text, median", "ms", pk, "latency_ms_median", False)

@@ -66,11 +66,16 @@ def lm(job):
             loader = LMLoader(train, bs=bs, bptt=bptt, shuffle=False)
             r = run_phase(model, LMTask(), opt, groups, [Stage("all", 1, 1e-3)], loader,
                           LMLoader(valid, bs=bs, bptt=bptt, shuffle=False), PhaseFiles(Path(tmp) / str(k), "lm"),
-                          LoopConfig(patience=None, progress=False))
+                          LoopConfig(patience=None, progress=False, precision=job.get("precision", "auto")))
             res.append(r.history[-1])
     h = res[-1]
     tokens = job["steps"] * bs * bptt
-    return {"tokens_per_s": h["train_tokens_per_s"], "steps": len(loader), "tokens": tokens,
+    try:
+        from ulmfit.train.precision import resolve_precision
+        precision = resolve_precision(job.get("precision", "auto"))
+    except ImportError:  # an older ulmfit (--baseline-src) without auto: fp32 unless told
+        precision = job.get("precision", "fp32")
+    return {"tokens_per_s": h["train_tokens_per_s"], "steps": len(loader), "tokens": tokens, "precision": precision,
             "seconds": tokens / h["train_tokens_per_s"],
             "parameters": sum(p.numel() for p in model.parameters())}
 
