@@ -116,6 +116,7 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=1800, help="seconds per subprocess")
     p.add_argument("--threads", type=int, default=None, help="torch threads in every subprocess (default: torch's, "
                    "= cores). Use 1 when another job shares the cores: 2 threads on a contended core slow down ~10x")
+    p.add_argument("--lm-repeat", type=int, default=1, help="interleaved rounds of the LM measurements, median kept")
     p.add_argument("--baseline-src", default=None, help="also time LM training (fp32) with the ulmfit package under "
                    "this src/ folder (e.g. an export of an older commit): ours-before vs ours-after in the same run")
     p.add_argument("--json", default=None, help="output (default benchmarks/results/speed.json / speed-quick.json)")
@@ -146,15 +147,22 @@ def main() -> None:
     common_lm = {"stream": str(work / "stream.npy"), "vocab_size": data["vocab_size"], "bs": a.bs, "bptt": a.bptt,
                  "steps": a.lm_steps, "warmup_steps": 3, **size}
     if "lm" in parts:
-        # each tool's defaults (ours: precision auto, fastai: fp32), then ours at fastai's precision
-        for who in ("ours", "fastai"):
-            res[f"lm-{who}"] = measure(who, {"task": "lm", **common_lm}, work, a.timeout, a.threads)
-        res["lm-ours-fp32"] = measure("ours", {"task": "lm", "name": "lm-fp32", **common_lm, "precision": "fp32"},
-                                      work, a.timeout, a.threads)
+        # each tool's defaults (ours: precision auto, fastai: fp32), ours at fastai's precision, and
+        # optionally the baseline code; --lm-repeat rounds interleave them (load drifts on a shared
+        # machine) and each keeps its median round
+        runs = {"lm-ours": ("ours", {}, None), "lm-fastai": ("fastai", {}, None),
+                "lm-ours-fp32": ("ours", {"name": "lm-fp32", "precision": "fp32"}, None)}
         if a.baseline_src:
-            env_src = str(Path(a.baseline_src).resolve())
-            res["lm-baseline-fp32"] = measure("ours", {"task": "lm", "name": "lm-baseline", **common_lm, "precision": "fp32"},
-                                              work, a.timeout, a.threads, pythonpath=env_src)
+            runs["lm-baseline-fp32"] = ("ours", {"name": "lm-baseline", "precision": "fp32"},
+                                        str(Path(a.baseline_src).resolve()))
+        rounds: dict[str, list[dict]] = {k: [] for k in runs}
+        for _ in range(a.lm_repeat):
+            for key, (who, extra, src) in runs.items():
+                rounds[key].append(measure(who, {"task": "lm", **common_lm, **extra}, work, a.timeout, a.threads,
+                                           pythonpath=src))
+        for key, rs in rounds.items():
+            ok = sorted((r for r in rs if r.get("status") == "ok"), key=lambda r: r["tokens_per_s"])
+            res[key] = {**ok[len(ok) // 2], "rounds_tokens_per_s": [round(r["tokens_per_s"]) for r in ok]} if ok else rs[-1]
     if "clf" in parts:
         for who in ("ours", "fastai"):
             res[f"clf-{who}"] = measure(who, {"task": "clf", "docs": str(work / "docs.npz"), "vocab_size": data["vocab_size"],
