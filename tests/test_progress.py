@@ -46,9 +46,6 @@ def test_loop_prints_heartbeats_when_stderr_is_not_a_terminal(tmp_path, capsys):
             pass
 
     class Task:
-        def start_epoch(self):
-            pass
-
         def loss(self, model, batch):
             return ((model(batch[0]) - batch[1]) ** 2).mean()
 

@@ -26,6 +26,7 @@ RUNS = ("ulmfit_fwd", "ulmfit_both", "siatl")
 
 def _config(run: str):
     cfg = tiny_fit_config()
+    cfg.precision = "fp32"  # pinned: "auto" is bf16 on CPUs with native bf16 and fp32 elsewhere
     cfg.lm = replace(cfg.lm, epochs=1)
     cfg.clf = replace(cfg.clf, epochs=(1, 1, 1, 2), lrs=(3e-2, 3e-2, 3e-2, 2e-2))
     if run == "ulmfit_both":
