@@ -14,7 +14,8 @@ class FakeClock:
         return self.t
 
 
-def test_heartbeat_prints_at_most_every_interval():
+def test_heartbeat_prints_at_most_every_interval(monkeypatch):
+    monkeypatch.setattr(Heartbeat, "_last_line", None)
     clock, out = FakeClock(), io.StringIO()
     beat = Heartbeat("lm all 1/2", total=100, every_s=30, stream=out, clock=clock)
     printed = []
@@ -24,6 +25,21 @@ def test_heartbeat_prints_at_most_every_interval():
     lines = out.getvalue().splitlines()
     assert sum(printed) == len(lines) == 3  # at 30, 60, 90 s
     assert lines[0] == "lm all 1/2: batch 30/100 (30%), loss 4.000, 1,000 tokens/s, 0:30 elapsed, ~1:10 left"
+
+
+def test_gap_spans_epochs(monkeypatch):
+    """The next epoch's heartbeat counts from the previous epoch's last line: 25 s of batches and a
+    10 s validation pass after a line, the first batch of the next epoch prints."""
+    monkeypatch.setattr(Heartbeat, "_last_line", None)
+    clock, out = FakeClock(), io.StringIO()
+    first = Heartbeat("e1", total=100, every_s=30, stream=out, clock=clock)
+    clock.t += 31
+    assert first.update(31, 1.0, 100)
+    clock.t += 25 + 10
+    second = Heartbeat("e2", total=100, every_s=30, stream=out, clock=clock)
+    clock.t += 1
+    assert second.update(1, 1.0, 10)
+    assert out.getvalue().splitlines()[-1].startswith("e2: batch 1/100")
 
 
 def test_heartbeat_off():

@@ -20,14 +20,20 @@ def _clock(seconds: float) -> str:
 
 
 class Heartbeat:
-    """Call `update` after every batch; it prints when `every_s` seconds have passed since the
-    start or the last line. `every_s` None or <= 0: never prints."""
+    """Call `update` after every batch; it prints when `every_s` seconds have passed since the last
+    line of any heartbeat of this process (so the gap stays under `every_s` across epochs: the
+    validation pass between two epochs counts), or since this one started if none printed yet.
+    `every_s` None or <= 0: never prints."""
+
+    _last_line: float | None = None  # clock() of the process's last heartbeat line
 
     def __init__(self, desc: str, total: int, every_s: float | None = 30.0, stream: TextIO | None = None,
                  clock: Callable[[], float] = time.perf_counter):
         self.desc, self.total, self.every_s = desc, total, every_s
         self.stream, self.clock = stream, clock
-        self.t0 = self.last = clock()
+        self.t0 = clock()
+        last = Heartbeat._last_line
+        self.last = last if last is not None and last <= self.t0 else self.t0
 
     def update(self, done: int, loss: float, tokens: int) -> bool:
         """`done` batches of `total` finished, mean loss so far, tokens so far. True if it printed."""
@@ -36,7 +42,7 @@ class Heartbeat:
         now = self.clock()
         if now - self.last < self.every_s:
             return False
-        self.last = now
+        self.last = Heartbeat._last_line = now
         elapsed = now - self.t0
         left = elapsed / done * (self.total - done) if done else 0.0
         rate = tokens / elapsed if elapsed > 0 else 0.0
