@@ -36,8 +36,8 @@ from ulmfit.train.checkpoint import atomic_write_json, atomic_write_text, save_w
 from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, run_phase
 from ulmfit.train.optim import make_optimizer, param_groups
 from ulmfit.train.plots import plot_history
-from ulmfit.train.tasks import LMTask
 from ulmfit.train.precision import describe_precision, resolve_precision
+from ulmfit.train.tasks import LMTask
 
 Log = Callable[[str], None]
 
