@@ -106,6 +106,9 @@ done
 "$PY" - "$VENVS" "$ROOT/results/setup_peers.json" <<'PY'
 import json, sys, pathlib
 v = pathlib.Path(sys.argv[1])
-rows = [json.loads((p / ".setup-ok").read_text()) for p in sorted(v.iterdir()) if (p / ".setup-ok").exists()]
-pathlib.Path(sys.argv[2]).write_text(json.dumps(rows, indent=2))
+out = pathlib.Path(sys.argv[2])
+built = {r["peer"]: r for r in (json.loads((p / ".setup-ok").read_text()) for p in sorted(v.iterdir()) if (p / ".setup-ok").exists())}
+# Keep the rows of peers built earlier on another checkout (a machine that built only setfit keeps fastai's row).
+old = {r["peer"]: r for r in json.loads(out.read_text())} if out.exists() else {}
+out.write_text(json.dumps(list({**old, **built}.values()), indent=2))
 PY
