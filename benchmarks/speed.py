@@ -12,7 +12,8 @@ the tweets tokenized by us and numericalised (vocabulary --max-vocab) into one i
 bptt, steps; tokens/s of the training phase only (forward + AR/TAR + backward + step). Classifier:
 the same token ids per tweet + labels (.npz), one epoch with every layer trainable, bs 64, bptt 72.
 Prediction: raw text to class, models of the same size with untrained weights (the cost does not
-depend on the values), one text at a time (median and p95 latency) and in bulk (texts/s); MiniLM
+depend on the values), one text at a time (median and p95 latency) and in bulk (texts/s), ours also
+through onnxruntime (the same folder exported to ONNX at load, `ulmfit.load(DIR, runtime="onnx")`); MiniLM
 is all-MiniLM-L6-v2 with a sequence-classification head (22.7M parameters). Ratios are ours / theirs
 for rates (>1: we are faster) and theirs / ours for times and memory (>1: we are faster/smaller),
 so above 1 always means better for us. Writes benchmarks/results/speed.json (speed-quick.json).
@@ -172,6 +173,7 @@ def main() -> None:
                "n_single": a.n_single, "n_batch": a.n_batch, "max_vocab": a.max_vocab, **size}
         for who in ("ours", "fastai", "minilm"):
             res[f"predict-{who}"] = measure(who, job, work, a.timeout, a.threads)
+        res["predict_onnx-ours"] = measure("ours", {**job, "task": "predict_onnx"}, work, a.timeout, a.threads)
 
     rows = build_rows(res)
     print()
@@ -216,6 +218,10 @@ def build_rows(res: dict) -> list[dict]:
     add("predict 1 text, median", "ms", pk, "latency_ms_median", False)
     add("predict 1 text, p95", "ms", pk, "latency_ms_p95", False)
     add("predict in bulk", "texts/s", pk, "batch_texts_per_s", True)
+    po = {**pk, "ours": "predict_onnx-ours"}
+    add("predict 1 text, median, ours in onnxruntime", "ms", po, "latency_ms_median", False)
+    add("predict 1 text, p95, ours in onnxruntime", "ms", po, "latency_ms_p95", False)
+    add("predict in bulk, ours in onnxruntime", "texts/s", po, "batch_texts_per_s", True)
     for part, keys in (("tokenizer w1", {"ours": "tokenize-w1-ours", "fastai": "tokenize-w1-fastai"}),
                        ("LM training", {"ours": "lm-ours", "fastai": "lm-fastai"}),
                        ("classifier training", {"ours": "clf-ours", "fastai": "clf-fastai"}), ("prediction", pk)):

@@ -5,7 +5,7 @@
 tasks: tokenize (Tokenizer.tokenize_many, n workers), lm (LM training through our training loop
 `run_phase`: forward + AR/TAR + backward + clip + AdamW step), clf (one classifier epoch, all layers
 trainable, same loop), predict (a saved model folder via `ulmfit.load`: one text at a time, then
-batches).
+batches), predict_onnx (the same through onnxruntime).
 """
 from __future__ import annotations
 
@@ -140,7 +140,12 @@ def predict(job):
         model_dir.save_text_pipeline(folder, tok.config, vocab)
         model_dir.save_classifier(folder, model, enc_cfg, head_cfg)
         model_dir.write_marker(folder, "classifier", classes=classes, recipe="ulmfit", metric="macro_f1")
-        clf = ulmfit.load(folder) if hasattr(ulmfit, "load") else __import__("ulmfit.recipes.predictor").recipes.predictor.load(folder)
+        if job.get("runtime") == "onnx":
+            from ulmfit.recipes.predictor import load
+
+            clf = load(folder, runtime="onnx")
+        else:
+            clf = ulmfit.load(folder) if hasattr(ulmfit, "load") else __import__("ulmfit.recipes.predictor").recipes.predictor.load(folder)
         for t in texts[:5]:
             clf.predict_proba([t])  # warm-up
         lat = []
@@ -154,6 +159,11 @@ def predict(job):
         s = time.perf_counter() - t0
     return {"latency_ms_median": 1000 * statistics.median(lat), "latency_ms_p95": 1000 * float(np.percentile(lat, 95)),
             "batch_texts_per_s": len(batch) / s, "n_single": len(lat), "n_batch": len(batch), "vocab_size": len(vocab)}
+
+
+def predict_onnx(job):
+    """`predict` through onnxruntime (`ulmfit.load(DIR, runtime="onnx")`: the same folder exported at load)."""
+    return predict({**job, "runtime": "onnx"})
 
 
 if __name__ == "__main__":

@@ -9,11 +9,12 @@ def fit(*args, **kwargs):
     return _fit(*args, **kwargs)
 
 
-def load(path):
-    """Load a trained classifier folder: `ulmfit.load(path).predict(texts)`."""
+def load(path, runtime="torch", **kwargs):
+    """Load a trained classifier folder: `ulmfit.load(path).predict(texts)`; `runtime="onnx"` runs the
+    same models in onnxruntime (the `serve` extra)."""
     from ulmfit.recipes.predictor import load as _load
 
-    return _load(path)
+    return _load(path, runtime, **kwargs)
 
 
 __all__ = ["fit", "load", "__version__"]

@@ -159,7 +159,7 @@ def cmd_predict(a) -> int:
     from ulmfit.recipes.predictor import load
     from ulmfit.train.checkpoint import atomic_write_text
 
-    model = load(a.model)
+    model = load(a.model, runtime=a.runtime)
     if a.data:
         texts = read_table(Path(a.data), text_col=a.text_col, encoding=a.encoding, on_empty="keep").texts
     else:
@@ -173,6 +173,31 @@ def cmd_predict(a) -> int:
         log(f"wrote {len(df)} predictions to {a.out}")
     else:
         df.to_csv(sys.stdout, index=False)
+    return 0
+
+
+def cmd_serve(a) -> int:
+    from ulmfit.recipes import model_dir
+    from ulmfit.serving.app import ServeConfig, serve
+
+    meta = model_dir.read_marker(a.model)  # a wrong folder fails here, in one line, not in every worker
+    if meta.get("kind") not in ("classifier", "ensemble"):
+        raise UlmfitError(f"{a.model}: holds a {meta.get('kind')} model; `ulmfit serve` serves classifiers")
+    if a.workers < 1 or a.threads < 0:
+        raise UlmfitError("serve: --workers must be >= 1 and --threads >= 0 (0: cores // workers)")
+    cfg = ServeConfig(model=str(Path(a.model).resolve()), runtime=a.runtime, workers=a.workers, threads=a.threads,
+                      max_texts=a.max_texts, max_chars=a.max_chars, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms,
+                      max_queue=a.max_queue)
+    log(f"serving {a.model} on http://{a.host}:{a.port} ({a.workers} worker(s) x {cfg.resolved_threads()} thread(s), "
+        f"{a.runtime}); POST /predict, GET /health /ready /metadata /metrics /docs")
+    serve(cfg, host=a.host, port=a.port, log_level=a.log_level)
+    return 0
+
+
+def cmd_export(a) -> int:
+    from ulmfit.recipes.export import export_folder
+
+    export_folder(a.model, a.out, part=a.part, log=log)
     return 0
 
 
@@ -303,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--data", help="file of texts (default: stdin, one text per line)")
     pr.add_argument("--out", help="CSV to write (default: stdout)")
     data_args(pr, label=False, defaults=True)
+    pr.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                    help="run the model in PyTorch (default) or in onnxruntime (exported at load)")
     pr.set_defaults(func=cmd_predict)
 
     en = sub.add_parser("ensemble", help="average finished classifiers' probabilities, weights chosen on --valid")
@@ -313,6 +340,29 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--overwrite", action="store_true")
     data_args(en, defaults=True)
     en.set_defaults(func=cmd_ensemble)
+
+    sv = sub.add_parser("serve", help="serve a classifier over HTTP (FastAPI + uvicorn; docs/SERVING.md)")
+    sv.add_argument("model")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--workers", type=int, default=1, help="worker processes, each with its own copy of the model")
+    sv.add_argument("--threads", type=int, default=0, help="threads per worker (default: cores // workers)")
+    sv.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    sv.add_argument("--max-texts", type=int, default=256, help="texts per request (413 above)")
+    sv.add_argument("--max-chars", type=int, default=10_000, help="characters per text (413 above)")
+    sv.add_argument("--max-batch", type=int, default=128, help="texts per model call (dynamic batching)")
+    sv.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests")
+    sv.add_argument("--max-queue", type=int, default=1024, help="waiting requests before answering 503")
+    sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    sv.set_defaults(func=cmd_serve)
+
+    ex = sub.add_parser("export", help="export a model folder (ONNX); a fwd+bwd folder writes both")
+    ex.add_argument("model")
+    ex.add_argument("--format", choices=["onnx"], default="onnx")
+    ex.add_argument("--out", required=True, help="the .onnx file; a backward model goes to <stem>.bwd.onnx")
+    ex.add_argument("--part", choices=["classifier", "lm"], default="classifier",
+                    help="the classifier (default) or the language model")
+    ex.set_defaults(func=cmd_export)
 
     g = sub.add_parser("generate", help="continue a prompt with the language model")
     g.add_argument("model", nargs="?", help="a model or language-model folder, or a shipped LM name")

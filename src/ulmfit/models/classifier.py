@@ -73,19 +73,46 @@ class ConcatPool:
     def update(self, out: Tensor, mask: Tensor) -> None:
         if not bool(mask.any()):
             return
-        n, c = mask.shape
-        m = mask.unsqueeze(-1)
-        has = m.any(1)  # [n, 1]
-        last_idx = c - 1 - mask.flip(1).to(torch.int8).argmax(1)  # last True of each row
-        last = out[torch.arange(n, device=out.device), last_idx]
-        self.last = _prefix(self.last, torch.where(has, last, self.last[:n]))
-        self.max = _prefix(self.max, torch.maximum(self.max[:n], out.masked_fill(~m, float("-inf")).amax(1)))
-        self.sum = _prefix(self.sum, self.sum[:n] + out.masked_fill(~m, 0.0).sum(1))
-        self.count = _prefix(self.count, self.count[:n] + m.sum(1).to(out.dtype))
+        n = mask.size(0)
+        head = pool_update((self.last[:n], self.max[:n], self.sum[:n], self.count[:n]), out, mask)
+        self.last, self.max, self.sum, self.count = (_prefix(full, h) for full, h in
+                                                     zip((self.last, self.max, self.sum, self.count), head))
 
     def features(self) -> Tensor:
         """[B, 3F]: last, max, mean (rows with no pooled position get 0 for the mean)."""
-        return torch.cat([self.last, self.max, self.sum / self.count.clamp_min(1)], 1)
+        return pool_features((self.last, self.max, self.sum, self.count))
+
+
+PoolStats = tuple[Tensor, Tensor, Tensor, Tensor]  # last [n, F], max [n, F], sum [n, F], count [n, 1]
+
+
+def pool_update(stats: PoolStats, out: Tensor, mask: Tensor) -> PoolStats:
+    """One chunk into the running concat-pool statistics of its n rows (out of place, no
+    data-dependent control flow, so it also exports to ONNX): out [n, c, F], mask [n, c]."""
+    last, mx, total, count = stats
+    c = mask.size(1)
+    m = mask.unsqueeze(-1)
+    has = m.any(1)  # [n, 1]
+    pos = torch.arange(c, device=mask.device).expand_as(mask)
+    last_idx = torch.where(mask, pos, torch.zeros_like(pos)).amax(1)  # last True of each row (0 if none)
+    picked = out.gather(1, last_idx.view(-1, 1, 1).expand(-1, 1, out.size(2))).squeeze(1)
+    return (torch.where(has, picked, last), torch.maximum(mx, out.masked_fill(~m, float("-inf")).amax(1)),
+            total + out.masked_fill(~m, 0.0).sum(1), count + m.sum(1).to(out.dtype))
+
+
+def pool_features(stats: PoolStats) -> Tensor:
+    """Running statistics -> concat-pooled features [n, 3F]: last, max, mean."""
+    last, mx, total, count = stats
+    return torch.cat([last, mx, total / count.clamp_min(1)], 1)
+
+
+def chunk_schedule(lengths: list[int], bptt: int) -> list[tuple[int, int, int]]:
+    """The chunks a batch of documents is read in: (start, end, n) per chunk, n the number of
+    rows still active (`lengths` sorted descending, so the active rows are a prefix)."""
+    out = []
+    for s in range(0, lengths[0] if lengths else 0, bptt):
+        out.append((s, min(s + bptt, lengths[0]), sum(1 for L in lengths if L > s)))
+    return out
 
 
 def _prefix(full: Tensor, head: Tensor) -> Tensor:
@@ -158,15 +185,15 @@ class TextClassifier(nn.Module):
         lengths = lengths.to(device=ids.device, dtype=torch.long)
         if B == 0 or int(lengths.min()) < 1 or int(lengths.max()) > T:
             raise UlmfitError(f"classifier input: lengths must be in [1, {T}] for ids of width {T}")
+        if not self.training and int(lengths.max()) <= self.cfg.bptt:
+            return self._one_chunk(ids, lengths)
         lengths, order = lengths.sort(descending=True, stable=True)
         ids = ids[order]
         starts = (lengths - self.cfg.max_len).clamp_min(0)  # absolute positions [start, length) are pooled
         lengths_list, bptt = lengths.tolist(), self.cfg.bptt
         pool = ConcatPool(B, self.encoder.out_size, self.encoder.embedding.weight)
         state = None
-        for s in range(0, lengths_list[0], bptt):
-            n = sum(1 for L in lengths_list if L > s)  # rows still active: a prefix (sorted)
-            e = min(s + bptt, lengths_list[0])
+        for s, e, n in chunk_schedule(lengths_list, bptt):  # n rows still active: a prefix (sorted)
             if state is not None:
                 state = [(h[:, :n], c[:, :n]) for h, c in state]
             out, state = self.encoder(ids[:n, s:e], state)
@@ -175,6 +202,17 @@ class TextClassifier(nn.Module):
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(B, device=order.device)
         return pool.features()[inverse]
+
+    def _one_chunk(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """Inference when every document fits one chunk (tweets, most short texts): the same numbers as
+        the chunk loop, without its sorting, state slicing and reordering."""
+        T = int(lengths.max())
+        out, _ = self.encoder(ids[:, :T])
+        pos = torch.arange(T, device=ids.device)
+        mask = (pos >= (lengths - self.cfg.max_len).clamp_min(0)[:, None]) & (pos < lengths[:, None])
+        B, F = out.size(0), out.size(2)
+        stats = (out.new_zeros(B, F), out.new_full((B, F), float("-inf")), out.new_zeros(B, F), out.new_zeros(B, 1))
+        return pool_features(pool_update(stats, out, mask))
 
     def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
         """ids [B, T] right-padded (pad id from the encoder's config), lengths [B] -> logits [B, C]."""

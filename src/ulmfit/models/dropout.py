@@ -106,6 +106,8 @@ class WeightDropLSTM(nn.Module):
     ) -> tuple[Tensor | PackedSequence, State]:
         """x [B, T, I] (or a PackedSequence), state (h, c) each [1, B, H] or None (zeros).
         Returns (out [B, T, H] or PackedSequence, (h, c))."""
+        if not self.training and isinstance(x, Tensor):
+            return self._eval_forward(x, state)
         args = (x,) if state is None else (x, state)
         params = {"weight_hh_l0": self.dropped_weight()}
         with warnings.catch_warnings():
@@ -113,6 +115,28 @@ class WeightDropLSTM(nn.Module):
             # be, the dropped matrix is a new tensor each call. The CPU never warns.
             warnings.filterwarnings("ignore", message=".*contiguous chunk of memory.*")
             return functional_call(self.module, params, args)
+
+    def _eval_forward(self, x: Tensor, state: State | None) -> tuple[Tensor, State]:
+        """Eval mode: the raw weights straight into `torch.lstm` (the op nn.LSTM calls), without
+        `functional_call`'s per-call reparametrisation; same numbers, ~0.1 ms less per call."""
+        m = self.module
+        if state is None:
+            zeros = x.new_zeros(1, x.size(0), self.hidden_size)
+            state = (zeros, zeros)
+        params = [m.weight_ih_l0, self.weight_hh_l0_raw, m.bias_ih_l0, m.bias_hh_l0]
+        out, h, c = torch.lstm(x, state, params, True, 1, 0.0, False, False, True)
+        return out, (h, c)
+
+    def to_plain(self) -> nn.LSTM:
+        """An ordinary batch-first nn.LSTM holding the raw (undropped) weights: what this layer
+        computes in eval mode, in the form exporters know (ONNX's LSTM op). The weights are copies."""
+        lstm = nn.LSTM(self.input_size, self.hidden_size, num_layers=1, batch_first=True)
+        with torch.no_grad():
+            lstm.weight_ih_l0.copy_(self.module.weight_ih_l0)
+            lstm.weight_hh_l0.copy_(self.weight_hh_l0_raw)
+            lstm.bias_ih_l0.copy_(self.module.bias_ih_l0)
+            lstm.bias_hh_l0.copy_(self.module.bias_hh_l0)
+        return lstm.to(self.weight_hh_l0_raw.device).eval()
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, weight_p={self.weight_p}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ class Member:
     direction: str
     tokenizer: Tokenizer
     vocab: Vocab
-    model: torch.nn.Module
+    model: torch.nn.Module | None
 
     @classmethod
     def load(cls, folder: Path, direction: str = "fwd", recipe: str | None = None) -> "Member":
@@ -48,12 +48,63 @@ class Member:
         if self.direction == "bwd":
             docs = docs.reversed()
         probs = np.zeros((len(tokens), n_classes), dtype=np.float32)
-        self.model.eval()
         with torch.inference_mode():
             for batch in ClassificationLoader(docs, None, bs=bs, shuffle=False):
                 logits = self.model(batch.ids, batch.lengths)
                 probs[batch.index.numpy()] = torch.softmax(logits.float(), -1).numpy()
         return probs
+
+
+class OnnxMember(Member):
+    """A `Member` whose model runs in onnxruntime (models/onnx.py: exported from the folder's PyTorch
+    model at load, or read from an exported file); same tokenizer, vocabulary and batching."""
+
+    onnx_model: "OnnxChunkModel"
+
+    @classmethod
+    def load(cls, folder: Path, direction: str = "fwd", recipe: str = "ulmfit", threads: int | None = None,
+             data: bytes | None = None) -> "OnnxMember":
+        from ulmfit.models.onnx import OnnxChunkModel, check_exportable, export_classifier
+
+        r = registry.get(recipe or registry.default_name())
+        model = r.load_model(folder) if r.load_member is None else None
+        check_exportable(model, str(folder))
+        tokenizer, vocab = model_dir.load_text_pipeline(folder)
+        if data is None:
+            data = export_classifier(model, {"direction": direction})
+        m = cls(direction, tokenizer, vocab, None)
+        m.onnx_model = OnnxChunkModel(data, threads)
+        return m
+
+    def predict_proba(self, tokens: list[list[str]], n_classes: int, bs: int = 128) -> np.ndarray:
+        docs = self.vocab.encode_many(tokens)
+        if self.direction == "bwd":
+            docs = docs.reversed()
+        probs = np.zeros((len(tokens), n_classes), dtype=np.float32)
+        for batch in ClassificationLoader(docs, None, bs=bs, shuffle=False, pad_idx=self.onnx_model.meta["pad_idx"]):
+            logits = self.onnx_model(batch.ids.numpy(), batch.lengths.numpy())
+            probs[batch.index.numpy()] = torch.softmax(torch.from_numpy(logits), -1).numpy()
+        return probs
+
+
+RUNTIMES = ("torch", "onnx")
+
+
+def member_loader(runtime: str = "torch", threads: int | None = None,
+                  files: dict[str, str | Path] | None = None) -> Callable[[Path, str, str], Member]:
+    """How `Classifier` loads each direction: PyTorch, or onnxruntime (exported in memory at load, or
+    from `files`, {direction: .onnx path} written by `ulmfit export`; `threads`: its intra-op threads)."""
+    if runtime == "torch":
+        return Member.load
+    if runtime != "onnx":
+        raise UlmfitError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+    files = files or {}
+
+    def load_onnx(folder: Path, direction: str, recipe: str) -> Member:
+        data = Path(files[direction]).read_bytes() if direction in files else None
+        return OnnxMember.load(folder, direction, recipe, threads, data)
+
+    return load_onnx
 
 
 def proba_by_direction(members: list[Member], texts: Sequence[str], n_classes: int,
@@ -88,8 +139,12 @@ def metrics_by_direction(probs: dict[str, np.ndarray], y_true: np.ndarray, class
 class Classifier:
     """Predicts labels and class probabilities for raw texts."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, runtime: str = "torch", *, threads: int | None = None,
+                 onnx_files: dict[str, str | Path] | None = None):
+        """runtime: "torch" (default) or "onnx" (onnxruntime, the `serve` extra; see `member_loader`)."""
         self.folder = Path(folder)
+        self.runtime = runtime
+        loader = member_loader(runtime, threads, onnx_files)
         self.meta = model_dir.read_marker(self.folder)
         if self.meta.get("kind") not in ("classifier", "ensemble"):
             raise UlmfitError(f"{self.folder}: holds a {self.meta.get('kind')} model, not a classifier; "
@@ -97,7 +152,8 @@ class Classifier:
         self.classes: list[str] = list(self.meta["classes"])
         self.weights: dict[str, float] | None = None
         if self.meta["kind"] == "ensemble":  # recipes/ensemble.py: member folders copied inside
-            self.parts = {e["path"]: Classifier(self.folder / e["path"]) for e in self.meta["members"]}
+            self.parts = {e["path"]: Classifier(self.folder / e["path"], runtime, threads=threads)
+                          for e in self.meta["members"]}
             self.weights = {e["path"]: float(e["weight"]) for e in self.meta["members"]}
             self.directions = list(self.parts)
             self.members = [m for part in self.parts.values() for m in part.members]
@@ -106,7 +162,8 @@ class Classifier:
             return
         self.directions: list[str] = list(self.meta.get("directions") or [self.meta.get("direction", "fwd")])
         recipe = self.meta.get("recipe") or registry.default_name()  # folders from before recipes were recorded
-        self.members = [Member.load(model_dir.direction_folder(self.folder, self.directions[0], d), d, recipe)
+        self.recipe = recipe
+        self.members = [loader(model_dir.direction_folder(self.folder, self.directions[0], d), d, recipe)
                         for d in self.directions]
         first = self.members[0]
         self.tokenizer, self.vocab, self.model = first.tokenizer, first.vocab, first.model
@@ -139,5 +196,6 @@ class Classifier:
         return metrics_by_direction(self.predict_proba_by_direction(texts), y_true, self.classes, self.weights)
 
 
-def load(folder: str | Path) -> Classifier:
-    return Classifier(folder)
+def load(folder: str | Path, runtime: str = "torch", **kw) -> Classifier:
+    """`ulmfit.load(DIR)`; `runtime="onnx"` runs the same models in onnxruntime (parity 1e-4, tested)."""
+    return Classifier(folder, runtime, **kw)
