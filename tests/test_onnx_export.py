@@ -112,19 +112,19 @@ def test_cli_export_both_directions_and_predict_runtime_onnx(folder, tmp_path, c
     assert np.abs(a.filter(like="p_").values - b.filter(like="p_").values).max() <= 2e-6  # CSV rounds to 6 places
 
 
-def test_export_refuses_siatl_and_lm_folders_in_one_line(folder, tmp_path, capsys):
+def test_export_refuses_other_models_and_lm_folders_in_one_line(folder, tmp_path, capsys, monkeypatch):
     import json
     import shutil
 
-    siatl = tmp_path / "siatl"
-    shutil.copytree(folder, siatl)
-    marker = json.loads((siatl / "ulmfit.json").read_text())
-    (siatl / "ulmfit.json").write_text(json.dumps({**marker, "recipe": "siatl"}))
-    assert main(["export", str(siatl), "--out", str(tmp_path / "x.onnx")]) == 2
+    # a recipe whose model is not the AWD-LSTM classifier (SiATL, the transformer): refused in one line
+    monkeypatch.setattr(model_dir, "load_classifier_model", lambda f: torch.nn.Linear(2, 3))
+    assert main(["export", str(folder), "--out", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "siatl" in err and "\n" not in err
-    with pytest.raises(UlmfitError, match="siatl"):
-        load(siatl, runtime="onnx")
+    assert err.startswith("error:") and "ONNX export covers" in err and "Linear" in err and "\n" not in err
+    with pytest.raises(UlmfitError, match="--runtime torch"):
+        load(folder, runtime="onnx")
+    monkeypatch.undo()
+    marker = json.loads((folder / "ulmfit.json").read_text())
     lm_only = tmp_path / "lm"
     shutil.copytree(folder, lm_only, ignore=shutil.ignore_patterns("bwd"))
     (lm_only / "ulmfit.json").write_text(json.dumps({**marker, "kind": "lm"}))
