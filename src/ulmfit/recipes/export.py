@@ -35,7 +35,7 @@ def export_folder(folder: str | Path, out: str | Path, part: str = "classifier",
         if part == "classifier":
             r = registry.get(meta.get("recipe") or registry.default_name())
             model = r.load_model(sub) if r.load_member is None else None
-            check_exportable(model, str(folder))
+            check_exportable(model, f"{folder} (recipe {r.name})")
             data = export_classifier(model, {"direction": d, "classes": list(meta["classes"])})
         else:
             lm, _, _ = model_dir.load_lm(sub)  # "holds no language model" where there is none

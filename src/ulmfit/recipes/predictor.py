@@ -68,7 +68,7 @@ class OnnxMember(Member):
 
         r = registry.get(recipe or registry.default_name())
         model = r.load_model(folder) if r.load_member is None else None
-        check_exportable(model, str(folder))
+        check_exportable(model, f"{folder} (recipe {r.name})")
         tokenizer, vocab = model_dir.load_text_pipeline(folder)
         if data is None:
             data = export_classifier(model, {"direction": direction})
