@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# CPU torch first: an unpinned torch would pull gigabytes of CUDA packages.
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[test,transformers,serve]'
+	$(BIN)/python -m pip install -q -e '.[test,transformers,serve,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

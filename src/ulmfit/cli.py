@@ -13,7 +13,10 @@ from ulmfit.recipes.config import apply_overrides
 
 
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from ulmfit.train import distributed
+
+    if distributed.is_main():  # under torchrun only rank 0 speaks
+        print(msg, file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -153,26 +156,12 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_predict(a) -> int:
-    import pandas as pd
+    from ulmfit.scale.bulk import predict_file
 
-    from ulmfit.data.readers import read_table
-    from ulmfit.recipes.predictor import load
-    from ulmfit.train.checkpoint import atomic_write_text
-
-    model = load(a.model, runtime=a.runtime)
-    if a.data:
-        texts = read_table(Path(a.data), text_col=a.text_col, encoding=a.encoding, on_empty="keep").texts
-    else:
-        texts = [line.rstrip("\n") for line in sys.stdin]
-    probs = model.predict_proba(texts)
-    df = pd.DataFrame({"text": texts, "label": [model.classes[i] for i in probs.argmax(1)]})
-    for j, c in enumerate(model.classes):
-        df[f"p_{c}"] = probs[:, j].round(6)
+    n = predict_file(a.model, a.data, a.out, workers=a.workers, text_col=a.text_col, encoding=a.encoding,
+                     chunk_rows=a.chunk_rows, runtime=a.runtime)
     if a.out:
-        atomic_write_text(Path(a.out), df.to_csv(index=False))
-        log(f"wrote {len(df)} predictions to {a.out}")
-    else:
-        df.to_csv(sys.stdout, index=False)
+        log(f"wrote {n} predictions to {a.out}")
     return 0
 
 
@@ -257,6 +246,10 @@ def cmd_ensemble(a) -> int:
 
 # ----------------------------------------------------------------------------- parser
 
+# Commands that train through train/loop.py and so run data-parallel under torchrun (docs/SCALING.md).
+DISTRIBUTED_COMMANDS = ("pretrain", "finetune-lm", "fit")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ulmfit", description="Text classifiers from few labels (ULMFiT on AWD-LSTM).")
     p.add_argument("--version", action="store_true", help="print the version and exit")
@@ -330,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(pr, label=False, defaults=True)
     pr.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
                     help="run the model in PyTorch (default) or in onnxruntime (exported at load)")
+    pr.add_argument("--workers", type=int, default=1,
+                    help="processes (one torch thread each) that share the file; 1: this process (default)")
+    pr.add_argument("--chunk-rows", type=int, default=1000, help="texts read and predicted at a time (memory stays flat)")
     pr.set_defaults(func=cmd_predict)
 
     en = sub.add_parser("ensemble", help="average finished classifiers' probabilities, weights chosen on --valid")
@@ -423,7 +419,12 @@ def main(argv: list[str] | None = None) -> int:
     if not a.command:
         parser.print_help()
         return 2
+    from ulmfit.train import distributed
+
     try:
+        if distributed.world_size() > 1 and a.command not in DISTRIBUTED_COMMANDS:
+            raise UlmfitError(f"`ulmfit {a.command}` does not run under torchrun; only "
+                              f"{', '.join(DISTRIBUTED_COMMANDS)} do (predict: use --workers N)")
         return a.func(a)
     except UlmfitError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -437,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: the last completed epoch is checkpointed; continue with `ulmfit fit --out DIR --resume`",
               file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

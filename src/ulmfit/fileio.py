@@ -10,6 +10,10 @@ folder, a dangling symbolic link, no permission, a name too long) becomes a
 
 Importable from every layer (it needs only the standard library, NumPy and ``ulmfit.errors``);
 tensors are written through :func:`atomic_write_bytes` by ``train/checkpoint.py``.
+
+In a data-parallel run (``torchrun``, ``train/distributed.py``) only rank 0 writes: on the other
+ranks (:func:`is_main_process` false) the writers, the append, the write lock and the swap do
+nothing, so N processes running the same recipe leave one set of files.
 """
 from __future__ import annotations
 
@@ -84,6 +88,11 @@ def mapped(path: str | os.PathLike, doing: str = "write") -> Iterator[None]:
         raise os_error(e, path, doing) from None
 
 
+def is_main_process() -> bool:
+    """True alone and in rank 0 of a data-parallel run (torchrun sets RANK): the process that writes."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def make_dir(path: str | os.PathLike) -> Path:
     """``mkdir -p`` that explains itself: a path under a file, a file, a dangling link, read-only."""
     path = Path(path)
@@ -149,6 +158,9 @@ class Staged:
 def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Yield a temp file next to ``path``; on success fsync it and rename it over ``path``,
     on any exception delete it and leave ``path`` untouched."""
+    if not is_main_process():  # [distributed] ranks > 0 write nothing
+        yield io.BytesIO() if "b" in mode else io.StringIO()
+        return
     staged = Staged(path, mode)
     try:
         with mapped(path):
@@ -201,6 +213,8 @@ def atomic_write_npy(path: str | os.PathLike, array) -> None:
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append ``record`` as one JSON line to ``path`` and fsync, so a crash loses at most the
     line being written."""
+    if not is_main_process():  # [distributed] ranks > 0 write nothing
+        return
     line = json.dumps(record, ensure_ascii=False, default=json_default) + "\n"
     path = Path(path)
     make_dir(path.parent)
@@ -250,6 +264,9 @@ def write_lock(folder: str | os.PathLike) -> Iterator[Path]:
 
     folder = Path(folder)
     path = lock_path(folder)
+    if not is_main_process():  # [distributed] rank 0 holds the lock for the whole run
+        yield path
+        return
     make_dir(folder.parent)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     for _ in range(3):
@@ -299,7 +316,7 @@ def recover_swap(folder: str | os.PathLike, marker: str = "ulmfit.json") -> None
     folder is complete (holds `marker`) it goes in, otherwise the old folder is put back."""
     folder = Path(folder)
     old, staging = _old_path(folder), staging_path(folder)
-    if not old.exists():
+    if not old.exists() or not is_main_process():  # [distributed] only rank 0 moves folders
         return
     import shutil
 
@@ -316,6 +333,8 @@ def swap_in(staging: str | os.PathLike, folder: str | os.PathLike) -> None:
     :func:`recover_swap` (run by the next :func:`write_lock`)."""
     import shutil
 
+    if not is_main_process():  # [distributed] only rank 0 moves folders
+        return
     staging, folder = Path(staging), Path(folder)
     old = _old_path(folder)
     with mapped(folder, "replace"):

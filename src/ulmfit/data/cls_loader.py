@@ -7,9 +7,12 @@ shuffled, except that the batch holding the longest document goes first so memor
 epoch repeats the data (each pass reshuffled) until it has at least that many batches: 500 labelled
 texts are 8 batches of 64, too few steps for a stage of gradual unfreezing. Inference (shuffle=False)
 sorts all documents by length; `ClsBatch.index` puts predictions back in the original order.
+`shard(r, n)` (data-parallel training, `train/distributed.py`): process r of n gets rows r, r+n, ...
+of every batch of the same plan, so the n shares of a batch are disjoint and of near-equal length.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Iterator
@@ -17,6 +20,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ulmfit.errors import UlmfitError
 from ulmfit.text.token_docs import TokenDocs
 
 SORTISH_CHUNK = 50  # batches per sorted chunk
@@ -47,6 +51,16 @@ class ClassificationLoader:
         lengths = docs.lengths
         self.lengths = np.minimum(lengths, max_tokens) if max_tokens is not None else lengths
         self.epoch = 0
+        self.rank, self.world = 0, 1  # this loader yields rows rank::world of every batch
+
+    def shard(self, rank: int, world: int, training: bool = True) -> "ClassificationLoader":
+        """Process `rank` of `world`: a disjoint share of every batch (batches of the unsharded plan)."""
+        if self.bs < world:
+            raise UlmfitError(f"a classifier batch of {self.bs} documents cannot be split over {world} processes; "
+                              f"use a batch size (clf.bs) of at least {world}")
+        out = copy.copy(self)
+        out.rank, out.world = rank, world
+        return out
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose order the next iteration uses (only matters with shuffle=True)."""
@@ -63,9 +77,10 @@ class ClassificationLoader:
         return max(1, math.ceil(self.min_batches / per_pass)) if self.shuffle and per_pass else 1
 
     def _merge_last(self) -> bool:
-        """Training batches never hold a single document: BatchNorm in the head cannot train on one."""
+        """Training batches never hold a single document: BatchNorm in the head cannot train on one.
+        Sharded over `world` processes, a last batch with fewer documents than processes is merged too."""
         n = len(self.docs)
-        return self.shuffle and n > 1 and self.bs > 1 and n % self.bs == 1
+        return self.shuffle and n > 1 and self.bs > 1 and 0 < n % self.bs < max(2, self.world)
 
     def batches(self) -> list[np.ndarray]:
         """Document indices of every batch this epoch, each sorted by length descending."""
@@ -93,7 +108,7 @@ class ClassificationLoader:
 
     def __iter__(self) -> Iterator[ClsBatch]:
         for idx in self.batches():
-            yield self.collate(idx)
+            yield self.collate(idx[self.rank::self.world])
 
     def collate(self, idx: np.ndarray) -> ClsBatch:
         """Pad the documents at `idx` (re-sorted by length descending) into one batch."""

@@ -6,12 +6,16 @@ one token of look-ahead for the targets); batch k reads columns [k*bptt, k*bptt 
 row. Row r of batch k+1 continues exactly where row r of batch k stopped, so a trainer can carry
 the LSTM hidden state across batches (truncated BPTT).
 
+`shard(r, n)` gives process r of n (data-parallel training, `train/distributed.py`) the rows
+[r*bs/n, (r+1)*bs/n) of that same layout: contiguous streams, never a permutation of rows.
+
 The shuffled stream is never materialised: batches are gathered straight from `docs.ids` (which may
 be a read-only np.memmap) through the permuted document order and its cumulative lengths, so memory
 stays flat for corpora larger than RAM.
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Iterator
 
@@ -36,7 +40,22 @@ class LMLoader:
         self.shuffle, self.variable_bptt, self.seed = shuffle, variable_bptt, seed
         self.row_len = (n - 1) // bs  # L: input positions per row; the (N-1) % bs tail is not used
         self.epoch = 0
+        self.row0, self.n_rows = 0, bs  # the rows this loader yields (all of them unless sharded)
         self._plan_cache: tuple[int, list[tuple[int, int]]] | None = None
+
+    def shard(self, rank: int, world: int, training: bool = True) -> "LMLoader":
+        """Process `rank` of `world`: rows [rank*bs/world, (rank+1)*bs/world) of every batch, the same
+        stream layout (row length, document order, window plan) as this loader's. Training needs
+        equal shares (every rank then draws dropout masks of the same shapes)."""
+        if training and self.bs % world:
+            raise UlmfitError(f"a language-model batch of {self.bs} rows does not split evenly over {world} "
+                              f"processes; use a batch size (bs) that is a multiple of {world}")
+        if self.bs < world:
+            raise UlmfitError(f"a language-model batch of {self.bs} rows cannot be split over {world} processes; "
+                              f"use bs of at least {world}")
+        out = copy.copy(self)
+        out.row0, out.n_rows = rank * self.bs // world, (rank + 1) * self.bs // world - rank * self.bs // world
+        return out
 
     @property
     def n_tokens(self) -> int:
@@ -58,9 +77,9 @@ class LMLoader:
         cum = np.zeros(len(order) + 1, dtype=np.int64)  # stream position where each permuted doc starts
         np.cumsum(lengths, out=cum[1:])
         src_start = self.docs.offsets[:-1][order]  # where that doc starts in docs.ids
-        row_start = np.arange(self.bs, dtype=np.int64)[:, None] * self.row_len
+        row_start = (self.row0 + np.arange(self.n_rows, dtype=np.int64))[:, None] * self.row_len
         for start, seq in self._plan():
-            pos = row_start + (start + np.arange(seq + 1, dtype=np.int64))  # [bs, seq+1] stream positions
+            pos = row_start + (start + np.arange(seq + 1, dtype=np.int64))  # [rows, seq+1] stream positions
             d = np.searchsorted(cum, pos, side="right") - 1  # side=right skips empty docs
             window = np.asarray(self.docs.ids[src_start[d] + (pos - cum[d])], dtype=np.int64)
             yield torch.from_numpy(window[:, :-1].copy()), torch.from_numpy(window[:, 1:].copy())

@@ -13,7 +13,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from ulmfit.errors import UlmfitError
 
@@ -98,6 +98,93 @@ def read_texts(path, text_col: str = "text", encoding: str = "utf-8") -> list[st
         texts = [_decode(f.read_bytes(), encoding, f) for f in files]
         return [t for t in texts if t.strip()]
     return read_table(path, text_col=text_col, encoding=encoding, on_empty="skip").texts
+
+
+def iter_text_chunks(path, text_col: str = "text", encoding: str = "utf-8",
+                     rows: int = 1000) -> Iterator[list[str]]:
+    """The texts of a .csv/.tsv/.jsonl/.txt file (None or "-": stdin, one text per line), `rows` at a
+    time, in file order, empty texts kept (bulk prediction: one output row per input row). Only one
+    chunk is in memory at a time, so a file of any size streams through."""
+    if rows < 1:
+        raise UlmfitError(f"chunk size must be positive, not {rows}")
+    if path is None or str(path) == "-":
+        yield from _line_chunks(sys.stdin, rows)
+        return
+    path = Path(path)
+    if not path.is_file():
+        raise UlmfitError(f"{path}: no such file; check the path (bulk prediction reads one "
+                          f"{'/'.join(TABLE_SUFFIXES)} file)")
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise UlmfitError(f"{path}: unsupported file type '{path.suffix}'; use one of {', '.join(TABLE_SUFFIXES)}")
+    codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    try:
+        with open(path, encoding=codec, newline="\n" if suffix == ".txt" else "") as f:
+            if suffix == ".txt":
+                yield from _line_chunks(f, rows)
+            elif suffix in (".jsonl", ".ndjson"):
+                yield from _jsonl_chunks(f, path, text_col, rows)
+            else:
+                yield from _delimited_chunks(f, path, text_col, rows, sep="," if suffix == ".csv" else "\t")
+    except LookupError:
+        raise UlmfitError(f"{path}: unknown encoding {encoding!r}; use e.g. utf-8 or latin-1") from None
+    except UnicodeDecodeError as e:
+        raise UlmfitError(f"{path}: bytes that are not valid {encoding} ({e.reason}); pass --encoding latin-1 "
+                          f"(or the file's real encoding)") from None
+
+
+def _line_chunks(f, rows: int) -> Iterator[list[str]]:
+    chunk = []
+    for line in f:
+        chunk.append((line[:-1] if line.endswith("\n") else line).rstrip("\r"))
+        if len(chunk) == rows:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _jsonl_chunks(f, path: Path, text_col: str, rows: int) -> Iterator[list[str]]:
+    chunk, seen = [], False
+    for lineno, line in enumerate(f, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UlmfitError(f"{path}: line {lineno} is not valid JSON ({e.msg} at column {e.colno}); "
+                              "fix that line (each line must be one JSON object)") from None
+        if not isinstance(obj, dict):
+            raise UlmfitError(f"{path}: line {lineno} is a JSON {type(obj).__name__}, not an object; "
+                              'write each line as {"text": ...}')
+        seen = seen or text_col in obj
+        chunk.append(_as_str(obj.get(text_col)))
+        if len(chunk) == rows:
+            if not seen:
+                _column(_Records({k: [] for k in obj}, 0, str), text_col, path)
+            yield chunk
+            chunk = []
+    if chunk and not seen:
+        _column(_Records({k: [] for k in obj}, 0, str), text_col, path)
+    if chunk:
+        yield chunk
+
+
+def _delimited_chunks(f, path: Path, text_col: str, rows: int, sep: str) -> Iterator[list[str]]:
+    """As `_parse_delimited` (same quoting, blank lines kept), `rows` records at a time."""
+    try:
+        reader = pd.read_csv(f, sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=False,
+                             quoting=csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL, chunksize=rows)
+        for df in reader:
+            df.columns = [str(c).strip() for c in df.columns]
+            texts = _column(_Records({c: [] for c in df.columns}, 0, str), text_col, path) if text_col not in df else None
+            yield df[text_col].fillna("").tolist() if texts is None else texts
+    except pd.errors.EmptyDataError:
+        raise UlmfitError(f"{path}: the file is empty; give a file with a header and one document per row") from None
+    except pd.errors.ParserError as e:
+        msg = str(e).strip().splitlines()[-1]
+        raise UlmfitError(f"{path}: cannot parse as {'CSV' if sep == ',' else 'TSV'} ({msg}); "
+                          "check the quoting and the number of fields per row") from None
 
 
 # --- formats -------------------------------------------------------------------------------------

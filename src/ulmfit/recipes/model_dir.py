@@ -33,6 +33,7 @@ from ulmfit.models.classifier import ClassifierConfig, TextClassifier
 from ulmfit.text.tokenize import Tokenizer, TokenizerConfig
 from ulmfit.text.vocab import Vocab
 from ulmfit.fileio import make_dir, staging_path, swap_in, write_lock
+from ulmfit.train import distributed
 from ulmfit.train.checkpoint import atomic_write_json, load_weights, save_weights
 
 FORMAT = "ulmfit-model"
@@ -282,7 +283,8 @@ def writing(out: str | Path, *, resume: bool = False, overwrite: bool = False) -
             work = resume_folder(out)
         elif overwrite and out.is_dir() and any(out.iterdir()):
             work = staging_path(out)
-            shutil.rmtree(work, ignore_errors=True)  # an earlier interrupted --overwrite: start again
+            if distributed.is_main():  # [distributed] rank 0 owns the folder
+                shutil.rmtree(work, ignore_errors=True)  # an earlier interrupted --overwrite: start again
         else:
             work = out
         created = not work.exists()
@@ -325,6 +327,8 @@ def load_backbone(folder: Path, prefix: str = "backbone"):
 
 
 def remove_checkpoints(folder: Path) -> None:
+    if not distributed.is_main():  # [distributed] rank 0 owns the folder (and may still need them)
+        return
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
 
 

@@ -32,6 +32,7 @@ from ulmfit.recipes.toolbox import subsample_tokens
 from ulmfit.text.token_docs import TokenDocs
 from ulmfit.text.tokenize import Tokenizer, TokenizerConfig
 from ulmfit.text.vocab import Vocab
+from ulmfit.train import distributed
 from ulmfit.train.checkpoint import atomic_write_json, atomic_write_text, save_weights
 from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, run_phase
 from ulmfit.train.optim import make_optimizer, param_groups
@@ -187,12 +188,14 @@ def _pretrain_into(corpus: Path, out: Path, cfg: PretrainConfig, resume: bool, l
     cfg = replace(cfg, precision=resolve_precision(cfg.precision))  # the resolved value is what is saved
     tokenizer = Tokenizer(TokenizerConfig())
     data_dir = out / "data"
-    if resume and (data_dir / "train" / "ids.npy").exists() and (out / "vocab.json").exists():
-        vocab = Vocab.load(out / "vocab.json")
-        all_train, valid_docs = TokenDocs.load(data_dir / "train"), TokenDocs.load(data_dir / "valid", mmap=False)
-    else:  # pass 1 reads every shard before anything is written: a bad shard leaves no folder behind
-        vocab, all_train, valid_docs = numericalize_corpus(corpus, data_dir, tokenizer, cfg, log)
-        model_dir.save_text_pipeline(out, tokenizer.config, vocab)
+    with distributed.main_first():  # [distributed] rank 0 numericalises; the other ranks load what it wrote
+        load = resume or not distributed.is_main()
+        if load and (data_dir / "train" / "ids.npy").exists() and (out / "vocab.json").exists():
+            vocab = Vocab.load(out / "vocab.json")
+            all_train, valid_docs = TokenDocs.load(data_dir / "train"), TokenDocs.load(data_dir / "valid", mmap=False)
+        else:  # pass 1 reads every shard before anything is written: a bad shard leaves no folder behind
+            vocab, all_train, valid_docs = numericalize_corpus(corpus, data_dir, tokenizer, cfg, log)
+            model_dir.save_text_pipeline(out, tokenizer.config, vocab)
     atomic_write_json(out / "pretrain_config.json", asdict(cfg))
     train_docs = subsample_tokens(all_train, cfg.max_train_tokens, cfg.seed)
     torch.manual_seed(cfg.seed)

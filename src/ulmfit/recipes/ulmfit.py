@@ -30,6 +30,7 @@ from ulmfit.recipes.toolbox import (LMResult, Log, language_model, lm_from_pretr
 from ulmfit.recipes.ulmfit_config import ClassifierTrainConfig
 from ulmfit.text.tokenize import Tokenizer
 from ulmfit.text.vocab import Vocab
+from ulmfit.train import distributed
 from ulmfit.train.checkpoint import atomic_write_json
 from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, run_phase
 from ulmfit.train.metrics import classification_metrics
@@ -183,6 +184,7 @@ def _fit_direction(run: Run, folder: Path, cfg, direction: str, cache: dict) -> 
                                   train_tokens=tokens.lm[:len(data.train.texts)], valid_tokens=tokens.valid,
                                   direction=direction, log=log)
     atomic_write_json(_done_file(run.out, direction), {"metrics": metrics, "seconds": time.perf_counter() - t0})
+    distributed.barrier()  # [distributed] rank 0's files of this model are written before any rank reads them
 
 
 def _ensemble(run: Run) -> dict:

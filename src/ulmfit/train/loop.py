@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from ulmfit.errors import UlmfitError
+from ulmfit.train import distributed
 from ulmfit.train.checkpoint import (append_jsonl, load_state, load_weights, rewrite_phase_log, save_state,
                                      save_weights)
 from ulmfit.train.freeze import freeze_to
@@ -168,6 +169,8 @@ def run_phase(
     stepper = GroupStepper(optimizer, layer_groups, cfg) if isinstance(optimizer, torch.optim.Optimizer) else optimizer
     hooks = (task, *callbacks)
     early = EarlyStopping(cfg.monitor, patience=cfg.patience)
+    sync = distributed.PhaseSync(model, train_loader, valid_loader)  # [distributed] no-op in one process
+    train_loader, valid_loader = sync.train_loader, sync.valid_loader  # [distributed] this rank's share
     result = PhaseResult()
     pos = {"stage": 0, "epoch": 0, "global_epoch": cfg.first_epoch, "batch": 0}
     ckpt, stopped = None, False
@@ -193,7 +196,7 @@ def run_phase(
     else:
         files.best.unlink(missing_ok=True)  # a stale best from an earlier run must not be restored
         _rewrite_log(files, [])  # lines of this phase with no checkpoint behind them (a kill in the first write)
-    show_bar = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    show_bar = (sys.stderr.isatty() if cfg.progress is None else cfg.progress) and distributed.is_main()  # [distributed]
     device = next(model.parameters()).device.type
     precision = resolve_precision(cfg.precision, device)
     global_epoch = pos["global_epoch"]
@@ -228,11 +231,12 @@ def run_phase(
                 t0 -= elapsed[0] if elapsed else 0.0
                 torch.set_rng_state(ckpt["rng"])
                 if hasattr(task, "load_state_dict"):
-                    task.load_state_dict(ckpt["task"])
+                    task.load_state_dict(sync.local_task_state(ckpt["task"]))  # [distributed] this rank's rows
             ckpt = None
             desc = f"{files.prefix} {stage.name} {epoch + 1}/{stage.epochs}"
             bar = tqdm(train_loader, desc=desc, disable=not show_bar, leave=False, dynamic_ncols=True)
-            beat = Heartbeat(desc, steps_per_epoch, None if show_bar or cfg.progress is False else cfg.heartbeat_s)
+            beat = Heartbeat(desc, steps_per_epoch, None if show_bar or cfg.progress is False or not distributed.is_main()  # [distributed]
+                             else cfg.heartbeat_s)
             for i, batch in enumerate(bar):
                 if i < skip:
                     continue
@@ -240,9 +244,9 @@ def run_phase(
                 with autocast(precision, device):
                     loss = task.loss(model, batch)
                 stepper.zero_grad()
-                loss.backward()
+                step_loss = sync.backward(loss, task, batch)  # [distributed] loss.backward(); global grads and loss
                 stepper.step(model)
-                total_loss += loss.item()
+                total_loss += step_loss
                 n_batches += 1
                 n_tokens += _batch_tokens(batch)
                 if show_bar and i % 10 == 0:
@@ -251,16 +255,19 @@ def run_phase(
                 if cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0 and i + 1 < steps_per_epoch:
                     running = (total_loss, n_batches, n_tokens, time.perf_counter() - t0)
                     save_checkpoint(s, epoch, i + 1, {"rng": torch.get_rng_state(), "running": running,
-                                                      "task": task.state_dict() if hasattr(task, "state_dict") else None})
+                                                      # [distributed] every rank's carried state, one-process layout
+                                                      "task": sync.gather_task_state(task.state_dict()) if hasattr(task, "state_dict") else None})
             train_seconds = time.perf_counter() - t0
             with autocast(precision, device):
                 metrics = task.evaluate(model, valid_loader)
+            metrics = sync.reduce_metrics(metrics)  # [distributed] figures of the whole validation set
+            n_tokens_all = sync.total(n_tokens)  # [distributed] tokens read by all ranks
             record = {"phase": files.prefix, "stage": stage.name, "epoch": global_epoch,
                       "train_loss": total_loss / max(n_batches, 1),
                       **(task.epoch_record() if hasattr(task, "epoch_record") else {}), **metrics,
                       "lr": stage.lr, "seconds": round(time.perf_counter() - t0, 2)}
             if cfg.log_throughput:
-                record["train_tokens_per_s"] = round(n_tokens / max(train_seconds, 1e-9), 1)
+                record["train_tokens_per_s"] = round(n_tokens_all / max(train_seconds, 1e-9), 1)
             improved = early.step(metrics[cfg.monitor], global_epoch)
             record["best"] = improved
             if improved:
@@ -270,6 +277,7 @@ def run_phase(
             global_epoch += 1
             stopped = stage.can_stop_early and early.should_stop
             save_checkpoint(s, epoch + 1, 0)  # past a stage's last epoch: the next stage starts at resume
+            sync.barrier()  # [distributed] rank 0's files of this epoch are written before anyone reads them
             _fire(hooks, "on_epoch_end", record)
             if stopped:
                 result.stopped = True
