@@ -119,7 +119,7 @@ def iter_text_chunks(path, text_col: str = "text", encoding: str = "utf-8",
         raise UlmfitError(f"{path}: unsupported file type '{path.suffix}'; use one of {', '.join(TABLE_SUFFIXES)}")
     codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
     try:
-        with open(path, encoding=codec, newline="\n" if suffix == ".txt" else "") as f:
+        with open(path, encoding=codec, newline="\n") as f:
             if suffix == ".txt":
                 yield from _line_chunks(f, rows)
             elif suffix in (".jsonl", ".ndjson"):
@@ -170,20 +170,35 @@ def _jsonl_chunks(f, path: Path, text_col: str, rows: int) -> Iterator[list[str]
         yield chunk
 
 
+_CR = "\ufdd0"  # a noncharacter standing for a bare carriage return inside a text while csv reads the line
+
+
 def _delimited_chunks(f, path: Path, text_col: str, rows: int, sep: str) -> Iterator[list[str]]:
-    """As `_parse_delimited` (same quoting, blank lines kept), `rows` records at a time."""
+    """As `_parse_delimited` (csv module, same quoting; a bare carriage return stays in its text;
+    a row with more fields than the header is an error), `rows` records at a time. `f` is opened
+    with newline="\n", so only "\n" ends a line."""
+    kind = "CSV" if sep == "," else "TSV"
+    lines = ((l[:-2] + "\n" if l.endswith("\r\n") else l).replace("\r", _CR) for l in f)
+    reader = csv.reader(lines, delimiter=sep, strict=True, quoting=csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL)
     try:
-        reader = pd.read_csv(f, sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=False,
-                             quoting=csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL, chunksize=rows)
-        for df in reader:
-            df.columns = [str(c).strip() for c in df.columns]
-            texts = _column(_Records({c: [] for c in df.columns}, 0, str), text_col, path) if text_col not in df else None
-            yield df[text_col].fillna("").tolist() if texts is None else texts
-    except pd.errors.EmptyDataError:
-        raise UlmfitError(f"{path}: the file is empty; give a file with a header and one document per row") from None
-    except pd.errors.ParserError as e:
-        msg = str(e).strip().splitlines()[-1]
-        raise UlmfitError(f"{path}: cannot parse as {'CSV' if sep == ',' else 'TSV'} ({msg}); "
+        header = [h.strip() for h in next(reader, [])]
+        if not any(header):
+            raise UlmfitError(f"{path}: the file is empty; give a file with a header and one document per row")
+        if text_col not in header:
+            _column(_Records({h: [] for h in header}, 0, str), text_col, path)
+        j, chunk = header.index(text_col), []
+        for row in reader:
+            if len(row) > len(header):
+                raise UlmfitError(f"{path}: line {reader.line_num} (row {reader.line_num - 1}) has {len(row)} fields but "
+                                  f"the header has {len(header)}; quote that row's text or remove the extra field")
+            chunk.append((row[j] if j < len(row) else "").replace(_CR, "\r"))
+            if len(chunk) == rows:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+    except csv.Error as e:
+        raise UlmfitError(f"{path}: cannot parse as {kind} at line {reader.line_num} ({e}); "
                           "check the quoting and the number of fields per row") from None
 
 

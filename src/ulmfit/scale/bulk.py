@@ -80,18 +80,17 @@ def predict_file(model: str | Path, data: str | Path | None, out: str | Path | N
                  text_col: str = "text", encoding: str = "utf-8", chunk_rows: int = 1000,
                  progress: bool | None = None) -> int:
     """Predict every text of `data` (None: stdin) into the CSV `out` (None: stdout); returns the row count."""
-    from ulmfit.recipes import model_dir
-    from ulmfit.train.checkpoint import atomic_open
+    from ulmfit.fileio import atomic_file
 
-    meta = model_dir.read_marker(Path(model))
-    if meta.get("kind") != "classifier":
-        raise UlmfitError(f"{model}: holds a {meta.get('kind')} model, not a classifier; "
-                          f"use `ulmfit generate` with it, or train a classifier with `ulmfit fit`")
-    classes = list(meta["classes"])
+    if workers < 1:
+        raise UlmfitError(f"--workers must be at least 1, not {workers}")
+    classes = list(_load(str(model), None).classes)  # the folder checked here, before any worker starts
+    if workers > 1:
+        _WORKER.clear()  # the workers load their own copies
     show = sys.stderr.isatty() if progress is None else progress
     chunks = iter_text_chunks(data, text_col=text_col, encoding=encoding, rows=chunk_rows)
     n = 0
-    with (atomic_open(out, "w") if out else _stdout()) as f, \
+    with (atomic_file(out, "w") if out else _stdout()) as f, \
             tqdm(unit=" texts", desc="predict", disable=not show, dynamic_ncols=True) as bar:
         for texts, probs in iter_predictions(model, chunks, workers):
             _frame(texts, probs, classes).to_csv(f, index=False, header=n == 0)
