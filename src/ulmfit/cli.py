@@ -13,9 +13,9 @@ from ulmfit.recipes.config import apply_overrides
 
 
 def log(msg: str) -> None:
-    from ulmfit.train import distributed
+    from ulmfit.ranks import is_main
 
-    if distributed.is_main():  # under torchrun only rank 0 speaks
+    if is_main():  # under torchrun only rank 0 speaks
         print(msg, file=sys.stderr, flush=True)
 
 
@@ -419,10 +419,10 @@ def main(argv: list[str] | None = None) -> int:
     if not a.command:
         parser.print_help()
         return 2
-    from ulmfit.train import distributed
+    from ulmfit.ranks import world_size
 
     try:
-        if distributed.world_size() > 1 and a.command not in DISTRIBUTED_COMMANDS:
+        if world_size() > 1 and a.command not in DISTRIBUTED_COMMANDS:
             raise UlmfitError(f"`ulmfit {a.command}` does not run under torchrun; only "
                               f"{', '.join(DISTRIBUTED_COMMANDS)} do (predict: use --workers N)")
         return a.func(a)
@@ -439,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     finally:
-        distributed.shutdown()
+        if "ulmfit.train.distributed" in sys.modules:  # torch is imported only by commands that train
+            sys.modules["ulmfit.train.distributed"].shutdown()
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ulmfit.errors import UlmfitError
+from ulmfit.ranks import is_main as is_main_process
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -86,11 +87,6 @@ def mapped(path: str | os.PathLike, doing: str = "write") -> Iterator[None]:
         yield
     except OSError as e:
         raise os_error(e, path, doing) from None
-
-
-def is_main_process() -> bool:
-    """True alone and in rank 0 of a data-parallel run (torchrun sets RANK): the process that writes."""
-    return os.environ.get("RANK", "0") == "0"
 
 
 def make_dir(path: str | os.PathLike) -> Path:

@@ -51,23 +51,9 @@ import torch.distributed as dist
 from torch import nn
 
 from ulmfit.errors import UlmfitError
-from ulmfit.fileio import is_main_process
+from ulmfit.ranks import is_main, rank, world_size  # noqa: F401 (re-export: one place, torch-free)
 
 TIMEOUT_MINUTES = 180  # a collective may wait this long (rank 0 numericalises a large corpus alone)
-
-
-def world_size() -> int:
-    """Processes in this run (torchrun's WORLD_SIZE; 1 when not launched by torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def is_main() -> bool:
-    """True in a single process and in rank 0: the process that writes files and logs."""
-    return is_main_process()
 
 
 def setup() -> bool:
