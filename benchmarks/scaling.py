@@ -5,7 +5,7 @@
     nice -n 10 .venv/bin/python benchmarks/scaling.py --quick    # ~3 minutes: checks the pipeline
 
 Training: `ulmfit pretrain` of the `small` preset on the tweets train texts (one document per line,
---lm-tokens tokens, one epoch, bs 32, bptt 70), with the same global batch on one process with one
+--lm-tokens tokens, one epoch, bs 32, bptt 70, fp32), with the same global batch on one process with one
 thread and on two processes with one thread each (`torchrun --standalone --nproc_per_node 2`), and
 with --default-threads (or --quick) one process with torch's default threads too. Figure: the history's train_tokens_per_s (the
 training phase only, all ranks' tokens). Prediction: a classifier folder on the shipped general-en
@@ -56,7 +56,7 @@ def env_with(**kw) -> dict:
 def pretrain_run(corpus: Path, out: Path, setup: str, lm_tokens: int, logs: Path) -> dict:
     args = ["-m", "ulmfit", "pretrain", "--corpus", str(corpus), "--out", str(out), "--overwrite", "--preset", "small",
             "--set", f"max_train_tokens={lm_tokens}", "--set", "epochs=1", "--set", "bs=32", "--set", "bptt=70",
-            "--set", "checkpoint_every=1000000"]
+            "--set", "checkpoint_every=1000000", "--set", "precision=fp32"]
     if setup == "2 processes x 1 thread":
         cmd, env = TORCHRUN + ["--nproc_per_node", "2"] + args, env_with()
     elif setup == "1 process x 1 thread":
