@@ -8,7 +8,8 @@ probabilities, plus one model per worker. With N = 1 the chunks are predicted in
 torch's usual threads), through the same chunking, so N = 1 and N = 2 write the same bytes.
 
 Output: CSV with columns text, label, p_<class>... (probabilities rounded to 6 decimals), to `out`
-(atomically: the file appears complete or not at all) or to stdout.
+(atomically: the file appears complete or not at all) or to stdout. `runtime="onnx"`: each process
+runs the model in onnxruntime (recipes/predictor.py `load(folder, runtime=)`).
 """
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ from ulmfit.errors import UlmfitError
 _WORKER: dict = {}  # a worker process's loaded model, by folder
 
 
-def _load(folder: str, threads: int | None):
+def _load(folder: str, threads: int | None, runtime: str = "torch"):
     """The classifier of `folder`, loaded once per process (and its torch threads set once)."""
-    if folder not in _WORKER:
+    if (folder, runtime) not in _WORKER:
         import torch
 
         from ulmfit.recipes.predictor import load
@@ -38,12 +39,12 @@ def _load(folder: str, threads: int | None):
         if threads:
             torch.set_num_threads(threads)
         _WORKER.clear()
-        _WORKER[folder] = load(folder)
-    return _WORKER[folder]
+        _WORKER[folder, runtime] = load(folder, runtime=runtime)
+    return _WORKER[folder, runtime]
 
 
-def _predict_chunk(folder: str, texts: list[str], threads: int | None) -> np.ndarray:
-    return _load(folder, threads).predict_proba(texts)
+def _predict_chunk(folder: str, texts: list[str], threads: int | None, runtime: str = "torch") -> np.ndarray:
+    return _load(folder, threads, runtime).predict_proba(texts)
 
 
 def _frame(texts: list[str], probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
@@ -54,20 +55,20 @@ def _frame(texts: list[str], probs: np.ndarray, classes: list[str]) -> pd.DataFr
     return df
 
 
-def iter_predictions(model: str | Path, chunks, workers: int = 1):
+def iter_predictions(model: str | Path, chunks, workers: int = 1, runtime: str = "torch"):
     """(texts, probabilities) per chunk of `chunks`, in input order, computed by `workers` processes."""
     folder = str(model)
     if workers < 1:
         raise UlmfitError(f"--workers must be at least 1, not {workers}")
     if workers == 1:
         for texts in chunks:
-            yield texts, _predict_chunk(folder, texts, None)
+            yield texts, _predict_chunk(folder, texts, None, runtime)
         return
     # spawn: a fresh interpreter per worker (forking a process that holds torch's thread pools can hang).
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
         pending: deque = deque()
         for texts in chunks:
-            pending.append((texts, ex.submit(_predict_chunk, folder, texts, 1)))
+            pending.append((texts, ex.submit(_predict_chunk, folder, texts, 1, runtime)))
             if len(pending) >= 2 * workers:
                 done_texts, fut = pending.popleft()
                 yield done_texts, fut.result()
@@ -78,13 +79,13 @@ def iter_predictions(model: str | Path, chunks, workers: int = 1):
 
 def predict_file(model: str | Path, data: str | Path | None, out: str | Path | None = None, *, workers: int = 1,
                  text_col: str = "text", encoding: str = "utf-8", chunk_rows: int = 1000,
-                 progress: bool | None = None) -> int:
+                 progress: bool | None = None, runtime: str = "torch") -> int:
     """Predict every text of `data` (None: stdin) into the CSV `out` (None: stdout); returns the row count."""
     from ulmfit.fileio import atomic_file
 
     if workers < 1:
         raise UlmfitError(f"--workers must be at least 1, not {workers}")
-    classes = list(_load(str(model), None).classes)  # the folder checked here, before any worker starts
+    classes = list(_load(str(model), None, runtime).classes)  # the folder checked here, before any worker starts
     if workers > 1:
         _WORKER.clear()  # the workers load their own copies
     show = sys.stderr.isatty() if progress is None else progress
@@ -92,7 +93,7 @@ def predict_file(model: str | Path, data: str | Path | None, out: str | Path | N
     n = 0
     with (atomic_file(out, "w") if out else _stdout()) as f, \
             tqdm(unit=" texts", desc="predict", disable=not show, dynamic_ncols=True) as bar:
-        for texts, probs in iter_predictions(model, chunks, workers):
+        for texts, probs in iter_predictions(model, chunks, workers, runtime):
             _frame(texts, probs, classes).to_csv(f, index=False, header=n == 0)
             n += len(texts)
             bar.update(len(texts))
