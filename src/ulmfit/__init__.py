@@ -9,6 +9,13 @@ def fit(*args, **kwargs):
     return _fit(*args, **kwargs)
 
 
+def distill(*args, **kwargs):
+    """Distil a teacher (any classifier folder) into an AWD-LSTM student; see `ulmfit.recipes.distill.distill`."""
+    from ulmfit.recipes.distill import distill as _distill
+
+    return _distill(*args, **kwargs)
+
+
 def load(path, runtime="torch", **kwargs):
     """Load a trained classifier folder: `ulmfit.load(path).predict(texts)`; `runtime="onnx"` runs the
     same models in onnxruntime (the `serve` extra)."""
@@ -17,4 +24,4 @@ def load(path, runtime="torch", **kwargs):
     return _load(path, runtime, **kwargs)
 
 
-__all__ = ["fit", "load", "__version__"]
+__all__ = ["fit", "distill", "load", "__version__"]

@@ -77,6 +77,16 @@ def _fit_flags(cfg, a):
     return cfg
 
 
+def cmd_distill(a) -> int:
+    """`ulmfit distill` is `ulmfit fit --recipe distill`: its flags become `distill.*` settings (they win
+    over --config and --set, as fit's flags do); --resume takes everything from the run's config.json."""
+    a.recipe, a.direction, a.pretrained_bwd = "distill", None, None
+    flags = {"teacher": str(Path(a.teacher).resolve()) if a.teacher else None, "temperature": a.temperature,
+             "alpha": a.alpha, "rounds": a.rounds, "threshold": a.threshold}
+    a.set = (a.set or []) + [f"distill.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    return cmd_fit(a)
+
+
 def cmd_finetune_lm(a) -> int:
     from ulmfit.recipes.config import FitConfig
 
@@ -295,6 +305,29 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--overwrite", action="store_true", help="replace what --out holds")
     data_args(f)
     f.set_defaults(func=cmd_fit)
+
+    ds = sub.add_parser("distill", help="distil a teacher model into a fast AWD-LSTM student (or self-train)")
+    ds.add_argument("--teacher", help="the teacher: any classifier folder (ulmfit fit --direction both, a "
+                                      "transformer, an ensemble); with --resume the run's own teacher")
+    ds.add_argument("--train", help="gold-labelled training data")
+    ds.add_argument("--valid", help="labelled validation data (default: a stratified 10%% of --train)")
+    ds.add_argument("--unlabeled", action="append", help="unlabelled text: LM text and the teacher's soft targets (repeatable)")
+    ds.add_argument("--out", required=True, help="the student's model folder")
+    ds.add_argument("--temperature", type=float, help="softening of the soft targets (default 2)")
+    ds.add_argument("--alpha", type=float, help="weight of the soft term on gold rows, 0..1 (default 0.5)")
+    ds.add_argument("--rounds", type=int, help="self-training: round k's student teaches round k+1 (default 1)")
+    ds.add_argument("--threshold", type=float, help="keep unlabelled texts whose teacher confidence is at least this (default 0)")
+    ds_low = ds.add_mutually_exclusive_group()
+    ds_low.add_argument("--labels-per-class", type=int, metavar="N", help="gold labels: N per class (the rest become unlabelled)")
+    ds_low.add_argument("--max-labels", type=int, metavar="N", help="gold labels: N in all, stratified (the rest become unlabelled)")
+    ds.add_argument("--pretrained", help="the student's starting LM (default general-en when installed; 'none')")
+    ds.add_argument("--config", help="a config.json to start from")
+    ds.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a config field (e.g. distill.unlabeled_ratio=4)")
+    ds.add_argument("--seed", type=int)
+    ds.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (the teacher cache too)")
+    ds.add_argument("--overwrite", action="store_true", help="replace what --out holds (a valid teacher cache is kept)")
+    data_args(ds)
+    ds.set_defaults(func=cmd_distill)
 
     lm = sub.add_parser("finetune-lm", help="train / fine-tune a language model on unlabelled text")
     lm.add_argument("--train", required=True, help="text: .txt (one document per line), .csv/.tsv/.jsonl")

@@ -119,6 +119,9 @@ def write_reports(out: Path, metrics: dict, classes: list[str], cfg: FitConfig, 
             f"Curves: {', '.join(curves) or 'none'}. Per-epoch figures: history.jsonl.\n")
     if len(dirs) > 1:
         text += "The backward model's own report, curves and history are in bwd/.\n"
+    extra = registry.get(cfg.recipe).report
+    if extra is not None:
+        text += extra(metrics)
     atomic_write_text(out / "report.md", text)
 
 

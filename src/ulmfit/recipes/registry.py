@@ -32,7 +32,8 @@ from typing import Any, Callable
 from ulmfit.errors import UlmfitError
 
 # The modules whose import registers the shipped recipes (each registers itself, torch-free).
-BUILTIN_MODULES = ("ulmfit.recipes.ulmfit_config", "ulmfit.recipes.siatl_config", "ulmfit.recipes.transformer_config")
+BUILTIN_MODULES = ("ulmfit.recipes.ulmfit_config", "ulmfit.recipes.siatl_config", "ulmfit.recipes.transformer_config",
+                   "ulmfit.recipes.distill_config")
 
 
 @dataclass
@@ -63,6 +64,7 @@ class Recipe:
     # load_member(folder, direction) -> a predictor member (predictor.Member's face) for a recipe whose
     # folder has its own text pipeline (a transformer's WordPiece tokenizer); None: tokenizer.json + vocab.json
     load_member: Callable[[Path, str], Any] | None = None
+    report: Callable[[dict], str] | None = None  # more markdown for report.md from the run's validation metrics
     summary: str = ""
 
 

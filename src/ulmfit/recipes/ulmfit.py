@@ -32,6 +32,7 @@ from ulmfit.text.tokenize import Tokenizer
 from ulmfit.text.vocab import Vocab
 from ulmfit.train import distributed
 from ulmfit.train.checkpoint import atomic_write_json
+from ulmfit.train.distill import NO_LABEL, DistillTask, SoftTargets
 from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, run_phase
 from ulmfit.train.metrics import classification_metrics
 from ulmfit.train.optim import make_optimizer, param_groups
@@ -113,33 +114,42 @@ def train_classifier(lm: LMResult, train: Labelled, valid: Labelled, classes: li
                      cfg: ClassifierTrainConfig, *, seed: int = 0, optimizer: str = "adamw", precision: str = "auto",
                      resume: bool = False, train_tokens: list[list[str]] | None = None,
                      valid_tokens: list[list[str]] | None = None, direction: str = "fwd",
-                     log: Log = quiet) -> tuple[TextClassifier, dict]:
+                     soft: SoftTargets | None = None, log: Log = quiet) -> tuple[TextClassifier, dict]:
     """Phase 2: the classifier, best checkpoint by `cfg.metric` on `valid`; returns (model, valid metrics).
 
     `train_tokens` / `valid_tokens`: the texts already tokenized (by the LM phase), so they are not
-    tokenized twice. `direction="bwd"`: every document is read reversed (still right-padded)."""
+    tokenized twice. `direction="bwd"`: every document is read reversed (still right-padded).
+    `soft`: distillation (recipes/distill.py): the teacher's probabilities for the gold rows and for
+    `soft.extra_tokens`, unlabelled rows appended to the training set; trained with `DistillTask`,
+    still selected on `valid`'s gold labels."""
     seed_all(seed)
     model, enc_cfg, head_cfg = classifier_from_lm(lm.lm, lm.config, len(classes), cfg)
     if train_tokens is None:
         train_tokens = lm.tokenizer.tokenize_many(train.texts)
     if valid_tokens is None:
         valid_tokens = lm.tokenizer.tokenize_many(valid.texts)
+    labels = train.labels
+    if soft is not None:
+        train_tokens = list(train_tokens) + list(soft.extra_tokens)
+        labels = np.concatenate([train.labels, np.full(len(soft.extra_tokens), NO_LABEL, dtype=np.int64)])
     train_docs, valid_docs = lm.vocab.encode_many(train_tokens), lm.vocab.encode_many(valid_tokens)
     if direction == "bwd":
         train_docs, valid_docs = train_docs.reversed(), valid_docs.reversed()
-    train_loader = ClassificationLoader(train_docs, train.labels, bs=cfg.bs, shuffle=True, seed=seed,
+    train_loader = ClassificationLoader(train_docs, labels, bs=cfg.bs, shuffle=True, seed=seed,
                                         max_tokens=cfg.max_doc_tokens, min_batches=cfg.min_steps_per_epoch)
     valid_loader = ClassificationLoader(valid_docs, valid.labels, bs=cfg.bs * 2, shuffle=False,
                                         max_tokens=cfg.max_doc_tokens)
     weights = balanced_class_weights(train.labels, len(classes)) if cfg.class_weights == "balanced" else None
     if cfg.class_weights not in ("none", "balanced"):
         raise UlmfitError(f"class_weights must be 'none' or 'balanced', not {cfg.class_weights!r}")
-    task = ClassifierTask(classes, weights)
+    task = (ClassifierTask(classes, weights) if soft is None
+            else DistillTask(classes, soft.probs, soft.temperature, soft.alpha, weights))
     groups = model.layer_groups()
     opt = make_optimizer(param_groups(groups, cfg.lrs[0], weight_decay=cfg.wd), kind=optimizer)
     loop_cfg = LoopConfig(monitor=cfg.metric, patience=cfg.patience, seed=seed, precision=precision)
-    log(f"{model_dir.DIRECTION_NAMES[direction]} classifier: {len(train.texts):,} training / {len(valid.texts):,} validation documents, "
-        f"classes {classes}; selecting on {cfg.metric}")
+    extra = f" + {len(soft.extra_tokens):,} unlabelled with the teacher's soft targets" if soft is not None else ""
+    log(f"{model_dir.DIRECTION_NAMES[direction]} classifier: {len(train.texts):,} training{extra} / {len(valid.texts):,} "
+        f"validation documents, classes {classes}; selecting on {cfg.metric}")
     result = run_phase(model, task, opt, groups, gradual_unfreezing(cfg), train_loader, valid_loader,
                        PhaseFiles(out, "classifier"), loop_cfg, resume=resume)
     probs = task.predict(model, valid_loader)

@@ -1,0 +1,68 @@
+"""The distillation recipe's registration and its section (`distill` in config.json).
+
+`ulmfit distill --teacher DIR ...` is `ulmfit fit --recipe distill --set distill.teacher=DIR ...`:
+a teacher (any classifier folder) -> a forward AWD-LSTM student, or self-training (recipes/distill.py,
+torch). The student's LM and classifier settings are the `lm` and `clf` sections, as for `ulmfit`;
+this section holds what is particular to distillation. Torch-free, like every config module.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ulmfit.recipes import fields as F
+from ulmfit.recipes.registry import Recipe, lazy, register
+
+
+@dataclass
+class DistillConfig:
+    # The teacher's model folder (`--teacher`): any classifier folder `ulmfit.load` opens. Recorded as
+    # an absolute path, so `--resume` and `--config` repeat the run.
+    teacher: str | None = None
+    # Softening of both distributions in the soft term (Hinton et al. 2015 use 1-20; small values suit
+    # few classes: at T=2 a 0.9/0.05/0.05 teacher becomes 0.68/0.16/0.16, enough to show the runner-up).
+    temperature: float = F.spec(2.0, gt=0)
+    # Weight of the soft term; (1 - alpha) goes to cross-entropy on the gold labels. Unlabelled rows
+    # have only the soft term. 0.5: Hinton et al.'s equal mix; 0 is plain ULMFiT on the gold rows.
+    alpha: float = F.spec(0.5, ge=0, le=1)
+    # Unlabelled rows whose teacher confidence (largest class probability) is below this are left out
+    # of the student's training set (pseudo-labels only above it). 0: every unlabelled row.
+    threshold: float = F.spec(0.0, ge=0, lt=1)
+    # Unlabelled rows in the student's training set: None = all of them (mixed into every epoch by the
+    # sortish loader, so each batch holds gold and unlabelled rows in about the data's proportion);
+    # a number r = a fixed, seeded random r x n_gold of them (fewer steps per epoch).
+    unlabeled_ratio: float | None = F.spec(None, ge=0)
+    # Self-training / repeated distillation: round k's student is round k+1's teacher; the last round's
+    # student is the model folder. 1 = one student from the given teacher.
+    rounds: int = F.spec(1, ge=1)
+    chunk_size: int = F.spec(1024, ge=1)  # texts per teacher-cache chunk: the unit an interrupted teacher pass resumes from
+    teacher_bs: int = F.batch_size(128)  # texts per teacher forward pass (when its predict_proba takes `bs`)
+    # The student's model selection, against the GOLD validation labels (every other classifier
+    # setting of the student is the `clf` section's).
+    metric: str = F.metric()
+
+    def __post_init__(self) -> None:
+        F.check(self, "distill")
+
+
+def _check_run(d: DistillConfig) -> None:
+    """Before any data is read: a teacher is named and is a classifier folder (its marker, read as JSON)."""
+    if not d.teacher:
+        F.fail("distill", "teacher", d.teacher, "name the teacher model folder: ulmfit distill --teacher DIR "
+                                                "(or --set distill.teacher=DIR)")
+    marker = Path(d.teacher) / "ulmfit.json"
+    try:
+        kind = json.loads(marker.read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        F.fail("distill", "teacher", d.teacher, "not a model folder (no readable ulmfit.json); pass the --out "
+                                                "folder of `ulmfit fit` or another classifier")
+    if kind != "classifier":
+        F.fail("distill", "teacher", d.teacher, f"holds a {kind} model; a teacher is a classifier folder")
+
+
+RECIPE = register(Recipe(
+    name="distill", section="distill", config=DistillConfig, directions=("fwd",),
+    fit=lazy("ulmfit.recipes.distill", "fit_recipe"), load_model=lazy("ulmfit.recipes.model_dir", "load_classifier_model"),
+    check=_check_run, report=lazy("ulmfit.recipes.distill", "report_section"),
+    summary="distillation / self-training: a teacher's soft targets on your unlabelled text -> a forward AWD-LSTM student"))

@@ -1,0 +1,409 @@
+"""Distillation and self-training: the loss, the teacher-probability cache (resume after a kill,
+stale detection), the student's training set (stratified gold part, threshold), the student folder."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ulmfit
+from ulmfit.cli import main
+from ulmfit.data.cls_loader import ClassificationLoader
+from ulmfit.data.subset import stratified_subset
+from ulmfit.errors import UlmfitError
+from ulmfit.recipes import distill as distill_module
+from ulmfit.recipes.distill import select_unlabeled
+from ulmfit.recipes.teacher import folder_hash, teacher_probabilities
+from ulmfit.text.token_docs import TokenDocs
+from ulmfit.train.distill import NO_LABEL, DistillTask, distillation_loss, teacher_at_temperature
+
+from conftest import make_rows, tiny_fit_config
+
+SRC = str(Path(ulmfit.__file__).resolve().parent.parent)
+
+
+# ----------------------------------------------------------------------------- the loss
+
+def _batch(seed=0, b=12, c=3):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(b, c, generator=g) * 2
+    teacher = torch.softmax(torch.randn(b, c, generator=g) * 3, -1)
+    labels = torch.randint(0, c, (b,), generator=g)
+    return logits, labels, teacher
+
+
+def test_weight_zero_is_plain_cross_entropy_on_the_gold_rows():
+    logits, labels, teacher = _batch()
+    w = torch.tensor([0.5, 1.0, 2.0])
+    assert torch.equal(distillation_loss(logits, labels, teacher, 3.0, 0.0), F.cross_entropy(logits, labels))
+    assert torch.equal(distillation_loss(logits, labels, teacher, 3.0, 0.0, w), F.cross_entropy(logits, labels, weight=w))
+    partial = labels.clone()
+    partial[::2] = NO_LABEL  # unlabelled rows: no gold term, and at weight 0 nothing at all
+    gold = partial != NO_LABEL
+    assert torch.allclose(distillation_loss(logits, partial, teacher, 3.0, 0.0), F.cross_entropy(logits[gold], labels[gold]))
+
+
+def test_weight_mixes_the_two_terms_linearly_and_unlabelled_rows_only_feed_the_soft_term():
+    logits, labels, teacher = _batch(1)
+    hard = distillation_loss(logits, labels, teacher, 2.0, 0.0)
+    soft = distillation_loss(logits, labels, teacher, 2.0, 1.0)
+    for alpha in (0.25, 0.5, 0.9):
+        assert torch.allclose(distillation_loss(logits, labels, teacher, 2.0, alpha), (1 - alpha) * hard + alpha * soft)
+    # the soft term ignores the labels; with no gold row at all only the soft term is left, at any weight
+    assert torch.allclose(distillation_loss(logits, torch.full_like(labels, NO_LABEL), teacher, 2.0, 1.0), soft)
+    assert torch.allclose(distillation_loss(logits, torch.full_like(labels, NO_LABEL), teacher, 2.0, 0.3), 0.3 * soft)
+    # a student that reproduces the teacher has no soft loss, at every temperature
+    for t in (1.0, 2.0, 5.0):
+        assert distillation_loss(torch.log(teacher), labels, teacher, t, 1.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_soft_term_gradient_at_temperature(temperature):
+    """d/ds of T^2 KL(p_T || softmax(s/T)) averaged over B rows = T (softmax(s/T) - p_T) / B (Hinton et al. §2)."""
+    logits, labels, teacher = _batch(2)
+    s = logits.clone().requires_grad_(True)
+    distillation_loss(s, torch.full_like(labels, NO_LABEL), teacher, temperature, 1.0).backward()
+    p_t = teacher_at_temperature(teacher, temperature)
+    expected = temperature * (torch.softmax(logits / temperature, -1) - p_t) / len(logits)
+    assert torch.allclose(s.grad, expected, atol=1e-6)
+
+
+def test_temperature_flattens_the_teacher():
+    p = torch.tensor([[0.9, 0.05, 0.05], [0.6, 0.3, 0.1]])
+    assert torch.allclose(teacher_at_temperature(p, 1.0), p)
+    entropy = lambda q: -(q * q.log()).sum(-1)
+    e1, e2, e5 = (entropy(teacher_at_temperature(p, t)) for t in (1.0, 2.0, 5.0))
+    assert bool((e1 < e2).all() and (e2 < e5).all())
+    assert torch.equal(teacher_at_temperature(p, 2.0).argmax(-1), p.argmax(-1))  # the ranking is kept
+    with pytest.raises(ValueError):
+        distillation_loss(*_batch(), temperature=0.0, alpha=0.5)
+    with pytest.raises(ValueError):
+        distillation_loss(*_batch(), temperature=1.0, alpha=1.5)
+
+
+def test_distill_task_looks_soft_targets_up_by_the_loaders_row_index():
+    """Document i is the single token i; a model that outputs log(soft[i]) has zero soft loss only if the
+    task matches every shuffled, length-sorted batch row to its own soft target."""
+    n, c = 40, 3
+    rng = np.random.default_rng(0)
+    soft = rng.dirichlet(np.ones(c), size=n).astype(np.float32)
+    lengths = rng.integers(1, 6, size=n)
+    ids = np.concatenate([np.full(k, i + 10, dtype=np.int32) for i, k in enumerate(lengths)])
+    docs = TokenDocs(ids, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+    labels = np.where(np.arange(n) % 2 == 0, NO_LABEL, soft.argmax(1)).astype(np.int64)
+
+    class Oracle(torch.nn.Module):
+        def forward(self, ids, lengths):
+            return torch.log(torch.from_numpy(soft[ids[:, 0].numpy() - 10]))
+
+    task = DistillTask(["a", "b", "c"], soft, temperature=2.0, alpha=1.0)
+    loader = ClassificationLoader(docs, labels, bs=8, shuffle=True, seed=3)
+    losses = [task.loss(Oracle(), batch).item() for batch in loader]
+    assert max(losses) == pytest.approx(0.0, abs=1e-6)
+    shifted = DistillTask(["a", "b", "c"], np.roll(soft, 1, axis=0), temperature=2.0, alpha=1.0)
+    assert max(shifted.loss(Oracle(), batch).item() for batch in loader) > 1e-3
+
+
+# ----------------------------------------------------------------------------- the teacher cache
+
+class FakeTeacher:
+    """A deterministic 'model': probabilities from the text's characters; counts what it is asked."""
+
+    def __init__(self, classes=("neg", "neu", "pos"), fail_after=None):
+        self.classes, self.fail_after, self.calls, self.sizes = list(classes), fail_after, 0, []
+
+    def predict_proba(self, texts):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt
+        self.calls += 1
+        self.sizes.append(len(texts))
+        raw = np.array([[sum(map(ord, t)) % 7 + 1, len(t) % 5 + 1, 3.0] for t in texts], dtype=np.float64)
+        return raw / raw.sum(1, keepdims=True)
+
+
+def _teacher_dir(path: Path, weights: bytes = b"w1") -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "model.safetensors").write_bytes(weights)
+    (path / "report.md").write_text("reports do not change predictions")
+    return path
+
+
+TEXTS = [f"text number {i} " + "x" * (i % 13) for i in range(100)]
+CLASSES = ["neg", "neu", "pos"]
+
+
+def test_cache_after_an_interruption_computes_only_the_missing_chunks(tmp_path):
+    teacher = _teacher_dir(tmp_path / "teacher")
+    whole = np.array(teacher_probabilities(teacher, TEXTS, tmp_path / "whole", CLASSES, chunk_size=16,
+                                           load=lambda d: FakeTeacher()))
+    cut = FakeTeacher(fail_after=3)
+    with pytest.raises(KeyboardInterrupt):
+        teacher_probabilities(teacher, TEXTS, tmp_path / "cache", CLASSES, chunk_size=16, load=lambda d: cut)
+    again, logs = FakeTeacher(), []
+    resumed = teacher_probabilities(teacher, TEXTS, tmp_path / "cache", CLASSES, chunk_size=16,
+                                    load=lambda d: again, log=logs.append)
+    assert again.calls == 7 - 3 and max(again.sizes) <= 16  # 100 texts = 7 chunks; one chunk of texts at a time
+    assert np.array_equal(np.asarray(resumed), whole)
+    assert any("resuming at text 48" in m for m in logs)
+    unused = FakeTeacher()
+    teacher_probabilities(teacher, TEXTS, tmp_path / "cache", CLASSES, chunk_size=16, load=lambda d: unused)
+    assert unused.calls == 0  # complete: the teacher is not even loaded again
+
+
+@pytest.mark.slow
+def test_cache_resumes_after_the_process_is_killed(tmp_path):
+    """SIGKILL in the middle of a chunk (no exception handling runs): the finished chunks are kept."""
+    teacher = _teacher_dir(tmp_path / "teacher")
+    script = tmp_path / "pass.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, sys
+        import numpy as np
+        sys.path.insert(0, {SRC!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_distill import FakeTeacher, TEXTS, CLASSES
+        from ulmfit.recipes.teacher import teacher_probabilities
+
+        class Dies(FakeTeacher):
+            def predict_proba(self, texts):
+                if self.calls == 4:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return super().predict_proba(texts)
+
+        teacher_probabilities({str(teacher)!r}, TEXTS, {str(tmp_path / "cache")!r}, CLASSES, chunk_size=16,
+                              load=lambda d: Dies())
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert json.loads((tmp_path / "cache" / "teacher_probs.json").read_text())["done_chunks"] == 4
+    again = FakeTeacher()
+    resumed = teacher_probabilities(teacher, TEXTS, tmp_path / "cache", CLASSES, chunk_size=16, load=lambda d: again)
+    whole = teacher_probabilities(teacher, TEXTS, tmp_path / "whole", CLASSES, chunk_size=16, load=lambda d: FakeTeacher())
+    assert again.calls == 3 and np.array_equal(np.asarray(resumed), np.asarray(whole))
+
+
+def test_stale_cache_is_detected_and_computed_again(tmp_path):
+    teacher = _teacher_dir(tmp_path / "teacher")
+    cache = tmp_path / "cache"
+    teacher_probabilities(teacher, TEXTS, cache, CLASSES, chunk_size=16, load=lambda d: FakeTeacher())
+
+    def run(texts=TEXTS, classes=CLASSES):
+        t, logs = FakeTeacher(), []
+        out = teacher_probabilities(teacher, texts, cache, classes, chunk_size=16, load=lambda d: t, log=logs.append)
+        return t.calls, " ".join(logs), np.asarray(out)
+
+    (teacher / "report.md").write_text("a new report")  # not part of the model: still valid
+    assert run()[0] == 0
+    (teacher / "model.safetensors").write_bytes(b"w2")  # retrained teacher
+    calls, log, _ = run()
+    assert calls == 7 and "the teacher's files changed" in log
+    moved = tmp_path / "moved"
+    teacher.rename(moved)  # the same files elsewhere: the same teacher
+    t = FakeTeacher()
+    teacher_probabilities(moved, TEXTS, cache, CLASSES, chunk_size=16, load=lambda d: t)
+    assert t.calls == 0
+    moved.rename(teacher)
+    changed = TEXTS[:50] + ["another text"] + TEXTS[51:]
+    calls, log, probs = run(changed)
+    assert calls == 7 and "other texts" in log
+    assert np.array_equal(probs[50], FakeTeacher().predict_proba(["another text"])[0].astype(np.float32))
+    calls, log, probs = run(changed, ["pos", "neg", "neu"])  # another column order: recomputed and re-mapped
+    assert calls == 7 and "other classes" in log
+    expected = FakeTeacher().predict_proba(changed[:3])[:, [2, 0, 1]].astype(np.float32)
+    assert np.array_equal(probs[:3], expected)
+
+
+def test_teacher_with_other_classes_is_refused(tmp_path):
+    teacher = _teacher_dir(tmp_path / "teacher")
+    with pytest.raises(UlmfitError, match="predicts classes"):
+        teacher_probabilities(teacher, TEXTS, tmp_path / "c", ["neg", "pos"], load=lambda d: FakeTeacher())
+
+
+def test_folder_hash_ignores_logs_and_resume_state(tmp_path):
+    d = _teacher_dir(tmp_path / "t")
+    h = folder_hash(d)
+    (d / "checkpoints").mkdir()
+    (d / "checkpoints" / "x.pt").write_bytes(b"state")
+    (d / "history.jsonl").write_text("{}\n")
+    assert folder_hash(d) == h
+    (d / "vocab.json").write_text("[]")
+    assert folder_hash(d) != h
+
+
+# ----------------------------------------------------------------------------- the student's training set
+
+def test_threshold_keeps_only_confident_unlabelled_rows_and_ratio_subsamples_them():
+    probs = np.array([[0.9, 0.05, 0.05], [0.4, 0.35, 0.25], [0.2, 0.7, 0.1], [0.34, 0.33, 0.33], [0.1, 0.1, 0.8]])
+    assert select_unlabeled(probs, 0.0, None, 10, 0).tolist() == [0, 1, 2, 3, 4]
+    assert select_unlabeled(probs, 0.7, None, 10, 0).tolist() == [0, 2, 4]
+    assert select_unlabeled(probs, 0.95, None, 10, 0).tolist() == []
+    sub = select_unlabeled(probs, 0.35, 1.0, 2, seed=5)  # 2 of the 4 confident rows, seeded
+    assert len(sub) == 2 and set(sub) <= {0, 1, 2, 4} and np.array_equal(sub, select_unlabeled(probs, 0.35, 1.0, 2, 5))
+
+
+def _distill_config(**distill):
+    cfg = tiny_fit_config()
+    cfg.lm.epochs = 1
+    cfg.clf.epochs, cfg.clf.lrs = (1, 3), (3e-2, 2e-2)
+    for k, v in distill.items():
+        setattr(cfg.distill, k, v)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A tiny fwd+bwd ULMFiT teacher and its data; imbalanced training rows (60 neg / 30 neu / 30 pos)."""
+    d = tmp_path_factory.mktemp("distill")
+    rows = make_rows(180, 0)
+    rows = pd.concat([rows[rows.label == "neg"], rows[rows.label != "neg"].iloc[:60]]).sample(frac=1, random_state=0)
+    rows.to_csv(d / "train.csv", index=False)
+    make_rows(45, 1).to_csv(d / "valid.csv", index=False)
+    make_rows(60, 7)[["text"]].to_csv(d / "unl.csv", index=False)
+    cfg = _distill_config()
+    cfg.direction = "both"
+    ulmfit.fit(d / "train.csv", d / "valid.csv", out=d / "teacher", config=cfg)
+    return d
+
+
+@pytest.mark.slow
+def test_gold_part_is_the_stratified_sample_and_the_rest_only_has_soft_targets(teacher, tmp_path, monkeypatch):
+    seen = {}
+    real = distill_module.train_classifier
+
+    def spy(lm, train, valid, classes, out, cfg, **kw):
+        seen.update(train=train, soft=kw["soft"], classes=classes)
+        return real(lm, train, valid, classes, out, cfg, **kw)
+
+    monkeypatch.setattr(distill_module, "train_classifier", spy)
+    cfg = _distill_config()
+    cfg.data.max_labels = 24
+    ulmfit.distill(teacher / "teacher", teacher / "train.csv", teacher / "valid.csv", out=tmp_path / "s",
+                   unlabeled=[teacher / "unl.csv"], config=cfg)
+    table = pd.read_csv(teacher / "train.csv")
+    labels = table.label.map({c: i for i, c in enumerate(seen["classes"])}).to_numpy()
+    keep, rest = stratified_subset(labels, total=24, seed=cfg.seed)
+    assert seen["train"].texts == table.text.iloc[keep].tolist()
+    assert np.bincount(seen["train"].labels).tolist() == [12, 6, 6]  # 2:1:1 as the 120 rows
+    # every other training row and every --unlabeled row trains on the teacher's soft targets only
+    assert len(seen["soft"].extra_tokens) == len(rest) + 60 and len(seen["soft"].probs) == 24 + len(rest) + 60
+    unl = json.loads((tmp_path / "s" / "valid_metrics.json").read_text())["distill"][0]
+    assert (unl["n_gold"], unl["n_unlabeled"], unl["n_unlabeled_used"]) == (24, len(rest) + 60, len(rest) + 60)
+
+
+@pytest.mark.slow
+def test_student_folder_reloads_predicts_and_reports_agreement(teacher, tmp_path, capsys):
+    out = tmp_path / "student"
+    code = main([str(a) for a in ["distill", "--teacher", teacher / "teacher", "--train", teacher / "train.csv",
+                                  "--valid", teacher / "valid.csv", "--unlabeled", teacher / "unl.csv", "--out", out,
+                                  "--pretrained", "none", "--temperature", "3", "--alpha", "0.7", "--max-labels", "60",
+                                  "--set", "lm.preset=tiny", "--set", "lm.epochs=1", "--set", "lm.bs=8",
+                                  "--set", "lm.bptt=12", "--set", "lm.min_freq=1", "--set", "lm.lr=0.03",
+                                  "--set", "clf.bs=16", "--set", "clf.lin_sizes=[16]", "--set", "clf.epochs=[1,3]",
+                                  "--set", "clf.lrs=[0.03,0.02]", "--set", "clf.min_steps_per_epoch=0",
+                                  "--set", "clf.patience=null"]])
+    assert code == 0
+    marker = json.loads((out / "ulmfit.json").read_text())
+    assert marker["kind"] == "classifier" and marker["directions"] == ["fwd"] and marker["recipe"] == "distill"
+    assert json.loads((out / "config.json").read_text())["distill"]["teacher"] == str((teacher / "teacher").resolve())
+    assert not (out / "checkpoints").exists() and (out / "teacher" / "teacher_probs.npy").exists()
+    model = ulmfit.load(out)
+    texts = pd.read_csv(teacher / "valid.csv").text.tolist()
+    probs = model.predict_proba(texts)
+    assert probs.shape == (45, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    metrics = json.loads((out / "valid_metrics.json").read_text())
+    d = metrics["distill"][0]
+    assert (d["temperature"], d["alpha"], d["n_gold"], d["n_unlabeled"]) == (3.0, 0.7, 60, 60 + 60)
+    teacher_model = ulmfit.load(teacher / "teacher")
+    agree = float(np.mean(probs.argmax(1) == teacher_model.predict_proba(texts).argmax(1)))
+    assert d["agreement"]["valid"] == pytest.approx(agree, abs=1e-9)
+    assert d["teacher_metrics"]["macro_f1"] == pytest.approx(
+        teacher_model.evaluate(texts, pd.read_csv(teacher / "valid.csv").label.tolist())["macro_f1"])
+    assert metrics["macro_f1"] == pytest.approx(model.evaluate(texts, pd.read_csv(teacher / "valid.csv").label.tolist())["macro_f1"])
+    report = (out / "report.md").read_text()
+    assert "## Distillation" in report and "agreement (unlabelled)" in report
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", str(teacher / "valid.csv"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 45
+    assert main(["predict", str(out), "--data", str(teacher / "valid.csv"), "--out", str(tmp_path / "p.csv")]) == 0
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 45
+    # run again over the same folder: the valid teacher cache is reused, the teacher is not loaded
+    cfg = ulmfit.recipes.config.FitConfig.load(out / "config.json")
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr("ulmfit.recipes.teacher._load_model", lambda d: pytest.fail("teacher loaded again"))
+    try:
+        ulmfit.distill(teacher / "teacher", teacher / "train.csv", teacher / "valid.csv", out=out,
+                       unlabeled=[teacher / "unl.csv"], config=cfg, overwrite=True)
+    finally:
+        monkeypatch.undo()
+
+
+@pytest.mark.slow
+def test_self_training_rounds_chain_teachers(teacher, tmp_path):
+    logs = []
+    model = ulmfit.distill(teacher / "teacher", teacher / "train.csv", teacher / "valid.csv", out=tmp_path / "st",
+                           config=_distill_config(rounds=2, threshold=0.5, alpha=1.0), log=logs.append)
+    rounds = json.loads((tmp_path / "st" / "valid_metrics.json").read_text())["distill"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert rounds[1]["teacher"].endswith("checkpoints/round-1")  # round 1's student teaches round 2
+    assert all(r["n_unlabeled"] == 0 for r in rounds)  # no unlabelled text here: gold rows only
+    assert rounds[1]["teacher_metrics"]["macro_f1"] == pytest.approx(rounds[0]["student"]["macro_f1"])
+    assert not (tmp_path / "st" / "checkpoints").exists()
+    assert model.predict(["I love this"])[0] in model.classes
+
+
+@pytest.mark.slow
+def test_distill_refuses_what_it_cannot_do(teacher, tmp_path, capsys):
+    base = ["distill", "--train", str(teacher / "train.csv"), "--out", str(tmp_path / "x")]
+    assert main(base + ["--teacher", str(tmp_path / "nothing")]) == 2
+    assert "distill.teacher=" in capsys.readouterr().err
+    assert main(base) == 2
+    assert "name the teacher model folder" in capsys.readouterr().err
+    assert main(base + ["--teacher", str(teacher / "teacher"), "--set", "direction=both"]) == 2
+    assert "--direction fwd only" in capsys.readouterr().err
+    other = tmp_path / "other.csv"
+    pd.DataFrame({"text": ["a b", "c d", "e f", "g h"], "label": ["x", "y", "x", "y"]}).to_csv(other, index=False)
+    assert main(["distill", "--train", str(other), "--valid", str(other), "--out", str(tmp_path / "y"),
+                 "--teacher", str(teacher / "teacher"), "--pretrained", "none", "--set", "lm.preset=tiny",
+                 "--set", "lm.epochs=0", "--set", "lm.frozen_epochs=0", "--set", "lm.min_freq=1"]) == 2
+    assert "predicts classes" in capsys.readouterr().err
+    assert main(base + ["--teacher", str(teacher / "teacher"), "--alpha", "2"]) == 2
+    assert "distill.alpha" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_interrupted_distillation_resumes_to_the_uninterrupted_student(teacher, tmp_path, monkeypatch):
+    """Stopped in round 2's classifier after one epoch; --resume skips round 1 and the finished epoch
+    and ends with the same weights as a run that was never stopped."""
+    from safetensors.numpy import load_file
+
+    cfg = _distill_config(rounds=2)
+    args = dict(unlabeled=[teacher / "unl.csv"])
+    ulmfit.distill(teacher / "teacher", teacher / "train.csv", teacher / "valid.csv", out=tmp_path / "whole",
+                   config=cfg, **args)
+    calls = {"n": 0}
+    real = DistillTask.evaluate
+
+    def stop_in_round_two(self, model, loader):
+        calls["n"] += 1
+        if calls["n"] == 4 + 2:  # round 1: 4 epochs; round 2: stop at its second epoch's evaluation
+            raise KeyboardInterrupt
+        return real(self, model, loader)
+
+    monkeypatch.setattr(DistillTask, "evaluate", stop_in_round_two)
+    with pytest.raises(KeyboardInterrupt):
+        ulmfit.distill(teacher / "teacher", teacher / "train.csv", teacher / "valid.csv", out=tmp_path / "cut",
+                       config=cfg, **args)
+    assert (tmp_path / "cut" / "checkpoints" / "round-1-done.json").exists()
+    monkeypatch.setattr(DistillTask, "evaluate", real)
+    logs = []
+    ulmfit.distill(out=tmp_path / "cut", resume=True, log=logs.append, **args)
+    assert any("round 1: already trained" in m for m in logs)
+    a = load_file(tmp_path / "whole" / "classifier.safetensors")
+    b = load_file(tmp_path / "cut" / "classifier.safetensors")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
