@@ -80,7 +80,7 @@ def _fit_flags(cfg, a):
 def cmd_distill(a) -> int:
     """`ulmfit distill` is `ulmfit fit --recipe distill`: its flags become `distill.*` settings (they win
     over --config and --set, as fit's flags do); --resume takes everything from the run's config.json."""
-    a.recipe, a.direction, a.pretrained_bwd = "distill", None, None
+    a.recipe, a.direction, a.pretrained_bwd, a.backbone = "distill", None, None, None
     flags = {"teacher": str(Path(a.teacher).resolve()) if a.teacher else None, "temperature": a.temperature,
              "alpha": a.alpha, "rounds": a.rounds, "threshold": a.threshold}
     a.set = (a.set or []) + [f"distill.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]

@@ -25,6 +25,7 @@ report adds teacher-vs-student agreement and both models' validation metrics.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ulmfit.errors import UlmfitError
+from ulmfit.fileio import mapped, staging_path
 from ulmfit.recipes import model_dir
 from ulmfit.recipes.config import FitConfig
 from ulmfit.recipes.fit import write_reports
@@ -56,7 +58,8 @@ def distill(teacher=None, train=None, valid=None, *, out: str | Path, text_col: 
     from ulmfit.recipes.fit import fit
 
     if resume:
-        saved = FitConfig.load(Path(out) / "config.json") if (Path(out) / "config.json").exists() else None
+        work = model_dir.resume_folder(out)  # the staging folder of an interrupted --overwrite, else out
+        saved = FitConfig.load(work / "config.json") if (work / "config.json").exists() else None
         train = train if train is not None else (saved.data.train if saved else None)
         valid = valid if valid is not None else (saved.data.valid if saved else None)
         return fit(train, valid, out=out, unlabeled=unlabeled, resume=True, log=log)
@@ -131,6 +134,8 @@ def _round(r: int, folder: Path, teacher: Path, lm, tokens, data: FitData, cfg: 
         model_dir.save_lm(folder, lm.lm, lm.config)
     texts = data.train.texts + data.unlabeled + data.valid.texts
     log(f"distillation round {r}/{d.rounds}: teacher {teacher}")
+    if final:
+        _carry_cache(folder)
     probs = teacher_probabilities(teacher, texts, folder / "teacher", classes, chunk_size=d.chunk_size,
                                   bs=d.teacher_bs, log=log)
     p_gold, p_unl, p_valid = probs[:n_gold], probs[n_gold:n_gold + n_unl], probs[n_gold + n_unl:]
@@ -166,6 +171,16 @@ def _round(r: int, folder: Path, teacher: Path, lm, tokens, data: FitData, cfg: 
                                direction="fwd", directions=["fwd"])
         model_dir.remove_checkpoints(folder)
     return info
+
+
+def _carry_cache(work: Path) -> None:
+    """An --overwrite builds the new model in a staging folder beside the old one (fileio.staging_path):
+    start it with the old folder's teacher cache, which the cache's own checks reuse only if still valid."""
+    final = work.parent / work.name[1:-len(".staging")] if work.name.startswith(".") and work.name.endswith(".staging") else None
+    if final is None or staging_path(final) != work or (work / "teacher").exists() or not (final / "teacher").is_dir():
+        return
+    with mapped(work / "teacher", "copy the teacher cache to"):
+        shutil.copytree(final / "teacher", work / "teacher")
 
 
 def _agree(a: np.ndarray, b: np.ndarray) -> float:

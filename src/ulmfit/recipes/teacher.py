@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ulmfit.errors import UlmfitError
-from ulmfit.train.checkpoint import atomic_write_json
+from ulmfit.fileio import atomic_write_json, make_dir, mapped
 
 Log = Callable[[str], None]
 LOG_EVERY_S = 30.0  # without a terminal: one progress line this often
@@ -91,12 +91,13 @@ def teacher_probabilities(teacher_dir: str | Path, texts: Sequence[str], cache: 
         return np.load(arr_path, mmap_mode="r") if n else np.zeros((0, len(classes)), np.float32)
     teacher = load(teacher_dir)
     cols = _column_map(teacher, classes, teacher_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    if done == 0:
-        arr = np.lib.format.open_memmap(arr_path, mode="w+", dtype=np.float32, shape=(n, len(classes)))
-        atomic_write_json(meta_path, {**want, "done_chunks": 0})
-    else:
-        arr = np.load(arr_path, mmap_mode="r+")
+    make_dir(cache)
+    with mapped(arr_path):  # a full disk or a read-only folder: one line, not a traceback
+        if done == 0:
+            arr = np.lib.format.open_memmap(arr_path, mode="w+", dtype=np.float32, shape=(n, len(classes)))
+            atomic_write_json(meta_path, {**want, "done_chunks": 0})
+        else:
+            arr = np.load(arr_path, mmap_mode="r+")
         log(f"teacher probabilities: resuming at text {done * chunk_size:,} of {n:,} ({done} of {n_chunks} chunks cached)")
     pass_bs = {"bs": bs} if "bs" in inspect.signature(teacher.predict_proba).parameters else {}
     show_bar = sys.stderr.isatty() if progress is None else progress
@@ -110,8 +111,9 @@ def teacher_probabilities(teacher_dir: str | Path, texts: Sequence[str], cache: 
         if probs.shape != (b - a, len(cols)):
             raise UlmfitError(f"{teacher_dir}: the teacher returned probabilities of shape {probs.shape} for "
                               f"{b - a} texts and {len(cols)} classes")
-        arr[a:b] = probs[:, cols]
-        arr.flush()
+        with mapped(arr_path):
+            arr[a:b] = probs[:, cols]
+            arr.flush()
         atomic_write_json(meta_path, {**want, "done_chunks": c + 1})  # after the data: a cut chunk is redone
         bar.update(b - a)
         now = time.perf_counter()
