@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -332,6 +333,21 @@ def test_student_folder_reloads_predicts_and_reports_agreement(teacher, tmp_path
     assert json.loads(capsys.readouterr().out)["n"] == 45
     assert main(["predict", str(out), "--data", str(teacher / "valid.csv"), "--out", str(tmp_path / "p.csv")]) == 0
     assert len(pd.read_csv(tmp_path / "p.csv")) == 45
+    # served and exported like any forward classifier
+    pytest.importorskip("onnxruntime")
+    from fastapi.testclient import TestClient
+
+    from ulmfit.serving.app import ServeConfig, create_app
+
+    with TestClient(create_app(ServeConfig(model=str(out), threads=1))) as c:
+        for _ in range(200):
+            if c.get("/ready").status_code == 200:
+                break
+            time.sleep(0.05)
+        body = c.post("/predict", json={"texts": texts[:5]}).json()
+        served = np.array([[p["probabilities"][k] for k in body["classes"]] for p in body["predictions"]])
+        assert np.abs(served - probs[:5]).max() <= 1e-5
+    assert np.abs(ulmfit.load(out, runtime="onnx").predict_proba(texts) - probs).max() <= 1e-4
     # run again over the same folder: the valid teacher cache is reused, the teacher is not loaded
     cfg = ulmfit.recipes.config.FitConfig.load(out / "config.json")
     monkeypatch = pytest.MonkeyPatch()
