@@ -5,7 +5,9 @@ label budget, method and seed, all on the same splits, machine and run.
     nice -n 10 .venv/bin/python benchmarks/accuracy.py --pretrained runs/general-en          # the full sweep (hours)
     nice -n 10 .venv/bin/python benchmarks/accuracy.py --csv tr.csv,va.csv,te.csv --csv-name mine --methods tfidf
 
-Data sets: tweets (`ulmfit.data.fetch.fetch_tweets`), spam (`fetch_spam`), and any `--csv
+Data sets: tweets (`ulmfit.data.fetch.fetch_tweets`), spam (`fetch_spam`), tweets-40-55-5 (the
+tweets resampled deterministically to 40/55/5 negative/neutral/positive in every split, the founding
+user's imbalance: `resample_shares`), and any `--csv
 train,valid,test` (CSV with text,label). Budgets: the number of labelled training examples (a
 stratified, seeded sample of the training split: proportional to class frequencies, at least one per
 class; the same sample for every method at a given seed), or `full`. Every method gets the full
@@ -17,8 +19,12 @@ Methods (peers run in their own venvs, benchmarks/setup_peers.sh; JSON files in 
   siatl            the same with `--recipe siatl`
   ulmfit-minilm    `ulmfit fit --backbone minilm`: the ULMFiT recipe on all-MiniLM-L6-v2 (masked-word
                    fine-tuning on the text at hand, then the classifier with gradual unfreezing)
+  ulmfit-fwd-before, siatl-before   the same with issue 21's defaults switched off (no class weighting,
+                   no tuned decision rule, no temperature): the defaults before that change
   tfidf            TF-IDF 1-2 grams + logistic regression, C on valid (ulmfit.recipes.baselines)
+  tfidf-balanced   the same with class_weight="balanced" (inverse-frequency weights)
   minilm-frozen    all-MiniLM-L6-v2 sentence embeddings + logistic regression, C on valid
+  minilm-frozen-balanced   the same with class_weight="balanced"
   minilm-finetune  all-MiniLM-L6-v2 fine-tuned end to end (bounded epochs/steps: see peers/minilm.py)
   setfit           SetFit 1.2.0 with the all-MiniLM-L6-v2 body (contrastive pairs, then logistic
                    regression; bounded steps: see peers/setfit_peer.py); venv: setup_peers.sh setfit
@@ -62,11 +68,15 @@ from ulmfit.data.subset import stratified_subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (OUR_CLI, PEER_PY, RESULTS, machine_info, macro_f1_accuracy, package_versions,  # noqa: E402
-                    read_json, run_measured, table, tail, write_json)
+                    per_class_f1, read_json, run_measured, table, tail, write_json)
 
-METHODS = ["ulmfit-fwd", "ulmfit-both", "siatl", "ulmfit-minilm", "tfidf", "minilm-frozen", "minilm-finetune", "setfit",
-           "fastai"]
-ULMFIT_METHODS = {"ulmfit-fwd", "ulmfit-both", "siatl", "ulmfit-minilm"}
+METHODS = ["ulmfit-fwd", "ulmfit-fwd-before", "ulmfit-both", "siatl", "siatl-before", "ulmfit-minilm", "tfidf",
+           "tfidf-balanced", "minilm-frozen", "minilm-frozen-balanced", "minilm-finetune", "setfit", "fastai"]
+ULMFIT_METHODS = {"ulmfit-fwd", "ulmfit-fwd-before", "ulmfit-both", "siatl", "siatl-before", "ulmfit-minilm"}
+# "-before": the recipe with issue 21's defaults switched off (no class weighting, no tuned decision
+# rule, no temperature scaling), i.e. the defaults before that change; same training otherwise.
+BEFORE_ISSUE_21 = ["clf.class_weights=none", "siatl.class_weights=none", "imbalance.decision_rule=none",
+                   "imbalance.temperature=false"]
 PEERS = Path(__file__).resolve().parent / "peers"
 
 # --quick: tiny data and models, to check the whole pipeline in a few minutes (numbers meaningless).
@@ -91,8 +101,11 @@ def load_datasets(names: list[str], csvs: list[str], csv_names: list[str]) -> di
         elif name == "spam":
             from ulmfit.data.fetch_spam import fetch_spam
             out[name] = fetch_spam()
+        elif name == IMBALANCED:
+            from ulmfit.data.fetch import cache_dir, fetch_tweets
+            out[name] = resample_shares(fetch_tweets(), IMBALANCED_SHARES, cache_dir() / IMBALANCED / "v1")
         else:
-            sys.exit(f"unknown data set {name!r}: tweets, spam, or give --csv train,valid,test")
+            sys.exit(f"unknown data set {name!r}: tweets, spam, {IMBALANCED}, or give --csv train,valid,test")
     for i, spec in enumerate(csvs):
         parts = spec.split(",")
         if len(parts) != 3:
@@ -100,6 +113,43 @@ def load_datasets(names: list[str], csvs: list[str], csv_names: list[str]) -> di
         name = csv_names[i] if i < len(csv_names) else Path(parts[0]).resolve().parent.name
         out[name] = dict(zip(("train", "valid", "test"), map(Path, parts)))
     return out
+
+
+# The founding user's case (issue 21): three classes split 40/55/5. The tweets resampled to those
+# shares in train, valid and test alike (resample_shares): every neutral tweet is kept, negatives and
+# positives are drawn without replacement, with a fixed seed, so the files are the same on every machine.
+IMBALANCED = "tweets-40-55-5"
+IMBALANCED_SHARES = {"negative": 0.40, "neutral": 0.55, "positive": 0.05}
+IMBALANCED_SEED = 4055
+
+
+def resample_shares(paths: dict[str, Path], shares: dict[str, float], out: Path,
+                    seed: int = IMBALANCED_SEED) -> dict[str, Path]:
+    """Each split of `paths` resampled (without replacement, rows kept in their order) so that the
+    classes have `shares`; the largest split size the rarest-relative-to-its-share class allows."""
+    dest = {k: out / f"{k}.csv" for k in paths}
+    if all(p.exists() for p in dest.values()) and (out / "stats.json").exists():
+        return dest
+    rng = np.random.default_rng(seed)
+    stats = {"shares": shares, "seed": seed, "source": {k: str(v) for k, v in paths.items()}, "counts": {}}
+    out.mkdir(parents=True, exist_ok=True)
+    for split, path in paths.items():
+        df = read_split(path)
+        counts = df["label"].value_counts()
+        missing = set(shares) - set(counts.index)
+        if missing:
+            sys.exit(f"{path}: no rows of class(es) {sorted(missing)}; cannot resample to {shares}")
+        total = int(min(counts[c] / s for c, s in shares.items()))
+        keep = []
+        for c, s in shares.items():
+            idx = np.flatnonzero(df["label"].to_numpy() == c)
+            keep.append(rng.choice(idx, size=min(len(idx), int(round(s * total))), replace=False))
+        sub = df.iloc[np.sort(np.concatenate(keep))]
+        sub.to_csv(dest[split].with_suffix(".tmp"), index=False)
+        dest[split].with_suffix(".tmp").replace(dest[split])
+        stats["counts"][split] = sub["label"].value_counts().sort_index().to_dict()
+    write_json(out / "stats.json", stats)
+    return dest
 
 
 def read_split(path: Path) -> pd.DataFrame:
@@ -168,7 +218,8 @@ def cli_caps() -> dict[str, bool]:
 
 
 def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log) -> dict:
-    need = {"ulmfit-both": "direction_both", "siatl": "siatl", "ulmfit-minilm": "backbone"}.get(method)
+    need = {"ulmfit-both": "direction_both", "siatl": "siatl", "siatl-before": "siatl",
+            "ulmfit-minilm": "backbone"}.get(method)
     if need and not caps[need]:
         flag = {"direction_both": "--direction both", "siatl": "--recipe siatl", "backbone": "--backbone"}[need]
         return {"status": "unavailable", "reason": f"`ulmfit fit` has no {flag} yet"}
@@ -182,10 +233,12 @@ def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log
         cmd += ["--train", str(lab)] + (["--unlabeled", str(rest)] if rest is not None else [])
     if method == "ulmfit-both":
         cmd += ["--direction", "both"]
-    elif method == "ulmfit-fwd" and caps["direction"]:
+    elif method in ("ulmfit-fwd", "ulmfit-fwd-before") and caps["direction"]:
         cmd += ["--direction", "fwd"]
-    if method == "siatl":
+    if method in ("siatl", "siatl-before"):
         cmd += ["--recipe", "siatl"]
+    if method.endswith("-before"):
+        cmd += [x for s in BEFORE_ISSUE_21 for x in ("--set", s)]
     if method == "ulmfit-minilm":  # its own pretrained encoder: --pretrained (an AWD-LSTM LM) does not apply
         cmd += ["--backbone", "minilm"] + (QUICK_TRANSFORMER if a.quick else [])
     else:
@@ -207,6 +260,9 @@ def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log
     if not a.keep_models:
         shutil.rmtree(out, ignore_errors=True)
     return {"status": "ok", "macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"],
+            **rare_class_f1({c: m["f1"] for c, m in metrics["per_class"].items()}, splits["test"]),
+            "ece_before": metrics.get("ece_before"), "ece": metrics.get("ece_after"),
+            "argmax_macro_f1": (metrics.get("argmax") or {}).get("macro_f1"),
             "train_s": fit["wall_s"], "wall_s": round(fit["wall_s"] + ev["wall_s"], 2),
             "peak_rss_mb": fit["peak_rss_mb"], "predict_s": ev["wall_s"], "predict_peak_rss_mb": ev["peak_rss_mb"],
             "command": cmd, "details": {"evaluate": {k: metrics[k] for k in metrics if k in ("per_class", "n")}}}
@@ -235,7 +291,9 @@ def export_for_fastai(lm_folder: str) -> Path:
 def run_peer(method, a, splits, lab, rest, seed, cdir) -> dict:
     venv, script, params = {
         "tfidf": ("ours", "tfidf.py", {}),
+        "tfidf-balanced": ("ours", "tfidf.py", {"class_weight": "balanced"}),
         "minilm-frozen": ("hf", "minilm.py", {"mode": "frozen"}),
+        "minilm-frozen-balanced": ("hf", "minilm.py", {"mode": "frozen", "class_weight": "balanced"}),
         "minilm-finetune": ("hf", "minilm.py", {"mode": "finetune", **(QUICK_MINILM_FT if a.quick else {})}),
         "setfit": ("setfit", "setfit_peer.py", {"max_steps": 20} if a.quick else {}),
         "fastai": ("fastai", "fastai_text.py", None),
@@ -256,12 +314,19 @@ def run_peer(method, a, splits, lab, rest, seed, cdir) -> dict:
         return {"status": "failed", "command": cmd, "rc": r["rc"], "log_tail": tail(cdir / "run.log")}
     res = read_json(cdir / "result.json")
     truth = list(read_split(splits["test"])["label"])
-    m = macro_f1_accuracy(truth, res["test_pred"])
+    m = {**macro_f1_accuracy(truth, res["test_pred"]), **rare_class_f1(per_class_f1(truth, res["test_pred"]), splits["test"])}
     if not a.keep_models:
         shutil.rmtree(cdir / "work", ignore_errors=True)
     return {"status": "ok", **m, "train_s": res["train_s"], "wall_s": r["wall_s"], "peak_rss_mb": r["peak_rss_mb"],
             "predict_s": res.get("predict_s"), "command": cmd, "details": res.get("details", {}),
             "peer_versions": res.get("versions")}
+
+
+def rare_class_f1(f1_by_class: dict, test: Path) -> dict:
+    """The F1 of the test split's rarest class (the 5% class of tweets-40-55-5), and every class's F1."""
+    counts = read_split(test)["label"].value_counts()
+    rare = str(counts.idxmin())
+    return {"rare_class": rare, "rare_f1": f1_by_class.get(rare, 0.0), "per_class_f1": f1_by_class}
 
 
 # ------------------------------------------------------------------------------------ summary
@@ -278,6 +343,7 @@ def summarise(cells: list[dict]) -> list[dict]:
             return round(statistics.median(vals), 4) if vals else None
         rows.append({"dataset": ds, "method": method, "budget": budget, "n_labels": cs[0].get("n_labels"),
                      "seeds_ok": len(ok), "seeds": len(cs), "macro_f1": med("macro_f1"), "accuracy": med("accuracy"),
+                     "rare_f1": med("rare_f1"), "ece_before": med("ece_before"), "ece": med("ece"),
                      "macro_f1_min": min((c["macro_f1"] for c in ok), default=None),
                      "macro_f1_max": max((c["macro_f1"] for c in ok), default=None),
                      "train_s": med("train_s"), "peak_rss_mb": med("peak_rss_mb"),
@@ -362,7 +428,7 @@ def parse_seeds(spec: str) -> list[int]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", default=None, help="comma list of tweets,spam (default both, or none when --csv is given)")
+    p.add_argument("--datasets", default=None, help="comma list of tweets,spam,tweets-40-55-5 (default both, or none when --csv is given)")
     p.add_argument("--csv", action="append", default=[], help="train.csv,valid.csv,test.csv (repeatable)")
     p.add_argument("--csv-name", action="append", default=[], help="a name per --csv (default: the folder's name)")
     p.add_argument("--budgets", default="100,500,2000,full", help="labels per run; 'full' = the whole training split")
@@ -454,9 +520,10 @@ def main() -> None:
         cells += transfer_cells(Path(path), cells, datasets)
     rows = summarise(cells)
     print()
-    print(table(rows, ["dataset", "method", "budget", "n_labels", "seeds_ok", "macro_f1", "accuracy", "train_s",
-                       "peak_rss_mb", "status"], {"macro_f1": ".4f", "accuracy": ".4f", "train_s": ".0f",
-                                                 "peak_rss_mb": ".0f"}))
+    print(table(rows, ["dataset", "method", "budget", "n_labels", "seeds_ok", "macro_f1", "accuracy", "rare_f1",
+                       "ece_before", "ece", "train_s", "peak_rss_mb", "status"],
+                {"macro_f1": ".4f", "accuracy": ".4f", "rare_f1": ".4f", "ece_before": ".4f", "ece": ".4f",
+                 "train_s": ".0f", "peak_rss_mb": ".0f"}))
     summary = {**info, "sweep_seconds": round(time.perf_counter() - t_start, 1), "datasets": {k: {s: str(v) for s, v in d.items()} for k, d in datasets.items()},
                "this_run": {"methods": methods, "budgets": budgets, "seeds": seeds}, "summary": rows, "cells": len(cells)}
     write_json(res_dir / f"{tag}.json", summary)

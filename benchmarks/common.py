@@ -18,10 +18,15 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 VENVS = BENCH / ".venvs"
-OUR_PY = ROOT / ".venv" / "bin" / "python"
-OUR_CLI = ROOT / ".venv" / "bin" / "ulmfit"
-PEER_PY = {"ours": OUR_PY, "fastai": VENVS / "fastai" / "bin" / "python", "hf": VENVS / "hf" / "bin" / "python",
-           "setfit": VENVS / "setfit" / "bin" / "python"}
+# $ULMFIT_BENCH_VENV / $ULMFIT_BENCH_HF_VENV / $ULMFIT_BENCH_FASTAI_VENV / $ULMFIT_BENCH_SETFIT_VENV:
+# other venvs than the checkout's own (a git worktree sharing one venv: export PYTHONPATH=$PWD/src
+# too, so the CLI imports the worktree's code).
+OUR_VENV = Path(os.environ.get("ULMFIT_BENCH_VENV") or ROOT / ".venv")
+OUR_PY = OUR_VENV / "bin" / "python"
+OUR_CLI = OUR_VENV / "bin" / "ulmfit"
+PEER_PY = {"ours": OUR_PY,
+           **{k: Path(os.environ.get(f"ULMFIT_BENCH_{k.upper()}_VENV") or VENVS / k) / "bin" / "python"
+              for k in ("fastai", "hf", "setfit")}}
 
 
 def cpu_model() -> str:
@@ -175,6 +180,17 @@ def read_csv_rows(path, text_col="text", label_col="label"):
     texts = [r[text_col] for r in rows]
     labels = [r[label_col] for r in rows] if rows and label_col in rows[0] else None
     return texts, labels
+
+
+def per_class_f1(y_true, y_pred) -> dict:
+    """{class: F1} over the classes present in y_true."""
+    out = {}
+    for c in sorted(set(y_true)):
+        tp = sum(t == c and p == c for t, p in zip(y_true, y_pred))
+        fp = sum(t != c and p == c for t, p in zip(y_true, y_pred))
+        fn = sum(t == c and p != c for t, p in zip(y_true, y_pred))
+        out[c] = 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+    return out
 
 
 def macro_f1_accuracy(y_true, y_pred) -> dict:

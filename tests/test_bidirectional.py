@@ -144,6 +144,7 @@ def test_both_writes_forward_in_place_and_backward_in_bwd(both):
 def test_both_averages_the_two_models(both, capsys, tmp_path):
     import ulmfit
     from ulmfit.recipes.predictor import Member
+    from ulmfit.train.calibration import apply
 
     d, out = both
     texts = pd.read_csv(d / "test.csv")["text"].tolist()
@@ -152,9 +153,12 @@ def test_both_averages_the_two_models(both, capsys, tmp_path):
     fwd = Member.load(out, "fwd").predict_proba(tokens, 3)
     bwd = ulmfit.load(out / "bwd").predict_proba(texts)  # the backward sub-folder is a model of its own
     assert not np.allclose(fwd, bwd)
-    probs = model.predict_proba(texts)
-    assert np.allclose(probs, (fwd + bwd) / 2, atol=1e-6)
-    assert model.predict(texts) == [model.classes[i] for i in probs.argmax(1)]
+    raw = model.predict_proba_raw(texts)
+    assert np.allclose(raw, (fwd + bwd) / 2, atol=1e-6)
+    # the averaged model's calibration.json (temperature, decision rule) applies to the average
+    probs, pred = apply(raw, model.calibration)
+    assert np.allclose(model.predict_proba(texts), probs, atol=1e-6)
+    assert model.predict(texts) == [model.classes[i] for i in pred]
 
     assert main([str(a) for a in ["predict", out, "--data", d / "test.csv", "--out", tmp_path / "p.csv"]]) == 0
     p = pd.read_csv(tmp_path / "p.csv")
@@ -164,7 +168,7 @@ def test_both_averages_the_two_models(both, capsys, tmp_path):
     m = json.loads(capsys.readouterr().out)
     assert set(m["by_direction"]) == {"fwd", "bwd"}
     y = pd.read_csv(d / "test.csv")["label"].map({c: i for i, c in enumerate(model.classes)}).to_numpy()
-    assert m["accuracy"] == pytest.approx((probs.argmax(1) == y).mean())
+    assert m["accuracy"] == pytest.approx((pred == y).mean())
     assert main([str(a) for a in ["evaluate", out, "--data", d / "test.csv"]]) == 0
     assert "bwd model alone" in capsys.readouterr().out
 

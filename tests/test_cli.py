@@ -94,7 +94,7 @@ def test_api_and_cli_agree(trained):
     # order of inputs is kept although batches are sorted by length inside
     single = model.predict_proba([texts[7]])
     assert abs(single - probs[7:8]).max() < 1e-5
-    assert model.predict(texts[:3]) == [model.classes[i] for i in probs[:3].argmax(1)]
+    assert model.predict(texts[:3]) == model.predict_with_proba(texts[:3])[0]
 
 
 @pytest.mark.slow
@@ -276,9 +276,9 @@ def test_fit_recipe_siatl_hands_prepared_data_to_siatl(tiny_data, tmp_path, caps
     calls = {}
 
     def train_siatl(base, train_set, valid_set, classes, out, cfg, *, unlabeled_docs, seed, precision, resume,
-                    train_tokens, log):
+                    train_tokens, imbalance, log):
         calls["train"] = dict(base=base, train_set=train_set, cfg=cfg, unlabeled_docs=unlabeled_docs, out=out,
-                              train_tokens=train_tokens, seed=seed, resume=resume)
+                              train_tokens=train_tokens, seed=seed, resume=resume, imbalance=imbalance)
         model, enc_cfg, head_cfg = recipe.classifier_from_lm(base.lm, base.config, len(classes),
                                                              ClassifierTrainConfig(lin_sizes=(8,)))
         model_dir.save_classifier(out, model, enc_cfg, head_cfg)
@@ -302,6 +302,8 @@ def test_fit_recipe_siatl_hands_prepared_data_to_siatl(tiny_data, tmp_path, caps
     assert code == 0, err
     got = calls["train"]
     assert got["out"] == out and got["seed"] == 3 and got["resume"] is False and isinstance(got["cfg"], SiatlConfig)
+    assert got["cfg"].class_weights == "none"  # 5/5/5 labels: "auto" resolves to no weighting, recorded as such
+    assert json.loads((out / "config.json").read_text())["siatl"]["class_weights"] == "none"
     assert len(got["train_set"].texts) == 15 and len(got["train_tokens"]) == 15
     assert len(got["unlabeled_docs"]) == 135 + 2  # the rest of the training rows, then --unlabeled
     base = got["base"]

@@ -5,7 +5,7 @@ text classifier, CPU only, in two ways. Runs inside benchmarks/.venvs/hf:
 
 mode "frozen": sentence embeddings (mean pooling over the last layer, then L2 normalisation, as
 sentence-transformers does for this model; its own `encode` when installed) + scikit-learn
-LogisticRegression, C chosen by macro-F1 on the validation split. With job["cache_dir"] the
+LogisticRegression (params class_weight "balanced": inverse-frequency weights), C chosen by macro-F1 on the validation split. With job["cache_dir"] the
 embeddings of a file's texts are computed once per sweep; a cell that reuses them still counts
 the seconds they took to compute in train_s / predict_s.
 mode "finetune": AutoModelForSequenceClassification (the encoder + a new linear head on [CLS]),
@@ -98,7 +98,8 @@ def run_frozen(job, p, data):
     ev, _, saved_v = embed_cached(xv, p, cache)
     best = None
     for c in p["Cs"]:
-        clf = LogisticRegression(C=c, max_iter=3000, random_state=job["seed"]).fit(et, yt)
+        clf = LogisticRegression(C=c, max_iter=3000, random_state=job["seed"],
+                                 class_weight=p.get("class_weight")).fit(et, yt)
         f1 = macro_f1_accuracy(yv, list(clf.predict(ev)))["macro_f1"]
         if best is None or f1 > best[0]:
             best = (f1, c, clf)
@@ -107,7 +108,7 @@ def run_frozen(job, p, data):
     es, _, saved_s = embed_cached(xs, p, cache)
     pred = [str(x) for x in best[2].predict(es)]
     return {"test_pred": pred, "train_s": round(train_s, 2), "predict_s": round(time.perf_counter() - t1 + saved_s, 2),
-            "details": {"pooling": how, "embedding_cache": bool(cache), "C": best[1], "valid_macro_f1": best[0], "max_len": p["max_len"]}}
+            "details": {"class_weight": p.get("class_weight"), "pooling": how, "embedding_cache": bool(cache), "C": best[1], "valid_macro_f1": best[0], "max_len": p["max_len"]}}
 
 
 def run_finetune(job, p, data):

@@ -3,7 +3,7 @@
 
     .venv/bin/python benchmarks/peers/tfidf.py JOB.json RESULT.json
 
-JOB: {"train", "valid", "test", "seed", "params": {"Cs": [...]}}.
+JOB: {"train", "valid", "test", "seed", "params": {"Cs": [...], "class_weight": null or "balanced"}}.
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ def run(job):
     (xt, yt), (xv, yv), (xs, _) = (read_csv_rows(job[k]) for k in ("train", "valid", "test"))
     t0 = time.perf_counter()
     kw = {"Cs": tuple(job["params"]["Cs"])} if job.get("params", {}).get("Cs") else {}
+    if job.get("params", {}).get("class_weight"):  # "balanced": sklearn's inverse-frequency weights
+        kw["class_weight"] = job["params"]["class_weight"]
     predict, info = tfidf_logreg(xt, yt, xv, yv, seed=job["seed"], **kw)
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()

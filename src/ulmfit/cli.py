@@ -161,6 +161,10 @@ def cmd_evaluate(a) -> int:
         print(f"{d} model alone: accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}")
     if "by_direction" in metrics:
         print("averaged (the model's predictions):")
+    if "argmax" in metrics:
+        print(f"decision rule of calibration.json: macro F1 {metrics['macro_f1']:.4f} (plain argmax "
+              f"{metrics['argmax']['macro_f1']:.4f}); calibration error (ECE) {metrics['ece_after']:.4f} "
+              f"(uncalibrated {metrics['ece_before']:.4f})")
     print(format_report(metrics, model.classes))
     return 0
 

@@ -27,7 +27,7 @@ from ulmfit.train.schedules import SCHEDULE_KINDS
 
 METRICS = ("macro_f1", "accuracy", "weighted_f1", "valid_loss")  # model selection (train/metrics.py computes them)
 OPTIMIZERS = ("adamw", "adam", "sgd")  # train/optim.py make_optimizer
-CLASS_WEIGHTS = ("none", "balanced")  # train/tasks.py balanced_class_weights
+CLASS_WEIGHTS = ("auto", "none", "balanced", "effective")  # = train/calibration.py WEIGHT_RULES (not imported: no sklearn at the door)
 AUTO = "auto"  # a value the configuration resolves per run (recipes/config.py FitConfig.resolved)
 
 
@@ -126,8 +126,11 @@ def lin_sizes(default: tuple[int, ...] = (50,)):
     return spec(default, ge=1)
 
 
-def class_weights(default: str = "none"):
-    """none, or balanced: each class's loss weighted by n / (classes * its count) (train/tasks.py)."""
+def class_weights(default: str = "auto"):
+    """Per-class weights of the classification loss: auto (imbalance.rule when the classes differ by
+    more than imbalance.ratio, else none; fit records the rule used in config.json), none, balanced
+    (inverse frequency) or effective (effective number of samples, Cui et al. 2019). Issue 21:
+    unweighted, a 5% class was never predicted and SiATL answered the majority class."""
     return spec(default, choices=CLASS_WEIGHTS)
 
 

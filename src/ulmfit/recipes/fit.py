@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ulmfit.errors import UlmfitError
 from ulmfit.fileio import make_dir
-from ulmfit.recipes import model_dir, registry
+from ulmfit.recipes import model_dir, posthoc, registry
 from ulmfit.recipes.config import FitConfig
 from ulmfit.recipes.prepare import load_fit_data
 from ulmfit.recipes.toolbox import Log, quiet
@@ -56,10 +56,12 @@ def _fit_into(out: Path, train, valid, text_col, label_col, unlabeled, pretraine
     t0 = time.perf_counter()
     data = load_fit_data(train, valid, cfg.data, cfg.seed, log)
     log(f"precision: {describe_precision(cfg.precision)}")
+    configs = {d: posthoc.resolve_weighting(c, data, log if i == 0 else quiet) for i, (d, c) in enumerate(configs.items())}
     for d, c in configs.items():
         make_dir(_folder(out, dirs, d))
         atomic_write_json(_folder(out, dirs, d) / "config.json", c.to_dict())
     metrics = recipe.fit(registry.Run(out, configs, data, resume, log))
+    metrics = posthoc.finish(out, data, configs[dirs[0]], metrics, log)  # calibration.json, constant baseline
     write_reports(out, metrics, data.classes, configs[dirs[0]], time.perf_counter() - t0)
     model_dir.write_marker(out, "classifier", classes=data.classes, recipe=cfg.recipe, metric=_metric(cfg),
                            direction=dirs[0], directions=dirs)
@@ -114,6 +116,7 @@ def write_reports(out: Path, metrics: dict, classes: list[str], cfg: FitConfig, 
     model = " + ".join(what[d] for d in dirs) + (", class probabilities averaged" if len(dirs) > 1 else "")
     text = (f"# ulmfit model report\n\nRecipe: {cfg.recipe}; model: {model}; pretrained: {pretrained}; "
             f"selection metric: {_metric(cfg)}; total time {seconds / 60:.1f} min.\n\n"
+            f"{posthoc.report_section(out, classes)}"
             f"## Validation set{' (averaged model)' if len(dirs) > 1 else ''}\n\n"
             f"{_direction_table(metrics)}```\n{format_report(metrics, classes)}\n```\n\n"
             f"Curves: {', '.join(curves) or 'none'}. Per-epoch figures: history.jsonl.\n")

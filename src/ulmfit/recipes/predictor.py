@@ -3,6 +3,10 @@
 A folder trained with `--direction both` holds two models, forward (the folder itself) and backward
 (`bwd/`); `Classifier` averages their class probabilities, as ULMFiT §4 does. A backward model
 reads every document reversed, so its `Member` reverses the token ids of each text before batching.
+
+When the folder holds `calibration.json` (written by `ulmfit fit`, recipes/posthoc.py), the class
+probabilities are temperature-scaled and the labels come from the tuned decision rule
+(train/calibration.py `apply`), in `predict`, `predict_proba` and `evaluate` alike.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from ulmfit.errors import UlmfitError
 from ulmfit.recipes import model_dir, registry
 from ulmfit.text.tokenize import Tokenizer
 from ulmfit.text.vocab import Vocab
+from ulmfit.train.calibration import apply, decide, ece
 from ulmfit.train.metrics import classification_metrics
 
 
@@ -151,6 +156,7 @@ class Classifier:
                               f"use `ulmfit generate` with it, or train a classifier with `ulmfit fit`")
         self.classes: list[str] = list(self.meta["classes"])
         self.weights: dict[str, float] | None = None
+        self.calibration = _read_calibration(self.folder / "calibration.json", len(self.classes))
         if self.meta["kind"] == "ensemble":  # recipes/ensemble.py: member folders copied inside
             self.parts = {e["path"]: Classifier(self.folder / e["path"], runtime, threads=threads)
                           for e in self.meta["members"]}
@@ -176,13 +182,28 @@ class Classifier:
                     for k, part in self.parts.items()}
         return proba_by_direction(self.members, texts, len(self.classes), bs)
 
-    def predict_proba(self, texts: Sequence[str], bs: int = 128) -> np.ndarray:
-        """Class probabilities, shape [len(texts), n_classes], columns in `self.classes` order;
-        the average over the directions when the folder holds a forward and a backward model."""
+    def predict_proba_raw(self, texts: Sequence[str], bs: int = 128) -> np.ndarray:
+        """The model's own probabilities (before temperature scaling): the average over the directions
+        when the folder holds a forward and a backward model (an ensemble: its weighted members')."""
         return average(self.predict_proba_by_direction(texts, bs), self.weights)
 
+    def predict_proba(self, texts: Sequence[str], bs: int = 128) -> np.ndarray:
+        """Calibrated class probabilities, shape [len(texts), n_classes], columns in `self.classes` order."""
+        return apply(self.predict_proba_raw(texts, bs), self.calibration)[0]
+
+    def predict_with_proba(self, texts: Sequence[str], bs: int = 128) -> tuple[list[str], np.ndarray]:
+        """(labels by the folder's decision rule, calibrated probabilities). A tuned rule can pick a
+        class whose probability is not the largest: it trades a little of the large classes' recall
+        for the small ones' (see the model's report.md)."""
+        probs, pred = apply(self.predict_proba_raw(texts, bs), self.calibration)
+        return [self.classes[i] for i in pred], probs
+
+    def label_ids(self, probs: np.ndarray) -> np.ndarray:
+        """Class indices of calibrated probabilities (`predict_proba`'s) by the folder's decision rule."""
+        return decide(probs, (self.calibration or {}).get("bias"))
+
     def predict(self, texts: Sequence[str]) -> list[str]:
-        return [self.classes[i] for i in self.predict_proba(texts).argmax(1)]
+        return self.predict_with_proba(texts)[0]
 
     def evaluate(self, texts: Sequence[str], labels: Sequence[str], source: str = "data") -> dict:
         """Metrics of the (averaged) model; with two directions also each one's, under "by_direction"."""
@@ -193,7 +214,32 @@ class Classifier:
                               f"{self.classes}); map them to known classes or drop those rows")
         index = {c: i for i, c in enumerate(self.classes)}
         y_true = np.array([index[l] for l in labels], dtype=np.int64)
-        return metrics_by_direction(self.predict_proba_by_direction(texts), y_true, self.classes, self.weights)
+        probs = self.predict_proba_by_direction(texts)
+        metrics = metrics_by_direction(probs, y_true, self.classes, self.weights)
+        if self.calibration:
+            raw = average(probs, self.weights)
+            cal, pred = apply(raw, self.calibration)
+            before = {k: metrics[k] for k in ("accuracy", "macro_f1")}
+            before["per_class_f1"] = {c: m["f1"] for c, m in metrics["per_class"].items()}
+            metrics.update(classification_metrics(y_true, pred, self.classes))
+            metrics.update(argmax=before, ece_before=ece(raw, y_true), ece_after=ece(cal, y_true))
+        return metrics
+
+
+def _read_calibration(path: Path, n_classes: int) -> dict | None:
+    """The folder's temperature and decision rule (None: no file, plain probabilities and argmax)."""
+    if not path.exists():
+        return None
+    try:
+        d = json.loads(path.read_text())
+        ok = float(d["temperature"]) > 0 and (d["bias"] is None or len([float(b) for b in d["bias"]]) == n_classes)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UlmfitError(f"{path}: unreadable ({type(e).__name__}: {e}); delete it to predict with the plain "
+                          f"argmax, or retrain the model") from e
+    if not ok:
+        raise UlmfitError(f"{path}: needs a temperature > 0 and one bias per class ({n_classes}) or null; "
+                          f"delete the file to predict with the plain argmax, or retrain the model")
+    return d
 
 
 def load(folder: str | Path, runtime: str = "torch", **kw) -> Classifier:

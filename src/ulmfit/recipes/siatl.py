@@ -35,9 +35,11 @@ from ulmfit.data.lm_loader import LMLoader
 from ulmfit.errors import UlmfitError
 from ulmfit.models.awd_lstm import CLASSIFIER_DROPOUTS, AWDLSTMConfig, detach_state
 from ulmfit.models.siatl import SiatlClassifier, SiatlHeadConfig, next_token_loss
+from ulmfit.recipes.config import ImbalanceConfig
 from ulmfit.recipes.prepare import Labelled
 from ulmfit.recipes.siatl_config import SiatlConfig
 from ulmfit.text.token_docs import TokenDocs
+from ulmfit.train.calibration import loss_weights
 from ulmfit.train.checkpoint import atomic_write_json, load_weights, save_weights
 from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, autocast, run_phase
 from ulmfit.train.metrics import classification_metrics
@@ -102,8 +104,10 @@ class SiatlTask:
     next-token loss on the same documents + one unlabelled LM batch, once the LSTM trains).
     `start_epoch` sets gamma_e and the unlabelled stream; `epoch_record` logs the loss parts."""
 
-    def __init__(self, cfg: SiatlConfig, classes: list[str], lm_loader: LMLoader | None, precision: str):
+    def __init__(self, cfg: SiatlConfig, classes: list[str], lm_loader: LMLoader | None, precision: str,
+                 class_weights: torch.Tensor | None = None):
         self.cfg, self.classes, self.lm_loader, self.precision = cfg, classes, lm_loader, precision
+        self.class_weights = class_weights  # per-class weights of the task loss (None: unweighted)
 
     def start_epoch(self, epoch: int) -> None:
         cfg = self.cfg
@@ -123,7 +127,7 @@ class SiatlTask:
             lm_loss = next_token_loss(lm_logits, batch.ids, batch.lengths)
         else:
             logits, lm_loss = model(batch.ids, batch.lengths), torch.zeros(())
-        task_loss = F.cross_entropy(logits.float(), batch.labels)
+        task_loss = F.cross_entropy(logits.float(), batch.labels, weight=self.class_weights)
         unl_loss = torch.zeros(())
         if self.stream is not None:
             x, y, fresh = next(self.stream)
@@ -169,7 +173,7 @@ class _Progress:
 def train_siatl(base: "LMResult", train: Labelled, valid: Labelled, classes: list[str], out: Path,
                 cfg: SiatlConfig, *, unlabeled_docs: TokenDocs | None = None, seed: int = 0,
                 precision: str = "auto", resume: bool = False, train_tokens: list[list[str]] | None = None,
-                log: Log = _quiet) -> tuple[nn.Module, dict]:
+                imbalance=None, log: Log = _quiet) -> tuple[nn.Module, dict]:
     """Train a SiATL classifier on `base` (an LMResult: the pretrained LM mapped onto the target
     vocabulary, or a random one), select it on `valid` by `cfg.metric`, save it into `out` and
     return (best model in eval mode, its validation metrics from `classification_metrics`).
@@ -205,7 +209,8 @@ def train_siatl(base: "LMResult", train: Labelled, valid: Labelled, classes: lis
     loop_cfg = LoopConfig(monitor=cfg.metric, patience=cfg.patience, clip=cfg.clip, seed=seed, precision=precision,
                           progress=False, first_epoch=1, log_throughput=False)
     stage = Stage("siatl", cfg.epochs, cfg.new_lr, schedule="constant", can_stop_early=True)
-    result = run_phase(model, SiatlTask(cfg, classes, lm_loader, precision), stepper, None, [stage],
+    weights = loss_weights(cfg.class_weights, train.labels, len(classes), imbalance or ImbalanceConfig())  # None: unweighted
+    result = run_phase(model, SiatlTask(cfg, classes, lm_loader, precision, weights), stepper, None, [stage],
                        train_loader, valid_loader, PhaseFiles(out, PHASE), loop_cfg, resume=resume,
                        callbacks=(_Progress(cfg, log),), meta=asdict(cfg))
 

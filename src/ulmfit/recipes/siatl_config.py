@@ -65,6 +65,7 @@ class SiatlConfig:
     patience: int | None = F.patience(3)  # their code: 6, on the loss
     unlabeled_lm: bool = True  # with unlabelled target text: one extra LM batch from it per step
     unlabeled_bptt: int = F.bptt(70)  # sequence length of those LM batches (AWD-LSTM's bptt)
+    class_weights: str = F.class_weights("auto")  # the task loss, as clf.class_weights
 
     RENAMED: ClassVar[dict] = {"max_len": "max_doc_tokens"}  # old config.json names
 
@@ -106,7 +107,7 @@ def _fit(run: Run) -> dict:
     unlabeled_docs = vocab.encode_many(tokens.lm[n:]) if len(tokens.lm) > n else None
     _, metrics = train_siatl(LMResult(lm, lm_cfg, tokens.tokenizer, vocab, []), data.train, data.valid, data.classes,
                              out, cfg.siatl, unlabeled_docs=unlabeled_docs, seed=cfg.seed, precision=cfg.precision,
-                             resume=run.resume, train_tokens=tokens.lm[:n], log=run.log)
+                             resume=run.resume, train_tokens=tokens.lm[:n], imbalance=cfg.imbalance, log=run.log)
     return metrics
 
 

@@ -54,7 +54,8 @@ from ulmfit.train.metrics import classification_metrics
 from ulmfit.train.mlm_task import MaskedLMTask
 from ulmfit.train.optim import make_optimizer, param_groups
 from ulmfit.train.siatl_schedule import gamma_at
-from ulmfit.train.tasks import ClassifierTask, balanced_class_weights
+from ulmfit.train.calibration import loss_weights
+from ulmfit.train.tasks import ClassifierTask
 
 
 def check_section(t: TransformerTrainConfig) -> Path:
@@ -160,7 +161,7 @@ def train_transformer_classifier(model: TransformerClassifier, text: WordPieceTe
                                         seed=cfg.seed, pad_idx=text.pad_id, min_batches=t.min_steps_per_epoch)
     valid_loader = ClassificationLoader(text.encode_many(valid_tok), data.valid.labels, bs=t.bs * 4, shuffle=False,
                                         pad_idx=text.pad_id)
-    weights = balanced_class_weights(data.train.labels, len(data.classes)) if t.class_weights == "balanced" else None
+    weights = loss_weights(t.class_weights, data.train.labels, len(data.classes), cfg.imbalance)
     if t.objective == "siatl":
         task = AuxMLMClassifierTask(data.classes, weights, train_loader, t.gamma_start, t.gamma_end, t.gamma_epochs)
     else:

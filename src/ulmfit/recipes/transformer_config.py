@@ -44,7 +44,7 @@ class TransformerTrainConfig:
     wd: float = F.weight_decay(0.01)
     metric: str = F.metric()
     patience: int | None = F.patience(2)
-    class_weights: str = F.class_weights("none")
+    class_weights: str = F.class_weights("auto")
     min_steps_per_epoch: int = F.min_steps_per_epoch(50)
     # objective "siatl": gamma, the weight of the masked-word loss, decays per epoch (SiATL's 0.2 -> 0.1).
     gamma_start: float = F.gamma_start(0.2)

@@ -22,7 +22,7 @@ from ulmfit.errors import UlmfitError
 from ulmfit.models.awd_lstm import CLASSIFIER_DROPOUTS, AWDLSTM, AWDLSTMConfig, LanguageModel
 from ulmfit.models.classifier import ClassifierConfig, TextClassifier
 from ulmfit.recipes import model_dir
-from ulmfit.recipes.config import LMTrainConfig
+from ulmfit.recipes.config import ImbalanceConfig, LMTrainConfig
 from ulmfit.recipes.prepare import Labelled
 from ulmfit.recipes.registry import Run
 from ulmfit.recipes.toolbox import (LMResult, Log, language_model, lm_from_pretrained, load_pretrained,  # noqa: F401
@@ -36,7 +36,8 @@ from ulmfit.train.distill import NO_LABEL, DistillTask, SoftTargets
 from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, run_phase
 from ulmfit.train.metrics import classification_metrics
 from ulmfit.train.optim import make_optimizer, param_groups
-from ulmfit.train.tasks import ClassifierTask, LMTask, balanced_class_weights
+from ulmfit.train.calibration import loss_weights
+from ulmfit.train.tasks import ClassifierTask, LMTask
 
 
 def finetune_lm(token_lists: list[list[str]], out: Path, cfg: LMTrainConfig, *, tokenizer: Tokenizer,
@@ -114,7 +115,7 @@ def train_classifier(lm: LMResult, train: Labelled, valid: Labelled, classes: li
                      cfg: ClassifierTrainConfig, *, seed: int = 0, optimizer: str = "adamw", precision: str = "auto",
                      resume: bool = False, train_tokens: list[list[str]] | None = None,
                      valid_tokens: list[list[str]] | None = None, direction: str = "fwd",
-                     soft: SoftTargets | None = None, log: Log = quiet) -> tuple[TextClassifier, dict]:
+                     soft: SoftTargets | None = None, imbalance=None, log: Log = quiet) -> tuple[TextClassifier, dict]:
     """Phase 2: the classifier, best checkpoint by `cfg.metric` on `valid`; returns (model, valid metrics).
 
     `train_tokens` / `valid_tokens`: the texts already tokenized (by the LM phase), so they are not
@@ -139,9 +140,7 @@ def train_classifier(lm: LMResult, train: Labelled, valid: Labelled, classes: li
                                         max_tokens=cfg.max_doc_tokens, min_batches=cfg.min_steps_per_epoch)
     valid_loader = ClassificationLoader(valid_docs, valid.labels, bs=cfg.bs * 2, shuffle=False,
                                         max_tokens=cfg.max_doc_tokens)
-    weights = balanced_class_weights(train.labels, len(classes)) if cfg.class_weights == "balanced" else None
-    if cfg.class_weights not in ("none", "balanced"):
-        raise UlmfitError(f"class_weights must be 'none' or 'balanced', not {cfg.class_weights!r}")
+    weights = loss_weights(cfg.class_weights, train.labels, len(classes), imbalance or ImbalanceConfig())
     task = (ClassifierTask(classes, weights) if soft is None
             else DistillTask(classes, soft.probs, soft.temperature, soft.alpha, weights))
     groups = model.layer_groups()
@@ -192,7 +191,7 @@ def _fit_direction(run: Run, folder: Path, cfg, direction: str, cache: dict) -> 
     _, metrics = train_classifier(lm, data.train, data.valid, data.classes, folder, cfg.clf, seed=cfg.seed,
                                   optimizer=cfg.optimizer, precision=cfg.precision, resume=resume,
                                   train_tokens=tokens.lm[:len(data.train.texts)], valid_tokens=tokens.valid,
-                                  direction=direction, log=log)
+                                  direction=direction, imbalance=cfg.imbalance, log=log)
     atomic_write_json(_done_file(run.out, direction), {"metrics": metrics, "seconds": time.perf_counter() - t0})
     distributed.barrier()  # [distributed] rank 0's files of this model are written before any rank reads them
 

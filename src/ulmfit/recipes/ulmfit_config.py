@@ -33,7 +33,7 @@ class ClassifierTrainConfig:
     wd: float = F.weight_decay(0.01)
     metric: str = F.metric()
     patience: int | None = F.patience(2)
-    class_weights: str = F.class_weights("none")
+    class_weights: str = F.class_weights("auto")
     # With few labels an epoch is a handful of steps (500 texts: 8 batches of 64); each training
     # epoch then repeats the reshuffled data until it has at least this many steps, so every stage
     # of gradual unfreezing gets enough updates. The full tweets (465 batches) are unaffected.

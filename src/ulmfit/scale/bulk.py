@@ -47,9 +47,12 @@ def _predict_chunk(folder: str, texts: list[str], threads: int | None, runtime: 
     return _load(folder, threads, runtime).predict_proba(texts)
 
 
-def _frame(texts: list[str], probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    """The rows `ulmfit predict` writes: text, label, one rounded probability column per class."""
-    df = pd.DataFrame({"text": texts, "label": [classes[i] for i in probs.argmax(1)]})
+def _frame(texts: list[str], probs: np.ndarray, classes: list[str], bias=None) -> pd.DataFrame:
+    """The rows `ulmfit predict` writes: text, label (by the folder's decision rule, `bias` of its
+    calibration.json), one rounded probability column per class."""
+    from ulmfit.train.calibration import decide
+
+    df = pd.DataFrame({"text": texts, "label": [classes[i] for i in decide(probs, bias)]})
     for j, c in enumerate(classes):
         df[f"p_{c}"] = probs[:, j].round(6)
     return df
@@ -85,7 +88,9 @@ def predict_file(model: str | Path, data: str | Path | None, out: str | Path | N
 
     if workers < 1:
         raise UlmfitError(f"--workers must be at least 1, not {workers}")
-    classes = list(_load(str(model), None, runtime).classes)  # the folder checked here, before any worker starts
+    first = _load(str(model), None, runtime)  # the folder checked here, before any worker starts
+    classes, bias = list(first.classes), (first.calibration or {}).get("bias")
+    del first
     if workers > 1:
         _WORKER.clear()  # the workers load their own copies
     show = sys.stderr.isatty() if progress is None else progress
@@ -94,7 +99,7 @@ def predict_file(model: str | Path, data: str | Path | None, out: str | Path | N
     with (atomic_file(out, "w") if out else _stdout()) as f, \
             tqdm(unit=" texts", desc="predict", disable=not show, dynamic_ncols=True) as bar:
         for texts, probs in iter_predictions(model, chunks, workers, runtime):
-            _frame(texts, probs, classes).to_csv(f, index=False, header=n == 0)
+            _frame(texts, probs, classes, bias).to_csv(f, index=False, header=n == 0)
             n += len(texts)
             bar.update(len(texts))
         if n == 0:

@@ -51,7 +51,7 @@ def _columns(clf, texts) -> dict[str, np.ndarray]:
     """label and p_<class> (float32) for `texts`, as `ulmfit predict` (unrounded)."""
     texts = ["" if t is None else str(t) for t in texts]
     probs = clf.predict_proba(texts)
-    cols = {"label": np.asarray([clf.classes[i] for i in probs.argmax(1)], dtype=object)}
+    cols = {"label": np.asarray([clf.classes[i] for i in clf.label_ids(probs)], dtype=object)}  # calibration.json's rule
     for j, c in enumerate(clf.classes):
         cols[f"p_{c}"] = probs[:, j]
     return cols

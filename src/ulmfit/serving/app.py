@@ -196,7 +196,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         # a JSONResponse directly: the schema stays PredictResponse, without validating our own output again
         return JSONResponse({"classes": classes, "predictions": [
             {"label": classes[k], "probabilities": dict(zip(classes, row))}
-            for k, row in zip(probs.argmax(1).tolist(), probs.tolist())]})
+            for k, row in zip(st.model.label_ids(probs).tolist(), probs.tolist())]})  # calibration.json's rule
 
     @app.get("/health")
     async def health():

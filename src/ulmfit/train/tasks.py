@@ -106,9 +106,3 @@ class ClassifierTask:
         out["weighted_f1"] = metrics.get("weighted_f1", math.nan)
         return out
 
-
-def balanced_class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
-    """n / (k * count_c), sklearn's 'balanced' rule; a class absent from training gets weight 0."""
-    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
-    weights = np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 0.0)
-    return torch.tensor(weights, dtype=torch.float32)

@@ -1,0 +1,328 @@
+"""Imbalanced classes and post-hoc decisions on validation probabilities (issue 21).
+
+Pure functions on arrays (no model, no file), used by every recipe through small hooks:
+
+- `weighting_rule` / `class_weights`: weight the training loss when the class frequencies differ by
+  more than the `imbalance.ratio` of the config: inverse frequency (sklearn's "balanced") or the effective
+  number of samples (Cui et al., CVPR 2019, "Class-Balanced Loss Based on Effective Number of
+  Samples", §3: E_n = (1 - beta^n) / (1 - beta)); off for balanced data.
+- `fit_temperature` / `ece`: temperature scaling (Guo et al., ICML 2017, "On Calibration of Modern
+  Neural Networks", §4.2): one scalar T fitted on the validation split by minimising the NLL of
+  softmax(log p / T); the expected calibration error (§2, equal-width bins of the top probability).
+- `tune_bias` / `prior_bias`: a decision rule, argmax(log p + b), tuned on the validation split:
+  a per-class additive bias found by coordinate search maximising macro-F1, or prior correction
+  (b = -log of the mean predicted probability of each class).
+- `constant_baseline` / `degenerate_line`: the best constant predictor on the validation split, and
+  one line when the model is no better than it.
+- `fit_posthoc`: all of the above for one model, with repeated half splits of the validation set
+  (out-of-half gain of the tuned rule, its spread; with few labels per class the rule is the mean of
+  the half-split rules, and it is only kept when its out-of-half gain is positive). Its result is
+  the JSON saved as `calibration.json` in the model folder; `apply` uses it at prediction time.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from sklearn.metrics import f1_score
+
+from ulmfit.errors import UlmfitError
+
+# `cfg` below: the `imbalance` section of the run's config (recipes/config.py ImbalanceConfig: ratio,
+# rule, beta, decision_rule, temperature, few_per_class, repeats); only its attributes are read here.
+WEIGHT_RULES = ("auto", "none", "balanced", "effective")
+DECISION_RULES = ("bias", "prior", "none")
+EPS = 1e-12
+
+
+# ------------------------------------------------------------------------------------ weighting
+
+def imbalance_ratio(labels, n_classes: int) -> float:
+    """Largest over smallest class count among the classes present in `labels` (1.0: balanced)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes)
+    present = counts[counts > 0]
+    return float(present.max() / present.min()) if present.size else 1.0
+
+
+def weighting_rule(setting: str, labels, n_classes: int, cfg) -> str:
+    """The concrete rule for a recipe's `class_weights` setting: "auto" is `cfg.rule` past `cfg.ratio`,
+    else "none"; the other settings are kept."""
+    if setting not in WEIGHT_RULES:
+        raise UlmfitError(f"class_weights={setting!r}: choose one of {', '.join(WEIGHT_RULES)}")
+    if setting != "auto":
+        return setting
+    return cfg.rule if imbalance_ratio(labels, n_classes) > cfg.ratio else "none"
+
+
+def class_weights(labels, n_classes: int, rule: str, beta: float = 0.999) -> np.ndarray | None:
+    """Per-class loss weights, scaled so that the mean weight over the training examples is 1 (the
+    loss keeps its size); a class absent from training gets 0. None for rule "none"."""
+    if rule == "none":
+        return None
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes).astype(np.float64)
+    if rule == "balanced":
+        raw = 1.0 / np.maximum(counts, 1)
+    elif rule == "effective":
+        raw = (1.0 - beta) / (1.0 - np.power(beta, np.maximum(counts, 1)))
+    else:
+        raise UlmfitError(f"class weighting rule {rule!r} is not balanced, effective or none")
+    raw = np.where(counts > 0, raw, 0.0)
+    return raw * counts.sum() / max(float((raw * counts).sum()), EPS)
+
+
+# ------------------------------------------------------------------------------------ calibration
+
+def _log(probs: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(np.asarray(probs, dtype=np.float64), EPS, 1.0))
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def scale(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log p / T): the probabilities of a model whose logits are divided by T."""
+    return softmax(_log(probs) / float(temperature))
+
+
+def nll(probs: np.ndarray, labels) -> float:
+    labels = np.asarray(labels, dtype=np.int64)
+    return float(-np.mean(_log(probs)[np.arange(len(labels)), labels]))
+
+
+def fit_temperature(probs: np.ndarray, labels, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """The T minimising the NLL of softmax(log p / T) on (probs, labels): a bounded 1-D search on
+    log T (scipy's Brent). T > 1 softens an over-confident model, T < 1 sharpens an under-confident one."""
+    logp = _log(probs)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        return 1.0
+
+    def loss(log_t: float) -> float:
+        z = logp / np.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(labels)), labels]))
+
+    r = minimize_scalar(loss, bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded",
+                        options={"xatol": 1e-4})
+    return float(np.exp(r.x)) if loss(r.x) < loss(0.0) else 1.0
+
+
+def ece(probs: np.ndarray, labels, n_bins: int = 15) -> float:
+    """Expected calibration error: sum over equal-width bins of the top probability of
+    (share of examples in the bin) * |accuracy - mean confidence| (Guo et al. 2017, §2)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        return 0.0
+    conf, pred = probs.max(axis=1), probs.argmax(axis=1)
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    total = 0.0
+    for b in range(n_bins):
+        m = bins == b
+        if m.any():
+            total += m.mean() * abs(float((pred[m] == labels[m]).mean()) - float(conf[m].mean()))
+    return float(total)
+
+
+# ------------------------------------------------------------------------------------ decision rule
+
+def decide(probs: np.ndarray, bias) -> np.ndarray:
+    """Class indices: argmax(log p + bias) (bias None or zeros: plain argmax)."""
+    if bias is None:
+        return np.asarray(probs).argmax(axis=1)
+    return (_log(probs) + np.asarray(bias, dtype=np.float64)).argmax(axis=1)
+
+
+def macro_f1(labels, pred, n_classes: int) -> float:
+    return float(f1_score(labels, pred, labels=list(range(n_classes)), average="macro", zero_division=0))
+
+
+def _macro_f1_many(labels: np.ndarray, preds: np.ndarray, k: int) -> np.ndarray:
+    """Macro-F1 of each row of `preds` [G, N] against `labels` [N] (sklearn's, zero_division=0),
+    from one bincount of the confusion matrices: the coordinate search scores ~100 rules at a time."""
+    g = preds.shape[0]
+    conf = np.bincount((np.arange(g)[:, None] * k * k + labels[None] * k + preds).ravel(),
+                       minlength=g * k * k).reshape(g, k, k)
+    tp = np.diagonal(conf, axis1=1, axis2=2)
+    denom = conf.sum(2) + conf.sum(1)  # (tp + fn) + (tp + fp)
+    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    return f1.mean(1)
+
+
+def tune_bias(probs: np.ndarray, labels, grid: np.ndarray | None = None, rounds: int = 3) -> np.ndarray:
+    """A per-class additive bias on log-probabilities maximising macro-F1 on (probs, labels), by
+    coordinate search: class 0 stays at 0 (only differences matter); each round tries every grid
+    value for each other class in turn, keeping the best (ties: the value closest to 0)."""
+    logp = _log(probs)
+    labels = np.asarray(labels, dtype=np.int64)
+    k = logp.shape[1]
+    grid = np.round(np.linspace(-4, 4, 81), 6) if grid is None else np.asarray(grid, dtype=np.float64)
+    grid = grid[np.argsort(np.abs(grid), kind="stable")]  # ties go to the smallest |b|
+    bias = np.zeros(k)
+    best = macro_f1(labels, (logp + bias).argmax(1), k)
+    for _ in range(rounds):
+        changed = False
+        for c in range(1, k):
+            trial = np.repeat(logp[None] + bias, len(grid), axis=0)  # [G, N, K]
+            trial[:, :, c] = logp[None, :, c] + grid[:, None]
+            scores = _macro_f1_many(labels, trial.argmax(2), k)
+            j = int(np.argmax(scores))  # first maximum: the smallest |b| among ties
+            if scores[j] > best + 1e-12:
+                best, bias[c], changed = float(scores[j]), grid[j], True
+        if not changed:
+            break
+    return bias
+
+
+def prior_bias(probs: np.ndarray) -> np.ndarray:
+    """Prior correction: b_c = -log(mean predicted probability of class c), so that a class the
+    model predicts rarely on average is not out-voted by its prior (centred, class 0 at 0)."""
+    b = -np.log(np.clip(np.asarray(probs, dtype=np.float64).mean(axis=0), EPS, None))
+    return b - b[0]
+
+
+def _rule(kind: str, probs: np.ndarray, labels) -> np.ndarray:
+    return tune_bias(probs, labels) if kind == "bias" else prior_bias(probs)
+
+
+def half_splits(labels, repeats: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`repeats` stratified splits of range(len(labels)) into two halves (each class split in two)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(repeats):
+        a = []
+        for c in np.unique(labels):
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            a.append(idx[: len(idx) // 2 + rng.integers(0, 2) * (len(idx) % 2)])
+        a = np.sort(np.concatenate(a))
+        out.append((a, np.setdiff1d(np.arange(len(labels)), a)))
+    return out
+
+
+# ------------------------------------------------------------------------------------ degenerate model
+
+def constant_baseline(labels, n_classes: int) -> dict:
+    """The best constant predictor on `labels`: always answering one class (the one with the highest
+    macro-F1; that is also the majority class, which has the highest accuracy)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    best = None
+    for c in range(n_classes):
+        pred = np.full(len(labels), c)
+        m = {"class": c, "macro_f1": macro_f1(labels, pred, n_classes), "accuracy": float((labels == c).mean())}
+        if best is None or (m["macro_f1"], m["accuracy"]) > (best["macro_f1"], best["accuracy"]):
+            best = m
+    return best
+
+
+def degenerate_check(pred, labels, classes: list[str], margin: float = 0.01) -> dict:
+    """Compare predictions with the best constant predictor on the same labels. "degenerate": the
+    model's macro-F1 is not `margin` above the constant's, or it predicts a single class."""
+    labels, pred = np.asarray(labels, dtype=np.int64), np.asarray(pred, dtype=np.int64)
+    k = len(classes)
+    const = constant_baseline(labels, k)
+    model = {"macro_f1": macro_f1(labels, pred, k), "accuracy": float((pred == labels).mean()) if len(labels) else 0.0,
+             "classes_predicted": int(len(np.unique(pred)))}
+    degenerate = model["macro_f1"] <= const["macro_f1"] + margin or model["classes_predicted"] < 2
+    out = {"constant": {**const, "class": classes[const["class"]]}, "model": model, "degenerate": bool(degenerate)}
+    out["message"] = degenerate_line(out) if degenerate else None
+    return out
+
+
+def degenerate_line(check: dict) -> str:
+    c, m = check["constant"], check["model"]
+    return (f"warning: the model is no better than always answering {c['class']!r} on the validation split "
+            f"(macro-F1 {m['macro_f1']:.4f} vs {c['macro_f1']:.4f}, accuracy {m['accuracy']:.4f} vs "
+            f"{c['accuracy']:.4f}); try: a pretrained LM (--pretrained general-en), more labels or unlabelled text, "
+            f"--set clf.class_weights=balanced, more classifier epochs, or the TF-IDF baseline")
+
+
+# ------------------------------------------------------------------------------------ all together
+
+def fit_posthoc(probs: np.ndarray, labels, classes: list[str], cfg, seed: int = 0) -> dict:
+    """Temperature and decision rule for one model from its validation probabilities; the JSON of
+    `calibration.json` (read back by `apply`), with the before/after figures for the report."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    k = len(classes)
+    t = fit_temperature(probs, labels) if cfg.temperature else 1.0
+    cal = scale(probs, t)
+    counts = np.bincount(labels, minlength=k)
+    few = bool(counts.min() < cfg.few_per_class)
+    out = {"format": 1, "temperature": t, "decision_rule": "none", "bias": None,
+           "valid": {"n": int(len(labels)), "counts": {c: int(n) for c, n in zip(classes, counts)},
+                     "nll_before": nll(probs, labels), "nll_after": nll(cal, labels),
+                     "ece_before": ece(probs, labels), "ece_after": ece(cal, labels),
+                     "macro_f1_argmax": macro_f1(labels, cal.argmax(1), k)},
+           "few_labels": few}
+    if cfg.decision_rule != "none" and len(labels):
+        splits = half_splits(labels, cfg.repeats, seed)
+        gains, rules, temps = [], [], []
+        for a, b in splits:
+            for tune, score in ((a, b), (b, a)):
+                r = _rule(cfg.decision_rule, cal[tune], labels[tune])
+                rules.append(r)
+                gains.append(macro_f1(labels[score], decide(cal[score], r), k)
+                             - macro_f1(labels[score], cal[score].argmax(1), k))
+            if cfg.temperature:
+                temps.append(fit_temperature(probs[a], labels[a]))
+        bias = np.mean(rules, axis=0) if few else _rule(cfg.decision_rule, cal, labels)
+        gain = float(np.mean(gains))
+        out["selection"] = {"how": f"{cfg.repeats} stratified half splits of the validation set, each half tuning "
+                                   f"and the other scoring" + ("; the rule is the mean of the half-split rules "
+                                                               "(few labels)" if few else ""),
+                            "gain_mean": gain, "gain_sd": float(np.std(gains)), "gain_min": float(np.min(gains)),
+                            "gain_max": float(np.max(gains)),
+                            "temperature_spread": [float(np.min(temps)), float(np.max(temps))] if temps else None}
+        if gain > 0:
+            out["decision_rule"], out["bias"] = cfg.decision_rule, [float(x) for x in bias]
+        out["valid"]["macro_f1_rule"] = macro_f1(labels, decide(cal, out["bias"]), k)
+    else:
+        out["valid"]["macro_f1_rule"] = out["valid"]["macro_f1_argmax"]
+    return out
+
+
+def apply(probs: np.ndarray, calibration: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    """(calibrated probabilities, predicted class indices) of raw model probabilities under a saved
+    `fit_posthoc` result (None: the probabilities as they are and their argmax)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if not calibration:
+        return probs.astype(np.float32), probs.argmax(1)
+    cal = scale(probs, calibration.get("temperature", 1.0)).astype(np.float32)
+    # decided on the float32 probabilities handed out, so that anyone deciding from them (the server,
+    # `predict --workers`: `decide(probs, calibration["bias"])`) gets the very same labels
+    return cal, decide(cal, calibration.get("bias"))
+
+
+def summary_lines(post: dict, classes: list[str]) -> list[str]:
+    """The report's lines on calibration and the decision rule."""
+    v = post["valid"]
+    lines = [f"Temperature scaling: T = {post['temperature']:.3f}; expected calibration error on validation "
+             f"{v['ece_before']:.4f} -> {v['ece_after']:.4f} (NLL {v['nll_before']:.4f} -> {v['nll_after']:.4f})."]
+    sel = post.get("selection")
+    if sel is None:
+        lines.append("Decision rule: argmax (tuning switched off: imbalance.decision_rule=none).")
+        return lines
+    spread = (f"out-of-half macro-F1 gain {sel['gain_mean']:+.4f} (sd {sel['gain_sd']:.4f}, "
+              f"min {sel['gain_min']:+.4f}, max {sel['gain_max']:+.4f}; {sel['how']})")
+    if post["bias"] is None:
+        lines.append(f"Decision rule: argmax; the tuned rule was not kept, its {spread} is not positive.")
+    else:
+        b = ", ".join(f"{c} {x:+.2f}" for c, x in zip(classes, post["bias"]))
+        lines.append(f"Decision rule: {post['decision_rule']} on log-probabilities ({b}); validation macro-F1 "
+                     f"{v['macro_f1_argmax']:.4f} -> {v['macro_f1_rule']:.4f} (tuned on this split: optimistic); {spread}.")
+    if sel.get("temperature_spread"):
+        lo, hi = sel["temperature_spread"]
+        lines.append(f"Temperature on the half splits: {lo:.3f} .. {hi:.3f}.")
+    return lines
+
+
+def loss_weights(setting: str, labels, n_classes: int, cfg):
+    """The float32 torch tensor of per-class weights for a recipe's cross-entropy (None: unweighted);
+    `cfg`: the run's `imbalance` section (its ratio, rule and beta resolve "auto")."""
+    import torch
+
+    w = class_weights(labels, n_classes, weighting_rule(setting, labels, n_classes, cfg), cfg.beta)
+    return None if w is None else torch.tensor(w, dtype=torch.float32)
