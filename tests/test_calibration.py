@@ -255,7 +255,7 @@ def test_siatl_weights_its_task_loss_on_imbalanced_labels(setting, monkeypatch, 
         return real(logits, target, *a, weight=weight, **kw)
 
     monkeypatch.setattr(siatl_recipe.F, "cross_entropy", spy)
-    scfg = SiatlConfig(task_hidden=8, bs=16, epochs=1, max_len=16, min_steps_per_epoch=0, class_weights=setting)
+    scfg = SiatlConfig(task_hidden=8, bs=16, epochs=1, max_doc_tokens=16, min_steps_per_epoch=0, class_weights=setting)
     siatl_recipe.train_siatl(LMResult(LanguageModel(cfg), cfg, tok, vocab, []), train, valid, classes, tmp_path, scfg)
     assert seen
     if setting == "none":
