@@ -61,10 +61,17 @@ def _fit_into(out: Path, train, valid, text_col, label_col, unlabeled, pretraine
         make_dir(_folder(out, dirs, d))
         atomic_write_json(_folder(out, dirs, d) / "config.json", c.to_dict())
     metrics = recipe.fit(registry.Run(out, configs, data, resume, log))
-    metrics = posthoc.finish(out, data, configs[dirs[0]], metrics, log)  # calibration.json, constant baseline
+    marker = dict(classes=data.classes, recipe=cfg.recipe, metric=_metric(cfg), direction=dirs[0], directions=dirs)
+    # The post-hoc step loads the trained models the way the predictor does, and a recipe's load_model
+    # may read the marker (docs/DESIGN.md, "Add a recipe"): the marker goes first, and again last.
+    model_dir.write_marker(out, "classifier", **marker)
+    try:
+        metrics = posthoc.finish(out, data, configs[dirs[0]], metrics, log)  # calibration.json, constant baseline
+    except BaseException:
+        (out / "ulmfit.json").unlink(missing_ok=True)  # not complete: --resume finishes it
+        raise
     write_reports(out, metrics, data.classes, configs[dirs[0]], time.perf_counter() - t0)
-    model_dir.write_marker(out, "classifier", classes=data.classes, recipe=cfg.recipe, metric=_metric(cfg),
-                           direction=dirs[0], directions=dirs)
+    model_dir.write_marker(out, "classifier", **marker)
     model_dir.remove_checkpoints(out)
 
 
