@@ -236,7 +236,7 @@ def degenerate_line(check: dict) -> str:
     return (f"warning: the model is no better than always answering {c['class']!r} on the validation split "
             f"(macro-F1 {m['macro_f1']:.4f} vs {c['macro_f1']:.4f}, accuracy {m['accuracy']:.4f} vs "
             f"{c['accuracy']:.4f}); try: a pretrained LM (--pretrained general-en), more labels or unlabelled text, "
-            f"--set clf.class_weights=balanced, more classifier epochs, or the TF-IDF baseline")
+            f"more classifier epochs (--set clf.epochs=...), --direction both, or the TF-IDF baseline")
 
 
 # ------------------------------------------------------------------------------------ all together
