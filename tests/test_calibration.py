@@ -174,7 +174,9 @@ def test_fit_records_the_weighting_and_saves_the_calibration(imbalanced_model):
     assert "expected calibration error" in report and "constant predictor" in report
     vm = json.loads((out / "valid_metrics.json").read_text())
     assert {"ece_before", "ece_after", "temperature", "argmax", "degenerate"} <= set(vm)
-    assert vm["ece_after"] <= vm["ece_before"] + 1e-9  # T minimises the NLL on this very split
+    # T minimises the NLL on this very split (T = 1 is among the candidates); the binned ECE usually
+    # follows but need not on 150 texts
+    assert post["valid"]["nll_after"] <= post["valid"]["nll_before"] + 1e-9
 
 
 @pytest.mark.slow
