@@ -150,7 +150,7 @@ def _round(r: int, folder: Path, teacher: Path, lm, tokens, data: FitData, cfg: 
     model, metrics = train_classifier(lm, data.train, data.valid, classes, folder, clf, seed=cfg.seed,
                                       optimizer=cfg.optimizer, precision=cfg.precision, resume=resume,
                                       train_tokens=tokens.lm[:n_gold], valid_tokens=tokens.valid, direction="fwd",
-                                      soft=soft, log=log)
+                                      soft=soft, imbalance=cfg.imbalance, log=log)
     student = Member("fwd", lm.tokenizer, lm.vocab, model)
     s_valid = student.predict_proba(tokens.valid, len(classes))
     s_unl = student.predict_proba(unl_tokens, len(classes)) if n_unl else np.zeros((0, len(classes)))
