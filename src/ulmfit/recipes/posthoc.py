@@ -73,9 +73,7 @@ def finish(out: Path, data: FitData, cfg: FitConfig, metrics: dict, log: Callabl
     log(check["message"] or f"the model beats the best constant predictor (always {check['constant']['class']!r}: "
                             f"macro-F1 {check['constant']['macro_f1']:.4f}, accuracy {check['constant']['accuracy']:.4f}) "
                             f"on validation: macro-F1 {check['model']['macro_f1']:.4f}, accuracy {check['model']['accuracy']:.4f}")
-    new = classification_metrics(labels, pred, classes)
-    if "by_direction" in metrics:
-        new["by_direction"] = metrics["by_direction"]
+    new = {**metrics, **classification_metrics(labels, pred, classes)}  # the recipe's extras (by_direction, distill) kept
     a = classification_metrics(labels, raw.argmax(1), classes)
     new["argmax"] = {"accuracy": a["accuracy"], "macro_f1": a["macro_f1"],
                      "per_class_f1": {c: a["per_class"][c]["f1"] for c in classes}}
