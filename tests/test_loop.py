@@ -216,3 +216,19 @@ def _lm_run(docs, folder, epochs: int, resume: bool = False):
     res = run_phase(lm, LMTask(), opt, groups, [Stage("all", epochs, 1e-2)], LMLoader(docs, bs=4, bptt=8, seed=1),
                     LMLoader(docs, bs=4, bptt=8, shuffle=False), PhaseFiles(folder, "lm"), cfg, resume=resume)
     return lm, res
+
+
+def test_clip_norm_counts_only_the_parameters_the_optimizer_updates():
+    """A stale gradient on a parameter outside the optimizer must not shrink the clipped step."""
+    torch.manual_seed(0)
+    trained, other = nn.Linear(3, 1), nn.Linear(3, 1)
+    model = nn.ModuleDict({"trained": trained, "other": other})
+    opt = torch.optim.SGD(trained.parameters(), lr=1.0)
+    stepper = loop_mod.GroupStepper(opt, [list(trained.parameters())], LoopConfig(clip=1.0))
+    for p in trained.parameters():
+        p.grad = torch.full_like(p, 0.1)  # norm 0.2 < clip: the step is the gradient itself
+    for p in other.parameters():
+        p.grad = torch.full_like(p, 100.0)  # stale; not the optimizer's
+    before = trained.weight.detach().clone()
+    stepper.step(model)
+    assert torch.allclose(before - trained.weight, torch.full_like(before, 0.1))

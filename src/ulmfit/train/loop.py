@@ -111,12 +111,14 @@ def epoch_seed(seed: int, stage: int, epoch: int) -> int:
 class GroupStepper:
     """One optimizer over a model's layer groups, lowest first (ULMFiT §3.2-3.3): each stage freezes
     all but its top groups, gives group k the rate lr / lr_factor**(top - k) and follows its schedule
-    (one-cycle, slanted triangular or constant) step by step; gradients are clipped over every
-    trainable parameter of the model."""
+    (one-cycle, slanted triangular or constant) step by step; gradients are clipped over the
+    trainable parameters this optimizer updates (a parameter outside it, e.g. a stale gradient on a
+    module the task does not train, must not change the clip norm), in the model's parameter order."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, layer_groups: list, cfg: "LoopConfig"):
         self.optimizer, self.layer_groups, self.cfg = optimizer, layer_groups, cfg
         self.schedule: Schedule | None = None
+        self._owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
 
     def start_stage(self, stage: Stage, steps_per_epoch: int) -> None:
         freeze_to(self.layer_groups, stage.freeze_to)
@@ -137,7 +139,8 @@ class GroupStepper:
 
     def step(self, model) -> None:
         if self.cfg.clip:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], self.cfg.clip)
+            params = [p for p in model.parameters() if p.requires_grad and id(p) in self._owned]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.clip)
         self.optimizer.step()
 
     def state_dict(self) -> dict:
