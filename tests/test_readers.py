@@ -119,3 +119,14 @@ def test_bad_csv_and_suffix(tmp_path):
         read_table(write(tmp_path / "d.csv", 'text\n"unclosed\n'))
     with pytest.raises(UlmfitError, match="unsupported file type"):
         read_table(write(tmp_path / "d.xlsx", "x"))
+
+
+def test_streamed_jsonl_refuses_deep_nesting_in_one_line(tmp_path):
+    """`predict` streams a .jsonl through iter_text_chunks: a line nested past Python's recursion limit is
+    one UlmfitError naming the line, as in read_table, never a RecursionError traceback."""
+    from ulmfit.data.readers import iter_text_chunks
+
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"text": "fine"}\n' + '{"text": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    with pytest.raises(UlmfitError, match="line 2"):
+        list(iter_text_chunks(path, "text", "utf-8", rows=10))

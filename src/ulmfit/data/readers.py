@@ -144,21 +144,39 @@ def _line_chunks(f, rows: int) -> Iterator[list[str]]:
         yield chunk
 
 
+def _json_object(line: str, lineno: int, path: Path) -> dict:
+    """One JSONL line as an object, or one line saying what is wrong with it (both JSONL readers)."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise UlmfitError(f"{path}: line {lineno} is not valid JSON ({e.msg} at column {e.colno}); "
+                          "fix that line (each line must be one JSON object)") from None
+    except RecursionError:
+        raise UlmfitError(f"{path}: line {lineno} is nested too deeply to read; "
+                          'write each line as a flat object {"text": ..., "label": ...}') from None
+    if not isinstance(obj, dict):
+        raise UlmfitError(f"{path}: line {lineno} is a JSON {type(obj).__name__}, not an object; "
+                          'write each line as {"text": ..., "label": ...}')
+    return obj
+
+
+def _field(obj: dict, key: str, lineno: int, path: Path) -> str:
+    """One field of a JSONL object as a string (absent: empty)."""
+    try:
+        return _as_str(obj.get(key))
+    except (RecursionError, ValueError):
+        raise UlmfitError(f"{path}: line {lineno}: field {key!r} is nested too deeply to read; "
+                          "give it a plain string or number") from None
+
+
 def _jsonl_chunks(f, path: Path, text_col: str, rows: int) -> Iterator[list[str]]:
     chunk, seen = [], False
     for lineno, line in enumerate(f, start=1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UlmfitError(f"{path}: line {lineno} is not valid JSON ({e.msg} at column {e.colno}); "
-                              "fix that line (each line must be one JSON object)") from None
-        if not isinstance(obj, dict):
-            raise UlmfitError(f"{path}: line {lineno} is a JSON {type(obj).__name__}, not an object; "
-                              'write each line as {"text": ...}')
+        obj = _json_object(line, lineno, path)
         seen = seen or text_col in obj
-        chunk.append(_as_str(obj.get(text_col)))
+        chunk.append(_field(obj, text_col, lineno, path))
         if len(chunk) == rows:
             if not seen:
                 _column(_Records({k: [] for k in obj}, 0, str), text_col, path)
@@ -281,29 +299,14 @@ def _parse_jsonl(text: str, path: Path) -> _Records:
     for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UlmfitError(f"{path}: line {lineno} is not valid JSON ({e.msg} at column {e.colno}); "
-                              "fix that line (each line must be one JSON object)") from None
-        except RecursionError:
-            raise UlmfitError(f"{path}: line {lineno} is nested too deeply to read; "
-                              'write each line as a flat object {"text": ..., "label": ...}') from None
-        if not isinstance(obj, dict):
-            raise UlmfitError(f"{path}: line {lineno} is a JSON {type(obj).__name__}, not an object; "
-                              'write each line as {"text": ..., "label": ...}')
-        rows.append(obj)
+        rows.append(_json_object(line, lineno, path))
         lines.append(lineno)
     names = list(dict.fromkeys(k for r in rows for k in r))  # keys in order of first appearance
     columns = {}
     for k in names:
         columns[k] = []
         for i, r in enumerate(rows):
-            try:
-                columns[k].append(_as_str(r.get(k)))
-            except (RecursionError, ValueError):
-                raise UlmfitError(f"{path}: line {lines[i]}: field {k!r} is nested too deeply to read; "
-                                  "give it a plain string or number") from None
+            columns[k].append(_field(r, k, lines[i], path))
     return _Records(columns, len(rows), lambda i: f"line {lines[i]} (row {i + 1})")
 
 
