@@ -8,7 +8,8 @@ import pytest
 from ulmfit.data import packages
 
 from ulmfit.data import fetch
-from ulmfit.data.fetch import MEMBER, cache_dir, fetch_tweets
+from ulmfit.data.fetch import MEMBER, fetch_tweets
+from ulmfit.data.fetch_lib import cache_dir
 from ulmfit.data.readers import read_table
 from ulmfit.errors import UlmfitError
 

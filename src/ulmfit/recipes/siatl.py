@@ -20,10 +20,9 @@ history.jsonl (appended), checkpoints/siatl-last.safetensors and checkpoints/sia
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -38,16 +37,15 @@ from ulmfit.models.siatl import SiatlClassifier, SiatlHeadConfig, next_token_los
 from ulmfit.recipes.config import ImbalanceConfig
 from ulmfit.recipes.prepare import Labelled
 from ulmfit.recipes.siatl_config import SiatlConfig
+from ulmfit.recipes.toolbox import LMResult
 from ulmfit.text.token_docs import TokenDocs
 from ulmfit.train.calibration import loss_weights
-from ulmfit.train.checkpoint import atomic_write_json, load_weights, save_weights
+from ulmfit.train.checkpoint import atomic_write_json, save_weights
 from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, autocast, run_phase
 from ulmfit.train.metrics import classification_metrics
 from ulmfit.train.siatl_optim import SiatlStepper, make_optimizers, set_trainable
 from ulmfit.train.siatl_schedule import PARTS, gamma_at, trainable_parts
 
-if TYPE_CHECKING:  # recipes.ulmfit calls this module; importing it here would be circular
-    from ulmfit.recipes.ulmfit import LMResult
 
 Log = Callable[[str], None]
 PHASE = "siatl"
@@ -58,7 +56,7 @@ def _quiet(msg: str) -> None:
     pass
 
 
-def build_model(base: "LMResult", n_classes: int, cfg: SiatlConfig) -> SiatlClassifier:
+def build_model(base: LMResult, n_classes: int, cfg: SiatlConfig) -> SiatlClassifier:
     """The pretrained LM (already on the target vocabulary) with the classifier's dropouts
     (fastai's, times cfg.drop_mult, as the ulmfit recipe) and new task layers."""
     enc_cfg = replace(base.config, drop_mult=cfg.drop_mult, **CLASSIFIER_DROPOUTS)
@@ -170,7 +168,7 @@ class _Progress:
         self.log(f"siatl: no better {self.cfg.metric} for {self.cfg.patience} epochs; stopping early")
 
 
-def train_siatl(base: "LMResult", train: Labelled, valid: Labelled, classes: list[str], out: Path,
+def train_siatl(base: LMResult, train: Labelled, valid: Labelled, classes: list[str], out: Path,
                 cfg: SiatlConfig, *, unlabeled_docs: TokenDocs | None = None, seed: int = 0,
                 precision: str = "auto", resume: bool = False, train_tokens: list[list[str]] | None = None,
                 imbalance=None, log: Log = _quiet) -> tuple[nn.Module, dict]:

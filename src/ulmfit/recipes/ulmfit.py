@@ -25,8 +25,8 @@ from ulmfit.recipes import model_dir
 from ulmfit.recipes.config import ImbalanceConfig, LMTrainConfig
 from ulmfit.recipes.prepare import Labelled
 from ulmfit.recipes.registry import Run
-from ulmfit.recipes.toolbox import (LMResult, Log, language_model, lm_from_pretrained, load_pretrained,  # noqa: F401
-                                    quiet, scratch_lm, seed_all, subsample_tokens, tokens_for)
+from ulmfit.recipes.toolbox import (LMResult, Log, language_model, quiet, scratch_lm, seed_all, subsample_tokens,
+                                    tokens_for)
 from ulmfit.recipes.ulmfit_config import ClassifierTrainConfig
 from ulmfit.text.tokenize import Tokenizer
 from ulmfit.text.vocab import Vocab

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Callable
 
 from ulmfit.errors import UlmfitError
+from ulmfit.fileio import atomic_write_text
 
 from .clean import doc_key, keep
 from .fetch import FetchError, default_cache
-from .shards import SHARD_BYTES, ShardWriter, atomic_write_text, clear_shards
+from .shards import SHARD_BYTES, ShardWriter, clear_shards
 from .sources import SOURCES, Source
 
 CORPORA = {"general-en": SOURCES}

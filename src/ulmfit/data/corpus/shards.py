@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ulmfit.fileio import Staged, atomic_write_text, make_dir  # noqa: F401 (atomic_write_text: re-export)
+from ulmfit.fileio import Staged, make_dir
 
 SHARD_BYTES = 10_000_000
 SHARD_NAME = re.compile(r"^[a-z0-9-]+-\d{3}\.txt$")
