@@ -84,6 +84,9 @@ def test_ensemble_folder_averages_with_its_weights_and_moves(two_models, tiny_da
     texts = ["Great flight thanks", "the gate was awful", "monday schedule boston"]
     direct = sum(w * load(m).predict_proba(texts) for w, m in zip(weights, two_models))
     np.testing.assert_allclose(load(out).predict_proba(texts), direct, atol=1e-6)
+    recorded = json.loads((out / "valid_metrics.json").read_text())  # chosen on what the loaded ensemble predicts
+    assert main(["evaluate", str(out), "--data", str(tiny_data["valid"]), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["macro_f1"] == recorded["macro_f1"]
 
     moved = tmp_path / "elsewhere" / "ens"
     shutil.move(str(out), moved)

@@ -63,17 +63,24 @@ def choose_weights(probs: Sequence[np.ndarray], y: np.ndarray, classes: list[str
                    ) -> tuple[np.ndarray, dict]:
     """The grid point with the best (macro-F1, -log-loss, -distance to equal weights) on (probs, y)."""
     k = len(probs)
-    stack = np.stack([np.asarray(p, dtype=np.float64) for p in probs])  # [k, n, C]
     points = simplex_grid(k, grid_for(k, grid))
     equal = np.full(k, 1.0 / k)
     best, best_key = None, None
     for w in points:
-        avg = np.tensordot(w, stack, axes=1)
+        avg = weighted(probs, w)
         f1 = classification_metrics(y, avg.argmax(1), classes)["macro_f1"]
         key = (round(f1, 12), -round(log_loss(avg, y), 12), -float(np.abs(w - equal).sum()))
         if best_key is None or key > best_key:
             best, best_key = w, key
     return best, {"macro_f1": best_key[0], "log_loss": -best_key[1], "points": len(points)}
+
+
+def weighted(probs: Sequence[np.ndarray], w: Sequence[float]) -> np.ndarray:
+    """The members' probabilities averaged with weights `w` by the predictor's rule (`predictor.average`),
+    so the weights are chosen, and valid_metrics.json is written, on what the loaded ensemble predicts."""
+    from ulmfit.recipes.predictor import average
+
+    return average(dict(enumerate(probs)), dict(enumerate(w)))
 
 
 def member_probs(model, classes: list[str], texts: list[str]) -> np.ndarray:
@@ -131,7 +138,7 @@ def _write(out: Path, members, weights, probs, y, classes, source: str, grid: in
         rel = f"{MEMBERS_DIR}/m{i}"
         shutil.copytree(m, out / rel, ignore=shutil.ignore_patterns("checkpoints"))
         entries.append({"path": rel, "weight": float(w), "source": str(Path(m).resolve())})
-    avg = np.tensordot(weights, np.stack(probs), axes=1)
+    avg = weighted(probs, weights)
     metrics = classification_metrics(y, avg.argmax(1), classes)
     metrics["log_loss"] = log_loss(avg, y)
     metrics["weights"] = [float(w) for w in weights]
