@@ -82,3 +82,14 @@ def test_loop_prints_heartbeats_when_stderr_is_not_a_terminal(tmp_path, capsys):
     lines = train(heartbeat_s=1e-9)  # stderr is captured, not a terminal: a line after every batch
     assert len(lines) == 6 and lines[-1].startswith("toy all 1/1: batch 6/6 (100%), loss ")
     assert train(heartbeat_s=1e-9, progress=False) == []  # progress=False silences it
+
+
+def test_resumed_pass_estimates_from_its_own_rate_and_says_through_a_callback(monkeypatch):
+    """A pass resumed at unit 400 of 1000 (the teacher cache of `distill`): 200 units in 40 s leave 400 units, 80 s."""
+    monkeypatch.setattr(Heartbeat, "_last_line", None)
+    clock, said = FakeClock(), []
+    beat = Heartbeat("teacher probabilities", total=1000, every_s=30, clock=clock, unit="text", rate_unit="texts",
+                     say=said.append, start=400)
+    clock.t += 40.0
+    assert beat.update(600, None, 200)
+    assert said == ["teacher probabilities: text 600/1,000 (60%), 5 texts/s, 0:40 elapsed, ~1:20 left"]

@@ -24,7 +24,6 @@ import inspect
 import json
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -33,6 +32,7 @@ from tqdm import tqdm
 
 from ulmfit.errors import UlmfitError
 from ulmfit.fileio import atomic_write_json, make_dir, mapped
+from ulmfit.train.progress import Heartbeat
 
 Log = Callable[[str], None]
 LOG_EVERY_S = 30.0  # without a terminal: one progress line this often
@@ -103,8 +103,8 @@ def teacher_probabilities(teacher_dir: str | Path, texts: Sequence[str], cache: 
     show_bar = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=n, initial=done * chunk_size, desc="teacher", unit="text", disable=not show_bar,
                dynamic_ncols=True)
-    t0 = last = time.perf_counter()
-    start = done * chunk_size
+    beat = Heartbeat("teacher probabilities", n, None if show_bar else LOG_EVERY_S, unit="text", rate_unit="texts",
+                     say=log, start=done * chunk_size)
     for c in range(done, n_chunks):
         a, b = c * chunk_size, min(n, (c + 1) * chunk_size)
         probs = np.asarray(teacher.predict_proba(list(texts[a:b]), **pass_bs), dtype=np.float32)
@@ -116,11 +116,7 @@ def teacher_probabilities(teacher_dir: str | Path, texts: Sequence[str], cache: 
             arr.flush()
         atomic_write_json(meta_path, {**want, "done_chunks": c + 1})  # after the data: a cut chunk is redone
         bar.update(b - a)
-        now = time.perf_counter()
-        if not show_bar and (now - last >= LOG_EVERY_S or b == n):
-            last = now
-            log(f"teacher probabilities: {b:,}/{n:,} texts ({100 * b / n:.0f}%), "
-                f"{(b - start) / max(now - t0, 1e-9):.0f} texts/s")
+        beat.update(b, None, b - beat.start)
     bar.close()
     del arr
     return np.load(arr_path, mmap_mode="r")

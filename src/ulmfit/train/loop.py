@@ -239,7 +239,7 @@ def run_phase(
             desc = f"{files.prefix} {stage.name} {epoch + 1}/{stage.epochs}"
             bar = tqdm(train_loader, desc=desc, disable=not show_bar, leave=False, dynamic_ncols=True)
             beat = Heartbeat(desc, steps_per_epoch, None if show_bar or cfg.progress is False or not distributed.is_main()  # [distributed]
-                             else cfg.heartbeat_s)
+                             else cfg.heartbeat_s, start=skip)
             for i, batch in enumerate(bar):
                 if i < skip:
                     continue
