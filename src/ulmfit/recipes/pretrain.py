@@ -28,7 +28,7 @@ from ulmfit.fileio import atomic_write_npy, make_dir
 from ulmfit.models.awd_lstm import PRESETS, AWDLSTMConfig, LanguageModel
 from ulmfit.recipes import model_dir
 from ulmfit.recipes.pretrain_config import PretrainConfig  # noqa: F401 (its home before; checked torch-free)
-from ulmfit.recipes.toolbox import subsample_tokens
+from ulmfit.recipes.toolbox import seed_all, subsample_tokens
 from ulmfit.text.token_docs import TokenDocs
 from ulmfit.text.tokenize import Tokenizer, TokenizerConfig
 from ulmfit.text.vocab import Vocab
@@ -198,7 +198,7 @@ def _pretrain_into(corpus: Path, out: Path, cfg: PretrainConfig, resume: bool, l
             model_dir.save_text_pipeline(out, tokenizer.config, vocab)
     atomic_write_json(out / "pretrain_config.json", asdict(cfg))
     train_docs = subsample_tokens(all_train, cfg.max_train_tokens, cfg.seed)
-    torch.manual_seed(cfg.seed)
+    seed_all(cfg.seed)
     lm_cfg = AWDLSTMConfig(vocab_size=len(vocab), drop_mult=cfg.drop_mult, **PRESETS[cfg.preset])
     lm = LanguageModel(lm_cfg)
     n_train = train_docs.n_tokens

@@ -37,7 +37,7 @@ from ulmfit.models.siatl import SiatlClassifier, SiatlHeadConfig, next_token_los
 from ulmfit.recipes.config import ImbalanceConfig
 from ulmfit.recipes.prepare import Labelled
 from ulmfit.recipes.siatl_config import SiatlConfig
-from ulmfit.recipes.toolbox import LMResult
+from ulmfit.recipes.toolbox import LMResult, seed_all
 from ulmfit.text.token_docs import TokenDocs
 from ulmfit.train.calibration import loss_weights
 from ulmfit.train.checkpoint import atomic_write_json, save_weights
@@ -182,7 +182,7 @@ def train_siatl(base: LMResult, train: Labelled, valid: Labelled, classes: list[
     autocast(precision)  # reject a bad precision before any work
     out.mkdir(parents=True, exist_ok=True)
 
-    torch.manual_seed(seed)  # the new layers' initial values
+    seed_all(seed)  # the new layers' initial values
     model = build_model(base, len(classes), cfg)
     pad = model.enc_cfg.pad_idx
     if train_tokens is None:
