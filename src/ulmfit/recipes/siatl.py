@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -37,7 +36,7 @@ from ulmfit.models.siatl import SiatlClassifier, SiatlHeadConfig, next_token_los
 from ulmfit.recipes.config import ImbalanceConfig
 from ulmfit.recipes.prepare import Labelled
 from ulmfit.recipes.siatl_config import SiatlConfig
-from ulmfit.recipes.toolbox import LMResult, seed_all
+from ulmfit.recipes.toolbox import LMResult, Log, quiet, seed_all
 from ulmfit.text.token_docs import TokenDocs
 from ulmfit.train.calibration import loss_weights
 from ulmfit.train.checkpoint import atomic_write_json, save_weights
@@ -47,13 +46,8 @@ from ulmfit.train.siatl_optim import SiatlStepper, make_optimizers, set_trainabl
 from ulmfit.train.siatl_schedule import PARTS, gamma_at, trainable_parts
 
 
-Log = Callable[[str], None]
 PHASE = "siatl"
 MODEL_FILE, CONFIG_FILE = "siatl.safetensors", "siatl_model.json"
-
-
-def _quiet(msg: str) -> None:
-    pass
 
 
 def build_model(base: LMResult, n_classes: int, cfg: SiatlConfig) -> SiatlClassifier:
@@ -171,7 +165,7 @@ class _Progress:
 def train_siatl(base: LMResult, train: Labelled, valid: Labelled, classes: list[str], out: Path,
                 cfg: SiatlConfig, *, unlabeled_docs: TokenDocs | None = None, seed: int = 0,
                 precision: str = "auto", resume: bool = False, train_tokens: list[list[str]] | None = None,
-                imbalance=None, log: Log = _quiet) -> tuple[nn.Module, dict]:
+                imbalance=None, log: Log = quiet) -> tuple[nn.Module, dict]:
     """Train a SiATL classifier on `base` (an LMResult: the pretrained LM mapped onto the target
     vocabulary, or a random one), select it on `valid` by `cfg.metric`, save it into `out` and
     return (best model in eval mode, its validation metrics from `classification_metrics`).
