@@ -78,8 +78,8 @@ def fit_recipe(run: Run) -> dict:
     teaches round k+1); returns the last student's validation metrics with `distill` (every round)."""
     cfg, data, out, log = run.configs["fwd"], run.data, run.out, run.log
     teacher = Path(cfg.distill.teacher)
-    meta = json.loads((teacher / "ulmfit.json").read_text())
-    if "classes" in meta and sorted(map(str, meta["classes"])) != data.classes:
+    meta = model_dir.read_marker(teacher)  # the one folder validator: a broken marker is one line
+    if sorted(meta["classes"]) != data.classes:
         raise UlmfitError(f"--teacher {teacher}: the teacher predicts classes {meta['classes']} but the training "
                           f"data has {data.classes}; distill from a teacher trained on the same labels")
     pretrained_dir = model_dir.resolve_pretrained(cfg.pretrained, "fwd")
