@@ -7,11 +7,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ulmfit.data.packages import DownloadError
 from ulmfit.errors import UlmfitError
 from ulmfit.fileio import atomic_write_text
 
 from .clean import doc_key, keep
-from .fetch import FetchError, default_cache
+from .fetch import default_cache
 from .shards import SHARD_BYTES, ShardWriter, clear_shards
 from .sources import SOURCES, Source
 
@@ -42,7 +43,7 @@ def build_corpus(name: str = "general-en", out: Path | str = Path("general-en"),
         t0 = time.time()
         try:
             stats = _build_source(src, cache, shard_dir, seen, shard_bytes)
-        except FetchError as e:
+        except DownloadError as e:
             log(f"warning: skipping source {src.name}: {e}")
             skipped[src.name] = str(e)
             continue

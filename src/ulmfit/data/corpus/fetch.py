@@ -2,7 +2,7 @@
 fetched by the one registry downloader (data/packages.py).
 
 Every fetch is idempotent: a finished download is found in the cache and not repeated. A missing
-client or a failed download raises `FetchError` (= `DownloadError`), which the builder turns into a
+client or a failed download raises the downloader's `DownloadError`, which the builder turns into a
 one-line warning.
 """
 
@@ -14,9 +14,6 @@ from pathlib import Path
 from ulmfit.data.fetch_lib import cache_dir
 from ulmfit.data.packages import DownloadError, download, run_client
 from ulmfit.fileio import atomic_write_text, make_dir
-
-
-FetchError = DownloadError  # a source could not be downloaded; the message is one line and says why
 
 
 def default_cache() -> Path:
@@ -31,7 +28,7 @@ def npm_pack(name: str, version: str, cache: Path) -> Path:
     if not tgz.exists():
         got = download("npm", name, version, folder)
         if got != tgz:
-            raise FetchError(f"npm pack {name}@{version} did not produce {tgz.name} (got {got.name})")
+            raise DownloadError(f"npm pack {name}@{version} did not produce {tgz.name} (got {got.name})")
     return tgz
 
 
@@ -51,7 +48,7 @@ def apt_package(name: str, version: str, cache: Path) -> tuple[Path, str]:
         return root / "tree", done.read_text().strip()
     try:
         deb, used = download("apt", name, version, root / "debs"), version
-    except FetchError:
+    except DownloadError:
         deb = download("apt", name, None, root / "debs")
         used = deb.name.split("_")[1].replace("%3a", ":")
     if (root / "tree").exists():
@@ -75,6 +72,6 @@ def apt_translations(cache: Path) -> Path:
                 "-o", "Dir::Cache::pkgcache=", "-o", "Dir::Cache::srcpkgcache=", "update"],
                cwd=lists)
     if not list(lists.glob("*_i18n_Translation-en")):
-        raise FetchError("apt-get update fetched no Translation-en list (check sources.list)")
+        raise DownloadError("apt-get update fetched no Translation-en list (check sources.list)")
     atomic_write_text(done, "ok")
     return lists
