@@ -29,8 +29,9 @@ from ulmfit.errors import UlmfitError
 _WORKER: dict = {}  # a worker process's loaded model, by folder
 
 
-def _load(folder: str, threads: int | None, runtime: str = "torch"):
-    """The classifier of `folder`, loaded once per process (and its torch threads set once)."""
+def load_model(folder: str, threads: int | None, runtime: str = "torch"):
+    """The classifier of `folder`, loaded once per process (and its torch threads set once): the bulk
+    workers' and the Ray / Spark callables' (ray_predict.py) model."""
     if (folder, runtime) not in _WORKER:
         import torch
 
@@ -44,7 +45,16 @@ def _load(folder: str, threads: int | None, runtime: str = "torch"):
 
 
 def _predict_chunk(folder: str, texts: list[str], threads: int | None, runtime: str = "torch") -> np.ndarray:
-    return _load(folder, threads, runtime).predict_proba(texts)
+    return load_model(folder, threads, runtime).predict_proba(texts)
+
+
+def prediction_columns(probs: np.ndarray, classes: list[str], label_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """`label` (`label_ids`: the folder's decision rule, `Classifier.label_ids`) and one `p_<class>` column
+    (float32) per class: what every bulk face returns."""
+    cols = {"label": np.asarray([classes[i] for i in label_ids], dtype=object)}
+    for j, c in enumerate(classes):
+        cols[f"p_{c}"] = probs[:, j]
+    return cols
 
 
 def _frame(texts: list[str], probs: np.ndarray, classes: list[str], bias=None) -> pd.DataFrame:
@@ -52,10 +62,8 @@ def _frame(texts: list[str], probs: np.ndarray, classes: list[str], bias=None) -
     calibration.json), one rounded probability column per class."""
     from ulmfit.train.calibration import decide
 
-    df = pd.DataFrame({"text": texts, "label": [classes[i] for i in decide(probs, bias)]})
-    for j, c in enumerate(classes):
-        df[f"p_{c}"] = probs[:, j].round(6)
-    return df
+    cols = prediction_columns(probs, classes, decide(probs, bias))
+    return pd.DataFrame({"text": texts, **{k: v if k == "label" else v.round(6) for k, v in cols.items()}})
 
 
 def iter_predictions(model: str | Path, chunks, workers: int = 1, runtime: str = "torch"):
@@ -88,7 +96,7 @@ def predict_file(model: str | Path, data: str | Path | None, out: str | Path | N
 
     if workers < 1:
         raise UlmfitError(f"--workers must be at least 1, not {workers}")
-    first = _load(str(model), None, runtime)  # the folder checked here, before any worker starts
+    first = load_model(str(model), None, runtime)  # the folder checked here, before any worker starts
     classes, bias = list(first.classes), (first.calibration or {}).get("bias")
     del first
     if workers > 1:

@@ -36,25 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _load(model: str | Path, threads: int | None):
-    import torch
-
-    from ulmfit.recipes.predictor import load
-
-    if threads:
-        torch.set_num_threads(threads)
-    return load(model)
+from ulmfit.scale.bulk import load_model, prediction_columns
 
 
 def _columns(clf, texts) -> dict[str, np.ndarray]:
     """label and p_<class> (float32) for `texts`, as `ulmfit predict` (unrounded)."""
-    texts = ["" if t is None else str(t) for t in texts]
     probs = clf.predict_proba(texts)
-    cols = {"label": np.asarray([clf.classes[i] for i in clf.label_ids(probs)], dtype=object)}  # calibration.json's rule
-    for j, c in enumerate(clf.classes):
-        cols[f"p_{c}"] = probs[:, j]
-    return cols
+    return prediction_columns(probs, clf.classes, clf.label_ids(probs))  # calibration.json's rule
 
 
 class RayPredictor:
@@ -66,7 +54,7 @@ class RayPredictor:
 
     def __init__(self, model: str | Path, text_col: str = "text", threads: int | None = 1):
         self.model, self.text_col = str(model), text_col
-        self.clf = _load(model, threads)
+        self.clf = load_model(str(model), threads)
 
     def __call__(self, batch):
         if self.text_col not in batch:
@@ -84,7 +72,7 @@ def spark_predict_fn(model: str | Path, threads: int | None = 1):
     """`make_predict_fn` for Spark's `predict_batch_udf`: called once per Python worker, it loads the
     model and returns `predict(texts: np.ndarray) -> {"label": ..., "p_<class>": ...}`."""
     def make_predict_fn():
-        clf = _load(model, threads)
+        clf = load_model(str(model), threads)
 
         def predict(texts: np.ndarray) -> dict[str, np.ndarray]:
             return _columns(clf, texts.tolist())
