@@ -72,7 +72,7 @@ def pytest_terminal_summary(terminalreporter):
 
 def small_run(folder, n_train: int, lm_epochs: int, clf_epochs: tuple[int, ...]) -> list:
     """train.csv, valid.csv and a tiny config in `folder`; returns the `fit` arguments that use them."""
-    from ulmfit.train.checkpoint import atomic_write_json
+    from ulmfit.fileio import atomic_write_json
 
     make_rows(n_train, 0).to_csv(folder / "train.csv", index=False)
     make_rows(30, 1).to_csv(folder / "valid.csv", index=False)

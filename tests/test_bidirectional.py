@@ -12,11 +12,11 @@ import torch
 
 from ulmfit.cli import main
 from ulmfit.errors import UlmfitError
+from ulmfit.fileio import atomic_write_json
 from ulmfit.recipes import fit as fit_module
 from ulmfit.recipes import ulmfit as recipe
 from ulmfit.text.tokenize import PAD_ID, Tokenizer, TokenizerConfig
 from ulmfit.text.vocab import Vocab
-from ulmfit.train.checkpoint import atomic_write_json
 
 from conftest import make_rows, tiny_fit_config
 

@@ -6,11 +6,8 @@ import torch
 from torch import nn
 
 from ulmfit.errors import UlmfitError
+from ulmfit.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text
 from ulmfit.train.checkpoint import (
-    append_jsonl,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
     load_state,
     load_weights,
     read_weights_metadata,

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from ulmfit.cli import main
-from ulmfit.train.checkpoint import atomic_write_json
+from ulmfit.fileio import atomic_write_json
 
 from conftest import tiny_fit_config
 

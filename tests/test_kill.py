@@ -21,7 +21,8 @@ import torch
 
 from conftest import small_run, tiny_fit_config
 from ulmfit.cli import main
-from ulmfit.train.checkpoint import atomic_write_json, load_weights
+from ulmfit.fileio import atomic_write_json
+from ulmfit.train.checkpoint import load_weights
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 VOLATILE = {"seconds", "train_tokens_per_s"}  # wall-clock figures, different in every run

@@ -122,8 +122,8 @@ def test_more_per_class_than_a_class_has_is_logged():
 
 def test_cli_low_resource_run_records_its_sample(tmp_path, capsys, monkeypatch):
     from ulmfit.cli import main
+    from ulmfit.fileio import atomic_write_json
     from ulmfit.recipes import fit as fit_module
-    from ulmfit.train.checkpoint import atomic_write_json
 
     monkeypatch.setattr(fit_module, "plot_history", lambda *a, **k: None)  # plots are tested elsewhere; keep this fast
     make_rows(90, 0).to_csv(tmp_path / "train.csv", index=False)

@@ -23,9 +23,9 @@ from ulmfit.models import transformer as tmod  # noqa: E402
 from ulmfit.models.classifier import ClassifierConfig  # noqa: E402
 from ulmfit.models.transformer import (TransformerClassifier, TransformerConfig, load_pretrained_backbone,  # noqa: E402
                                        windows)
+from ulmfit.fileio import atomic_write_json  # noqa: E402
 from ulmfit.recipes.config import FitConfig  # noqa: E402
 from ulmfit.recipes.predictor import load  # noqa: E402
-from ulmfit.train.checkpoint import atomic_write_json  # noqa: E402
 from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, run_phase  # noqa: E402
 from ulmfit.train.optim import make_optimizer, param_groups  # noqa: E402
 from ulmfit.train.tasks import ClassifierTask  # noqa: E402

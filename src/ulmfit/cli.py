@@ -91,11 +91,11 @@ def cmd_finetune_lm(a) -> int:
     from ulmfit.recipes.config import FitConfig
 
     cfg = apply_overrides(FitConfig.load(a.config) if a.config else FitConfig(), a.set)  # checked before torch loads
+    from ulmfit.fileio import atomic_write_json
     from ulmfit.recipes import model_dir
     from ulmfit.recipes.prepare import read_unlabeled
     from ulmfit.recipes.ulmfit import finetune_lm
     from ulmfit.text.tokenize import Tokenizer, TokenizerConfig
-    from ulmfit.train.checkpoint import atomic_write_json
 
     if (Path(a.out) / "ulmfit.json").exists() and not (a.overwrite or a.resume):
         raise UlmfitError(f"{a.out} already holds a model; choose another --out, or pass --overwrite")

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ulmfit.errors import UlmfitError
-from ulmfit.fileio import mapped, staging_path
+from ulmfit.fileio import atomic_write_json, mapped, staging_path
 from ulmfit.recipes import model_dir
 from ulmfit.recipes.config import FitConfig
 from ulmfit.recipes.fit import write_reports
@@ -43,7 +43,6 @@ from ulmfit.recipes.teacher import teacher_probabilities
 from ulmfit.recipes.toolbox import Log, quiet, tokens_for
 from ulmfit.recipes.ulmfit import finetune_lm, train_classifier
 from ulmfit.text.vocab import Vocab
-from ulmfit.train.checkpoint import atomic_write_json
 from ulmfit.train.distill import SoftTargets
 from ulmfit.train.metrics import classification_metrics
 

@@ -29,9 +29,8 @@ import numpy as np
 
 from ulmfit.data.readers import read_table
 from ulmfit.errors import UlmfitError
-from ulmfit.fileio import staging_path, swap_in, write_lock
+from ulmfit.fileio import atomic_write_json, atomic_write_text, staging_path, swap_in, write_lock
 from ulmfit.recipes import model_dir
-from ulmfit.train.checkpoint import atomic_write_json, atomic_write_text
 from ulmfit.train.metrics import classification_metrics, format_report
 
 MAX_POINTS = 5000  # grid points scored at most (each is one [n, C] weighted sum + macro-F1)

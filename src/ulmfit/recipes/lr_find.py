@@ -7,6 +7,7 @@ from ulmfit.data.cls_loader import ClassificationLoader
 from ulmfit.data.lm_loader import LMLoader
 from ulmfit.data.readers import read_table
 from ulmfit.errors import UlmfitError
+from ulmfit.fileio import atomic_write_json
 from ulmfit.models.awd_lstm import PRESETS, AWDLSTMConfig, LanguageModel
 from ulmfit.recipes import model_dir
 from ulmfit.recipes.config import FitConfig
@@ -14,7 +15,6 @@ from ulmfit.recipes.prepare import class_names_from, encode_labels
 from ulmfit.recipes.ulmfit import classifier_from_lm
 from ulmfit.text.tokenize import Tokenizer, TokenizerConfig
 from ulmfit.text.vocab import Vocab
-from ulmfit.train.checkpoint import atomic_write_json
 from ulmfit.train.freeze import freeze_to
 from ulmfit.train.lr_find import lr_find
 from ulmfit.train.optim import make_optimizer, param_groups

@@ -32,9 +32,9 @@ from ulmfit.models.awd_lstm import AWDLSTM, AWDLSTMConfig, LanguageModel
 from ulmfit.models.classifier import ClassifierConfig, TextClassifier
 from ulmfit.text.tokenize import Tokenizer, TokenizerConfig
 from ulmfit.text.vocab import Vocab
-from ulmfit.fileio import make_dir, staging_path, swap_in, write_lock
+from ulmfit.fileio import atomic_write_json, make_dir, staging_path, swap_in, write_lock
 from ulmfit.train import distributed
-from ulmfit.train.checkpoint import atomic_write_json, load_weights, save_weights
+from ulmfit.train.checkpoint import load_weights, save_weights
 
 FORMAT = "ulmfit-model"
 VERSION = 1

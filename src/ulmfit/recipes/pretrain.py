@@ -24,7 +24,7 @@ import torch
 
 from ulmfit.data.lm_loader import LMLoader
 from ulmfit.errors import UlmfitError
-from ulmfit.fileio import atomic_write_npy, make_dir
+from ulmfit.fileio import atomic_write_json, atomic_write_npy, atomic_write_text, make_dir
 from ulmfit.models.awd_lstm import PRESETS, AWDLSTMConfig, LanguageModel
 from ulmfit.recipes import model_dir
 from ulmfit.recipes.pretrain_config import PretrainConfig  # noqa: F401 (its home before; checked torch-free)
@@ -33,7 +33,7 @@ from ulmfit.text.token_docs import TokenDocs
 from ulmfit.text.tokenize import Tokenizer, TokenizerConfig
 from ulmfit.text.vocab import Vocab
 from ulmfit.train import distributed
-from ulmfit.train.checkpoint import atomic_write_json, atomic_write_text, save_weights
+from ulmfit.train.checkpoint import save_weights
 from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, run_phase
 from ulmfit.train.optim import make_optimizer, param_groups
 from ulmfit.train.plots import plot_history

@@ -31,6 +31,7 @@ from torch import nn
 from ulmfit.data.cls_loader import ClassificationLoader
 from ulmfit.data.lm_loader import LMLoader
 from ulmfit.errors import UlmfitError
+from ulmfit.fileio import atomic_write_json
 from ulmfit.models.awd_lstm import CLASSIFIER_DROPOUTS, AWDLSTMConfig, detach_state
 from ulmfit.models.siatl import SiatlClassifier, SiatlHeadConfig, next_token_loss
 from ulmfit.recipes.config import ImbalanceConfig
@@ -39,7 +40,7 @@ from ulmfit.recipes.siatl_config import SiatlConfig
 from ulmfit.recipes.toolbox import LMResult, Log, quiet, seed_all
 from ulmfit.text.token_docs import TokenDocs
 from ulmfit.train.calibration import loss_weights
-from ulmfit.train.checkpoint import atomic_write_json, save_weights
+from ulmfit.train.checkpoint import save_weights
 from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, autocast, run_phase
 from ulmfit.train.metrics import classification_metrics
 from ulmfit.train.siatl_optim import SiatlStepper, make_optimizers, set_trainable

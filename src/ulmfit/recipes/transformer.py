@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from ulmfit.data.cls_loader import ClassificationLoader
 from ulmfit.errors import UlmfitError
+from ulmfit.fileio import atomic_write_json
 from ulmfit.models.awd_lstm import CLASSIFIER_DROPOUTS
 from ulmfit.models.backbone import get_backbone
 from ulmfit.models.classifier import ClassifierConfig
@@ -48,7 +49,7 @@ from ulmfit.recipes.toolbox import Log, seed_all
 from ulmfit.recipes.transformer_config import TransformerTrainConfig
 from ulmfit.recipes.ulmfit import gradual_unfreezing
 from ulmfit.recipes.model_dir import load_weights_into
-from ulmfit.train.checkpoint import atomic_write_json, save_weights
+from ulmfit.train.checkpoint import save_weights
 from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, run_phase
 from ulmfit.train.metrics import classification_metrics
 from ulmfit.train.mlm_task import MaskedLMTask

@@ -27,11 +27,11 @@ from ulmfit.recipes.prepare import Labelled
 from ulmfit.recipes.registry import Run
 from ulmfit.recipes.toolbox import (LMResult, Log, language_model, quiet, scratch_lm, seed_all, subsample_tokens,
                                     tokens_for)
+from ulmfit.fileio import atomic_write_json
 from ulmfit.recipes.ulmfit_config import ClassifierTrainConfig
 from ulmfit.text.tokenize import Tokenizer
 from ulmfit.text.vocab import Vocab
 from ulmfit.train import distributed
-from ulmfit.train.checkpoint import atomic_write_json
 from ulmfit.train.distill import NO_LABEL, DistillTask, SoftTargets
 from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, run_phase
 from ulmfit.train.metrics import classification_metrics

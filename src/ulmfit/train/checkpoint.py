@@ -2,8 +2,7 @@
 
 Nothing here unpickles: weights are safetensors; resume state (:func:`save_state`) is safetensors
 for the tensors plus a JSON skeleton in the same file's header for everything else, so a crafted
-checkpoint can at worst be refused, never run code. The file writers of ``ulmfit.fileio`` are
-re-exported for the modules that import them from here.
+checkpoint can at worst be refused, never run code. Import the file writers from ``ulmfit.fileio``.
 """
 
 from __future__ import annotations
@@ -18,7 +17,8 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from ulmfit.errors import UlmfitError
-from ulmfit.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: F401 (re-export)
+from ulmfit.fileio import atomic_write_bytes, atomic_write_text
+from ulmfit.fileio import atomic_write_json  # noqa: F401 (recipes/fit.py still takes this and atomic_write_text from here)
 
 ALIAS_KEY = "ulmfit_aliases"  # safetensors metadata: JSON {alias_name: stored_name}
 

@@ -33,9 +33,9 @@ import torch
 from tqdm import tqdm
 
 from ulmfit.errors import UlmfitError
+from ulmfit.fileio import append_jsonl
 from ulmfit.train import distributed
-from ulmfit.train.checkpoint import (append_jsonl, load_state, load_weights, rewrite_phase_log, save_state,
-                                     save_weights)
+from ulmfit.train.checkpoint import load_state, load_weights, rewrite_phase_log, save_state, save_weights
 from ulmfit.train.freeze import freeze_to
 from ulmfit.train.metrics import EarlyStopping
 from ulmfit.train.optim import discriminative_lrs, set_lr_mom

@@ -14,7 +14,7 @@ from numbers import Real
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ulmfit.train.checkpoint import atomic_write_bytes
+from ulmfit.fileio import atomic_write_bytes
 
 LOSS_KEYS = ("train_loss", "valid_loss")
 # Numeric bookkeeping fields of a history record that are not metrics.
