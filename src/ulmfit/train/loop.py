@@ -56,13 +56,13 @@ class Stage:
 
 @dataclass
 class LoopConfig:
-    monitor: str = "valid_loss"
-    patience: int | None = 3
+    monitor: str = "valid_loss"  # defined for every task; the recipes pass their configured metric
+    patience: int | None = 3  # a bare run_phase call's value; every recipe passes its section's `patience`
     clip: float | None = 0.25  # gradient-norm clipping as in awd-lstm-lm
     lr_factor: float = 2.6  # ULMFiT §3.2: each lower layer group gets lr / 2.6
-    pct_start: float = 0.25
+    pct_start: float = 0.25  # share of a one-cycle stage spent warming up: fastai's fit_one_cycle default
     precision: str = "auto"  # auto | fp32 | bf16 (autocast); auto: bf16 where computed natively (train/precision.py)
-    seed: int = 0
+    seed: int = 0  # the recipes pass the run's seed
     progress: bool | None = None  # None: a bar only when stderr is a terminal
     heartbeat_s: float | None = 30.0  # without a bar: a progress line on stderr at most this often (None: never)
     checkpoint_every: int | None = None  # also checkpoint every N steps inside an epoch (long pretraining epochs)
