@@ -183,7 +183,7 @@ def test_fit_records_the_weighting_and_saves_the_calibration(imbalanced_model):
 def test_the_saved_rule_is_reloaded_and_applied_identically_by_predict_and_evaluate(imbalanced_model, capsys):
     import ulmfit
     from ulmfit.cli import main
-    from ulmfit.train.checkpoint import atomic_write_json
+    from ulmfit.fileio import atomic_write_json
     from ulmfit.train.metrics import classification_metrics
 
     d, out, _ = imbalanced_model

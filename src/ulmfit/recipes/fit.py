@@ -13,13 +13,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from ulmfit.errors import UlmfitError
-from ulmfit.fileio import make_dir
+from ulmfit.fileio import atomic_write_json, atomic_write_text, make_dir
 from ulmfit.recipes import model_dir, posthoc, registry
 from ulmfit.recipes.config import FitConfig
 from ulmfit.recipes.prepare import load_fit_data
 from ulmfit.recipes.toolbox import Log, quiet
 from ulmfit.train import distributed
-from ulmfit.train.checkpoint import atomic_write_json, atomic_write_text
 from ulmfit.train.metrics import format_report
 from ulmfit.train.plots import plot_history
 from ulmfit.train.precision import describe_precision

@@ -17,12 +17,12 @@ from typing import Callable
 
 import numpy as np
 
+from ulmfit.fileio import atomic_write_json
 from ulmfit.recipes import model_dir, registry
 from ulmfit.recipes.config import FitConfig
 from ulmfit.recipes.prepare import FitData
 from ulmfit.train.calibration import (apply, degenerate_check, fit_posthoc, imbalance_ratio, summary_lines,
                                       weighting_rule)
-from ulmfit.train.checkpoint import atomic_write_json
 from ulmfit.train.metrics import classification_metrics
 
 CALIBRATION_FILE = "calibration.json"

@@ -18,7 +18,6 @@ from safetensors.torch import save as st_save
 
 from ulmfit.errors import UlmfitError
 from ulmfit.fileio import atomic_write_bytes, atomic_write_text
-from ulmfit.fileio import atomic_write_json  # noqa: F401 (recipes/fit.py still takes this and atomic_write_text from here)
 
 ALIAS_KEY = "ulmfit_aliases"  # safetensors metadata: JSON {alias_name: stored_name}
 
