@@ -16,6 +16,7 @@ validation split (model selection, C, early stopping) and is scored on the full 
 Methods (peers run in their own venvs, benchmarks/setup_peers.sh; JSON files in and out):
   ulmfit-fwd       `ulmfit fit` (our CLI; forward LM), then `ulmfit evaluate --json`
   ulmfit-both      the same with `--direction both` (forward + backward ensemble)
+  ulmfit-bwd       the same with `--direction bwd` alone (from the shipped backward LM, general-en-bwd)
   siatl            the same with `--recipe siatl`
   ulmfit-minilm    `ulmfit fit --backbone minilm`: the ULMFiT recipe on all-MiniLM-L6-v2 (masked-word
                    fine-tuning on the text at hand, then the classifier with gradual unfreezing)
@@ -30,6 +31,11 @@ Methods (peers run in their own venvs, benchmarks/setup_peers.sh; JSON files in 
                    regression; bounded steps: see peers/setfit_peer.py); venv: setup_peers.sh setfit
   fastai           fastai 2.8.12 ULMFiT (book chapter 10), our model size; starts from our
                    pretrained LM (exported with ulmfit.recipes.fastai_export) when --pretrained is a folder
+  ensemble         `ulmfit ensemble` of the kept model folders of the `--ensemble-of` cells (default
+                   ulmfit-fwd, ulmfit-bwd, ulmfit-minilm) of the same data set, budget and seed, weights
+                   chosen on the validation split, then `ulmfit evaluate --json`; needs those cells run
+                   first with --keep-models (list ensemble after them in --methods). train_s is the sum
+                   of the members' train_s plus the weight search.
 Only the ULMFiT methods (ours and fastai's) see the rest of the training split (unlabelled) as
 language-model text; that is ULMFiT's point. By default the harness passes our sample as --train
 and the rest as --unlabeled, so ULMFiT trains on exactly the labels the peers get;
@@ -70,9 +76,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (OUR_CLI, PEER_PY, RESULTS, machine_info, macro_f1_accuracy, package_versions,  # noqa: E402
                     per_class_f1, read_json, run_measured, table, tail, write_json)
 
-METHODS = ["ulmfit-fwd", "ulmfit-fwd-before", "ulmfit-both", "siatl", "siatl-before", "ulmfit-minilm", "tfidf",
-           "tfidf-balanced", "minilm-frozen", "minilm-frozen-balanced", "minilm-finetune", "setfit", "fastai"]
-ULMFIT_METHODS = {"ulmfit-fwd", "ulmfit-fwd-before", "ulmfit-both", "siatl", "siatl-before", "ulmfit-minilm"}
+METHODS = ["ulmfit-fwd", "ulmfit-fwd-before", "ulmfit-both", "ulmfit-bwd", "siatl", "siatl-before", "ulmfit-minilm",
+           "tfidf", "tfidf-balanced", "minilm-frozen", "minilm-frozen-balanced", "minilm-finetune", "setfit", "fastai",
+           "ensemble"]  # ensemble last: it reads the kept folders of cells run before it
+ULMFIT_METHODS = {"ulmfit-fwd", "ulmfit-fwd-before", "ulmfit-both", "ulmfit-bwd", "siatl", "siatl-before", "ulmfit-minilm"}
+ENSEMBLE_OF = "ulmfit-fwd,ulmfit-bwd,ulmfit-minilm"  # the best AWD-LSTM model (fwd + bwd) and the MiniLM one (issue 16)
 # "-before": the recipe with issue 21's defaults switched off (no class weighting, no tuned decision
 # rule, no temperature scaling), i.e. the defaults before that change; same training otherwise.
 BEFORE_ISSUE_21 = ["clf.class_weights=none", "siatl.class_weights=none", "imbalance.decision_rule=none",
@@ -218,10 +226,11 @@ def cli_caps() -> dict[str, bool]:
 
 
 def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log) -> dict:
-    need = {"ulmfit-both": "direction_both", "siatl": "siatl", "siatl-before": "siatl",
+    need = {"ulmfit-both": "direction_both", "ulmfit-bwd": "direction", "siatl": "siatl", "siatl-before": "siatl",
             "ulmfit-minilm": "backbone"}.get(method)
     if need and not caps[need]:
-        flag = {"direction_both": "--direction both", "siatl": "--recipe siatl", "backbone": "--backbone"}[need]
+        flag = {"direction_both": "--direction both", "direction": "--direction", "siatl": "--recipe siatl",
+                "backbone": "--backbone"}[need]
         return {"status": "unavailable", "reason": f"`ulmfit fit` has no {flag} yet"}
     out = cdir / "model"
     cmd = [str(OUR_CLI), "fit", "--valid", str(splits["valid"]), "--out", str(out), "--seed", str(seed), "--overwrite"]
@@ -235,6 +244,8 @@ def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log
         cmd += ["--direction", "both"]
     elif method in ("ulmfit-fwd", "ulmfit-fwd-before") and caps["direction"]:
         cmd += ["--direction", "fwd"]
+    elif method == "ulmfit-bwd":
+        cmd += ["--direction", "bwd"]
     if method in ("siatl", "siatl-before"):
         cmd += ["--recipe", "siatl"]
     if method.endswith("-before"):
@@ -243,6 +254,8 @@ def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log
         cmd += ["--backbone", "minilm"] + (QUICK_TRANSFORMER if a.quick else [])
     else:
         pretrained = "none" if a.quick and a.pretrained is None else a.pretrained
+        if method == "ulmfit-bwd" and pretrained != "none":
+            pretrained = None  # --pretrained names a forward LM; a backward run takes the CLI's default, general-en-bwd
         if pretrained is not None:
             cmd += ["--pretrained", pretrained]
         if a.quick:
@@ -266,6 +279,39 @@ def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log
             "train_s": fit["wall_s"], "wall_s": round(fit["wall_s"] + ev["wall_s"], 2),
             "peak_rss_mb": fit["peak_rss_mb"], "predict_s": ev["wall_s"], "predict_peak_rss_mb": ev["peak_rss_mb"],
             "command": cmd, "details": {"evaluate": {k: metrics[k] for k in metrics if k in ("per_class", "n")}}}
+
+
+def run_ensemble(a, splits, ds, budget, seed, work_tag: Path, cell_root: Path, cdir: Path) -> dict:
+    """`ulmfit ensemble` of the kept model folders of the `--ensemble-of` cells (same data set, budget, seed)."""
+    members = a.ensemble_of.split(",")
+    folders, member_cells = [], []
+    for m in members:
+        cell_id = f"{ds}__{m}__{budget}__s{seed}"
+        folder, cell = work_tag / cell_id / "model", cell_root / f"{cell_id}.json"
+        if not (folder / "ulmfit.json").exists() or not cell.exists():
+            return {"status": "unavailable", "reason": f"no kept model folder of cell {cell_id}: run it first with "
+                                                       f"--keep-models (list ensemble after it in --methods)"}
+        folders.append(folder)
+        member_cells.append(read_json(cell))
+    out = cdir / "model"
+    cmd = [str(OUR_CLI), "ensemble", *map(str, folders), "--valid", str(splits["valid"]), "--out", str(out), "--overwrite"]
+    ens = run_measured(cmd, log_path=cdir / "ensemble.log", timeout=a.cell_timeout)
+    if ens["rc"] != 0:
+        return {"status": "failed", "command": cmd, "rc": ens["rc"], "log_tail": tail(cdir / "ensemble.log")}
+    ev_cmd = [str(OUR_CLI), "evaluate", str(out), "--data", str(splits["test"]), "--json"]
+    ev = run_measured(ev_cmd, log_path=cdir / "evaluate.log", timeout=a.cell_timeout)
+    if ev["rc"] != 0:
+        return {"status": "failed", "command": ev_cmd, "rc": ev["rc"], "log_tail": tail(cdir / "evaluate.log")}
+    metrics = json.loads(ev["stdout"].strip().splitlines()[-1])
+    weights = {m: e["weight"] for m, e in zip(members, read_json(out / "ulmfit.json")["members"])}
+    if not a.keep_models:
+        shutil.rmtree(out, ignore_errors=True)
+    return {"status": "ok", "macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"],
+            "train_s": round(sum(c["train_s"] for c in member_cells) + ens["wall_s"], 2), "ensemble_s": ens["wall_s"],
+            "wall_s": round(ens["wall_s"] + ev["wall_s"], 2), "peak_rss_mb": ens["peak_rss_mb"], "predict_s": ev["wall_s"],
+            "predict_peak_rss_mb": ev["peak_rss_mb"], "command": cmd, "weights": weights,
+            "details": {"evaluate": {k: metrics[k] for k in metrics if k in ("per_class", "n", "by_direction")},
+                        "members": {m: c["macro_f1"] for m, c in zip(members, member_cells)}}}
 
 
 def fastai_params(a) -> dict:
@@ -448,6 +494,8 @@ def main() -> None:
     p.add_argument("--no-embedding-cache", dest="cache_embeddings", action="store_false",
                    help="minilm-frozen: embed every cell's texts afresh (train_s then includes embedding)")
     p.add_argument("--keep-models", action="store_true", help="keep the trained model folders")
+    p.add_argument("--ensemble-of", default=ENSEMBLE_OF, help="the cells the ensemble method averages (comma list of "
+                   "methods, each run before it with --keep-models)")
     p.add_argument("--redo", action="store_true", help="rerun cells that already have a result")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     p.add_argument("--summary-only", action="store_true", help="run no cell: summarise and plot the finished ones")
@@ -495,7 +543,9 @@ def main() -> None:
                     t0 = time.perf_counter()
                     print(f"[{time.strftime('%H:%M:%S')}] {cell_id} ...", end=" ", flush=True)
                     try:
-                        if method in ULMFIT_METHODS:
+                        if method == "ensemble":
+                            r = run_ensemble(a, splits, ds, budget, seed, work / tag, cell_root, cdir)
+                        elif method in ULMFIT_METHODS:
                             r = run_ulmfit(method, cell_id, a, caps, splits, lab, rest, budget, seed, cdir, print)
                         else:
                             r = run_peer(method, a, splits, lab, rest, seed, cdir)

@@ -57,3 +57,23 @@ def test_summary_keeps_cells_outside_this_runs_selection(tmp_path, monkeypatch):
     assert rows["minilm-frozen"]["macro_f1"] == 0.8
     assert summary["this_run"]["seeds"] == [2]
     assert (tmp_path / "res" / "accuracy_toy.png").exists()
+
+
+def test_ensemble_cell_waits_for_its_members_kept_folders(tmp_path):
+    """The ensemble method reads the kept model folders of its member cells; without them it is
+    'unavailable' (retried on the next run) and names the cell to run first, and runs nothing."""
+    import argparse
+
+    a = argparse.Namespace(ensemble_of="ulmfit-fwd,ulmfit-minilm", cell_timeout=60, keep_models=True)
+    work_tag, cell_root = tmp_path / "work" / "accuracy", tmp_path / "accuracy"
+    (work_tag / "toy__ulmfit-fwd__500__s0" / "model").mkdir(parents=True)
+    (work_tag / "toy__ulmfit-fwd__500__s0" / "model" / "ulmfit.json").write_text("{}")
+    cell_root.mkdir()
+    (cell_root / "toy__ulmfit-fwd__500__s0.json").write_text("{}")
+    cdir = tmp_path / "cell"
+    r = accuracy.run_ensemble(a, {"valid": tmp_path / "v.csv", "test": tmp_path / "t.csv"}, "toy", 500, 0,
+                              work_tag, cell_root, cdir)
+    assert r["status"] == "unavailable"
+    assert "toy__ulmfit-minilm__500__s0" in r["reason"] and "--keep-models" in r["reason"]
+    assert not cdir.exists()
+    assert accuracy.METHODS[-1] == "ensemble"  # after every member method in a run's order
