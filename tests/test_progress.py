@@ -42,6 +42,22 @@ def test_gap_spans_epochs(monkeypatch):
     assert out.getvalue().splitlines()[-1].startswith("e2: batch 1/100")
 
 
+
+def test_epochs_shorter_than_the_interval_still_print(monkeypatch):
+    """Before any line was printed, the gap counts from the first heartbeat of the process, not from
+    each epoch's start: three 20-second epochs (plus validation) print a line in the second one."""
+    monkeypatch.setattr(Heartbeat, "_last_line", None)
+    clock, out = FakeClock(), io.StringIO()
+    printed = []
+    for e in range(3):
+        beat = Heartbeat(f"e{e}", total=20, every_s=30, stream=out, clock=clock)
+        for i in range(1, 21):
+            clock.t += 1.0
+            printed.append((e, beat.update(i, 1.0, 10 * i)))
+        clock.t += 5  # validation between epochs
+    assert [e for e, p in printed if p] == [1, 2]  # at 30 s (epoch 2) and 60 s (epoch 3)
+    assert out.getvalue().splitlines()[0].startswith("e1: batch 5/20")
+
 def test_heartbeat_off():
     clock, out = FakeClock(), io.StringIO()
     for every in (None, 0):

@@ -40,7 +40,11 @@ class Heartbeat:
         self.stream, self.clock, self.unit, self.rate_unit, self.say = stream, clock, unit, rate_unit, say
         self.start, self.t0 = start, clock()
         last = Heartbeat._last_line
-        self.last = last if last is not None and last <= self.t0 else self.t0
+        if last is None or last > self.t0:
+            # The first heartbeat of the process (or a clock that was reset) anchors the gap: later ones
+            # (the next epochs) count from it, so epochs shorter than `every_s` still get a line.
+            last = Heartbeat._last_line = self.t0
+        self.last = last
 
     def update(self, done: int, loss: float | None, tokens: int) -> bool:
         """`done` units of `total` finished, mean loss so far (None: not shown), `rate_unit`s processed
