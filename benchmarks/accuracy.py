@@ -265,11 +265,9 @@ def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log
     fit = run_measured(cmd, log_path=cdir / "fit.log", timeout=a.cell_timeout)
     if fit["rc"] != 0:
         return {"status": "failed", "command": cmd, "rc": fit["rc"], "log_tail": tail(cdir / "fit.log")}
-    ev_cmd = [str(OUR_CLI), "evaluate", str(out), "--data", str(splits["test"]), "--json"]
-    ev = run_measured(ev_cmd, log_path=cdir / "evaluate.log", timeout=a.cell_timeout)
-    if ev["rc"] != 0:
-        return {"status": "failed", "command": ev_cmd, "rc": ev["rc"], "log_tail": tail(cdir / "evaluate.log")}
-    metrics = json.loads(ev["stdout"].strip().splitlines()[-1])
+    ev, metrics, failed = evaluate_folder(a, out, splits, cdir)
+    if failed:
+        return failed
     if not a.keep_models:
         shutil.rmtree(out, ignore_errors=True)
     return {"status": "ok", "macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"],
@@ -279,6 +277,16 @@ def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log
             "train_s": fit["wall_s"], "wall_s": round(fit["wall_s"] + ev["wall_s"], 2),
             "peak_rss_mb": fit["peak_rss_mb"], "predict_s": ev["wall_s"], "predict_peak_rss_mb": ev["peak_rss_mb"],
             "command": cmd, "details": {"evaluate": {k: metrics[k] for k in metrics if k in ("per_class", "n")}}}
+
+
+def evaluate_folder(a, out: Path, splits: dict, cdir: Path) -> tuple[dict, dict | None, dict | None]:
+    """`ulmfit evaluate OUT` on the test split: (the measured run, its JSON metrics, None), or the cell's
+    failure record as the third item."""
+    ev_cmd = [str(OUR_CLI), "evaluate", str(out), "--data", str(splits["test"]), "--json"]
+    ev = run_measured(ev_cmd, log_path=cdir / "evaluate.log", timeout=a.cell_timeout)
+    if ev["rc"] != 0:
+        return ev, None, {"status": "failed", "command": ev_cmd, "rc": ev["rc"], "log_tail": tail(cdir / "evaluate.log")}
+    return ev, json.loads(ev["stdout"].strip().splitlines()[-1]), None
 
 
 def run_ensemble(a, splits, ds, budget, seed, work_tag: Path, cell_root: Path, cdir: Path) -> dict:
@@ -298,11 +306,9 @@ def run_ensemble(a, splits, ds, budget, seed, work_tag: Path, cell_root: Path, c
     ens = run_measured(cmd, log_path=cdir / "ensemble.log", timeout=a.cell_timeout)
     if ens["rc"] != 0:
         return {"status": "failed", "command": cmd, "rc": ens["rc"], "log_tail": tail(cdir / "ensemble.log")}
-    ev_cmd = [str(OUR_CLI), "evaluate", str(out), "--data", str(splits["test"]), "--json"]
-    ev = run_measured(ev_cmd, log_path=cdir / "evaluate.log", timeout=a.cell_timeout)
-    if ev["rc"] != 0:
-        return {"status": "failed", "command": ev_cmd, "rc": ev["rc"], "log_tail": tail(cdir / "evaluate.log")}
-    metrics = json.loads(ev["stdout"].strip().splitlines()[-1])
+    ev, metrics, failed = evaluate_folder(a, out, splits, cdir)
+    if failed:
+        return failed
     weights = {m: e["weight"] for m, e in zip(members, read_json(out / "ulmfit.json")["members"])}
     if not a.keep_models:
         shutil.rmtree(out, ignore_errors=True)
