@@ -22,6 +22,10 @@ Methods (peers run in their own venvs, benchmarks/setup_peers.sh; JSON files in 
                    fine-tuning on the text at hand, then the classifier with gradual unfreezing)
   ulmfit-fwd-before, siatl-before   the same with issue 21's defaults switched off (no class weighting,
                    no tuned decision rule, no temperature): the defaults before that change
+  ulmfit-fwd-novalid   ulmfit-fwd without the validation file: the budget's labels are all the labels
+                   (a few-label user's case); the default holds out 10% of them, or cross-validates
+                   when that split is too small (clf.cv=auto); the peers still choose C on the split
+  ulmfit-fwd-novalid-cvoff   the same with clf.cv=off: selection on the 10% hold-out
   tfidf            TF-IDF 1-2 grams + logistic regression, C on valid (ulmfit.recipes.baselines)
   tfidf-balanced   the same with class_weight="balanced" (inverse-frequency weights)
   minilm-frozen    all-MiniLM-L6-v2 sentence embeddings + logistic regression, C on valid
@@ -76,10 +80,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (OUR_CLI, PEER_PY, RESULTS, machine_info, macro_f1_accuracy, package_versions,  # noqa: E402
                     per_class_f1, read_json, run_measured, table, tail, write_json)
 
-METHODS = ["ulmfit-fwd", "ulmfit-fwd-before", "ulmfit-both", "ulmfit-bwd", "siatl", "siatl-before", "ulmfit-minilm",
+METHODS = ["ulmfit-fwd", "ulmfit-fwd-before", "ulmfit-fwd-novalid", "ulmfit-fwd-novalid-cvoff", "ulmfit-both", "ulmfit-bwd", "siatl", "siatl-before", "ulmfit-minilm",
            "tfidf", "tfidf-balanced", "minilm-frozen", "minilm-frozen-balanced", "minilm-finetune", "setfit", "fastai",
            "ensemble"]  # ensemble last: it reads the kept folders of cells run before it
-ULMFIT_METHODS = {"ulmfit-fwd", "ulmfit-fwd-before", "ulmfit-both", "ulmfit-bwd", "siatl", "siatl-before", "ulmfit-minilm"}
+ULMFIT_METHODS = {"ulmfit-fwd", "ulmfit-fwd-before", "ulmfit-fwd-novalid", "ulmfit-fwd-novalid-cvoff", "ulmfit-both", "ulmfit-bwd", "siatl", "siatl-before", "ulmfit-minilm"}
 ENSEMBLE_OF = "ulmfit-fwd,ulmfit-bwd,ulmfit-minilm"  # the best AWD-LSTM model (fwd + bwd) and the MiniLM one (issue 16)
 # "-before": the recipe with issue 21's defaults switched off (no class weighting, no tuned decision
 # rule, no temperature scaling), i.e. the defaults before that change; same training otherwise.
@@ -110,7 +114,8 @@ def load_datasets(names: list[str], csvs: list[str], csv_names: list[str]) -> di
             from ulmfit.data.fetch_spam import fetch_spam
             out[name] = fetch_spam()
         elif name == IMBALANCED:
-            from ulmfit.data.fetch import cache_dir, fetch_tweets
+            from ulmfit.data.fetch import fetch_tweets
+            from ulmfit.data.fetch_lib import cache_dir
             out[name] = resample_shares(fetch_tweets(), IMBALANCED_SHARES, cache_dir() / IMBALANCED / "v1")
         else:
             sys.exit(f"unknown data set {name!r}: tweets, spam, {IMBALANCED}, or give --csv train,valid,test")
@@ -233,7 +238,9 @@ def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log
                 "backbone": "--backbone"}[need]
         return {"status": "unavailable", "reason": f"`ulmfit fit` has no {flag} yet"}
     out = cdir / "model"
-    cmd = [str(OUR_CLI), "fit", "--valid", str(splits["valid"]), "--out", str(out), "--seed", str(seed), "--overwrite"]
+    cmd = [str(OUR_CLI), "fit", "--out", str(out), "--seed", str(seed), "--overwrite"]
+    if "-novalid" not in method:
+        cmd += ["--valid", str(splits["valid"])]
     if budget != "full" and a.ulmfit_labels == "cli":
         if not caps["max_labels"]:
             return {"status": "unavailable", "reason": "`ulmfit fit` has no --max-labels yet (or use --ulmfit-labels harness)"}
@@ -242,12 +249,14 @@ def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log
         cmd += ["--train", str(lab)] + (["--unlabeled", str(rest)] if rest is not None else [])
     if method == "ulmfit-both":
         cmd += ["--direction", "both"]
-    elif method in ("ulmfit-fwd", "ulmfit-fwd-before") and caps["direction"]:
+    elif method in ("ulmfit-fwd", "ulmfit-fwd-before", "ulmfit-fwd-novalid", "ulmfit-fwd-novalid-cvoff") and caps["direction"]:
         cmd += ["--direction", "fwd"]
     elif method == "ulmfit-bwd":
         cmd += ["--direction", "bwd"]
     if method in ("siatl", "siatl-before"):
         cmd += ["--recipe", "siatl"]
+    if method.endswith("-cvoff"):
+        cmd += ["--set", "clf.cv=off"]
     if method.endswith("-before"):
         cmd += [x for s in BEFORE_ISSUE_21 for x in ("--set", s)]
     if method == "ulmfit-minilm":  # its own pretrained encoder: --pretrained (an AWD-LSTM LM) does not apply

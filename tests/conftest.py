@@ -51,7 +51,8 @@ def tiny_fit_config():
     cfg = FitConfig(pretrained=None)  # tests do not depend on a shipped model being installed
     cfg.lm = replace(cfg.lm, preset="tiny", epochs=4, bs=8, bptt=12, min_freq=1, lr=3e-2, valid_frac=0.1)
     cfg.clf = replace(cfg.clf, bs=16, bptt=8, pool_len=64, epochs=(1, 1, 1, 12), lrs=(3e-2, 3e-2, 3e-2, 2e-2), patience=None,
-                      lin_sizes=(16,), min_steps_per_epoch=0)
+                      lin_sizes=(16,), min_steps_per_epoch=0,
+                      cv="off")  # the suite's tiny validation splits would all cross-validate (tests/test_crossval.py does)
     return cfg
 
 

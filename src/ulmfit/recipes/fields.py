@@ -134,6 +134,35 @@ def class_weights(default: str = "auto"):
     return spec(default, choices=CLASS_WEIGHTS)
 
 
+CV_SETTINGS = ("auto", "on", "off")  # = train/crossval.py SETTINGS (not imported: no sklearn at the door)
+
+
+def cv(default: str = "auto"):
+    """Cross-validated selection for small label sets (train/crossval.py): the labelled rows
+    (training and validation pooled) split into `cv_folds` stratified folds, one classifier per fold
+    through the same loop, the epoch chosen on the mean of the folds' validation curves, then a refit
+    on all rows for that many epochs; temperature and decision rule fitted on the out-of-fold
+    probabilities. on, off, or auto: on when the validation split has fewer than `cv_below` examples
+    of some class (fit records the value used in config.json). Costs `cv_folds` more classifier fits
+    (the language model is fine-tuned once)."""
+    return spec(default, choices=CV_SETTINGS)
+
+
+def cv_folds(default: int = 5):
+    """The folds of cross-validated selection (fewer when the rarest class has fewer rows). 5: each
+    fold trains on 80% of the rows, and the cost (5 more classifier fits) stays a few minutes at the
+    few hundred labels where selection needs it; 10 would train on 90% at twice the cost."""
+    return spec(default, ge=2)
+
+
+def cv_below(default: int = 30):
+    """`cv: auto` cross-validates when some class has fewer than this many validation examples. 30:
+    one example then moves that class's F1 by more than ~0.03, as much as the gap between the best
+    epochs of a run, so a single split's choice is noise (a 10% hold-out of 500 labels has 2-3 rows
+    of a 5% class); at 30 and above the split itself is kept (cross-validating costs k more fits)."""
+    return spec(default, ge=0)
+
+
 def clip(default: float | None = 1.0):
     """Gradient-norm clipping; None: none."""
     return spec(default, gt=0)

@@ -56,6 +56,7 @@ def _fit_into(out: Path, train, valid, text_col, label_col, unlabeled, pretraine
     data = load_fit_data(train, valid, cfg.data, cfg.seed, log)
     log(f"precision: {describe_precision(cfg.precision)}")
     configs = {d: posthoc.resolve_weighting(c, data, log if i == 0 else quiet) for i, (d, c) in enumerate(configs.items())}
+    configs = {d: posthoc.resolve_selection(c, data, log if i == 0 else quiet) for i, (d, c) in enumerate(configs.items())}
     for d, c in configs.items():
         make_dir(_folder(out, dirs, d))
         atomic_write_json(_folder(out, dirs, d) / "config.json", c.to_dict())

@@ -23,6 +23,7 @@ from ulmfit.models.awd_lstm import CLASSIFIER_DROPOUTS, AWDLSTM, AWDLSTMConfig, 
 from ulmfit.models.classifier import ClassifierConfig, TextClassifier
 from ulmfit.recipes import model_dir
 from ulmfit.recipes.config import ImbalanceConfig, LMTrainConfig
+from ulmfit.recipes.posthoc import CV_FILE
 from ulmfit.recipes.prepare import Labelled
 from ulmfit.recipes.registry import Run
 from ulmfit.recipes.toolbox import (LMResult, Log, language_model, quiet, scratch_lm, seed_all, subsample_tokens,
@@ -34,7 +35,8 @@ from ulmfit.text.vocab import Vocab
 from ulmfit.train import distributed
 from ulmfit.train.distill import NO_LABEL, DistillTask, SoftTargets
 from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, run_phase
-from ulmfit.train.metrics import classification_metrics
+from ulmfit.train.crossval import choose_epoch, n_folds, spread, stratified_folds
+from ulmfit.train.metrics import better, classification_metrics
 from ulmfit.train.optim import make_optimizer, param_groups
 from ulmfit.train.calibration import loss_weights
 from ulmfit.train.tasks import ClassifierTask, LMTask
@@ -92,13 +94,20 @@ def finetune_lm(token_lists: list[list[str]], out: Path, cfg: LMTrainConfig, *, 
 def classifier_from_lm(lm: LanguageModel, lm_cfg: AWDLSTMConfig, n_classes: int,
                        cfg: ClassifierTrainConfig) -> tuple[TextClassifier, AWDLSTMConfig, ClassifierConfig]:
     """A classifier whose encoder starts from the language model's, with the classifier's dropouts."""
+    enc_cfg, head_cfg = classifier_configs(lm_cfg, n_classes, cfg)
+    encoder = AWDLSTM(enc_cfg)
+    encoder.load_state_dict(lm.encoder.state_dict())
+    return TextClassifier(encoder, head_cfg), enc_cfg, head_cfg
+
+
+def classifier_configs(lm_cfg: AWDLSTMConfig, n_classes: int,
+                       cfg: ClassifierTrainConfig) -> tuple[AWDLSTMConfig, ClassifierConfig]:
+    """The encoder's config (the LM's with the classifier's dropouts) and the head's."""
     enc_cfg = replace(lm_cfg, drop_mult=cfg.drop_mult, **CLASSIFIER_DROPOUTS)
     head_cfg = ClassifierConfig(n_classes=n_classes, lin_sizes=tuple(cfg.lin_sizes),
                                 ps=(CLASSIFIER_DROPOUTS["output_p"] * cfg.drop_mult,) + (0.1,) * len(cfg.lin_sizes),
                                 bptt=cfg.bptt, max_len=cfg.pool_len)
-    encoder = AWDLSTM(enc_cfg)
-    encoder.load_state_dict(lm.encoder.state_dict())
-    return TextClassifier(encoder, head_cfg), enc_cfg, head_cfg
+    return enc_cfg, head_cfg
 
 
 def gradual_unfreezing(cfg: ClassifierTrainConfig) -> list[Stage]:
@@ -123,40 +132,132 @@ def train_classifier(lm: LMResult, train: Labelled, valid: Labelled, classes: li
     `soft`: distillation (recipes/distill.py): the teacher's probabilities for the gold rows and for
     `soft.extra_tokens`, unlabelled rows appended to the training set; trained with `DistillTask`,
     still selected on `valid`'s gold labels."""
-    seed_all(seed)
-    model, enc_cfg, head_cfg = classifier_from_lm(lm.lm, lm.config, len(classes), cfg)
     if train_tokens is None:
         train_tokens = lm.tokenizer.tokenize_many(train.texts)
     if valid_tokens is None:
         valid_tokens = lm.tokenizer.tokenize_many(valid.texts)
-    labels = train.labels
-    if soft is not None:
-        train_tokens = list(train_tokens) + list(soft.extra_tokens)
-        labels = np.concatenate([train.labels, np.full(len(soft.extra_tokens), NO_LABEL, dtype=np.int64)])
-    train_docs, valid_docs = lm.vocab.encode_many(train_tokens), lm.vocab.encode_many(valid_tokens)
-    if direction == "bwd":
-        train_docs, valid_docs = train_docs.reversed(), valid_docs.reversed()
-    train_loader = ClassificationLoader(train_docs, labels, bs=cfg.bs, shuffle=True, seed=seed,
-                                        max_tokens=cfg.max_doc_tokens, min_batches=cfg.min_steps_per_epoch)
-    valid_loader = ClassificationLoader(valid_docs, valid.labels, bs=cfg.bs * 2, shuffle=False,
-                                        max_tokens=cfg.max_doc_tokens)
-    weights = loss_weights(cfg.class_weights, train.labels, len(classes), imbalance or ImbalanceConfig())
-    task = (ClassifierTask(classes, weights) if soft is None
-            else DistillTask(classes, soft.probs, soft.temperature, soft.alpha, weights))
-    groups = model.layer_groups()
-    opt = make_optimizer(param_groups(groups, cfg.lrs[0], weight_decay=cfg.wd), kind=optimizer)
-    loop_cfg = LoopConfig(monitor=cfg.metric, patience=cfg.patience, seed=seed, precision=precision)
     extra = f" + {len(soft.extra_tokens):,} unlabelled with the teacher's soft targets" if soft is not None else ""
     log(f"{model_dir.DIRECTION_NAMES[direction]} classifier: {len(train.texts):,} training{extra} / {len(valid.texts):,} "
         f"validation documents, classes {classes}; selecting on {cfg.metric}")
-    result = run_phase(model, task, opt, groups, gradual_unfreezing(cfg), train_loader, valid_loader,
-                       PhaseFiles(out, "classifier"), loop_cfg, resume=resume)
-    probs = task.predict(model, valid_loader)
+    model, result, probs = _train(lm, train_tokens, train.labels, valid_tokens, valid.labels, classes, cfg,
+                                  PhaseFiles(out, "classifier"), seed=seed, optimizer=optimizer, precision=precision,
+                                  resume=resume, direction=direction, soft=soft, imbalance=imbalance)
     metrics = classification_metrics(valid.labels, probs.argmax(1), classes)
-    model_dir.save_classifier(out, model, enc_cfg, head_cfg)
+    _save(out, model, lm, cfg, len(classes))
     log(f"classifier done: best {cfg.metric} {result.best_value:.4f} (epoch {result.best_epoch}); "
         f"validation accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
     return model, metrics
+
+
+def _train(lm: LMResult, train_tokens, train_labels: np.ndarray, valid_tokens, valid_labels: np.ndarray | None,
+           classes: list[str], cfg: ClassifierTrainConfig, files: PhaseFiles, *, seed: int, optimizer: str,
+           precision: str, resume: bool, direction: str, soft: SoftTargets | None = None, imbalance=None,
+           patience: int | None | str = "cfg", select_epoch: int | None = None,
+           keep_probs: bool = False) -> tuple[TextClassifier, object, np.ndarray | None]:
+    """One classifier phase through `run_phase` (gradual unfreezing), shared by the plain fit, the
+    folds of cross-validated selection and its refit: (model with the kept weights, the phase's
+    result, its validation probabilities or None). `valid_tokens=None`: nothing held out, the
+    weights of epoch `select_epoch` are kept. `patience="cfg"`: the section's."""
+    seed_all(seed)
+    model, _, _ = classifier_from_lm(lm.lm, lm.config, len(classes), cfg)
+    labels = train_labels
+    if soft is not None:
+        train_tokens = list(train_tokens) + list(soft.extra_tokens)
+        labels = np.concatenate([train_labels, np.full(len(soft.extra_tokens), NO_LABEL, dtype=np.int64)])
+    train_docs = lm.vocab.encode_many(train_tokens)
+    valid_docs = None if valid_tokens is None else lm.vocab.encode_many(valid_tokens)
+    if direction == "bwd":
+        train_docs = train_docs.reversed()
+        valid_docs = None if valid_docs is None else valid_docs.reversed()
+    train_loader = ClassificationLoader(train_docs, labels, bs=cfg.bs, shuffle=True, seed=seed,
+                                        max_tokens=cfg.max_doc_tokens, min_batches=cfg.min_steps_per_epoch)
+    valid_loader = None if valid_docs is None else ClassificationLoader(valid_docs, valid_labels, bs=cfg.bs * 2,
+                                                                         shuffle=False, max_tokens=cfg.max_doc_tokens)
+    weights = loss_weights(cfg.class_weights, train_labels, len(classes), imbalance or ImbalanceConfig())
+    task = (ClassifierTask(classes, weights, keep_probs=keep_probs) if soft is None
+            else DistillTask(classes, soft.probs, soft.temperature, soft.alpha, weights))
+    groups = model.layer_groups()
+    opt = make_optimizer(param_groups(groups, cfg.lrs[0], weight_decay=cfg.wd), kind=optimizer)
+    loop_cfg = LoopConfig(monitor=cfg.metric, patience=cfg.patience if patience == "cfg" else patience, seed=seed,
+                          precision=precision, select_epoch=select_epoch)
+    result = run_phase(model, task, opt, groups, gradual_unfreezing(cfg), train_loader, valid_loader, files, loop_cfg,
+                       resume=resume)
+    return model, result, None if valid_loader is None else task.predict(model, valid_loader)
+
+
+def _save(out: Path, model: TextClassifier, lm: LMResult, cfg: ClassifierTrainConfig, n_classes: int) -> None:
+    enc_cfg, head_cfg = classifier_configs(lm.config, n_classes, cfg)
+    model_dir.save_classifier(out, model, enc_cfg, head_cfg)
+
+
+# ----------------------------------------------------------------------------- cross-validated selection
+
+
+def cv_classifier(lm: LMResult, train: Labelled, valid: Labelled, classes: list[str], out: Path,
+                  cfg: ClassifierTrainConfig, *, train_tokens, valid_tokens, seed: int = 0, optimizer: str = "adamw",
+                  precision: str = "auto", resume: bool = False, direction: str = "fwd", imbalance=None,
+                  log: Log = quiet) -> dict:
+    """Phase 2 for small label sets (train/crossval.py): the training and validation rows pooled
+    into `cfg.cv_folds` stratified folds; per fold a classifier trained on the others through the
+    same `_train` (no early stopping: every fold has the whole curve; every epoch's held-out
+    probabilities kept in its history and checkpoint); the epoch maximising the mean of the folds'
+    `cfg.metric` curves; a refit on all rows that keeps that epoch's weights. Writes `cv.json` (the
+    curves, per-fold figures and the out-of-fold probabilities at the chosen epoch, which posthoc.finish
+    fits the temperature and decision rule on) and returns the out-of-fold metrics (argmax).
+
+    Resume: a finished fold (checkpoints/cv-fold{f}.json) is not trained again; an interrupted fold
+    or refit resumes from its checkpoint."""
+    tokens = list(train_tokens) + list(valid_tokens)
+    labels = np.concatenate([train.labels, valid.labels])
+    k = n_folds(labels, cfg.cv_folds)
+    fold = stratified_folds(labels, k, seed)
+    name = model_dir.DIRECTION_NAMES[direction]
+    log(f"{name} classifier, cross-validated selection: {len(labels):,} labelled rows (training {len(train.labels):,} "
+        f"+ validation {len(valid.labels):,} pooled), {k} stratified folds; the epoch is chosen on the mean of the "
+        f"folds' validation {cfg.metric}, then one refit on all rows (clf.cv={cfg.cv}; off: --set clf.cv=off)")
+    folds = []
+    for f in range(k):
+        done = out / "checkpoints" / f"cv-fold{f}.json"
+        if resume and done.exists():
+            folds.append(json.loads(done.read_text()))
+            continue
+        tr, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+        _, result, _ = _train(lm, [tokens[i] for i in tr], labels[tr], [tokens[i] for i in held], labels[held], classes,
+                              cfg, PhaseFiles(out, f"cv{f}", log_name="cv_history.jsonl"), seed=seed, optimizer=optimizer,
+                              precision=precision, resume=resume, direction=direction, imbalance=imbalance,
+                              patience=None, keep_probs=True)
+        rec = {"fold": f, "rows": held.tolist(), "curve": [r[cfg.metric] for r in result.history],
+               "stages": [r["stage"] for r in result.history], "probs": [r["probs"] for r in result.history]}
+        atomic_write_json(done, rec)
+        folds.append(rec)
+        log(f"fold {f + 1}/{k}: {len(tr)} training / {len(held)} held-out rows; {cfg.metric} by epoch "
+            + " ".join(f"{v:.3f}" for v in rec["curve"]))
+    epoch, mean = choose_epoch([r["curve"] for r in folds], better(cfg.metric))
+    oof = np.zeros((len(labels), len(classes)), dtype=np.float64)
+    for r in folds:
+        oof[r["rows"]] = np.asarray(r["probs"][epoch], dtype=np.float64)
+    at = spread([r["curve"][epoch] for r in folds])
+    stage = folds[0]["stages"][epoch]
+    log(f"cross-validated selection: epoch {epoch} ({stage}) of {len(mean)}; mean {cfg.metric} by epoch "
+        + " ".join(f"{v:.3f}" for v in mean)
+        + f"; at epoch {epoch} over the {k} folds: mean {at['mean']:.4f}, sd {at['sd']:.4f}, min {at['min']:.4f}, "
+          f"max {at['max']:.4f}")
+    model, _, _ = _train(lm, tokens, labels, None, None, classes, cfg, PhaseFiles(out, "classifier"), seed=seed,
+                         optimizer=optimizer, precision=precision, resume=resume, direction=direction,
+                         imbalance=imbalance, select_epoch=epoch)
+    _save(out, model, lm, cfg, len(classes))
+    metrics = classification_metrics(labels, oof.argmax(1), classes)
+    record = {"format": 1, "folds": k, "metric": cfg.metric, "epoch": epoch, "stage": stage, "epochs": len(mean),
+              "rows": len(labels), "from_training": len(train.labels), "from_validation": len(valid.labels),
+              "mean_curve": mean.tolist(), "fold_curves": [r["curve"] for r in folds], "at_epoch": at,
+              "fold_best_epochs": [int(np.argmax(r["curve"]) if better(cfg.metric) == "max" else np.argmin(r["curve"]))
+                                   for r in folds],
+              "out_of_fold": {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]},
+              "labels": labels.tolist(), "fold": fold.tolist(), "oof_probs": oof.tolist()}
+    atomic_write_json(out / CV_FILE, record)
+    log(f"classifier refit on all {len(labels):,} rows for {epoch + 1} epochs; out-of-fold accuracy "
+        f"{metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
+    return metrics
 
 
 # ----------------------------------------------------------------------------- `ulmfit fit`
@@ -188,30 +289,38 @@ def _fit_direction(run: Run, folder: Path, cfg, direction: str, cache: dict) -> 
     lm = finetune_lm(tokens.lm, folder, cfg.lm, tokenizer=tokens.tokenizer, vocab=vocab, pretrained=pretrained,
                      seed=cfg.seed, optimizer=cfg.optimizer, precision=cfg.precision, resume=resume,
                      direction=direction, log=log)
-    _, metrics = train_classifier(lm, data.train, data.valid, data.classes, folder, cfg.clf, seed=cfg.seed,
-                                  optimizer=cfg.optimizer, precision=cfg.precision, resume=resume,
-                                  train_tokens=tokens.lm[:len(data.train.texts)], valid_tokens=tokens.valid,
-                                  direction=direction, imbalance=cfg.imbalance, log=log)
+    common = dict(seed=cfg.seed, optimizer=cfg.optimizer, precision=cfg.precision, resume=resume,
+                  train_tokens=tokens.lm[:len(data.train.texts)], valid_tokens=tokens.valid, direction=direction,
+                  imbalance=cfg.imbalance, log=log)
+    if cfg.clf.cv == "on":  # resolved from "auto" for this data by posthoc.resolve_selection
+        metrics = cv_classifier(lm, data.train, data.valid, data.classes, folder, cfg.clf, **common)
+    else:
+        _, metrics = train_classifier(lm, data.train, data.valid, data.classes, folder, cfg.clf, **common)
     atomic_write_json(_done_file(run.out, direction), {"metrics": metrics, "seconds": time.perf_counter() - t0})
     distributed.barrier()  # [distributed] rank 0's files of this model are written before any rank reads them
 
 
 def _ensemble(run: Run) -> dict:
     """Validation metrics of each model and of their average; completes the backward sub-folder."""
+    from ulmfit.recipes import posthoc
     from ulmfit.recipes.fit import write_reports
     from ulmfit.recipes.predictor import Member, metrics_by_direction, proba_by_direction
 
     dirs, data, out = list(run.configs), run.data, run.out
     folders = {d: model_dir.direction_folder(out, dirs[0], d) for d in dirs}
-    members = [Member.load(folders[d], d) for d in dirs]
-    probs = proba_by_direction(members, data.valid.texts, len(data.classes))
-    metrics = metrics_by_direction(probs, data.valid.labels, data.classes)
+    held = posthoc.cv_held_out(list(folders.values()))  # cross-validated: the out-of-fold probabilities
+    if held is not None:
+        probs, labels = dict(zip(dirs, held[0])), held[1]
+    else:
+        members = [Member.load(folders[d], d) for d in dirs]
+        probs, labels = proba_by_direction(members, data.valid.texts, len(data.classes)), data.valid.labels
+    metrics = metrics_by_direction(probs, labels, data.classes)
     for d in dirs[1:]:
         seconds = json.loads(_done_file(out, d).read_text())["seconds"]
         write_reports(folders[d], metrics["by_direction"][d], data.classes, run.configs[d], seconds, direction=d)
         model_dir.write_marker(folders[d], "classifier", classes=data.classes, recipe="ulmfit",
                                metric=run.configs[d].clf.metric, direction=d, directions=[d])
         model_dir.remove_checkpoints(folders[d])
-    run.log("validation macro-F1: " + ", ".join(f"{d} {m['macro_f1']:.4f}" for d, m in metrics["by_direction"].items())
+    run.log(("out-of-fold" if held is not None else "validation") + " macro-F1: " + ", ".join(f"{d} {m['macro_f1']:.4f}" for d, m in metrics["by_direction"].items())
             + f", averaged {metrics['macro_f1']:.4f}")
     return metrics

@@ -34,6 +34,9 @@ class ClassifierTrainConfig:
     metric: str = F.metric()
     patience: int | None = F.patience(2)
     class_weights: str = F.class_weights("auto")
+    cv: str = F.cv("auto")  # small label sets: cross-validated selection (the reasons: fields.py)
+    cv_folds: int = F.cv_folds(5)
+    cv_below: int = F.cv_below(30)
     # With few labels an epoch is a handful of steps (500 texts: 8 batches of 64); each training
     # epoch then repeats the reshuffled data until it has at least this many steps, so every stage
     # of gradual unfreezing gets enough updates. The full tweets (465 batches) are unaffected.

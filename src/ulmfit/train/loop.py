@@ -70,6 +70,9 @@ class LoopConfig:
     # whose schedules (gamma, unfreezing) count epochs from 1 as the paper does.
     first_epoch: int = 0
     log_throughput: bool = True  # train_tokens_per_s in every log line (SiATL's lines never had it)
+    # Keep the weights of this (global) epoch and stop after it, instead of selecting on the monitor:
+    # the epoch was chosen beforehand by cross-validation (train/crossval.py). None: select on `monitor`.
+    select_epoch: int | None = None
 
 
 @dataclass
@@ -261,9 +264,11 @@ def run_phase(
                                                       # [distributed] every rank's carried state, one-process layout
                                                       "task": sync.gather_task_state(task.state_dict()) if hasattr(task, "state_dict") else None})
             train_seconds = time.perf_counter() - t0
-            with autocast(precision, device):
-                metrics = task.evaluate(model, valid_loader)
-            metrics = sync.reduce_metrics(metrics)  # [distributed] figures of the whole validation set
+            metrics = {}
+            if valid_loader is not None:  # None: nothing held out (a refit on all rows at a chosen epoch)
+                with autocast(precision, device):
+                    metrics = task.evaluate(model, valid_loader)
+                metrics = sync.reduce_metrics(metrics)  # [distributed] figures of the whole validation set
             n_tokens_all = sync.total(n_tokens)  # [distributed] tokens read by all ranks
             record = {"phase": files.prefix, "stage": stage.name, "epoch": global_epoch,
                       "train_loss": total_loss / max(n_batches, 1),
@@ -271,14 +276,20 @@ def run_phase(
                       "lr": stage.lr, "seconds": round(time.perf_counter() - t0, 2)}
             if cfg.log_throughput:
                 record["train_tokens_per_s"] = round(n_tokens_all / max(train_seconds, 1e-9), 1)
-            improved = early.step(metrics[cfg.monitor], global_epoch)
+            if cfg.select_epoch is None:
+                improved = early.step(metrics[cfg.monitor], global_epoch)
+            else:  # the epoch chosen beforehand: keep its weights
+                improved = global_epoch == cfg.select_epoch
+                if improved:
+                    early.best, early.best_epoch = metrics.get(cfg.monitor), global_epoch
             record["best"] = improved
             if improved:
                 save_weights(model.state_dict(), files.best)
             append_jsonl(files.log, record)
             result.history.append(record)
             global_epoch += 1
-            stopped = stage.can_stop_early and early.should_stop
+            stopped = (stage.can_stop_early and early.should_stop if cfg.select_epoch is None
+                       else global_epoch > cfg.select_epoch)
             save_checkpoint(s, epoch + 1, 0)  # past a stage's last epoch: the next stage starts at resume
             sync.barrier()  # [distributed] rank 0's files of this epoch are written before anyone reads them
             _fire(hooks, "on_epoch_end", record)

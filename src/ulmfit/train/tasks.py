@@ -76,11 +76,16 @@ class LMTask:
 
 
 class ClassifierTask:
-    """Cross-entropy on labelled documents, optionally weighted per class for imbalanced labels."""
+    """Cross-entropy on labelled documents, optionally weighted per class for imbalanced labels.
 
-    def __init__(self, class_names: list[str], class_weights: torch.Tensor | None = None):
+    `keep_probs`: `evaluate` also returns the validation probabilities (rounded to 6 places) under
+    "probs", so they are kept in the epoch's log line and checkpoint: cross-validated selection
+    (train/crossval.py) reads every epoch's held-out probabilities back, a resumed fold included."""
+
+    def __init__(self, class_names: list[str], class_weights: torch.Tensor | None = None, keep_probs: bool = False):
         self.class_names = class_names
         self.class_weights = class_weights
+        self.keep_probs = keep_probs
 
     def loss(self, model, batch) -> torch.Tensor:
         logits = model(batch.ids, batch.lengths)
@@ -104,5 +109,7 @@ class ClassifierTask:
         metrics = classification_metrics(labels, probs.argmax(1), self.class_names)
         out = {"valid_loss": loss, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
         out["weighted_f1"] = metrics.get("weighted_f1", math.nan)
+        if self.keep_probs:
+            out["probs"] = np.round(probs.astype(np.float64), 6).tolist()
         return out
 
