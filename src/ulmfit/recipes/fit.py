@@ -124,7 +124,8 @@ def write_reports(out: Path, metrics: dict, classes: list[str], cfg: FitConfig, 
     text = (f"# ulmfit model report\n\nRecipe: {cfg.recipe}; model: {model}; pretrained: {pretrained}; "
             f"selection metric: {_metric(cfg)}; total time {seconds / 60:.1f} min.\n\n"
             f"{posthoc.report_section(out, classes)}"
-            f"## Validation set{' (averaged model)' if len(dirs) > 1 else ''}\n\n"
+            f"## {'Out of fold (every labelled row, cross-validated)' if metrics.get('cross_validated') else 'Validation set'}"
+            f"{' (averaged model)' if len(dirs) > 1 else ''}\n\n"
             f"{_direction_table(metrics)}```\n{format_report(metrics, classes)}\n```\n\n"
             f"Curves: {', '.join(curves) or 'none'}. Per-epoch figures: history.jsonl.\n")
     if len(dirs) > 1:
