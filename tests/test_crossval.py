@@ -258,3 +258,30 @@ def test_a_large_validation_split_is_not_cross_validated(tmp_path):
     assert json.loads((tmp_path / "m" / "config.json").read_text())["clf"]["cv"] == "off"
     assert not (tmp_path / "m" / "cv.json").exists() and "Cross-validated" not in (tmp_path / "m" / "report.md").read_text()
     assert any(">= clf.cv_below 30: on the validation split" in l for l in logs)
+
+
+@pytest.mark.slow
+def test_siatl_cross_validates_when_switched_on_through_the_same_fold_loop(tmp_path):
+    import ulmfit
+    from conftest import tiny_fit_config
+    from ulmfit.recipes.fit import fit
+
+    small_imbalanced(tmp_path)
+    cfg = tiny_fit_config()
+    cfg.recipe = "siatl"
+    cfg.siatl = replace(cfg.siatl, epochs=3, cv="auto", cv_folds=3)
+    assert type(cfg.siatl)().cv == "off"  # SiATL's default: every fold would repeat the whole run
+    logs = []
+    model = fit(tmp_path / "train.csv", tmp_path / "valid.csv", out=tmp_path / "m", config=cfg, log=logs.append)
+    out = tmp_path / "m"
+    assert json.loads((out / "config.json").read_text())["siatl"]["cv"] == "on"
+    cv = json.loads((out / "cv.json").read_text())
+    lines = [json.loads(l) for l in (out / "cv_history.jsonl").read_text().splitlines()]
+    curves = [[r["macro_f1"] for r in lines if r["phase"] == f"cv{f}"] for f in range(3)]
+    assert [r["epoch"] for r in lines if r["phase"] == "cv0"] == [1, 2, 3]  # SiATL counts epochs from 1
+    assert cv["epoch"] == 1 + int(np.argmax(np.mean(curves, axis=0)))
+    refit = [json.loads(l) for l in (out / "history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in refit if r["phase"] == "siatl"] == list(range(1, cv["epoch"] + 1))
+    assert "## Cross-validated selection" in (out / "report.md").read_text()
+    texts = pd.read_csv(tmp_path / "test.csv")["text"].tolist()
+    assert ulmfit.load(out).predict(texts) == model.predict(texts)

@@ -171,18 +171,19 @@ def cv_section(out: Path) -> str:
     if c is None:
         return ""
     at, m = c["at_epoch"], c["metric"]
-    curve = " ".join(f"{v:.3f}" for v in c["mean_curve"])
+    pick = c["epochs"].index(c["epoch"])  # the position of the chosen epoch in the curves
+    curve = ", ".join(f"{e} {v:.3f}" for e, v in zip(c["epochs"], c["mean_curve"]))
     lines = [f"{c['rows']:,} labelled rows ({c['from_training']:,} training + {c['from_validation']:,} validation, pooled) "
-             f"in {c['folds']} stratified folds; one classifier per fold trained on the others, validated on its fold "
-             f"every epoch; the language model was fine-tuned once.",
+             f"in {c['folds']} stratified folds; one model per fold trained on the others, validated on its fold "
+             f"every epoch, without early stopping.",
              f"Mean validation {m} over the folds, by epoch: {curve}. Chosen: epoch {c['epoch']} ({c['stage']}); "
              f"the model was then trained on all rows and its weights after that epoch kept.",
              f"{m} of the {c['folds']} folds at epoch {c['epoch']}: mean {at['mean']:.4f}, sd {at['sd']:.4f}, "
              f"min {at['min']:.4f}, max {at['max']:.4f} (per fold: "
-             + ", ".join(f"{cv[c['epoch']]:.4f}" for cv in c["fold_curves"]) + ").",
+             + ", ".join(f"{cv[pick]:.4f}" for cv in c["fold_curves"]) + ").",
              f"Each fold's own best epoch: {', '.join(map(str, c['fold_best_epochs']))}.",
              f"Out of fold (argmax, before the decision rule): accuracy {c['out_of_fold']['accuracy']:.4f}, "
              f"macro-F1 {c['out_of_fold']['macro_f1']:.4f}. The temperature and decision rule below, and the "
-             f"validation figures, are fitted on these out-of-fold probabilities (clf.cv=off: select on the "
+             f"validation figures, are fitted on these out-of-fold probabilities ({c['switch']}=off: select on the "
              f"validation split instead)."]
     return "## Cross-validated selection\n\n" + "\n".join(f"- {l}" for l in lines) + "\n\n"

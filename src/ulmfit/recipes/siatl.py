@@ -98,9 +98,10 @@ class SiatlTask:
     `start_epoch` sets gamma_e and the unlabelled stream; `epoch_record` logs the loss parts."""
 
     def __init__(self, cfg: SiatlConfig, classes: list[str], lm_loader: LMLoader | None, precision: str,
-                 class_weights: torch.Tensor | None = None):
+                 class_weights: torch.Tensor | None = None, keep_probs: bool = False):
         self.cfg, self.classes, self.lm_loader, self.precision = cfg, classes, lm_loader, precision
         self.class_weights = class_weights  # per-class weights of the task loss (None: unweighted)
+        self.keep_probs = keep_probs  # evaluate also returns "probs" (cross-validated selection, tasks.ClassifierTask)
 
     def start_epoch(self, epoch: int) -> None:
         cfg = self.cfg
@@ -138,14 +139,17 @@ class SiatlTask:
                 **{k: v / n for k, v in self.sums.items() if k != "train_unlabeled_lm_loss" or self.stream}}
 
     def evaluate(self, model: SiatlClassifier, loader: ClassificationLoader) -> dict:
-        return evaluate(model, loader, self.classes, self.precision)[0]
+        metrics, probs = evaluate(model, loader, self.classes, self.precision)
+        if self.keep_probs:
+            metrics["probs"] = np.round(probs.astype(np.float64), 6).tolist()
+        return metrics
 
 
 class _Progress:
     """The recipe's messages, as loop callbacks."""
 
-    def __init__(self, cfg: SiatlConfig, log: Log):
-        self.cfg, self.log = cfg, log
+    def __init__(self, cfg: SiatlConfig, log: Log, what: str = "siatl"):
+        self.cfg, self.log, self.what = cfg, log, what
 
     def on_resume(self, result) -> None:
         if result.resumed_meta != asdict(self.cfg):
@@ -155,9 +159,10 @@ class _Progress:
 
     def on_epoch_end(self, r: dict) -> None:
         cfg = self.cfg
-        self.log(f"siatl epoch {r['epoch']}/{cfg.epochs} [{r['stage']}] gamma {r['gamma']:.3f}: train loss "
+        valid = f"valid {cfg.metric} {r[cfg.metric]:.4f}" if cfg.metric in r else "nothing held out"
+        self.log(f"{self.what} epoch {r['epoch']}/{cfg.epochs} [{r['stage']}] gamma {r['gamma']:.3f}: train loss "
                  f"{r['train_loss']:.3f} (task {r['train_task_loss']:.3f}, LM {r['train_lm_loss']:.3f}); "
-                 f"valid {cfg.metric} {r[cfg.metric]:.4f}{' *' if r['best'] else ''} ({r['seconds']:.0f}s)")
+                 f"{valid}{' *' if r['best'] else ''} ({r['seconds']:.0f}s)")
 
     def on_stop(self, r: dict) -> None:
         self.log(f"siatl: no better {self.cfg.metric} for {self.cfg.patience} epochs; stopping early")
@@ -176,45 +181,97 @@ def train_siatl(base: LMResult, train: Labelled, valid: Labelled, classes: list[
     _check_inputs(train, valid, classes)
     autocast(precision)  # reject a bad precision before any work
     out.mkdir(parents=True, exist_ok=True)
-
-    seed_all(seed)  # the new layers' initial values
-    model = build_model(base, len(classes), cfg)
-    pad = model.enc_cfg.pad_idx
     if train_tokens is None:
         train_tokens = base.tokenizer.tokenize_many(train.texts)
-    train_docs = base.vocab.encode_many(train_tokens)
-    valid_docs = base.vocab.encode_many(base.tokenizer.tokenize_many(valid.texts))
-    train_loader = ClassificationLoader(train_docs, train.labels, bs=cfg.bs, shuffle=True, seed=seed,
-                                        pad_idx=pad, max_tokens=cfg.max_doc_tokens, min_batches=cfg.min_steps_per_epoch)
-    valid_loader = ClassificationLoader(valid_docs, valid.labels, bs=cfg.bs * 2, shuffle=False,
-                                        pad_idx=pad, max_tokens=cfg.max_doc_tokens)
-    lm_loader = None
-    if unlabeled_docs is not None and cfg.unlabeled_lm and unlabeled_docs.n_tokens > 2:
-        lm_bs = min(cfg.bs, (unlabeled_docs.n_tokens - 1) // 2)
-        lm_loader = LMLoader(unlabeled_docs, bs=lm_bs, bptt=cfg.unlabeled_bptt, shuffle=True, seed=seed)
-
-    parts = model.partitions()
-    optimizers = make_optimizers(parts, cfg.pretrained_optimizer, cfg.pretrained_lr, cfg.embedding_lr, cfg.new_lr)
-    stepper = SiatlStepper(parts, optimizers, cfg.clip, cfg.unfreeze_lstm_epoch, cfg.unfreeze_embedding_epoch)
-    log(f"siatl: {len(train.texts):,} training / {len(valid.texts):,} validation documents, classes {classes}; "
-        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; selecting on {cfg.metric}"
-        + (f"; LM term also on {unlabeled_docs.n_tokens:,} unlabelled tokens" if lm_loader else ""))
-    loop_cfg = LoopConfig(monitor=cfg.metric, patience=cfg.patience, clip=cfg.clip, seed=seed, precision=precision,
-                          progress=False, first_epoch=1, log_throughput=False)
-    stage = Stage("siatl", cfg.epochs, cfg.new_lr, schedule="constant", can_stop_early=True)
-    weights = loss_weights(cfg.class_weights, train.labels, len(classes), imbalance or ImbalanceConfig())  # None: unweighted
-    result = run_phase(model, SiatlTask(cfg, classes, lm_loader, precision, weights), stepper, None, [stage],
-                       train_loader, valid_loader, PhaseFiles(out, PHASE), loop_cfg, resume=resume,
-                       callbacks=(_Progress(cfg, log),), meta=asdict(cfg))
-
-    set_trainable(parts, PARTS)
-    _, probs = evaluate(model, valid_loader, classes, precision)
+    valid_tokens = base.tokenizer.tokenize_many(valid.texts)
+    model, result, probs = _siatl_phase(base, train_tokens, train.labels, valid_tokens, valid.labels, classes, cfg,
+                                        PhaseFiles(out, PHASE), unlabeled_docs=unlabeled_docs, seed=seed,
+                                        precision=precision, resume=resume, imbalance=imbalance, log=log)
     metrics = classification_metrics(valid.labels, probs.argmax(1), classes)
     save_siatl_model(out, model)
     log(f"siatl done: best {cfg.metric} {result.best_value if result.best_value is not None else float('nan'):.4f} "
         f"(epoch {result.best_epoch}); validation accuracy "
         f"{metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
     return model, metrics
+
+
+def cv_siatl(base: LMResult, train: Labelled, valid: Labelled, classes: list[str], out: Path, cfg: SiatlConfig, *,
+             train_tokens: list[list[str]], unlabeled_docs: TokenDocs | None = None, seed: int = 0,
+             precision: str = "auto", resume: bool = False, imbalance=None, log: Log = quiet) -> dict:
+    """SiATL with cross-validated selection (recipes/selection.py; `siatl.cv=on`): per fold a whole
+    SiATL run (its language-model term trains with the classifier, so nothing is shared between
+    folds), the epoch by the mean of the folds' curves, a refit on all rows keeping that epoch,
+    saved. Returns the out-of-fold metrics."""
+    from ulmfit.recipes.selection import cross_validate
+
+    out = Path(out)
+    cfg = cfg.resolved(pretrained=True)
+    _check_inputs(train, valid, classes)
+    out.mkdir(parents=True, exist_ok=True)
+    tokens = list(train_tokens) + base.tokenizer.tokenize_many(valid.texts)
+    labels = np.concatenate([train.labels, valid.labels])
+    common = dict(unlabeled_docs=unlabeled_docs, seed=seed, precision=precision, resume=resume, imbalance=imbalance)
+
+    def fit_fold(f, tr, held, files):
+        return _siatl_phase(base, [tokens[i] for i in tr], labels[tr], [tokens[i] for i in held], labels[held],
+                            classes, cfg, files, patience=None, keep_probs=True, log=quiet, **common)[1]
+
+    def refit(epoch):
+        model, _, _ = _siatl_phase(base, tokens, labels, None, None, classes, cfg, PhaseFiles(out, PHASE),
+                                   select_epoch=epoch, log=log, **common)
+        save_siatl_model(out, model)
+
+    return cross_validate(out, labels, classes, folds=cfg.cv_folds, seed=seed, metric=cfg.metric, fit_fold=fit_fold,
+                          refit=refit, resume=resume, log=log, what="siatl" + _unlabeled_note(unlabeled_docs, cfg),
+                          pooled=(len(train.labels), len(valid.labels)), switch="siatl.cv")
+
+
+def _unlabeled_note(unlabeled_docs: TokenDocs | None, cfg: SiatlConfig) -> str:
+    use = unlabeled_docs is not None and cfg.unlabeled_lm and unlabeled_docs.n_tokens > 2
+    return f"; LM term also on {unlabeled_docs.n_tokens:,} unlabelled tokens" if use else ""
+
+
+def _siatl_phase(base: LMResult, train_tokens, train_labels: np.ndarray, valid_tokens, valid_labels, classes: list[str],
+                 cfg: SiatlConfig, files: PhaseFiles, *, unlabeled_docs: TokenDocs | None, seed: int, precision: str,
+                 resume: bool, imbalance, log: Log, patience: int | None | str = "cfg", select_epoch: int | None = None,
+                 keep_probs: bool = False) -> tuple[SiatlClassifier, object, np.ndarray | None]:
+    """One SiATL phase through `run_phase`, shared by the plain fit, the folds of cross-validated
+    selection and its refit: (the model with the kept weights, in eval mode, all parts trainable;
+    the phase's result; its validation probabilities, None when `valid_tokens` is None, i.e. a refit
+    on all rows keeping epoch `select_epoch`). `patience="cfg"`: the section's."""
+    seed_all(seed)  # the new layers' initial values
+    model = build_model(base, len(classes), cfg)
+    pad = model.enc_cfg.pad_idx
+    train_loader = ClassificationLoader(base.vocab.encode_many(train_tokens), train_labels, bs=cfg.bs, shuffle=True,
+                                        seed=seed, pad_idx=pad, max_tokens=cfg.max_doc_tokens,
+                                        min_batches=cfg.min_steps_per_epoch)
+    valid_loader = None if valid_tokens is None else ClassificationLoader(
+        base.vocab.encode_many(valid_tokens), valid_labels, bs=cfg.bs * 2, shuffle=False, pad_idx=pad,
+        max_tokens=cfg.max_doc_tokens)
+    lm_loader = None
+    if _unlabeled_note(unlabeled_docs, cfg):
+        lm_bs = min(cfg.bs, (unlabeled_docs.n_tokens - 1) // 2)
+        lm_loader = LMLoader(unlabeled_docs, bs=lm_bs, bptt=cfg.unlabeled_bptt, shuffle=True, seed=seed)
+
+    parts = model.partitions()
+    optimizers = make_optimizers(parts, cfg.pretrained_optimizer, cfg.pretrained_lr, cfg.embedding_lr, cfg.new_lr)
+    stepper = SiatlStepper(parts, optimizers, cfg.clip, cfg.unfreeze_lstm_epoch, cfg.unfreeze_embedding_epoch)
+    held = (f"{len(valid_tokens):,} validation documents" if valid_tokens is not None
+            else f"nothing held out, keeping epoch {select_epoch}")
+    log(f"{files.prefix}: {len(train_tokens):,} training / {held}, classes {classes}; "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; selecting on {cfg.metric}"
+        + _unlabeled_note(unlabeled_docs, cfg))
+    loop_cfg = LoopConfig(monitor=cfg.metric, patience=cfg.patience if patience == "cfg" else patience, clip=cfg.clip,
+                          seed=seed, precision=precision, progress=False, first_epoch=1, log_throughput=False,
+                          select_epoch=select_epoch)
+    stage = Stage("siatl", cfg.epochs, cfg.new_lr, schedule="constant", can_stop_early=True)
+    weights = loss_weights(cfg.class_weights, train_labels, len(classes), imbalance or ImbalanceConfig())  # None: unweighted
+    result = run_phase(model, SiatlTask(cfg, classes, lm_loader, precision, weights, keep_probs=keep_probs), stepper,
+                       None, [stage], train_loader, valid_loader, files, loop_cfg, resume=resume,
+                       callbacks=(_Progress(cfg, log, files.prefix),), meta=asdict(cfg))
+    set_trainable(parts, PARTS)
+    probs = None if valid_loader is None else evaluate(model, valid_loader, classes, precision)[1]
+    return model, result, probs
 
 
 def save_siatl_model(folder: Path, model: SiatlClassifier) -> None:

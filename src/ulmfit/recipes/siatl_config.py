@@ -66,6 +66,13 @@ class SiatlConfig:
     unlabeled_lm: bool = True  # with unlabelled target text: one extra LM batch from it per step
     unlabeled_bptt: int = F.bptt(70)  # sequence length of those LM batches (AWD-LSTM's bptt)
     class_weights: str = F.class_weights("auto")  # the task loss, as clf.class_weights
+    # Cross-validated selection as clf.cv, but off by default: SiATL's language model trains jointly
+    # with the classifier, so each fold is a whole SiATL run (nothing shared between folds); at 500
+    # labels one run took 24 min (3 epochs, loaded 2-core machine), 5 folds + the refit six times that.
+    # `--set siatl.cv=auto` (or on) to pay for it.
+    cv: str = F.cv("off")
+    cv_folds: int = F.cv_folds(5)
+    cv_below: int = F.cv_below(30)
 
     RENAMED: ClassVar[dict] = {"max_len": "max_doc_tokens"}  # old config.json names
 
@@ -91,7 +98,7 @@ class SiatlConfig:
 def _fit(run: Run) -> dict:
     """SiATL (recipes/siatl.py) on the pretrained LM mapped to this run's vocabulary, not fine-tuned."""
     from ulmfit.recipes import model_dir
-    from ulmfit.recipes.siatl import train_siatl
+    from ulmfit.recipes.siatl import cv_siatl, train_siatl
     from ulmfit.recipes.toolbox import LMResult, language_model, seed_all, tokens_for
     from ulmfit.text.vocab import Vocab
 
@@ -105,10 +112,12 @@ def _fit(run: Run) -> dict:
     lm, lm_cfg = language_model(pretrained, vocab, replace(cfg.lm, drop_mult=cfg.siatl.drop_mult), run.log)
     n = len(data.train.texts)
     unlabeled_docs = vocab.encode_many(tokens.lm[n:]) if len(tokens.lm) > n else None
-    _, metrics = train_siatl(LMResult(lm, lm_cfg, tokens.tokenizer, vocab, []), data.train, data.valid, data.classes,
-                             out, cfg.siatl, unlabeled_docs=unlabeled_docs, seed=cfg.seed, precision=cfg.precision,
-                             resume=run.resume, train_tokens=tokens.lm[:n], imbalance=cfg.imbalance, log=run.log)
-    return metrics
+    base = LMResult(lm, lm_cfg, tokens.tokenizer, vocab, [])
+    common = dict(unlabeled_docs=unlabeled_docs, seed=cfg.seed, precision=cfg.precision, resume=run.resume,
+                  train_tokens=tokens.lm[:n], imbalance=cfg.imbalance, log=run.log)
+    if cfg.siatl.cv == "on":  # resolved from "auto" for this data by posthoc.resolve_selection
+        return cv_siatl(base, data.train, data.valid, data.classes, out, cfg.siatl, **common)
+    return train_siatl(base, data.train, data.valid, data.classes, out, cfg.siatl, **common)[1]
 
 
 RECIPE = register(Recipe(

@@ -23,7 +23,6 @@ from ulmfit.models.awd_lstm import CLASSIFIER_DROPOUTS, AWDLSTM, AWDLSTMConfig, 
 from ulmfit.models.classifier import ClassifierConfig, TextClassifier
 from ulmfit.recipes import model_dir
 from ulmfit.recipes.config import ImbalanceConfig, LMTrainConfig
-from ulmfit.recipes.posthoc import CV_FILE
 from ulmfit.recipes.prepare import Labelled
 from ulmfit.recipes.registry import Run
 from ulmfit.recipes.toolbox import (LMResult, Log, language_model, quiet, scratch_lm, seed_all, subsample_tokens,
@@ -35,8 +34,8 @@ from ulmfit.text.vocab import Vocab
 from ulmfit.train import distributed
 from ulmfit.train.distill import NO_LABEL, DistillTask, SoftTargets
 from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, run_phase
-from ulmfit.train.crossval import choose_epoch, n_folds, spread, stratified_folds
-from ulmfit.train.metrics import better, classification_metrics
+from ulmfit.recipes.selection import cross_validate
+from ulmfit.train.metrics import classification_metrics
 from ulmfit.train.optim import make_optimizer, param_groups
 from ulmfit.train.calibration import loss_weights
 from ulmfit.train.tasks import ClassifierTask, LMTask
@@ -197,67 +196,28 @@ def cv_classifier(lm: LMResult, train: Labelled, valid: Labelled, classes: list[
                   cfg: ClassifierTrainConfig, *, train_tokens, valid_tokens, seed: int = 0, optimizer: str = "adamw",
                   precision: str = "auto", resume: bool = False, direction: str = "fwd", imbalance=None,
                   log: Log = quiet) -> dict:
-    """Phase 2 for small label sets (train/crossval.py): the training and validation rows pooled
-    into `cfg.cv_folds` stratified folds; per fold a classifier trained on the others through the
-    same `_train` (no early stopping: every fold has the whole curve; every epoch's held-out
-    probabilities kept in its history and checkpoint); the epoch maximising the mean of the folds'
-    `cfg.metric` curves; a refit on all rows that keeps that epoch's weights. Writes `cv.json` (the
-    curves, per-fold figures and the out-of-fold probabilities at the chosen epoch, which posthoc.finish
-    fits the temperature and decision rule on) and returns the out-of-fold metrics (argmax).
-
-    Resume: a finished fold (checkpoints/cv-fold{f}.json) is not trained again; an interrupted fold
-    or refit resumes from its checkpoint."""
+    """Phase 2 for small label sets (recipes/selection.py): the training and validation rows pooled
+    into `cfg.cv_folds` stratified folds, one classifier per fold through `_train` on the same
+    fine-tuned LM (no early stopping: every fold has the whole curve), the epoch maximising the mean
+    of the folds' `cfg.metric` curves, a refit on all rows keeping that epoch's weights, saved.
+    Returns the out-of-fold metrics; `cv.json` holds the rest."""
     tokens = list(train_tokens) + list(valid_tokens)
     labels = np.concatenate([train.labels, valid.labels])
-    k = n_folds(labels, cfg.cv_folds)
-    fold = stratified_folds(labels, k, seed)
-    name = model_dir.DIRECTION_NAMES[direction]
-    log(f"{name} classifier, cross-validated selection: {len(labels):,} labelled rows (training {len(train.labels):,} "
-        f"+ validation {len(valid.labels):,} pooled), {k} stratified folds; the epoch is chosen on the mean of the "
-        f"folds' validation {cfg.metric}, then one refit on all rows (clf.cv={cfg.cv}; off: --set clf.cv=off)")
-    folds = []
-    for f in range(k):
-        done = out / "checkpoints" / f"cv-fold{f}.json"
-        if resume and done.exists():
-            folds.append(json.loads(done.read_text()))
-            continue
-        tr, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
-        _, result, _ = _train(lm, [tokens[i] for i in tr], labels[tr], [tokens[i] for i in held], labels[held], classes,
-                              cfg, PhaseFiles(out, f"cv{f}", log_name="cv_history.jsonl"), seed=seed, optimizer=optimizer,
-                              precision=precision, resume=resume, direction=direction, imbalance=imbalance,
-                              patience=None, keep_probs=True)
-        rec = {"fold": f, "rows": held.tolist(), "curve": [r[cfg.metric] for r in result.history],
-               "stages": [r["stage"] for r in result.history], "probs": [r["probs"] for r in result.history]}
-        atomic_write_json(done, rec)
-        folds.append(rec)
-        log(f"fold {f + 1}/{k}: {len(tr)} training / {len(held)} held-out rows; {cfg.metric} by epoch "
-            + " ".join(f"{v:.3f}" for v in rec["curve"]))
-    epoch, mean = choose_epoch([r["curve"] for r in folds], better(cfg.metric))
-    oof = np.zeros((len(labels), len(classes)), dtype=np.float64)
-    for r in folds:
-        oof[r["rows"]] = np.asarray(r["probs"][epoch], dtype=np.float64)
-    at = spread([r["curve"][epoch] for r in folds])
-    stage = folds[0]["stages"][epoch]
-    log(f"cross-validated selection: epoch {epoch} ({stage}) of {len(mean)}; mean {cfg.metric} by epoch "
-        + " ".join(f"{v:.3f}" for v in mean)
-        + f"; at epoch {epoch} over the {k} folds: mean {at['mean']:.4f}, sd {at['sd']:.4f}, min {at['min']:.4f}, "
-          f"max {at['max']:.4f}")
-    model, _, _ = _train(lm, tokens, labels, None, None, classes, cfg, PhaseFiles(out, "classifier"), seed=seed,
-                         optimizer=optimizer, precision=precision, resume=resume, direction=direction,
-                         imbalance=imbalance, select_epoch=epoch)
-    _save(out, model, lm, cfg, len(classes))
-    metrics = classification_metrics(labels, oof.argmax(1), classes)
-    record = {"format": 1, "folds": k, "metric": cfg.metric, "epoch": epoch, "stage": stage, "epochs": len(mean),
-              "rows": len(labels), "from_training": len(train.labels), "from_validation": len(valid.labels),
-              "mean_curve": mean.tolist(), "fold_curves": [r["curve"] for r in folds], "at_epoch": at,
-              "fold_best_epochs": [int(np.argmax(r["curve"]) if better(cfg.metric) == "max" else np.argmin(r["curve"]))
-                                   for r in folds],
-              "out_of_fold": {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]},
-              "labels": labels.tolist(), "fold": fold.tolist(), "oof_probs": oof.tolist()}
-    atomic_write_json(out / CV_FILE, record)
-    log(f"classifier refit on all {len(labels):,} rows for {epoch + 1} epochs; out-of-fold accuracy "
-        f"{metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
-    return metrics
+    common = dict(seed=seed, optimizer=optimizer, precision=precision, resume=resume, direction=direction,
+                  imbalance=imbalance)
+
+    def fit_fold(f, tr, held, files):
+        return _train(lm, [tokens[i] for i in tr], labels[tr], [tokens[i] for i in held], labels[held], classes, cfg,
+                      files, patience=None, keep_probs=True, **common)[1]
+
+    def refit(epoch):
+        model, _, _ = _train(lm, tokens, labels, None, None, classes, cfg, PhaseFiles(out, "classifier"),
+                             select_epoch=epoch, **common)
+        _save(out, model, lm, cfg, len(classes))
+
+    return cross_validate(out, labels, classes, folds=cfg.cv_folds, seed=seed, metric=cfg.metric, fit_fold=fit_fold,
+                          refit=refit, resume=resume, log=log, what=f"{model_dir.DIRECTION_NAMES[direction]} classifier",
+                          pooled=(len(train.labels), len(valid.labels)), switch="clf.cv")
 
 
 # ----------------------------------------------------------------------------- `ulmfit fit`
