@@ -134,6 +134,8 @@ def test_the_loop_keeps_the_chosen_epochs_weights_and_stops_after_it_without_a_v
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k])
     assert not all(torch.equal(v, full.state_dict()[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="select_epoch"):
+        run(tmp_path / "none", None, None)
 
 
 # ------------------------------------------------------------------------------------ end to end
@@ -235,6 +237,7 @@ def test_an_interrupted_cross_validated_run_resumes_to_the_same_model(cv_model, 
     with pytest.raises(KeyboardInterrupt):
         fit(d / "train.csv", d / "valid.csv", out=tmp_path / "m", config=cv_config())
     assert (tmp_path / "m" / "checkpoints" / "cv-fold1.json").exists()  # finished folds are on disk
+    assert not (tmp_path / "m" / "checkpoints" / "cv1-last.safetensors").exists()  # their weights are not kept
     calls.clear()
     monkeypatch.setattr(recipe, "_train", lambda *a, **kw: calls.append(a[7].prefix) or real(*a, **kw))
     fit(d / "train.csv", d / "valid.csv", out=tmp_path / "m", config=cv_config(), resume=True)

@@ -56,11 +56,14 @@ def cross_validate(out: Path, labels: np.ndarray, classes: list[str], *, folds: 
             records.append(json.loads(done.read_text()))
             continue
         tr, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
-        history = fit_fold(f, tr, held, fold_files(out, f)).history
+        files = fold_files(out, f)
+        history = fit_fold(f, tr, held, files).history
         rec = {"fold": f, "rows": held.tolist(), "curve": [r[metric] for r in history],
                "epochs": [r["epoch"] for r in history], "stages": [r["stage"] for r in history],
                "probs": [r["probs"] for r in history]}
         atomic_write_json(done, rec)
+        files.checkpoint.unlink(missing_ok=True)  # the record holds what is needed: free the fold's weights
+        files.best.unlink(missing_ok=True)
         records.append(rec)
         log(f"fold {f + 1}/{k}: {len(tr)} training / {len(held)} held-out rows; {metric} by epoch "
             + " ".join(f"{v:.3f}" for v in rec["curve"]))

@@ -172,6 +172,8 @@ def run_phase(
     `optimizer`: a torch optimizer over `layer_groups` (wrapped in a `GroupStepper`), or a stepper.
     `meta`: stored with the checkpoint and handed back on resume as `result.resumed_meta` (a recipe
     compares its config with the interrupted run's)."""
+    if valid_loader is None and cfg.select_epoch is None:
+        raise ValueError("run_phase: without a validation loader nothing selects the weights; set LoopConfig.select_epoch")
     stepper = GroupStepper(optimizer, layer_groups, cfg) if isinstance(optimizer, torch.optim.Optimizer) else optimizer
     hooks = (task, *callbacks)
     early = EarlyStopping(cfg.monitor, patience=cfg.patience)
