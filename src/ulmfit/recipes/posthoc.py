@@ -28,7 +28,6 @@ from ulmfit.recipes import model_dir, registry
 from ulmfit.recipes.config import FitConfig
 from ulmfit.recipes.prepare import FitData
 from ulmfit.errors import UlmfitError
-from ulmfit.train import distributed
 from ulmfit.train.calibration import (apply, degenerate_check, fit_posthoc, imbalance_ratio, summary_lines,
                                       weighting_rule)
 from ulmfit.train.crossval import smallest_class, use_cv
@@ -73,18 +72,13 @@ def resolve_selection(cfg: FitConfig, data: FitData, log: Callable[[str], None])
         return cfg
     k, smallest = len(data.classes), smallest_class(data.valid.labels, len(data.classes))
     on = use_cv(section.cv, data.valid.labels, k, section.cv_below)
-    if on and distributed.world_size() > 1:  # [distributed] the folds are not sharded across ranks
-        if section.cv == "on":
-            raise UlmfitError(f"{name}.cv=on does not run under torchrun; train in one process or set {name}.cv=off")
-        on = False
     out = FitConfig.from_dict(cfg.to_dict())
     setattr(out, name, replace(section, cv="on" if on else "off"))
     if section.cv == "auto":
         why = (f"the validation split's rarest class has {smallest} examples, "
                f"{'<' if smallest < section.cv_below else '>='} {name}.cv_below {section.cv_below}")
-        log(f"selection: {why}: {'cross-validated (' + str(section.cv_folds) + ' folds)' if on else 'on the validation split'}"
-            f"{' (one process only)' if not on and smallest < section.cv_below else ''} "
-            f"({name}.cv=auto; set it to on or off to choose)")
+        how = f"cross-validated ({section.cv_folds} folds)" if on else "on the validation split"
+        log(f"selection: {why}: {how} ({name}.cv=auto; set it to on or off to choose)")
     else:
         log(f"selection: {'cross-validated' if on else 'on the validation split'} ({name}.cv={section.cv})")
     return out

@@ -7,6 +7,7 @@ model_configs/*.yaml, models/sent_clf.py, models/clf_trainer.py).
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
@@ -98,7 +99,7 @@ class SiatlConfig:
 def _fit(run: Run) -> dict:
     """SiATL (recipes/siatl.py) on the pretrained LM mapped to this run's vocabulary, not fine-tuned."""
     from ulmfit.recipes import model_dir
-    from ulmfit.recipes.siatl import cv_siatl, train_siatl
+    siatl = importlib.import_module("ulmfit.recipes.siatl")  # its train_siatl, or cv_siatl when cross-validating
     from ulmfit.recipes.toolbox import LMResult, language_model, seed_all, tokens_for
     from ulmfit.text.vocab import Vocab
 
@@ -116,8 +117,8 @@ def _fit(run: Run) -> dict:
     common = dict(unlabeled_docs=unlabeled_docs, seed=cfg.seed, precision=cfg.precision, resume=run.resume,
                   train_tokens=tokens.lm[:n], imbalance=cfg.imbalance, log=run.log)
     if cfg.siatl.cv == "on":  # resolved from "auto" for this data by posthoc.resolve_selection
-        return cv_siatl(base, data.train, data.valid, data.classes, out, cfg.siatl, **common)
-    return train_siatl(base, data.train, data.valid, data.classes, out, cfg.siatl, **common)[1]
+        return siatl.cv_siatl(base, data.train, data.valid, data.classes, out, cfg.siatl, **common)
+    return siatl.train_siatl(base, data.train, data.valid, data.classes, out, cfg.siatl, **common)[1]
 
 
 RECIPE = register(Recipe(
