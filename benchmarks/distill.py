@@ -15,6 +15,13 @@ Every model is scored once on the test split; bulk prediction speed of teacher a
 measured side by side in this process over the test texts. Cells are cached as JSON under --work
 (default runs/bench-distill); the table goes to stdout and --json (benchmarks/results/distill.json).
 Threads: set OMP_NUM_THREADS (e.g. 1) in the environment; every subprocess inherits it.
+
+Any teacher (a MiniLM folder, an ensemble) and its finished student, side by side on the test split:
+
+    PYTHONPATH=src .venv/bin/python benchmarks/distill.py --compare TEACHER_DIR STUDENT_DIR --rounds 3
+
+loads both, then times bulk prediction over the test texts alternately (--rounds times each, median
+kept; the first call of each is a warm-up), scores both and their agreement, and writes --json.
 """
 from __future__ import annotations
 
@@ -97,8 +104,46 @@ def scores(model, test) -> tuple[dict, float, np.ndarray]:
     return {k: {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]} for k, m in out.items()}, len(test.texts) / seconds, probs
 
 
+def compare(teacher_dir: Path, student_dir: Path, rounds: int, out: Path) -> None:
+    """Teacher vs student on the test split in one process: metrics, agreement, bulk texts/s (median)."""
+    import torch
+
+    test = read_table(fetch_tweets()["test"], "text", "label")
+    models = {"teacher": load(teacher_dir), "student": load(student_dir)}
+    for m in models.values():
+        m.predict_proba(test.texts[:64])  # warm-up: first-call allocations, oneDNN primitive creation
+    times: dict[str, list[float]] = {k: [] for k in models}
+    probs = {}
+    for _ in range(rounds):
+        for name, m in models.items():  # alternate, so a change of machine load hits both alike
+            t0 = time.perf_counter()
+            probs[name] = m.predict_proba(test.texts)
+            times[name].append(time.perf_counter() - t0)
+    y = [models["teacher"].classes.index(l) for l in test.labels]
+    res = {"teacher": str(teacher_dir), "student": str(student_dir), "threads": torch.get_num_threads(),
+           "load_average": os.getloadavg(), "n_test": len(test.texts), "rounds": rounds}
+    for name, m in models.items():
+        ids = m.label_ids(probs[name])  # the folder's decision rule, as `ulmfit evaluate` applies it
+        pred = [models["teacher"].classes.index(m.classes[i]) for i in ids]
+        met = classification_metrics(y, np.array(pred), models["teacher"].classes)
+        probs[name] = np.array(pred)
+        res[name] = {"macro_f1": met["macro_f1"], "accuracy": met["accuracy"], "seconds": times[name],
+                     "bulk_texts_per_s": len(test.texts) / float(np.median(times[name]))}
+    res["agreement_test"] = float(np.mean(probs["teacher"] == probs["student"]))
+    res["speedup"] = res["student"]["bulk_texts_per_s"] / res["teacher"]["bulk_texts_per_s"]
+    print(f"test macro-F1 teacher {res['teacher']['macro_f1']:.4f}, student {res['student']['macro_f1']:.4f}; "
+          f"agreement {res['agreement_test']:.3f}; bulk texts/s teacher {res['teacher']['bulk_texts_per_s']:.0f}, "
+          f"student {res['student']['bulk_texts_per_s']:.0f} ({res['speedup']:.1f}x; {res['threads']} threads, "
+          f"median of {rounds})", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--compare", nargs=2, metavar=("TEACHER", "STUDENT"),
+                   help="only score a finished teacher and student side by side (see above)")
+    p.add_argument("--rounds", type=int, default=3, help="--compare: timed passes per model")
     p.add_argument("--budgets", nargs="+", default=["500", "100"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--variants", nargs="+", default=["soft"], choices=sorted(VARIANTS))
@@ -107,6 +152,8 @@ def main() -> None:
     p.add_argument("--work", default="runs/bench-distill")
     p.add_argument("--json", default="benchmarks/results/distill.json")
     a = p.parse_args()
+    if a.compare:
+        return compare(Path(a.compare[0]), Path(a.compare[1]), a.rounds, Path(a.json))
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     paths = fetch_tweets()
