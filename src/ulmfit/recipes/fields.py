@@ -26,6 +26,7 @@ from ulmfit.train.precision import PRECISIONS  # auto | fp32 | bf16 (torch impor
 from ulmfit.train.schedules import SCHEDULE_KINDS
 
 METRICS = ("macro_f1", "accuracy", "weighted_f1", "valid_loss")  # model selection (train/metrics.py computes them)
+LM_METRICS = ("valid_loss", "accuracy")  # language-model selection (train/tasks.py LMTask.evaluate computes them)
 OPTIMIZERS = ("adamw", "adam", "sgd")  # train/optim.py make_optimizer
 CLASS_WEIGHTS = ("auto", "none", "balanced", "effective")  # = train/calibration.py WEIGHT_RULES (not imported: no sklearn at the door)
 AUTO = "auto"  # a value the configuration resolves per run (recipes/config.py FitConfig.resolved)
@@ -54,6 +55,13 @@ def batch_size(default: int):
 def metric(default: str = "macro_f1"):
     """The validation metric that selects the best epoch and drives early stopping."""
     return spec(default, choices=METRICS)
+
+
+def lm_metric(default: str = "valid_loss"):
+    """The language model's validation metric that selects the LM epoch the classifier starts from
+    and drives the LM phase's early stopping: valid_loss (cross-entropy, i.e. perplexity) or
+    accuracy (next-word). The default and the evidence for it: docs/GUIDE.md, "Stopping LM fine-tuning"."""
+    return spec(default, choices=LM_METRICS)
 
 
 def patience(default: int | None):

@@ -38,13 +38,20 @@ from ulmfit.recipes.selection import cross_validate
 from ulmfit.train.metrics import classification_metrics
 from ulmfit.train.optim import make_optimizer, param_groups
 from ulmfit.train.calibration import loss_weights
+from ulmfit.train.checkpoint import EpochSnapshots
 from ulmfit.train.tasks import ClassifierTask, LMTask
 
 
 def finetune_lm(token_lists: list[list[str]], out: Path, cfg: LMTrainConfig, *, tokenizer: Tokenizer,
                 vocab: Vocab | None = None, pretrained: str | None = None, seed: int = 0, optimizer: str = "adamw",
-                precision: str = "auto", resume: bool = False, direction: str = "fwd", log: Log = quiet) -> LMResult:
+                precision: str = "auto", resume: bool = False, direction: str = "fwd", log: Log = quiet,
+                keep_epochs: bool = False, callbacks: tuple = ()) -> LMResult:
     """Phase 1: train the language model on the target's text (ULMFiT §3.2) and save it into `out`.
+
+    The epoch kept (and early stopping) follows `cfg.metric`: validation loss or next-word accuracy
+    (docs/GUIDE.md, "Stopping LM fine-tuning"). `keep_epochs`: also keep every epoch's weights,
+    `out/epochs/lm-epoch<N>.safetensors` (train/checkpoint.py `EpochSnapshots`), to compare the
+    epochs afterwards. `callbacks`: more `run_phase` callbacks (e.g. a benchmark's timer).
 
     `direction="bwd"`: a backward LM, trained on every document reversed (token order within each
     document; documents keep their order, so no document is read into the start of the next one)."""
@@ -77,16 +84,19 @@ def finetune_lm(token_lists: list[list[str]], out: Path, cfg: LMTrainConfig, *, 
         stages.insert(0, Stage("frozen", cfg.frozen_epochs, cfg.frozen_lr, freeze_to=-1, schedule=cfg.schedule))
     groups = lm.layer_groups()
     opt = make_optimizer(param_groups(groups, cfg.lr, weight_decay=cfg.wd), kind=optimizer)
-    loop_cfg = LoopConfig(monitor="valid_loss", patience=cfg.patience, seed=seed, precision=precision)
+    loop_cfg = LoopConfig(monitor=cfg.metric, patience=cfg.patience, seed=seed, precision=precision)
     result = run_phase(lm, LMTask(cfg.alpha, cfg.beta), opt, groups, stages, train_loader, valid_loader,
-                       PhaseFiles(out, "lm"), loop_cfg, resume=resume)
+                       PhaseFiles(out, "lm"), loop_cfg, resume=resume,
+                       callbacks=((EpochSnapshots(lm, out / "epochs", "lm"),) if keep_epochs else ()) + tuple(callbacks))
     model_dir.save_lm(out, lm, lm_cfg)
     last = result.history[-1] if result.history else {}
     if result.best_value is None:  # lm.epochs=0 (and no frozen epoch): the starting LM as it is
         log("language model: no fine-tuning epochs (lm.epochs=0); the classifier starts from the pretrained LM as it is")
     else:
-        log(f"language model done: best validation perplexity {np.exp(result.best_value):.1f} "
-            f"(accuracy {last.get('accuracy', float('nan')):.3f} at the last epoch)")
+        best = next((r for r in result.history if r["epoch"] == result.best_epoch), last)
+        log(f"language model done: kept epoch {result.best_epoch} (best validation {cfg.metric}): perplexity "
+            f"{best['perplexity']:.1f}, accuracy {best['accuracy']:.3f}; the last epoch: perplexity "
+            f"{last.get('perplexity', float('nan')):.1f}, accuracy {last.get('accuracy', float('nan')):.3f}")
     return LMResult(lm, lm_cfg, tokenizer, vocab, result.history)
 
 

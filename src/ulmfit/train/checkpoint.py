@@ -161,6 +161,21 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor], path: Path) -> Any:
                       "folder and start the run again")
 
 
+class EpochSnapshots:
+    """A `run_phase` callback that keeps the weights of every epoch, not only the best and the last:
+    `<folder>/<prefix>-epoch<N>.safetensors`, N the epoch's number in the phase's log. For comparing
+    the epochs afterwards (benchmarks/lm_stopping.py trains a classifier from each LM epoch)."""
+
+    def __init__(self, model: torch.nn.Module, folder: str | os.PathLike, prefix: str = "lm"):
+        self.model, self.folder, self.prefix = model, Path(folder), prefix
+
+    def path(self, epoch: int) -> Path:
+        return self.folder / f"{self.prefix}-epoch{int(epoch)}.safetensors"
+
+    def on_epoch_end(self, record: dict) -> None:
+        save_weights(self.model.state_dict(), self.path(record["epoch"]))
+
+
 def save_state(obj: Any, path: str | os.PathLike) -> None:
     """Save resume state (model and optimizer state dicts, RNG state, positions, history...) as one
     safetensors file: the tensors as tensors, everything else as JSON in the header. Atomic."""
