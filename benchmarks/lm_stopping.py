@@ -189,9 +189,8 @@ def summarize(a, work: Path, history: list[dict]) -> dict:
         cols = ["epoch", "lm_valid_loss", "lm_ppl", "lm_acc"] + [f"test_f1_s{s}" for s in seeds] + \
                ["test_f1", "valid_f1", "clf_cpu_s", "pick"]
         print(f"\n{budget} labels (sample seed {a.sample_seed}; classifier seeds {seeds}):")
-        print(table(rows, cols, {"lm_valid_loss": "{:.4f}", "lm_ppl": "{:.1f}", "lm_acc": "{:.4f}",
-                                 "test_f1": "{:.4f}", "valid_f1": "{:.4f}", "clf_cpu_s": "{:.0f}",
-                                 **{f"test_f1_s{s}": "{:.4f}" for s in seeds}}))
+        print(table(rows, cols, {"lm_valid_loss": ".4f", "lm_ppl": ".1f", "lm_acc": ".4f", "test_f1": ".4f",
+                                 "valid_f1": ".4f", "clf_cpu_s": ".0f", **{f"test_f1_s{s}": ".4f" for s in seeds}}))
         for k, v in verdict.items():
             print(f"  {k:>24}: epoch {v['epoch']}, test macro-F1 {v['test_f1']:.4f} (valid {v['valid_f1']:.4f})")
         if noise:
