@@ -143,23 +143,37 @@ def classifier_cell(a, work: Path, epoch: int, budget: int, seed: int, data, tok
     return cell
 
 
-def picks(history: list[dict]) -> dict[str, int]:
-    """The LM epoch each stopping criterion keeps (ties: the earliest, as EarlyStopping does)."""
-    loss = min(history, key=lambda r: r["valid_loss"])["epoch"]
-    acc = max(history, key=lambda r: (r["accuracy"], -r["epoch"]))["epoch"]
-    return {"valid_loss": loss, "accuracy": acc, "last": history[-1]["epoch"]}
+def picks(history: list[dict], patience: int | None = None) -> dict[str, int]:
+    """The LM epoch each stopping criterion keeps: the loop's own `EarlyStopping` replayed on the
+    logged epochs (ties: the earliest). `patience`: also stop early as `finetune_lm` would (only
+    in the unfrozen stage), i.e. what `lm.patience` would have kept in a run of these epochs."""
+    from ulmfit.train.metrics import EarlyStopping
+
+    out = {}
+    for metric in ("valid_loss", "accuracy"):
+        early = EarlyStopping(metric, patience=patience)
+        for r in history:
+            early.step(r[metric], r["epoch"])
+            if r["stage"] == "all" and early.should_stop:
+                break
+        out[metric] = early.best_epoch
+    out["last"] = history[-1]["epoch"]
+    return out
 
 
 def summarize(a, work: Path, history: list[dict]) -> dict:
     cells = [json.loads(p.read_text()) for p in sorted((work / "cells").glob("*.json"))]
     chosen = picks(history)
+    stopped = {f"{k}, patience {a.patience}": v for k, v in picks(history, a.patience).items() if k != "last"}
     out = {"dataset": a.dataset, "precision": a.precision, "lm_history": history, "picks": chosen, "budgets": {},
            "machine": machine_info(), "settings": {k: v for k, v in vars(a).items() if k != "pretrained_path"},
            "command": " ".join(sys.argv)}
     done = json.loads((work / "lm" / "done.json").read_text()) if (work / "lm" / "done.json").exists() else {}
     out["lm_wall_s"], out["lm_cpu_s"] = done.get("wall_s"), round(sum(r.get("cpu_s") or 0 for r in history), 1)
+    out["picks_with_early_stopping"] = stopped
     print(f"\n{a.dataset}, {a.precision}: LM epochs (epoch 0 = frozen); picks: " +
-          ", ".join(f"{k} -> epoch {v}" for k, v in chosen.items()))
+          ", ".join(f"{k} -> epoch {v}" for k, v in chosen.items()) + "; with early stopping: " +
+          ", ".join(f"{k} -> epoch {v}" for k, v in stopped.items()))
     for budget in sorted({c["budget"] for c in cells}):
         rows = []
         for r in history:
@@ -172,7 +186,8 @@ def summarize(a, work: Path, history: list[dict]) -> dict:
                 row["test_f1"] = statistics.mean(c["test_macro_f1"] for c in mine)
                 row["valid_f1"] = statistics.mean(c["valid_macro_f1"] for c in mine)
                 row["clf_cpu_s"] = statistics.mean(c["cpu_s"] for c in mine)
-            row["pick"] = ",".join(k for k, v in chosen.items() if v == r["epoch"])
+            row["pick"] = ",".join([k for k, v in chosen.items() if v == r["epoch"]]
+                                   + [k.replace(", patience ", "/p") for k, v in stopped.items() if v == r["epoch"]])
             rows.append(row)
         scored = [r for r in rows if "test_f1" in r]
         seeds = sorted({c["seed"] for c in cells if c["budget"] == budget})
@@ -181,7 +196,7 @@ def summarize(a, work: Path, history: list[dict]) -> dict:
                  - min(r[f"test_f1_s{s}"] for s in seeds if f"test_f1_s{s}" in r) for r in scored if r["n_seeds"] > 1]
         by_epoch = {r["epoch"]: r for r in scored}
         verdict = {k: {"epoch": e, "test_f1": by_epoch[e]["test_f1"], "valid_f1": by_epoch[e]["valid_f1"]}
-                   for k, e in chosen.items() if e in by_epoch}
+                   for k, e in {**chosen, **stopped}.items() if e in by_epoch}
         if scored:
             best_valid = max(scored, key=lambda r: r["valid_f1"])
             verdict["best_classifier_on_valid"] = {"epoch": best_valid["epoch"], "test_f1": best_valid["test_f1"],
@@ -252,6 +267,8 @@ def main() -> None:
     p.add_argument("--budgets", type=int, nargs="+", default=[500])
     p.add_argument("--clf-seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--clf-epochs", default="all", help="all | picks (the criteria's epochs) | comma list")
+    p.add_argument("--patience", type=int, default=2, help="also report what early stopping with this patience "
+                   "(lm.patience's default) would have kept; the run itself never stops early")
     p.add_argument("--sample-seed", type=int, default=0, help="the label sample (benchmarks/accuracy.py's seed)")
     p.add_argument("--seed", type=int, default=0, help="the LM's seed")
     p.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "auto"))
@@ -274,7 +291,7 @@ def main() -> None:
         tokens = {k: tokenizer.tokenize_many(list(df["text"]), n_workers=1) for k, df in data.items()}
         print(f"tokenized {sum(map(len, tokens.values())):,} texts in {time.perf_counter() - t0:.0f}s", flush=True)
         history = finetune(a, work, tokens, tokenizer, a.pretrained_path)
-        chosen = picks(history)
+        chosen = {**picks(history), **picks(history, a.patience)}
         epochs = ([r["epoch"] for r in history] if a.clf_epochs == "all" else sorted(set(chosen.values()))
                   if a.clf_epochs == "picks" else [int(e) for e in a.clf_epochs.split(",")])
         # seed-major order: one seed over all epochs first, so a stopped run has a complete curve
