@@ -77,7 +77,7 @@ def finetune(a, work: Path, tokens, tokenizer, pretrained) -> list[dict]:
     if done.exists():
         return json.loads(done.read_text())["history"]
     cfg = LMTrainConfig(epochs=a.epochs, frozen_epochs=a.frozen_epochs, lr=a.lm_lr,
-                        max_train_tokens=a.max_train_tokens, patience=None)
+                        max_train_tokens=a.max_train_tokens, patience=a.lm_patience)
     clock = CpuClock()
     t0 = time.perf_counter()
     res = finetune_lm(tokens["train"], lm_dir, cfg, tokenizer=tokenizer, pretrained=str(pretrained), seed=a.seed,
@@ -267,6 +267,9 @@ def main() -> None:
     p.add_argument("--budgets", type=int, nargs="+", default=[500])
     p.add_argument("--clf-seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--clf-epochs", default="all", help="all | picks (the criteria's epochs) | comma list")
+    p.add_argument("--lm-patience", type=int, default=None,
+                   help="stop the LM early like the library does (default: never, to see every epoch); the "
+                        "schedule is that of --epochs either way, so the epochs run are those of the longer run")
     p.add_argument("--patience", type=int, default=2, help="also report what early stopping with this patience "
                    "(lm.patience's default) would have kept; the run itself never stops early")
     p.add_argument("--sample-seed", type=int, default=0, help="the label sample (benchmarks/accuracy.py's seed)")
