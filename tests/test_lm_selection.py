@@ -60,6 +60,18 @@ def test_lm_phase_keeps_the_epoch_its_metric_picks(tmp_path, monkeypatch, metric
     assert [r["best"] for r in res.history] == ([True, True, False, False] if metric == "valid_loss" else [True] * 4)
 
 
+def test_default_keeps_the_later_epoch_where_loss_rises_but_accuracy_improves(tmp_path, monkeypatch):
+    # the measured answer (docs/GUIDE.md "Stopping LM fine-tuning"): keep the accuracy-best epoch
+    ScriptedLMTask.calls = 0
+    monkeypatch.setattr(recipe, "LMTask", ScriptedLMTask)
+    tokens = Tokenizer(TokenizerConfig()).tokenize_many(make_rows(40, 0)["text"].tolist())
+    cfg = replace(FitConfig(pretrained=None).lm, preset="tiny", epochs=4, bs=8, bptt=12, min_freq=1, lr=3e-2,
+                  valid_frac=0.1, patience=None)  # the library's lm section, sized down; metric untouched
+    res = recipe.finetune_lm(tokens, tmp_path, cfg, tokenizer=Tokenizer(TokenizerConfig()), keep_epochs=True)
+    assert same_weights(res.lm.state_dict(), load_weights(tmp_path / "epochs" / "lm-epoch3.safetensors"))
+    assert not same_weights(res.lm.state_dict(), load_weights(tmp_path / "epochs" / "lm-epoch1.safetensors"))
+
+
 def test_accuracy_early_stopping_follows_accuracy_not_loss(tmp_path, monkeypatch):
     # patience 1: on valid_loss the phase stops after epoch 2 (loss rose); on accuracy it runs on
     res = finetune(tmp_path, monkeypatch, metric="valid_loss", patience=1)

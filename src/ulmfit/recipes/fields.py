@@ -57,10 +57,11 @@ def metric(default: str = "macro_f1"):
     return spec(default, choices=METRICS)
 
 
-def lm_metric(default: str = "valid_loss"):
-    """The language model's validation metric that selects the LM epoch the classifier starts from
-    and drives the LM phase's early stopping: valid_loss (cross-entropy, i.e. perplexity) or
-    accuracy (next-word). The default and the evidence for it: docs/GUIDE.md, "Stopping LM fine-tuning"."""
+def lm_metric(default: str = "accuracy"):
+    """The AWD-LSTM language model's validation metric that selects the LM epoch the classifier
+    starts from and drives the LM phase's early stopping (`finetune_lm`): accuracy (next-word) or
+    valid_loss (cross-entropy, i.e. perplexity). The evidence for the default: docs/GUIDE.md,
+    "Stopping LM fine-tuning" (benchmarks/lm_stopping.py)."""
     return spec(default, choices=LM_METRICS)
 
 
