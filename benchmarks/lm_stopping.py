@@ -294,8 +294,8 @@ def main() -> None:
         tokens = {k: tokenizer.tokenize_many(list(df["text"]), n_workers=1) for k, df in data.items()}
         print(f"tokenized {sum(map(len, tokens.values())):,} texts in {time.perf_counter() - t0:.0f}s", flush=True)
         history = finetune(a, work, tokens, tokenizer, a.pretrained_path)
-        chosen = {**picks(history), **picks(history, a.patience)}
-        epochs = ([r["epoch"] for r in history] if a.clf_epochs == "all" else sorted(set(chosen.values()))
+        chosen = set(picks(history).values()) | set(picks(history, a.patience).values())
+        epochs = ([r["epoch"] for r in history] if a.clf_epochs == "all" else sorted(chosen)
                   if a.clf_epochs == "picks" else [int(e) for e in a.clf_epochs.split(",")])
         # seed-major order: one seed over all epochs first, so a stopped run has a complete curve
         for seed in a.clf_seeds:
