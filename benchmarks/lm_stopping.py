@@ -208,10 +208,17 @@ def summarize(a, work: Path, history: list[dict]) -> dict:
                                  "valid_f1": ".4f", "clf_cpu_s": ".0f", **{f"test_f1_s{s}": ".4f" for s in seeds}}))
         for k, v in verdict.items():
             print(f"  {k:>24}: epoch {v['epoch']}, test macro-F1 {v['test_f1']:.4f} (valid {v['valid_f1']:.4f})")
+        corr = {}
+        if len(scored) >= 3:  # which LM figure tracks the classifier: Pearson r over the scored epochs
+            f1 = np.array([r["test_f1"] for r in scored])
+            for k in ("lm_valid_loss", "lm_acc"):
+                corr[k] = float(np.corrcoef(f1, [r[k] for r in scored])[0, 1])
+            print(f"  correlation of test macro-F1 with the LM's validation loss {corr['lm_valid_loss']:+.2f}, "
+                  f"with its accuracy {corr['lm_acc']:+.2f} (over {len(scored)} epochs)")
         if noise:
             print(f"  seed spread (max-min test macro-F1 over {len(seeds)} classifier seeds, per epoch): "
                   f"mean {statistics.mean(noise):.4f}, max {max(noise):.4f}")
-        out["budgets"][str(budget)] = {"rows": rows, "verdict": verdict, "seeds": seeds,
+        out["budgets"][str(budget)] = {"rows": rows, "verdict": verdict, "seeds": seeds, "correlation": corr,
                                        "seed_spread_mean": statistics.mean(noise) if noise else None,
                                        "seed_spread_max": max(noise) if noise else None}
     return out
