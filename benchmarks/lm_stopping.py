@@ -209,12 +209,12 @@ def summarize(a, work: Path, history: list[dict]) -> dict:
         for k, v in verdict.items():
             print(f"  {k:>24}: epoch {v['epoch']}, test macro-F1 {v['test_f1']:.4f} (valid {v['valid_f1']:.4f})")
         corr = {}
-        if len(scored) >= 3:  # which LM figure tracks the classifier: Pearson r over the scored epochs
-            f1 = np.array([r["test_f1"] for r in scored])
-            for k in ("lm_valid_loss", "lm_acc"):
-                corr[k] = float(np.corrcoef(f1, [r[k] for r in scored])[0, 1])
-            print(f"  correlation of test macro-F1 with the LM's validation loss {corr['lm_valid_loss']:+.2f}, "
-                  f"with its accuracy {corr['lm_acc']:+.2f} (over {len(scored)} epochs)")
+        for part, sel in (("all", scored), ("from_loss_min", [r for r in scored if r["epoch"] >= chosen["valid_loss"]])):
+            if len(sel) >= 3:  # which LM figure tracks the classifier: Pearson r over the scored epochs
+                f1 = np.array([r["test_f1"] for r in sel])
+                corr[part] = {k: float(np.corrcoef(f1, [r[k] for r in sel])[0, 1]) for k in ("lm_valid_loss", "lm_acc")}
+                print(f"  correlation of test macro-F1 with the LM's validation loss {corr[part]['lm_valid_loss']:+.2f}, "
+                      f"with its accuracy {corr[part]['lm_acc']:+.2f} (epochs: {part}, {len(sel)})")
         if noise:
             print(f"  seed spread (max-min test macro-F1 over {len(seeds)} classifier seeds, per epoch): "
                   f"mean {statistics.mean(noise):.4f}, max {max(noise):.4f}")
