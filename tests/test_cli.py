@@ -245,9 +245,10 @@ def test_finetune_lm_then_lr_find_for_lm_and_classifier(tiny_data, tmp_path, cap
     overrides = ["--set", "lm.preset=tiny", "--set", "lm.epochs=1", "--set", "lm.bs=8", "--set", "lm.min_freq=1",
                  "--set", "lm.bptt=12", "--set", "clf.bs=16"]
     code, _, err = run_cli(["finetune-lm", "--train", texts, "--out", tmp_path / "lm", "--pretrained", "none",
-                            *overrides], capsys)
+                            "--keep-epochs", *overrides], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "lm" / "ulmfit.json").read_text())["kind"] == "lm"
+    assert (tmp_path / "lm" / "epochs" / "lm-epoch0.safetensors").exists()  # --keep-epochs (the folder stays usable)
     code, out, err = run_cli(["lr-find", "--train", tiny_data["train"], "--out", tmp_path / "lrf", "--iters", "30",
                               *overrides], capsys)
     assert code == 0, err

@@ -111,7 +111,7 @@ def cmd_finetune_lm(a) -> int:
         atomic_write_json(out / "config.json", cfg.to_dict())
         res = finetune_lm(tokenizer.tokenize_many(texts), out, cfg.lm, tokenizer=tokenizer, pretrained=pretrained,
                           seed=cfg.seed, optimizer=cfg.optimizer, precision=cfg.precision, resume=a.resume,
-                          direction=cfg.direction, log=log)
+                          direction=cfg.direction, log=log, keep_epochs=a.keep_epochs)
         model_dir.write_marker(out, "lm", direction=cfg.direction)
         model_dir.remove_checkpoints(out)
     log(f"language model saved to {a.out} ({len(res.vocab):,} words)")
@@ -343,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
     lm.add_argument("--resume", action="store_true")
     lm.add_argument("--overwrite", action="store_true")
+    lm.add_argument("--keep-epochs", action="store_true",
+                    help="also keep every epoch's LM in OUT/epochs/ (to compare the epochs; see docs/GUIDE.md)")
     data_args(lm, label=False)
     lm.set_defaults(func=cmd_finetune_lm)
 
