@@ -1,8 +1,13 @@
 """Should language-model fine-tuning stop on validation loss or on next-word accuracy? Measured.
 
-    OMP_NUM_THREADS=1 /work/bin/heavy stopping .venv/bin/python benchmarks/lm_stopping.py \\
-        --epochs 14 --max-train-tokens 100000 --budgets 500 --clf-seeds 0 1 --precision bf16
-    .venv/bin/python benchmarks/lm_stopping.py --summary-only            # table, JSON and PNG again
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lm_stopping.py --precision bf16 --budgets 500 --clf-seeds 0 1
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lm_stopping.py --precision bf16 --budgets 2000 --clf-seeds 0 1 --clf-epochs picks
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lm_stopping.py --precision fp32 --lm-patience 2 --budgets 500 \\
+        --clf-seeds 0 1 --clf-epochs picks                              # the bf16 validation's fp32 arm
+    .venv/bin/python benchmarks/lm_stopping.py --precision bf16 --summary-only   # table, JSON and PNG again
+
+(defaults: --epochs 14 --max-train-tokens 100000 --lm-lr 2e-2, the sizing of docs/GUIDE.md's answer;
+on the 2-core EPYC one bf16 LM epoch is ~10 CPU s, one classifier 15-30 CPU s.)
 
 The forward LM is fine-tuned from the shipped general-en on the training texts (ULMFiT §3.2: one
 frozen epoch, then `--epochs` unfrozen ones, one-cycle, never stopped early), keeping the weights
