@@ -180,12 +180,19 @@ def summarize(a, work: Path, history: list[dict]) -> dict:
           ", ".join(f"{k} -> epoch {v}" for k, v in chosen.items()) + "; with early stopping: " +
           ", ".join(f"{k} -> epoch {v}" for k, v in stopped.items()))
     for budget in sorted({c["budget"] for c in cells}):
+        # the mean is over the seeds run at every scored epoch of this budget (a seed run only at the
+        # picked epochs is shown in its own column, not mixed into the means)
+        here = [c for c in cells if c["budget"] == budget]
+        epochs_of = {s: {c["epoch"] for c in here if c["seed"] == s} for s in {c["seed"] for c in here}}
+        full = set().union(*epochs_of.values())
+        complete = {s for s, e in epochs_of.items() if e == full}
         rows = []
         for r in history:
-            mine = [c for c in cells if c["budget"] == budget and c["epoch"] == r["epoch"]]
+            every = [c for c in here if c["epoch"] == r["epoch"]]
+            mine = [c for c in every if c["seed"] in complete]
             row = {"epoch": r["epoch"], "lm_valid_loss": r["valid_loss"], "lm_ppl": r["perplexity"],
                    "lm_acc": r["accuracy"], "n_seeds": len(mine)}
-            for c in mine:
+            for c in every:
                 row[f"test_f1_s{c['seed']}"] = c["test_macro_f1"]
             if mine:
                 row["test_f1"] = statistics.mean(c["test_macro_f1"] for c in mine)
@@ -197,10 +204,11 @@ def summarize(a, work: Path, history: list[dict]) -> dict:
         scored = [r for r in rows if "test_f1" in r]
         seeds = sorted({c["seed"] for c in cells if c["budget"] == budget})
         # seed noise: per epoch, the spread between classifier seeds (same LM, same labels)
-        noise = [max(r[f"test_f1_s{s}"] for s in seeds if f"test_f1_s{s}" in r)
-                 - min(r[f"test_f1_s{s}"] for s in seeds if f"test_f1_s{s}" in r) for r in scored if r["n_seeds"] > 1]
+        noise = [max(r[f"test_f1_s{s}"] for s in complete) - min(r[f"test_f1_s{s}"] for s in complete)
+                 for r in scored if len(complete) > 1]
         by_epoch = {r["epoch"]: r for r in scored}
-        verdict = {k: {"epoch": e, "test_f1": by_epoch[e]["test_f1"], "valid_f1": by_epoch[e]["valid_f1"]}
+        verdict = {k: {"epoch": e, "test_f1": by_epoch[e]["test_f1"], "valid_f1": by_epoch[e]["valid_f1"],
+                       "test_f1_by_seed": {s: by_epoch[e][f"test_f1_s{s}"] for s in seeds if f"test_f1_s{s}" in by_epoch[e]}}
                    for k, e in {**chosen, **stopped}.items() if e in by_epoch}
         if scored:
             best_valid = max(scored, key=lambda r: r["valid_f1"])
@@ -208,11 +216,13 @@ def summarize(a, work: Path, history: list[dict]) -> dict:
                                                    "valid_f1": best_valid["valid_f1"]}
         cols = ["epoch", "lm_valid_loss", "lm_ppl", "lm_acc"] + [f"test_f1_s{s}" for s in seeds] + \
                ["test_f1", "valid_f1", "clf_cpu_s", "pick"]
-        print(f"\n{budget} labels (sample seed {a.sample_seed}; classifier seeds {seeds}):")
+        print(f"\n{budget} labels (sample seed {a.sample_seed}; classifier seeds {seeds}; means over seeds "
+              f"{sorted(complete)}):")
         print(table(rows, cols, {"lm_valid_loss": ".4f", "lm_ppl": ".1f", "lm_acc": ".4f", "test_f1": ".4f",
                                  "valid_f1": ".4f", "clf_cpu_s": ".0f", **{f"test_f1_s{s}": ".4f" for s in seeds}}))
         for k, v in verdict.items():
-            print(f"  {k:>24}: epoch {v['epoch']}, test macro-F1 {v['test_f1']:.4f} (valid {v['valid_f1']:.4f})")
+            print(f"  {k:>24}: epoch {v['epoch']}, test macro-F1 {v['test_f1']:.4f} (valid {v['valid_f1']:.4f}); "
+                  "by seed " + ", ".join(f"{s}: {f:.4f}" for s, f in v.get("test_f1_by_seed", {}).items()))
         corr = {}
         for part, sel in (("all", scored), ("from_loss_min", [r for r in scored if r["epoch"] >= chosen["valid_loss"]])):
             if len(sel) >= 3:  # which LM figure tracks the classifier: Pearson r over the scored epochs
@@ -221,9 +231,10 @@ def summarize(a, work: Path, history: list[dict]) -> dict:
                 print(f"  correlation of test macro-F1 with the LM's validation loss {corr[part]['lm_valid_loss']:+.2f}, "
                       f"with its accuracy {corr[part]['lm_acc']:+.2f} (epochs: {part}, {len(sel)})")
         if noise:
-            print(f"  seed spread (max-min test macro-F1 over {len(seeds)} classifier seeds, per epoch): "
+            print(f"  seed spread (max-min test macro-F1 over {len(complete)} classifier seeds, per epoch): "
                   f"mean {statistics.mean(noise):.4f}, max {max(noise):.4f}")
         out["budgets"][str(budget)] = {"rows": rows, "verdict": verdict, "seeds": seeds, "correlation": corr,
+                                       "mean_over_seeds": sorted(complete),
                                        "seed_spread_mean": statistics.mean(noise) if noise else None,
                                        "seed_spread_max": max(noise) if noise else None}
     return out
