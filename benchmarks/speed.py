@@ -13,7 +13,9 @@ bptt, steps; tokens/s of the training phase only (forward + AR/TAR + backward + 
 the same token ids per tweet + labels (.npz), one epoch with every layer trainable, bs 64, bptt 72.
 Prediction: raw text to class, models of the same size with untrained weights (the cost does not
 depend on the values), one text at a time (median and p95 latency) and in bulk (texts/s), ours also
-through onnxruntime (the same folder exported to ONNX at load, `ulmfit.load(DIR, runtime="onnx")`); MiniLM
+through onnxruntime (the same folder exported to ONNX at load, `ulmfit.load(DIR, runtime="onnx")`) and on
+the exact fp32 path (`precision="fp32"`; the default `auto` runs the encoder in bf16 on a CPU with native
+bf16); MiniLM
 is all-MiniLM-L6-v2 with a sequence-classification head (22.7M parameters). Ratios are ours / theirs
 for rates (>1: we are faster) and theirs / ours for times and memory (>1: we are faster/smaller),
 so above 1 always means better for us. Writes benchmarks/results/speed.json (speed-quick.json).
@@ -174,6 +176,7 @@ def main() -> None:
         for who in ("ours", "fastai", "minilm"):
             res[f"predict-{who}"] = measure(who, job, work, a.timeout, a.threads)
         res["predict_onnx-ours"] = measure("ours", {**job, "task": "predict_onnx"}, work, a.timeout, a.threads)
+        res["predict_fp32-ours"] = measure("ours", {**job, "task": "predict_fp32"}, work, a.timeout, a.threads)
 
     rows = build_rows(res)
     print()
@@ -215,9 +218,14 @@ def build_rows(res: dict) -> list[dict]:
             "tokens_per_s", True, "ours = the baseline code")
     add("classifier training", "s/epoch", {"ours": "clf-ours", "fastai": "clf-fastai"}, "seconds_per_epoch", False)
     pk = {"ours": "predict-ours", "fastai": "predict-fastai", "minilm": "predict-minilm"}
-    add("predict 1 text, median", "ms", pk, "latency_ms_median", False)
-    add("predict 1 text, p95", "ms", pk, "latency_ms_p95", False)
-    add("predict in bulk", "texts/s", pk, "batch_texts_per_s", True)
+    pprec = f"ours {(res.get('predict-ours') or {}).get('precision', '?')} (default precision auto)"
+    add("predict 1 text, median", "ms", pk, "latency_ms_median", False, pprec)
+    add("predict 1 text, p95", "ms", pk, "latency_ms_p95", False, pprec)
+    add("predict in bulk", "texts/s", pk, "batch_texts_per_s", True, pprec)
+    pf = {**pk, "ours": "predict_fp32-ours"}
+    add("predict 1 text, median, ours fp32 (exact)", "ms", pf, "latency_ms_median", False)
+    add("predict 1 text, p95, ours fp32 (exact)", "ms", pf, "latency_ms_p95", False)
+    add("predict in bulk, ours fp32 (exact)", "texts/s", pf, "batch_texts_per_s", True)
     po = {**pk, "ours": "predict_onnx-ours"}
     add("predict 1 text, median, ours in onnxruntime", "ms", po, "latency_ms_median", False)
     add("predict 1 text, p95, ours in onnxruntime", "ms", po, "latency_ms_p95", False)

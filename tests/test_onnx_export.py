@@ -51,7 +51,7 @@ def test_classifier_parity_by_length_and_batch(folder, lengths):
 
 def test_end_to_end_probabilities_match_torch_both_directions(folder):
     texts = make_rows(20, 5).text.tolist() + ["", "ok", " ".join(["word"] * 40)]
-    want = load(folder).predict_proba(texts)
+    want = load(folder, precision="fp32").predict_proba(texts)  # fp32 against fp32
     onnx_clf = load(folder, runtime="onnx")
     assert [m.direction for m in onnx_clf.members] == ["fwd", "bwd"]
     got = onnx_clf.predict_proba(texts)
@@ -99,14 +99,14 @@ def test_cli_export_both_directions_and_predict_runtime_onnx(folder, tmp_path, c
     # the written files load back and predict as the in-memory export does
     texts = make_rows(6, 3).text.tolist()
     from_files = load(folder, "onnx", onnx_files={"fwd": out, "bwd": tmp_path / "exp" / "model.bwd.onnx"})
-    assert np.abs(from_files.predict_proba(texts) - load(folder).predict_proba(texts)).max() < TOL
+    assert np.abs(from_files.predict_proba(texts) - load(folder, precision="fp32").predict_proba(texts)).max() < TOL
 
     data = tmp_path / "in.csv"
     pd.DataFrame({"text": texts}).to_csv(data, index=False)
     capsys.readouterr()
     for runtime in ("torch", "onnx"):
         assert main(["predict", str(folder), "--data", str(data), "--out", str(tmp_path / f"{runtime}.csv"),
-                     "--runtime", runtime]) == 0
+                     "--runtime", runtime, "--precision", "fp32"]) == 0
     a, b = pd.read_csv(tmp_path / "torch.csv"), pd.read_csv(tmp_path / "onnx.csv")
     assert list(a.label) == list(b.label)
     assert np.abs(a.filter(like="p_").values - b.filter(like="p_").values).max() <= 2e-6  # CSV rounds to 6 places

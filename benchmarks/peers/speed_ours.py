@@ -5,7 +5,7 @@
 tasks: tokenize (Tokenizer.tokenize_many, n workers), lm (LM training through our training loop
 `run_phase`: forward + AR/TAR + backward + clip + AdamW step), clf (one classifier epoch, all layers
 trainable, same loop), predict (a saved model folder via `ulmfit.load`: one text at a time, then
-batches), predict_onnx (the same through onnxruntime).
+batches), predict_onnx (the same through onnxruntime), predict_fp32 (the exact fp32 path).
 """
 from __future__ import annotations
 
@@ -140,12 +140,13 @@ def predict(job):
         model_dir.save_text_pipeline(folder, tok.config, vocab)
         model_dir.save_classifier(folder, model, enc_cfg, head_cfg)
         model_dir.write_marker(folder, "classifier", classes=classes, recipe="ulmfit", metric="macro_f1")
+        kw = {"precision": job["precision"]} if "precision" in job else {}  # else the predictor's default
         if job.get("runtime") == "onnx":
             from ulmfit.recipes.predictor import load
 
-            clf = load(folder, runtime="onnx")
+            clf = load(folder, runtime="onnx", **kw)
         else:
-            clf = ulmfit.load(folder) if hasattr(ulmfit, "load") else __import__("ulmfit.recipes.predictor").recipes.predictor.load(folder)
+            clf = ulmfit.load(folder, **kw) if hasattr(ulmfit, "load") else __import__("ulmfit.recipes.predictor").recipes.predictor.load(folder)
         for t in texts[:5]:
             clf.predict_proba([t])  # warm-up
         lat = []
@@ -158,12 +159,19 @@ def predict(job):
         clf.predict_proba(batch)
         s = time.perf_counter() - t0
     return {"latency_ms_median": 1000 * statistics.median(lat), "latency_ms_p95": 1000 * float(np.percentile(lat, 95)),
-            "batch_texts_per_s": len(batch) / s, "n_single": len(lat), "n_batch": len(batch), "vocab_size": len(vocab)}
+            "batch_texts_per_s": len(batch) / s, "n_single": len(lat), "n_batch": len(batch), "vocab_size": len(vocab),
+            "precision": getattr(clf, "precision", "fp32")}
 
 
 def predict_onnx(job):
     """`predict` through onnxruntime (`ulmfit.load(DIR, runtime="onnx")`: the same folder exported at load)."""
     return predict({**job, "runtime": "onnx"})
+
+
+def predict_fp32(job):
+    """`predict` on the exact fp32 path (`precision="fp32"`), next to the default (`auto`: bf16 encoder
+    arithmetic on a CPU with native bf16)."""
+    return predict({**job, "precision": "fp32"})
 
 
 if __name__ == "__main__":

@@ -191,14 +191,14 @@ class TextClassifier(nn.Module):
         ids = ids[order]
         starts = (lengths - self.cfg.max_len).clamp_min(0)  # absolute positions [start, length) are pooled
         lengths_list, bptt = lengths.tolist(), self.cfg.bptt
-        pool = ConcatPool(B, self.encoder.out_size, self.encoder.embedding.weight)
+        pool = ConcatPool(B, self.encoder.out_size, torch.empty(0, device=ids.device))  # fp32 statistics
         state = None
         for s, e, n in chunk_schedule(lengths_list, bptt):  # n rows still active: a prefix (sorted)
             if state is not None:
                 state = [(h[:, :n], c[:, :n]) for h, c in state]
             out, state = self.encoder(ids[:n, s:e], state)
             pos = torch.arange(s, e, device=ids.device)
-            pool.update(out, (pos >= starts[:n, None]) & (pos < lengths[:n, None]))
+            pool.update(out.float(), (pos >= starts[:n, None]) & (pos < lengths[:n, None]))
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(B, device=order.device)
         return pool.features()[inverse]
@@ -207,7 +207,7 @@ class TextClassifier(nn.Module):
         """Inference when every document fits one chunk (tweets, most short texts): the same numbers as
         the chunk loop, without its sorting, state slicing and reordering."""
         T = int(lengths.max())
-        out, _ = self.encoder(ids[:, :T])
+        out = self.encoder(ids[:, :T])[0].float()
         pos = torch.arange(T, device=ids.device)
         mask = (pos >= (lengths - self.cfg.max_len).clamp_min(0)[:, None]) & (pos < lengths[:, None])
         B, F = out.size(0), out.size(2)
@@ -217,6 +217,14 @@ class TextClassifier(nn.Module):
     def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
         """ids [B, T] right-padded (pad id from the encoder's config), lengths [B] -> logits [B, C]."""
         return self.head.classify(self.features(ids, lengths))
+
+    def set_encoder_dtype(self, dtype: torch.dtype) -> "TextClassifier":
+        """Inference in lower precision (recipes/predictor.py, `precision="bf16"`): the encoder's weights
+        (embedding, LSTMs) and so its arithmetic and recurrent state in `dtype`; its output is cast back
+        to fp32, so the pooling statistics and the head stay fp32 (the encoder is ~all of the cost).
+        Casting back to fp32 does not restore the original weights: reload the model for that. Returns self."""
+        self.encoder.to(dtype)
+        return self
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """[[embedding], [rnn0], [rnn1], ..., [head]]: fastai's awd_lstm_clas_split, lowest first."""

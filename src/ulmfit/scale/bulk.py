@@ -29,10 +29,10 @@ from ulmfit.errors import UlmfitError
 _WORKER: dict = {}  # a worker process's loaded model, by folder
 
 
-def load_model(folder: str, threads: int | None, runtime: str = "torch"):
+def load_model(folder: str, threads: int | None, runtime: str = "torch", precision: str = "auto"):
     """The classifier of `folder`, loaded once per process (and its torch threads set once): the bulk
     workers' and the Ray / Spark callables' (ray_predict.py) model."""
-    if (folder, runtime) not in _WORKER:
+    if (folder, runtime, precision) not in _WORKER:
         import torch
 
         from ulmfit.recipes.predictor import load
@@ -40,12 +40,13 @@ def load_model(folder: str, threads: int | None, runtime: str = "torch"):
         if threads:
             torch.set_num_threads(threads)
         _WORKER.clear()
-        _WORKER[folder, runtime] = load(folder, runtime=runtime)
-    return _WORKER[folder, runtime]
+        _WORKER[folder, runtime, precision] = load(folder, runtime=runtime, precision=precision)
+    return _WORKER[folder, runtime, precision]
 
 
-def _predict_chunk(folder: str, texts: list[str], threads: int | None, runtime: str = "torch") -> np.ndarray:
-    return load_model(folder, threads, runtime).predict_proba(texts)
+def _predict_chunk(folder: str, texts: list[str], threads: int | None, runtime: str = "torch",
+                   precision: str = "auto") -> np.ndarray:
+    return load_model(folder, threads, runtime, precision).predict_proba(texts)
 
 
 def prediction_columns(probs: np.ndarray, classes: list[str], label_ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -66,20 +67,20 @@ def _frame(texts: list[str], probs: np.ndarray, classes: list[str], bias=None) -
     return pd.DataFrame({"text": texts, **{k: v if k == "label" else v.round(6) for k, v in cols.items()}})
 
 
-def iter_predictions(model: str | Path, chunks, workers: int = 1, runtime: str = "torch"):
+def iter_predictions(model: str | Path, chunks, workers: int = 1, runtime: str = "torch", precision: str = "auto"):
     """(texts, probabilities) per chunk of `chunks`, in input order, computed by `workers` processes."""
     folder = str(model)
     if workers < 1:
         raise UlmfitError(f"--workers must be at least 1, not {workers}")
     if workers == 1:
         for texts in chunks:
-            yield texts, _predict_chunk(folder, texts, None, runtime)
+            yield texts, _predict_chunk(folder, texts, None, runtime, precision)
         return
     # spawn: a fresh interpreter per worker (forking a process that holds torch's thread pools can hang).
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
         pending: deque = deque()
         for texts in chunks:
-            pending.append((texts, ex.submit(_predict_chunk, folder, texts, 1, runtime)))
+            pending.append((texts, ex.submit(_predict_chunk, folder, texts, 1, runtime, precision)))
             if len(pending) >= 2 * workers:
                 done_texts, fut = pending.popleft()
                 yield done_texts, fut.result()
@@ -90,13 +91,13 @@ def iter_predictions(model: str | Path, chunks, workers: int = 1, runtime: str =
 
 def predict_file(model: str | Path, data: str | Path | None, out: str | Path | None = None, *, workers: int = 1,
                  text_col: str = "text", encoding: str = "utf-8", chunk_rows: int = 1000,
-                 progress: bool | None = None, runtime: str = "torch") -> int:
+                 progress: bool | None = None, runtime: str = "torch", precision: str = "auto") -> int:
     """Predict every text of `data` (None: stdin) into the CSV `out` (None: stdout); returns the row count."""
     from ulmfit.fileio import atomic_file
 
     if workers < 1:
         raise UlmfitError(f"--workers must be at least 1, not {workers}")
-    first = load_model(str(model), None, runtime)  # the folder checked here, before any worker starts
+    first = load_model(str(model), None, runtime, precision)  # the folder checked here, before any worker starts
     classes, bias = list(first.classes), (first.calibration or {}).get("bias")
     del first
     if workers > 1:
@@ -106,7 +107,7 @@ def predict_file(model: str | Path, data: str | Path | None, out: str | Path | N
     n = 0
     with (atomic_file(out, "w") if out else _stdout()) as f, \
             tqdm(unit=" texts", desc="predict", disable=not show, dynamic_ncols=True) as bar:
-        for texts, probs in iter_predictions(model, chunks, workers, runtime):
+        for texts, probs in iter_predictions(model, chunks, workers, runtime, precision):
             _frame(texts, probs, classes, bias).to_csv(f, index=False, header=n == 0)
             n += len(texts)
             bar.update(len(texts))

@@ -3,7 +3,7 @@
     POST /predict   {"texts": ["...", ...]} -> {"classes": [...], "predictions": [{"label", "probabilities"}]}
     GET  /health    the process answers (liveness)
     GET  /ready     the model is loaded and the batcher runs (readiness; 503 before)
-    GET  /metadata  classes, recipe, backbone, directions, runtime, limits, versions
+    GET  /metadata  classes, recipe, backbone, directions, runtime, precision, limits, versions
     GET  /metrics   Prometheus text format (serving/metrics.py)
     GET  /openapi.json, /docs   the schema
 
@@ -60,6 +60,7 @@ class ServeConfig:
     max_wait_ms: float = 2.0
     max_queue: int = 1024
     bs: int = 128
+    precision: str = "auto"  # the predictor's: auto (bf16 on a CPU with native bf16, torch runtime), fp32, bf16
 
     def resolved_threads(self) -> int:
         return self.threads or max(1, (os.cpu_count() or 1) // max(1, self.workers))
@@ -124,7 +125,8 @@ def set_threads(n: int) -> None:
 def load_model(cfg: ServeConfig):
     from ulmfit.recipes.predictor import load
 
-    return load(cfg.model, cfg.runtime, threads=cfg.resolved_threads() if cfg.runtime == "onnx" else None)
+    return load(cfg.model, cfg.runtime, threads=cfg.resolved_threads() if cfg.runtime == "onnx" else None,
+                precision=cfg.precision)
 
 
 def create_app(cfg: ServeConfig) -> FastAPI:
@@ -215,7 +217,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         m = st.model
         return {"model": str(Path(cfg.model).resolve().name), "classes": m.classes,
                 "recipe": m.meta.get("recipe") or m.meta.get("kind"), "backbone": backbones(m),
-                "directions": m.directions, "runtime": cfg.runtime,
+                "directions": m.directions, "runtime": cfg.runtime, "precision": m.precision,
                 "threads": cfg.resolved_threads(), "limits": {k: v for k, v in asdict(cfg).items()
                                                              if k.startswith("max_")}, "versions": versions(cfg.runtime)}
 
