@@ -18,6 +18,17 @@ The LSTM export trap (fastai #2600): a `WeightDropLSTM` swaps its hidden-to-hidd
 every call, which tracing cannot follow; in eval mode it is an ordinary LSTM with the raw matrix, so
 the graph is built from `WeightDropLSTM.to_plain()` copies and exports as ONNX's LSTM op.
 
+The transformer classifier (models/transformer.py, e.g. MiniLM): the graph is ONE WINDOW PASS over a
+batch's windows, then the merge back to documents, the pooling and the head:
+
+    transformer: rows [W, width] int64 ([CLS] ... [SEP] [PAD]), attn [W, width] int64, r_idx / w_idx /
+                 flat [N] int64 (where each window's content positions go), mask [B, T] bool
+              -> logits [B, C]
+
+W, width, N, B, T are dynamic. Documents are cut into overlapping windows by `cut_windows`, the
+function PyTorch's `TransformerBackbone.encode` calls, run in Python around the session
+(`OnnxTransformerModel`), with the window sizes and special ids from the file's metadata.
+
 Exporter: the TorchScript one (`dynamo=False`): ~2 s for a small model against ~10 s for the dynamo
 exporter, and a graph of plain LSTM nodes. Files are ONNX protobuf: no code runs on load.
 """
@@ -36,16 +47,32 @@ from torch import Tensor, nn
 from ulmfit.errors import UlmfitError
 from ulmfit.models.awd_lstm import AWDLSTM, LanguageModel
 from ulmfit.models.classifier import TextClassifier, chunk_schedule, pool_features, pool_update
+from ulmfit.models.backbone import length_mask
+from ulmfit.models.transformer import TransformerClassifier, cut_windows, merge_windows
 
 OPSET = 17  # LSTM, ReduceMax on int64, Gather: all in opset 14+; 17 is what onnxruntime >= 1.14 runs fully
 
 
 def check_exportable(model, what: str) -> None:
-    """One line for what ONNX export does not cover (SiATL, the transformer backbone, ensembles)."""
-    if not isinstance(model, (TextClassifier, LanguageModel)):
+    """One line for what ONNX export does not cover (SiATL, ensembles)."""
+    if not isinstance(model, (TextClassifier, LanguageModel, TransformerClassifier)):
         kind = type(model).__name__ if model is not None else "model with its own text pipeline"
-        raise UlmfitError(f"{what}: ONNX export covers the AWD-LSTM classifier and language model (the ulmfit recipe); "
-                          f"this folder holds a {kind}: serve and predict it with --runtime torch")
+        raise UlmfitError(f"{what}: ONNX export covers the AWD-LSTM classifier and language model (ulmfit, distill "
+                          f"recipes) and the transformer classifier; this folder holds a {kind}: serve and predict "
+                          f"it with --runtime torch")
+
+
+def export_model(model: nn.Module, meta: dict) -> bytes:
+    """A loaded classifier (AWD-LSTM or transformer) -> ONNX bytes, by its kind."""
+    if isinstance(model, TransformerClassifier):
+        return export_transformer(model, meta)
+    return export_classifier(model, meta)
+
+
+def onnx_model(data: bytes, threads: int | None = None):
+    """The predictor-side model of exported bytes: `forward(ids, lengths) -> logits` in numpy."""
+    kind = read_onnx_meta(data).get("kind")
+    return OnnxTransformerModel(data, threads) if kind == "transformer" else OnnxChunkModel(data, threads)
 
 
 class _Encoder(nn.Module):
@@ -96,6 +123,37 @@ class LMChunk(nn.Module):
         L = self.n_layers
         out, hs, cs = self.encoder(ids, rest[:L], rest[L:])
         return (self.decoder(out), *hs, *cs)
+
+
+class TransformerWindowPass(nn.Module):
+    """`TransformerClassifier.forward` after the windows are cut: one encoder pass over the windows,
+    the merge back to documents, the pooling and the head (see the module doc)."""
+
+    def __init__(self, clf: TransformerClassifier):
+        super().__init__()
+        self.clf = clf
+
+    def forward(self, rows: Tensor, attn: Tensor, r_idx: Tensor, w_idx: Tensor, flat: Tensor, mask: Tensor) -> Tensor:
+        hidden = self.clf.backbone.encode_windows(rows, attn)
+        feats = merge_windows(hidden, r_idx, w_idx, flat, mask.size(0), mask.size(1))
+        return self.clf.head.classify(self.clf.pool(feats, mask))
+
+
+TRANSFORMER_IN = ["rows", "attn", "r_idx", "w_idx", "flat", "mask"]
+
+
+def export_transformer(model: TransformerClassifier, meta: dict) -> bytes:
+    """A `TransformerClassifier` -> ONNX bytes of `TransformerWindowPass`, window sizes in the metadata."""
+    model = model.eval()
+    bb = model.backbone
+    ids, lengths = torch.full((2, 4), 5, dtype=torch.long), torch.tensor([4, 2])
+    w = cut_windows(ids, lengths, bb.cfg.window, bb.cfg.overlap, bb.cls_id, bb.sep_id, bb.pad_id)
+    args = (w.rows, w.attn, w.r_idx, w.w_idx, w.flat, length_mask(lengths, 4))
+    dyn = {"rows": {0: "windows", 1: "width"}, "attn": {0: "windows", 1: "width"}, "r_idx": {0: "n"},
+           "w_idx": {0: "n"}, "flat": {0: "n"}, "mask": {0: "batch", 1: "time"}, "logits": {0: "batch"}}
+    info = {"kind": "transformer", "window": bb.cfg.window, "overlap": bb.cfg.overlap, "cls_id": bb.cls_id,
+            "sep_id": bb.sep_id, "pad_idx": bb.pad_id, "pooling": model.pooling, **meta}
+    return _export(TransformerWindowPass(model).eval(), args, TRANSFORMER_IN, ["logits"], dyn, info)
 
 
 def _state_names(n_layers: int, suffix: str = "") -> list[str]:
@@ -217,3 +275,23 @@ class OnnxChunkModel:
         return logits
 
 
+
+
+class OnnxTransformerModel:
+    """`forward(ids, lengths) -> logits` of a `TransformerClassifier`, computed by an exported
+    `TransformerWindowPass` in onnxruntime; the windows are cut by `cut_windows` (numpy in, numpy out)."""
+
+    def __init__(self, data: bytes, threads: int | None = None):
+        self.meta = read_onnx_meta(data)
+        if self.meta.get("kind") != "transformer":
+            raise UlmfitError(f"ONNX model holds a {self.meta.get('kind')!r}, not a transformer classifier")
+        self.sess = session(data, threads)
+
+    def __call__(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """ids [B, T] right-padded word pieces (no [CLS]/[SEP]), lengths [B] (each >= 1)."""
+        m = self.meta
+        ids_t, lengths_t = torch.as_tensor(np.asarray(ids, dtype=np.int64)), torch.as_tensor(np.asarray(lengths, dtype=np.int64))
+        w = cut_windows(ids_t, lengths_t, m["window"], m["overlap"], m["cls_id"], m["sep_id"], m["pad_idx"])
+        mask = length_mask(lengths_t, ids_t.shape[1])
+        feed = [w.rows, w.attn, w.r_idx, w.w_idx, w.flat, mask]
+        return self.sess.run(None, {k: v.numpy() for k, v in zip(TRANSFORMER_IN, feed)})[0]

@@ -201,6 +201,56 @@ def windows(length: int, window: int, overlap: int) -> list[tuple[int, int]]:
     return [(s, s + size) for s in starts]
 
 
+@dataclass
+class WindowBatch:
+    """A batch of documents cut into windows (`TransformerBackbone.window_batch`): rows [W, width] word
+    pieces with [CLS]/[SEP], attn [W, width] (1 = real), and for every content position N of every
+    window: its window r_idx [N], its position in the window w_idx [N], and its place in the
+    documents' flattened [B*T] positions flat [N]."""
+
+    rows: Tensor
+    attn: Tensor
+    r_idx: Tensor
+    w_idx: Tensor
+    flat: Tensor
+
+
+def cut_windows(ids: Tensor, lengths: Tensor, window: int, overlap: int, cls_id: int, sep_id: int,
+                pad_id: int) -> WindowBatch:
+    """ids [B,T] right-padded word pieces, lengths [B] -> the batch's windows (`windows` spans, each
+    with its own [CLS] ... [SEP]). The one place documents are cut into windows: PyTorch's
+    `TransformerBackbone.encode` and the ONNX predictor (models/onnx.py) both call it."""
+    spans = [(b, s, e) for b, L in enumerate(lengths.tolist()) for s, e in windows(L, window, overlap)]
+    width = max(e - s for _, s, e in spans) + 2
+    rows = ids.new_full((len(spans), width), pad_id)
+    attn = torch.zeros(len(spans), width, dtype=torch.long, device=ids.device)
+    for r, (b, s, e) in enumerate(spans):
+        n = e - s
+        rows[r, 0], rows[r, 1:n + 1], rows[r, n + 1] = cls_id, ids[b, s:e], sep_id
+        attn[r, :n + 2] = 1
+    # Where each window's content positions (1..n) go back to: (document b, position s..e-1).
+    T = ids.shape[1]
+    r_idx, w_idx, flat = [], [], []
+    for r, (b, s, e) in enumerate(spans):
+        r_idx += [r] * (e - s)
+        w_idx += range(1, e - s + 1)
+        flat += range(b * T + s, b * T + e)
+    r_idx, w_idx, flat = (torch.tensor(x, dtype=torch.long, device=ids.device) for x in (r_idx, w_idx, flat))
+    return WindowBatch(rows, attn, r_idx, w_idx, flat)
+
+
+def merge_windows(hidden: Tensor, r_idx: Tensor, w_idx: Tensor, flat: Tensor, B: int, T: int) -> Tensor:
+    """Window hidden states [W, width, F] -> document features [B, T, F]: each token's mean over the
+    windows it appears in (positions past a document's end get 0). Exportable (no Python loops)."""
+    W, width, F_ = hidden.shape
+    content = hidden.reshape(W * width, F_).index_select(0, r_idx * width + w_idx)  # [N, F]
+    # scatter_add (ONNX ScatterElements, add), not index_add: the TorchScript exporter's index_add
+    # freezes the example's sizes
+    feats = hidden.new_zeros(B * T, F_).scatter_add(0, flat[:, None].expand(-1, F_), content)
+    count = hidden.new_zeros(B * T, 1).scatter_add(0, flat[:, None], torch.ones_like(content[:, :1]))
+    return (feats / count.clamp_min(1)).view(B, T, F_)
+
+
 class MaskedLMHead(nn.Module):
     """BERT's masked-word head (dense -> GELU -> LayerNorm -> decoder), decoder tied to `embedding`.
 
@@ -247,29 +297,24 @@ class TransformerBackbone(Backbone):
         """ids [B,T] right-padded word pieces (no [CLS]/[SEP]), lengths [B] -> (features [B,T,F],
         mask [B,T] True at real tokens). Each document is read in windows of `cfg.window` (with its
         own [CLS]/[SEP]); a token in several windows gets the mean of its features there."""
-        B, T = ids.shape
-        lengths = lengths.to(torch.long)
-        spans = [(b, s, e) for b, L in enumerate(lengths.tolist()) for s, e in windows(L, self.cfg.window, self.cfg.overlap)]
-        width = max(e - s for _, s, e in spans) + 2
-        rows = ids.new_full((len(spans), width), self.pad_id)
-        attn = torch.zeros(len(spans), width, dtype=torch.long, device=ids.device)
-        for r, (b, s, e) in enumerate(spans):
-            n = e - s
-            rows[r, 0], rows[r, 1:n + 1], rows[r, n + 1] = self.cls_id, ids[b, s:e], self.sep_id
-            attn[r, :n + 2] = 1
-        hidden = self.bert(input_ids=rows, attention_mask=attn, token_type_ids=torch.zeros_like(rows)).last_hidden_state
-        # Scatter each window's content positions (1..n) back to (document b, position s..e-1).
-        r_idx, w_idx, flat = [], [], []
-        for r, (b, s, e) in enumerate(spans):
-            r_idx += [r] * (e - s)
-            w_idx += range(1, e - s + 1)
-            flat += range(b * T + s, b * T + e)
-        r_idx, w_idx, flat = (torch.tensor(x, dtype=torch.long, device=ids.device) for x in (r_idx, w_idx, flat))
-        content = hidden[r_idx, w_idx]
-        feats = hidden.new_zeros(B * T, self.out_size).index_add(0, flat, content)
-        count = hidden.new_zeros(B * T).index_add(0, flat, hidden.new_ones(len(flat)))
-        feats = (feats / count.clamp_min(1).unsqueeze(1)).view(B, T, self.out_size)
-        return feats, length_mask(lengths, T)
+        w = self.window_batch(ids, lengths)
+        feats = merge_windows(self.encode_windows(w.rows, w.attn), w.r_idx, w.w_idx, w.flat, ids.shape[0], ids.shape[1])
+        return feats, length_mask(lengths.to(torch.long), ids.shape[1])
+
+    def window_batch(self, ids: Tensor, lengths: Tensor) -> "WindowBatch":
+        """The windows this backbone reads a batch in (`cut_windows` with its sizes and special ids)."""
+        return cut_windows(ids, lengths, self.cfg.window, self.cfg.overlap, self.cls_id, self.sep_id, self.pad_id)
+
+    def encode_windows(self, rows: Tensor, attn: Tensor) -> Tensor:
+        """One encoder pass over windows: rows [W, width] ([CLS] ... [SEP] [PAD]...), attn [W, width]
+        -> hidden states [W, width, F]."""
+        # The attention mask goes in already 4D ([W, 1, 1, width]: every position attends the real ones),
+        # as the model's own mask code would build it: that code reads the shapes as Python numbers, which
+        # an ONNX trace would freeze to the example's sizes (models/onnx.py exports this function).
+        keep = attn.bool()[:, None, None, :]
+        if getattr(self.bert.config, "_attn_implementation", "sdpa") != "sdpa":  # eager attention: additive
+            keep = torch.zeros(keep.shape, device=rows.device).masked_fill(~keep, torch.finfo(torch.float32).min)
+        return self.bert(input_ids=rows, attention_mask=keep, token_type_ids=torch.zeros_like(rows)).last_hidden_state
 
     def n_windows(self, lengths: Sequence[int]) -> int:
         return sum(len(windows(int(L), self.cfg.window, self.cfg.overlap)) for L in lengths)
@@ -359,7 +404,10 @@ class TransformerClassifier(nn.Module):
         return [p for n, p in self.backbone.mlm_head.named_parameters() if n != "decoder.weight"]
 
     def features(self, ids: Tensor, lengths: Tensor) -> Tensor:
-        feats, mask = self.backbone.encode(ids, lengths)
+        return self.pool(*self.backbone.encode(ids, lengths))
+
+    def pool(self, feats: Tensor, mask: Tensor) -> Tensor:
+        """Token features [B,T,F] and mask [B,T] -> pooled [B, 3F] (concat) or [B, F] (mean)."""
         return concat_pool(feats, mask) if self.pooling == "concat" else masked_mean(feats, mask)
 
     def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:

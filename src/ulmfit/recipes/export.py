@@ -1,6 +1,7 @@
 """`ulmfit export DIR --format onnx --out FILE`: a model folder's classifier (or language model) as
-ONNX files (models/onnx.py: one BPTT chunk per call, the recurrent state and pooling statistics as
-inputs and outputs), with the classes, direction, bptt and max_len in the file's metadata. Predict
+ONNX files (models/onnx.py: the AWD-LSTM as one BPTT chunk per call, the recurrent state and pooling
+statistics as inputs and outputs; a transformer classifier as one pass over a batch's windows), with
+the classes, direction and reading sizes (bptt / max_len, or window / overlap) in the metadata. Predict
 with them through `ulmfit.load(DIR, runtime="onnx", onnx_files={"fwd": FILE})`, or from any
 onnxruntime with the chunk loop of `OnnxChunkModel`.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ulmfit.errors import UlmfitError
-from ulmfit.models.onnx import check_exportable, export_classifier, export_lm
+from ulmfit.models.onnx import check_exportable, export_lm, export_model
 from ulmfit.recipes import model_dir, registry
 
 
@@ -34,9 +35,9 @@ def export_folder(folder: str | Path, out: str | Path, part: str = "classifier",
         path = out if d == dirs[0] else out.with_name(f"{out.stem}.{d}{out.suffix or '.onnx'}")
         if part == "classifier":
             r = registry.get(meta.get("recipe") or registry.default_name())
-            model = r.load_model(sub) if r.load_member is None else None
+            model = r.load_model(sub)
             check_exportable(model, f"{folder} (recipe {r.name})")
-            data = export_classifier(model, {"direction": d, "classes": list(meta["classes"])})
+            data = export_model(model, {"direction": d, "classes": list(meta["classes"])})
         else:
             lm, _, _ = model_dir.load_lm(sub)  # "holds no language model" where there is none
             data = export_lm(lm, {"direction": d})

@@ -97,30 +97,35 @@ class Member:
 
 class OnnxMember(Member):
     """A `Member` whose model runs in onnxruntime (models/onnx.py: exported from the folder's PyTorch
-    model at load, or read from an exported file); same tokenizer, vocabulary and batching."""
+    model at load, or read from an exported file); same tokenizer, vocabulary and batching. Covers the
+    AWD-LSTM classifier (chunk by chunk) and the transformer classifier (one window pass)."""
 
-    onnx_model: "OnnxChunkModel"
+    onnx_model: "OnnxChunkModel | OnnxTransformerModel"
 
     @classmethod
     def load(cls, folder: Path, direction: str = "fwd", recipe: str = "ulmfit", threads: int | None = None,
              data: bytes | None = None, precision: str = PREDICT_PRECISION) -> "OnnxMember":
-        from ulmfit.models.onnx import OnnxChunkModel, check_exportable, export_classifier
+        from ulmfit.models.onnx import check_exportable, export_model, onnx_model
 
         if check_precision(precision) == "bf16":
             raise UlmfitError(f"{folder}: the ONNX export computes in fp32; use --precision fp32 or auto with "
                               f"--runtime onnx, or --runtime torch for bf16")
         r = registry.get(recipe or registry.default_name())
-        model = r.load_model(folder) if r.load_member is None else None
+        if r.load_member is not None:  # a recipe with its own text pipeline (the transformer's)
+            base = r.load_member(folder, direction)
+            model, tokenizer, vocab = base.model, base.tokenizer, base.vocab
+        else:
+            model = r.load_model(folder)
+            tokenizer, vocab = model_dir.load_text_pipeline(folder)
         check_exportable(model, f"{folder} (recipe {r.name})")
-        tokenizer, vocab = model_dir.load_text_pipeline(folder)
         if data is None:
-            data = export_classifier(model, {"direction": direction})
+            data = export_model(model, {"direction": direction})
         m = cls(direction, tokenizer, vocab, None)
-        m.onnx_model = OnnxChunkModel(data, threads)
+        m.onnx_model = onnx_model(data, threads)
         return m
 
-    def predict_proba(self, tokens: list[list[str]], n_classes: int, bs: int = 128) -> np.ndarray:
-        docs = self.vocab.encode_many(tokens)
+    def predict_proba(self, tokens: list[list], n_classes: int, bs: int = 128) -> np.ndarray:
+        docs = (self.vocab or self.tokenizer).encode_many(tokens)  # a transformer's pipeline has no Vocab
         if self.direction == "bwd":
             docs = docs.reversed()
         probs = np.zeros((len(tokens), n_classes), dtype=np.float32)
