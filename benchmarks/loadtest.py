@@ -205,7 +205,20 @@ def run_workers(a, workers: int, texts: list[str]) -> dict:
     return {**res, "workers": workers, "ready_s": round(ready_s, 1), "alive_after": alive,
             "rss_mb_first": round(first, 1), "rss_mb_last": round(last, 1), "rss_mb_max": round(max(rss), 1),
             "rss_growth_pct": round(100 * (last - first) / first, 2), "rss_samples": samples,
+            "rss_slope_mb_per_min_second_half": rss_slope(samples[len(samples) // 2:]),
             "mean_batch_one_worker": round(vals[0] / vals[1], 1) if len(vals) == 2 and vals[1] else None}
+
+
+def rss_slope(samples: list) -> float | None:
+    """Least-squares slope of RSS over time, MB per minute, of (time, MB) samples: the second half of a
+    run tells growth from warm-up (allocator pools and kernel caches filling in the first seconds)."""
+    if len(samples) < 3:
+        return None
+    t = [x - samples[0][0] for x, _ in samples]
+    y = [r for _, r in samples]
+    tm, ym = statistics.mean(t), statistics.mean(y)
+    var = sum((x - tm) ** 2 for x in t)
+    return round(60 * sum((x - tm) * (r - ym) for x, r in zip(t, y)) / var, 2) if var else None
 
 
 def bulk_in_process(a, texts: list[str]) -> dict:
@@ -265,6 +278,7 @@ def main() -> None:
              "texts/s": r["texts_per_s"], "vs bulk": f"{r['texts_per_s'] / bulk['texts_per_s']:.2f}x",
              "p50 ms": r["p50_ms"], "p95 ms": r["p95_ms"], "p99 ms": r["p99_ms"],
              "RSS MB first->last (max)": f"{r['rss_mb_first']:.0f} -> {r['rss_mb_last']:.0f} ({r['rss_mb_max']:.0f})",
+             "RSS MB/min, 2nd half": r["rss_slope_mb_per_min_second_half"],
              "mean batch": r["mean_batch_one_worker"]} for r in runs]
     print()
     print(table(rows, list(rows[0])))
