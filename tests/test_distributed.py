@@ -264,8 +264,8 @@ def test_fit_on_two_processes_equals_one_process(tmp_path):
     from ulmfit.recipes.predictor import load
 
     texts = make_rows(30, 5)["text"].tolist()
-    # fp32 prediction (the runs trained in fp32): bf16 inference would round the two runs' float-level
-    # weight differences up past the tolerance
+    # exact fp32 prediction (the runs trained in fp32): bf16 inference would add its own rounding to the
+    # two runs' float-level weight differences
     np.testing.assert_allclose(load(two, precision="fp32").predict_proba(texts),
                                load(one, precision="fp32").predict_proba(texts), atol=1e-4)
 

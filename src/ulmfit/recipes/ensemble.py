@@ -92,7 +92,7 @@ def build_ensemble(members: Sequence[str | Path], valid: str | Path, out: str | 
                    label_col: str = "label", encoding: str = "utf-8", grid: int = 10, overwrite: bool = False,
                    log: Callable[[str], None] = lambda m: None):
     """Choose weights on `valid`, copy the members into `out` and write its marker; returns the loaded ensemble."""
-    from ulmfit.recipes.predictor import Classifier
+    from ulmfit.recipes.predictor import BUILD_PRECISION, Classifier
 
     out = Path(out)
     if len(members) < 2:
@@ -102,7 +102,7 @@ def build_ensemble(members: Sequence[str | Path], valid: str | Path, out: str | 
             raise UlmfitError(f"ensemble: --out {out} is (or holds) the member {m}; choose another --out")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise UlmfitError(f"{out} already exists and is not empty; choose another --out, or pass --overwrite")
-    models = [Classifier(m) for m in members]
+    models = [Classifier(m, precision=BUILD_PRECISION) for m in members]  # the weights: the same on every CPU
     classes = models[0].classes
     for m, model in zip(members, models):
         if set(model.classes) != set(classes):

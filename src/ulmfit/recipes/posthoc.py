@@ -99,7 +99,7 @@ def cv_held_out(folders: list[Path]) -> tuple[list[np.ndarray], np.ndarray] | No
 def finish(out: Path, data: FitData, cfg: FitConfig, metrics: dict, log: Callable[[str], None]) -> dict:
     """Fit and save calibration.json for the model in `out`; return its validation metrics (the
     decision rule's, with the argmax figures, the calibration and the constant-baseline check added)."""
-    from ulmfit.recipes.predictor import Member, average, proba_by_direction
+    from ulmfit.recipes.predictor import BUILD_PRECISION, Member, average, proba_by_direction
 
     labels, classes, dirs = data.valid.labels, data.classes, cfg.directions
     folders = [model_dir.direction_folder(out, dirs[0], d) for d in dirs]
@@ -107,7 +107,7 @@ def finish(out: Path, data: FitData, cfg: FitConfig, metrics: dict, log: Callabl
     if held is not None:  # cross-validated: every labelled row, out of fold (the model trained on all of them)
         raw, labels = average(dict(zip(dirs, held[0]))), held[1]
     else:
-        members = [Member.load(f, d, cfg.recipe) for f, d in zip(folders, dirs)]
+        members = [Member.load(f, d, cfg.recipe, BUILD_PRECISION) for f, d in zip(folders, dirs)]
         raw = average(proba_by_direction(members, data.valid.texts, len(classes)))  # as Classifier.predict_proba_raw
     post = fit_posthoc(raw, labels, classes, cfg.imbalance, cfg.seed)
     _, pred = apply(raw, post)

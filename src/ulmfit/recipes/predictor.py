@@ -7,7 +7,9 @@ reads every document reversed, so its `Member` reverses the token ids of each te
 Precision (`precision=`, `--precision`): "fp32" is the exact path (what training evaluated, and what
 the ONNX export computes); "bf16" runs the AWD-LSTM encoder with bf16 weights (the pooling and head
 stay fp32, models/classifier.py `set_encoder_dtype`); "auto" (the default) is bf16 where the CPU
-computes bf16 natively (train/precision.py) and the model supports it, else fp32. Measured on a
+computes bf16 natively (train/precision.py) and the model supports it, else fp32. The steps that build
+a model folder (calibration, validation reports, ensemble weights, teacher targets) use
+`BUILD_PRECISION` (fp32), so a folder's artifacts are the same whatever CPU trained it. Measured on a
 trained tweets classifier: see docs/SERVING.md "Precision" (test macro-F1 and probability
 differences, bf16 vs fp32).
 
@@ -38,6 +40,10 @@ from ulmfit.train.precision import check_precision, resolve_precision
 # AVX512-BF16, with test macro-F1 unchanged within noise on the tweets (docs/SERVING.md "Precision");
 # "fp32" stays one option away for exact, reproducible numbers (and is what "auto" means elsewhere).
 PREDICT_PRECISION = "auto"
+# What the steps that BUILD a model folder predict with (calibration, validation reports, ensemble
+# weights, a teacher's soft targets): exact fp32, so a folder's artifacts do not depend on the CPU it
+# was trained on (and runs that differ by float rounding do not diverge through bf16 rounding).
+BUILD_PRECISION = "fp32"
 
 
 def inference_precision(model: torch.nn.Module | None, precision: str, where: str) -> str:

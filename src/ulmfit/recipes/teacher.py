@@ -67,9 +67,9 @@ def texts_hash(texts: Sequence[str]) -> str:
 
 
 def _load_model(folder: Path):
-    from ulmfit.recipes.predictor import load
+    from ulmfit.recipes.predictor import BUILD_PRECISION, load
 
-    return load(folder)
+    return load(folder, precision=BUILD_PRECISION)  # soft targets are training data: the same on every CPU
 
 
 def teacher_probabilities(teacher_dir: str | Path, texts: Sequence[str], cache: Path, classes: list[str], *,

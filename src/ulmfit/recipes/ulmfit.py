@@ -274,7 +274,7 @@ def _ensemble(run: Run) -> dict:
     """Validation metrics of each model and of their average; completes the backward sub-folder."""
     from ulmfit.recipes import posthoc
     from ulmfit.recipes.fit import write_reports
-    from ulmfit.recipes.predictor import Member, metrics_by_direction, proba_by_direction
+    from ulmfit.recipes.predictor import BUILD_PRECISION, Member, metrics_by_direction, proba_by_direction
 
     dirs, data, out = list(run.configs), run.data, run.out
     folders = {d: model_dir.direction_folder(out, dirs[0], d) for d in dirs}
@@ -282,7 +282,7 @@ def _ensemble(run: Run) -> dict:
     if held is not None:
         probs, labels = dict(zip(dirs, held[0])), held[1]
     else:
-        members = [Member.load(folders[d], d) for d in dirs]
+        members = [Member.load(folders[d], d, precision=BUILD_PRECISION) for d in dirs]
         probs, labels = proba_by_direction(members, data.valid.texts, len(data.classes)), data.valid.labels
     metrics = metrics_by_direction(probs, labels, data.classes)
     for d in dirs[1:]:
