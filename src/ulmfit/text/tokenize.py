@@ -28,10 +28,12 @@ import unicodedata
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice, repeat
 from multiprocessing import get_context
 from operator import eq
 from typing import Sequence
+
+import numpy as np
 
 from ulmfit.errors import UlmfitError
 
@@ -134,62 +136,65 @@ _RE_CONTRACTION = re.compile(r"(?<=\w)(n't|'(?:s|m|d|ll|ve|re))(?!\w)", re.IGNOR
 
 
 class Tokenizer:
-    """`tok(text) -> list[str]`; `tok(("title", "body"))` marks fields with `xxfld 1`, `xxfld 2`."""
+    """`tok(text) -> list[str]`; `tok(("title", "body"))` marks fields with `xxfld 1`, `xxfld 2`.
+
+    After `fix_html` and the character runs (`xxrep`), every rule but the word repetition acts
+    within one whitespace piece (the split, the contractions, the e-mails) or one token (the
+    casing), so each distinct piece is tokenized once (`_PieceCache`) and looked up afterwards:
+    the loop over the pieces of a text runs in C (`map` over the cache, `chain` to flatten).
+    Tweets repeat most of their pieces (467k pieces, 72k distinct in the 29,757 training tweets)."""
 
     def __init__(self, config: TokenizerConfig | None = None):
         self.config = config or TokenizerConfig()
         self._re_rep = re.compile(r"(\S)\1{%d,}" % self.config.max_rep)
+        self._cache = _PieceCache()
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.config})"
 
+    def __getstate__(self):  # pickled without its cache
+        return {"config": self.config}
+
+    def __setstate__(self, state):
+        self.__init__(state["config"])
+
     def __call__(self, text: str | Sequence[str]) -> list[str]:
         if isinstance(text, str):
-            toks = self._words(text)
+            toks = self._words(self._fix(text).split())
         else:
             toks = []
             for i, field in enumerate(text):
-                toks += [FLD, str(i + 1)] + self._words(field)
+                toks += [FLD, str(i + 1)] + self._words(self._fix(str(field)).split())
         if self.config.add_bos:
             toks.insert(0, BOS)
         if self.config.add_eos:
             toks.append(EOS)
         return toks
 
-    def _words(self, t: str) -> list[str]:
-        t = self._re_rep.sub(_sub_rep, fix_html(str(t)))
-        # Split on whitespace first: most pieces are plain words (`isalnum` runs in C) and skip
-        # the regex; the others ("Hello," "don't" ":-)" URLs) go through it.
-        toks: list[str] = []
-        for piece in t.split():
-            if piece.isalnum():
-                toks.append(piece)
-                continue
-            if "'" in piece:
-                piece = _RE_CONTRACTION.sub(r" \1", piece)
-            if "@" in piece and _RE_EMAIL_HINT.search(piece):
-                toks += _split_emails(piece)
-            else:
-                toks += _RE_TOKEN.findall(piece)
-        if len(toks) > self.config.max_rep and any(map(eq, toks, islice(toks, 1, None))):
-            toks = self._replace_wrep(toks)
-        # Capitals: most tokens are already lowercase and take the first branch.
-        out: list[str] = []
-        add = out.append
-        for w in toks:
-            lo = w.lower()
-            if lo == w:
-                add(w)
-            elif len(w) > 1 and w.isupper() and (w[0].isalnum() or w[0] == "'"):  # not ":D"
-                out += (TK_UP, lo)
-            elif w[0].isupper() and w[1:] == w[1:].lower():
-                out += (TK_MAJ, lo)
-            else:
-                add(lo)  # mixed case like "iPhone": casing dropped, as in fastai
+    def _fix(self, t: str) -> str:
+        """`fix_html`, then `cccc` -> ` xxrep 4 c ` (a character repeated more than max_rep times)."""
+        return self._re_rep.sub(_sub_rep, fix_html(t))
+
+    def _words(self, pieces: list[str]) -> list[str]:
+        """Tokens of the whitespace pieces of one text after `_fix`."""
+        out = list(chain.from_iterable(map(self._cache.__getitem__, pieces)))
+        # A word repeated more than max_rep times is found among the tokens before casing. Casing
+        # maps a token to 1 or 2 tokens (`_case`), so a run of r equal tokens leaves out[k] ==
+        # out[k+2] at two consecutive k when r >= 4 or when the tokens are marked (r >= 2); at one
+        # k when r == 3; out[k] == out[k+1] when r == 2. That test (in C) spares ~99% of texts the
+        # exact one, which splits the pieces again.
+        if len(out) > self.config.max_rep:
+            e2 = bytes(map(eq, out, islice(out, 2, None)))
+            r = self.config.max_rep + 1
+            if (e2.find(b"\x01\x01") >= 0 if r >= 4 else e2.find(1) >= 0 if r == 3 else
+                    e2.find(b"\x01\x01") >= 0 or any(map(eq, out, islice(out, 1, None)))):
+                raw = list(chain.from_iterable(map(_piece_tokens, pieces)))
+                if any(map(eq, raw, islice(raw, 1, None))):
+                    out = list(chain.from_iterable(map(_CASE.__getitem__, self._replace_wrep(raw))))
         return out
 
     def _replace_wrep(self, toks: list[str]) -> list[str]:
-        """`w w w w` -> `xxwrep 4 w` for runs longer than max_rep (before casing, like fastai)."""
+        """`w w w w` -> `xxwrep 4 w` for runs longer than max_rep (before casing, as fastai)."""
         out, i, n = [], 0, len(toks)
         while i < n:
             j = i + 1
@@ -199,36 +204,63 @@ class Tokenizer:
             i = j
         return out
 
+    def _tokenize_list(self, texts: Sequence) -> list[list[str]]:
+        """`[self(t) for t in texts]`, a block of texts at a time: the character runs are looked for
+        in the whole block at once (`_with_runs`, numpy) rather than with the regex in each text."""
+        words = self._words
+        head = [BOS] if self.config.add_bos else []
+        tail = [EOS] if self.config.add_eos else []
+        out: list[list[str]] = []
+        with _gc_paused():
+            for b in range(0, len(texts), _BLOCK_TEXTS):
+                block = texts[b:b + _BLOCK_TEXTS]
+                if not all(map(isinstance, block, repeat(str))):  # fields
+                    out += map(self, block)
+                    continue
+                fixed = list(map(fix_html, block))
+                for i in _with_runs(fixed, self.config.max_rep + 1):
+                    fixed[i] = self._re_rep.sub(_sub_rep, fixed[i])
+                out += [head + words(f.split()) + tail for f in fixed]
+        return out
+
     def tokenize_many(self, texts: Sequence[str], n_workers: int | None = None) -> list[list[str]]:
         """Tokenize `texts` in order. `n_workers=None`: in-process below ~2M characters (where
-        starting workers and shipping the text would eat the gain), else one process per core
-        (at most 4); `n_workers=1`: always in-process."""
+        starting a worker would eat the gain), else one process per core (at most 4);
+        `n_workers=1`: always in-process."""
         texts = list(texts)
         if n_workers is None:
             n_chars = sum(len(t) if isinstance(t, str) else sum(map(len, t)) for t in texts)
             n_workers = 1 if n_chars < _PARALLEL_MIN_CHARS else min(4, os.cpu_count() or 1)
         n_workers = min(n_workers, len(texts))
         if n_workers <= 1:
-            with _gc_paused():
-                return [self(t) for t in texts]
+            return self._tokenize_list(texts)
         # This process is one of the workers: it tokenizes the head of `texts` while n_workers - 1
-        # forked children take the tail, so only the children's part is shipped. Children send each
-        # chunk back as one string (tokens joined by " ", documents by "\n"): pickling a list of
-        # lists of short strings would cost as much as tokenizing them. Splitting those strings
-        # here costs ~1/4 of tokenizing them, so this process takes a little less than its share.
+        # children take the tail in a few chunks (so that this process receives the first ones while
+        # the children still work). Forked children already hold `texts`: they get index ranges
+        # into `_SHARED` (set before the fork), not the texts. They send back lists of lists of
+        # tokens; pickle writes a token once per chunk and then refers to it (its memo), and the
+        # cache makes equal tokens one object, so the transfer costs a fraction of the tokenizing.
         head = int(len(texts) * _PARENT_SHARE / n_workers)
-        tail = texts[head:]
-        n_chunks = (n_workers - 1) * 4  # a few per child, so a slow chunk does not leave a core idle
-        size = max(1, -(-len(tail) // n_chunks))
-        chunks = [tail[i:i + size] for i in range(0, len(tail), size)]
-        ex = ProcessPoolExecutor(n_workers - 1, mp_context=_mp_context())
+        n_chunks = (n_workers - 1) * 4
+        size = max(1, -(-(len(texts) - head) // n_chunks))
+        ranges = [(i, min(i + size, len(texts))) for i in range(head, len(texts), size)]
+        ctx = _mp_context()
+        key = object()
+        forked = ctx.get_start_method() == "fork"
+        if forked:
+            _SHARED[id(key)] = (self.config, texts)
+        ex = ProcessPoolExecutor(n_workers - 1, mp_context=ctx)
         try:
-            futures = [ex.submit(_tokenize_chunk, self.config, c) for c in chunks]
+            if forked:
+                futures = [ex.submit(_tokenize_shared, id(key), i, j) for i, j in ranges]
+            else:
+                futures = [ex.submit(_tokenize_texts, self.config, texts[i:j]) for i, j in ranges]
+            out = self._tokenize_list(texts[:head])
             with _gc_paused():
-                out = [self(t) for t in texts[:head]]
                 for f in futures:
-                    out += [d.split(" ") if d else [] for d in f.result().split("\n")]
+                    out += f.result()
         finally:
+            _SHARED.pop(id(key), None)
             # Without waiting: a child's exit (freeing its heap) took 0.2-0.7 s; the executor's
             # own thread reaps it. On an error, pending chunks are cancelled.
             ex.shutdown(wait=False, cancel_futures=True)
@@ -236,9 +268,14 @@ class Tokenizer:
 
 
 # The head of the texts that the calling process tokenizes itself, as a fraction of an equal share
-# (1 / n_workers): it also splits the children's strings (measured ~1/4 of the tokenizing), so with
-# 2 workers it takes 40% and the child 60%.
+# (1 / n_workers): it also unpickles the children's tokens, so with 2 workers it takes 40%.
 _PARENT_SHARE = 0.8
+
+# tokenize_many looks for character runs in this many texts at a time
+_BLOCK_TEXTS = 2048
+
+# Texts of tokenize_many calls in flight, for their forked workers: id(key) -> (config, texts).
+_SHARED: dict[int, tuple[TokenizerConfig, list]] = {}
 
 
 @contextmanager
@@ -254,24 +291,111 @@ def _gc_paused():
             gc.enable()
 
 
-# Below this many characters (~0.4 s of work at ~5M chars/s) tokenize_many(n_workers=None) stays
-# in-process: the parent's splitting of the workers' strings back into lists costs ~1/4 of the
-# tokenizing itself, so two workers only pay off once that and the fork (~20 ms) are amortised.
+# Below this many characters tokenize_many(n_workers=None) stays in-process: starting a worker and
+# receiving its tokens only pay off once the work is well above the fork's cost.
 _PARALLEL_MIN_CHARS = 2_000_000
 
 
 def _mp_context():
-    """fork on Linux: workers start in milliseconds and do not re-import `__main__` (a script
-    without an `if __name__ == "__main__"` guard still works). The usual hazard of fork, locks
-    held by the parent's other threads (torch's), does not apply: workers only run `re` code.
-    Elsewhere the platform's default (spawn on macOS and Windows)."""
+    """fork on Linux: workers start in milliseconds, already hold the texts and do not re-import
+    `__main__` (a script without an `if __name__ == "__main__"` guard still works). The usual
+    hazard of fork, locks held by the parent's other threads (torch's), does not apply: workers only
+    run `re` and `str` code. Elsewhere the platform's default (spawn on macOS and Windows)."""
     return get_context("fork") if sys.platform.startswith("linux") else get_context()
 
 
-def _tokenize_chunk(config: TokenizerConfig, texts: list[str]) -> str:
-    tok = Tokenizer(config)
-    with _gc_paused():
-        return "\n".join(" ".join(tok(t)) for t in texts)
+def _tokenize_shared(key: int, i: int, j: int) -> list[list[str]]:
+    config, texts = _SHARED[key]
+    return Tokenizer(config)._tokenize_list(texts[i:j])
+
+
+def _tokenize_texts(config: TokenizerConfig, texts: list) -> list[list[str]]:
+    return Tokenizer(config)._tokenize_list(texts)
+
+
+# ---------------------------------------------------------------------------------- the piece cache
+
+# Pieces up to 32 characters are kept (longer ones are mostly URLs seen once), at most 100k of them
+# (~25 MB; the 29,757 training tweets have 72k distinct pieces); the token casing cache likewise.
+_CACHE_MAX_CHARS = 32
+_CACHE_MAX_ENTRIES = 100_000
+
+
+class _PieceCache(dict):
+    """piece -> its tokens with case marks (a tuple), computed on first use. Holds at most
+    `_CACHE_MAX_ENTRIES` pieces of at most `_CACHE_MAX_CHARS` characters (emptied when full)."""
+
+    __slots__ = ()
+
+    def __missing__(self, piece: str) -> tuple[str, ...]:
+        raw = _piece_tokens(piece)
+        # a lowercase piece has lowercase tokens (its substrings)
+        value = tuple(raw) if piece == piece.lower() else tuple(chain.from_iterable(map(_CASE.__getitem__, raw)))
+        if len(piece) <= _CACHE_MAX_CHARS:
+            if len(self) >= _CACHE_MAX_ENTRIES:
+                self.clear()
+            self[piece] = value
+        return value
+
+
+def _piece_tokens(piece: str) -> list[str]:
+    """Tokens of one whitespace piece (after `Tokenizer._fix`) before casing."""
+    if piece.isalnum():
+        return [piece]
+    if "'" in piece:
+        piece = _RE_CONTRACTION.sub(r" \1", piece)
+    if "@" in piece and _RE_EMAIL_HINT.search(piece):
+        return _split_emails(piece)
+    return _RE_TOKEN.findall(piece)
+
+
+def _with_runs(texts: list[str], n: int) -> list[int]:
+    """Indices of the texts holding a character other than whitespace n times in a row (what
+    `Tokenizer._re_rep` matches), from one vectorised comparison of the texts' code points."""
+    joined = "\n".join(texts)
+    if len(joined) < n:
+        return []
+    a = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    same = a[1:] == a[:-1]  # same[i]: character i+1 repeats character i
+    same &= (a[1:] != 32) & ((a[1:] < 9) | (a[1:] > 13))  # ASCII whitespace never counts
+    m = len(same) - (n - 2)
+    run = same[:m].copy()
+    for k in range(1, n - 1):
+        run &= same[k:k + m]
+    starts = [i for i in np.flatnonzero(run).tolist() if not joined[i].isspace()]
+    if not starts:
+        return []
+    ends = np.cumsum([len(t) + 1 for t in texts])  # one past each text's "\n"
+    return sorted(set(np.searchsorted(ends, starts, side="right").tolist()))
+
+
+class _CaseCache(dict):
+    """token -> (token) or (case mark, lowercased token), computed on first use (`_case`)."""
+
+    __slots__ = ()
+
+    def __missing__(self, w: str) -> tuple[str, ...]:
+        value = _case(w)
+        if len(w) <= _CACHE_MAX_CHARS:
+            if len(self) >= _CACHE_MAX_ENTRIES:
+                self.clear()
+            self[w] = value
+        return value
+
+
+_CASE = _CaseCache()
+
+
+def _case(w: str) -> tuple[str, ...]:
+    """One token with its case mark: `HELLO` -> (xxup, hello), `Hello` / `I` -> (xxmaj, ...)."""
+    lo = w.lower()
+    if lo == w:
+        return (w,)
+    if len(w) > 1 and w.isupper() and (w[0].isalnum() or w[0] == "'"):  # not ":D"
+        return (TK_UP, lo)
+    if w[0].isupper() and w[1:] == w[1:].lower():
+        return (TK_MAJ, lo)
+    return (lo,)  # mixed case like "iPhone": casing dropped, as in fastai
 
 
 def _split_emails(piece: str) -> list[str]:
