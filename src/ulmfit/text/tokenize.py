@@ -177,21 +177,31 @@ class Tokenizer:
 
     def _words(self, pieces: list[str]) -> list[str]:
         """Tokens of the whitespace pieces of one text after `_fix`."""
-        out = list(chain.from_iterable(map(self._cache.__getitem__, pieces)))
-        # A word repeated more than max_rep times is found among the tokens before casing. Casing
-        # maps a token to 1 or 2 tokens (`_case`), so a run of r equal tokens leaves out[k] ==
-        # out[k+2] at two consecutive k when r >= 4 or when the tokens are marked (r >= 2); at one
-        # k when r == 3; out[k] == out[k+1] when r == 2. That test (in C) spares ~99% of texts the
-        # exact one, which splits the pieces again.
-        if len(out) > self.config.max_rep:
-            e2 = bytes(map(eq, out, islice(out, 2, None)))
-            r = self.config.max_rep + 1
-            if (e2.find(b"\x01\x01") >= 0 if r >= 4 else e2.find(1) >= 0 if r == 3 else
-                    e2.find(b"\x01\x01") >= 0 or any(map(eq, out, islice(out, 1, None)))):
-                raw = list(chain.from_iterable(map(_piece_tokens, pieces)))
-                if any(map(eq, raw, islice(raw, 1, None))):
-                    out = list(chain.from_iterable(map(_CASE.__getitem__, self._replace_wrep(raw))))
+        cache = self._cache
+        cache.repeats = False
+        out = list(chain.from_iterable(map(cache.__getitem__, pieces)))
+        if len(out) > self.config.max_rep and self._may_repeat(pieces, out):
+            raw = list(chain.from_iterable(map(_piece_tokens, pieces)))
+            if any(map(eq, raw, islice(raw, 1, None))):
+                out = list(chain.from_iterable(map(_CASE.__getitem__, self._replace_wrep(raw))))
         return out
+
+    def _may_repeat(self, pieces: list[str], out: list[str]) -> bool:
+        """False when no token (before casing) can repeat more than max_rep times in a row: a test
+        in C that spares ~99% of texts the exact one, which splits the pieces again.
+        max_rep >= 3 (a run of r >= 4 tokens): unless a piece has two equal tokens in a row (such
+        pieces are not cached and flag `_PieceCache.repeats`), each piece holds at most one token
+        of the run, so the run spans >= 4 pieces and the >= 2 inner ones are that one token: two
+        equal pieces in a row. Smaller max_rep: casing maps a token to 1 or 2 tokens (`_case`), so
+        a run of r leaves out[k] == out[k+2] at one k when r == 3; out[k] == out[k+1] or, for
+        marked tokens, out[k] == out[k+2] at two consecutive k when r == 2."""
+        r = self.config.max_rep + 1
+        if r >= 4:
+            return self._cache.repeats or any(map(eq, pieces, islice(pieces, 1, None)))
+        e2 = bytes(map(eq, out, islice(out, 2, None)))
+        if r == 3:
+            return e2.find(1) >= 0
+        return e2.find(b"\x01\x01") >= 0 or any(map(eq, out, islice(out, 1, None)))
 
     def _replace_wrep(self, toks: list[str]) -> list[str]:
         """`w w w w` -> `xxwrep 4 w` for runs longer than max_rep (before casing, as fastai)."""
@@ -323,15 +333,22 @@ _CACHE_MAX_ENTRIES = 100_000
 
 class _PieceCache(dict):
     """piece -> its tokens with case marks (a tuple), computed on first use. Holds at most
-    `_CACHE_MAX_ENTRIES` pieces of at most `_CACHE_MAX_CHARS` characters (emptied when full)."""
+    `_CACHE_MAX_ENTRIES` pieces of at most `_CACHE_MAX_CHARS` characters (emptied when full); a
+    piece holding the same token twice in a row is not kept and sets `repeats`."""
 
-    __slots__ = ()
+    __slots__ = ("repeats",)
+
+    def __init__(self):
+        super().__init__()
+        self.repeats = False
 
     def __missing__(self, piece: str) -> tuple[str, ...]:
         raw = _piece_tokens(piece)
         # a lowercase piece has lowercase tokens (its substrings)
         value = tuple(raw) if piece == piece.lower() else tuple(chain.from_iterable(map(_CASE.__getitem__, raw)))
-        if len(piece) <= _CACHE_MAX_CHARS:
+        if len(raw) > 1 and any(map(eq, raw, islice(raw, 1, None))):
+            self.repeats = True
+        elif len(piece) <= _CACHE_MAX_CHARS:
             if len(self) >= _CACHE_MAX_ENTRIES:
                 self.clear()
             self[piece] = value
