@@ -232,3 +232,37 @@ def test_fuzz_tokenizer_linear_and_clean():
                 assert _split_emails(piece) == old.findall(piece), piece
 
     check()
+
+
+@pytest.mark.parametrize("max_rep", [1, 2, 3, 4])
+def test_word_repetition_across_and_inside_pieces(max_rep):
+    """The cheap test that lets most texts skip the exact word-repetition pass (`_may_repeat`)
+    never misses a run: inside one piece, across pieces, marked (capitalised) tokens, and after a
+    piece seen before (cached) or holding a repeat (not cached)."""
+    import importlib
+    import itertools
+    texts = ["a** **b", ":):) :):)", "w w w w w", "Ha Ha Ha Ha", "HA HA ha ha", "x!! !! !!",
+             "no no no no!", "** ** ** **", ":) :) :) :)", "a.a.a. a.", "...... ...", "hi hi hi"]
+    t = Tokenizer(TokenizerConfig(add_bos=False, max_rep=max_rep))
+    for text in texts * 2:  # the second time from the cache
+        raw = list(itertools.chain.from_iterable(
+            importlib.import_module("ulmfit.text.tokenize")._piece_tokens(p) for p in t._fix(text).split()))
+        longest = max(len(list(g)) for _, g in itertools.groupby(raw))
+        assert (TK_WREP in t(text)) == (longest > max_rep), (text, max_rep, t(text))
+
+
+def test_cache_bounds_and_fresh_tokenizer_agree(monkeypatch):
+    """Tokens do not depend on what the piece cache holds: a tokenizer whose cache is emptied every
+    few pieces, one that never keeps a piece, and a new one give the same tokens as a warm one."""
+    from ulmfit.text import tokenize as T
+    texts = _corpus(3000) + ["Café naïve ÜBER Σ ΣΑΣ İ ǅ", "sooooo GOOOOD!!!! don't", "a@b.com a-@b.c"]
+    warm = Tokenizer()
+    expected = warm.tokenize_many(texts, n_workers=1)
+    assert warm.tokenize_many(texts, n_workers=1) == expected
+    monkeypatch.setattr(T, "_CACHE_MAX_ENTRIES", 7)
+    monkeypatch.setattr(T, "_BLOCK_TEXTS", 5)
+    assert Tokenizer().tokenize_many(texts, n_workers=1) == expected
+    assert [Tokenizer()(t) for t in texts] == expected
+    monkeypatch.setattr(T, "_CACHE_MAX_CHARS", 0)
+    assert Tokenizer().tokenize_many(texts, n_workers=1) == expected
+    assert len(Tokenizer()._cache) == 0
