@@ -266,3 +266,13 @@ def test_cache_bounds_and_fresh_tokenizer_agree(monkeypatch):
     monkeypatch.setattr(T, "_CACHE_MAX_CHARS", 0)
     assert Tokenizer().tokenize_many(texts, n_workers=1) == expected
     assert len(Tokenizer()._cache) == 0
+
+
+def test_one_tokenizer_shared_by_threads():
+    """A server's threads may share one Tokenizer (and its cache): each gets its own tokens."""
+    from concurrent.futures import ThreadPoolExecutor
+    texts = ["no no no no", ":):) :):)", "fine then", "HA HA HA HA!"] * 300 + _corpus(800)
+    expected = [Tokenizer()(t) for t in texts]
+    shared = Tokenizer()
+    with ThreadPoolExecutor(4) as ex:
+        assert list(ex.map(shared, texts)) == expected

@@ -24,6 +24,7 @@ import html
 import os
 import re
 import sys
+import threading
 import unicodedata
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -177,9 +178,8 @@ class Tokenizer:
 
     def _words(self, pieces: list[str]) -> list[str]:
         """Tokens of the whitespace pieces of one text after `_fix`."""
-        cache = self._cache
-        cache.repeats = False
-        out = list(chain.from_iterable(map(cache.__getitem__, pieces)))
+        _SEEN.repeat = False
+        out = list(chain.from_iterable(map(self._cache.__getitem__, pieces)))
         if len(out) > self.config.max_rep and self._may_repeat(pieces, out):
             raw = list(chain.from_iterable(map(_piece_tokens, pieces)))
             if any(map(eq, raw, islice(raw, 1, None))):
@@ -190,14 +190,14 @@ class Tokenizer:
         """False when no token (before casing) can repeat more than max_rep times in a row: a test
         in C that spares ~99% of texts the exact one, which splits the pieces again.
         max_rep >= 3 (a run of r >= 4 tokens): unless a piece has two equal tokens in a row (such
-        pieces are not cached and flag `_PieceCache.repeats`), each piece holds at most one token
+        pieces are not cached and set `_SEEN.repeat`), each piece holds at most one token
         of the run, so the run spans >= 4 pieces and the >= 2 inner ones are that one token: two
         equal pieces in a row. Smaller max_rep: casing maps a token to 1 or 2 tokens (`_case`), so
         a run of r leaves out[k] == out[k+2] at one k when r == 3; out[k] == out[k+1] or, for
         marked tokens, out[k] == out[k+2] at two consecutive k when r == 2."""
         r = self.config.max_rep + 1
         if r >= 4:
-            return self._cache.repeats or any(map(eq, pieces, islice(pieces, 1, None)))
+            return _SEEN.repeat or any(map(eq, pieces, islice(pieces, 1, None)))
         e2 = bytes(map(eq, out, islice(out, 2, None)))
         if r == 3:
             return e2.find(1) >= 0
@@ -333,23 +333,24 @@ _CACHE_MAX_CHARS = 32
 _CACHE_MAX_ENTRIES = 100_000
 
 
+# Set by `_PieceCache` when the text being tokenized has a piece holding a repeated token; per
+# thread, as the threads of a server may share one Tokenizer.
+_SEEN = threading.local()
+
+
 class _PieceCache(dict):
     """piece -> its tokens with case marks (a tuple), computed on first use. Holds at most
     `_CACHE_MAX_ENTRIES` pieces of at most `_CACHE_MAX_CHARS` characters (emptied when full); a
-    piece holding the same token twice in a row is not kept and sets `repeats`."""
+    piece holding the same token twice in a row is not kept and sets `_SEEN.repeat`."""
 
-    __slots__ = ("repeats",)
-
-    def __init__(self):
-        super().__init__()
-        self.repeats = False
+    __slots__ = ()
 
     def __missing__(self, piece: str) -> tuple[str, ...]:
         raw = _piece_tokens(piece)
         # a lowercase piece has lowercase tokens (its substrings)
         value = tuple(raw) if piece == piece.lower() else tuple(chain.from_iterable(map(_CASE.__getitem__, raw)))
         if len(raw) > 1 and any(map(eq, raw, islice(raw, 1, None))):
-            self.repeats = True
+            _SEEN.repeat = True
         elif len(piece) <= _CACHE_MAX_CHARS:
             if len(self) >= _CACHE_MAX_ENTRIES:
                 self.clear()
