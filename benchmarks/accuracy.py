@@ -271,9 +271,9 @@ def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log
             cmd += QUICK_OURS
     for s in a.ulmfit_set or []:
         cmd += ["--set", s]
-    fit = run_measured(cmd, log_path=cdir / "fit.log", timeout=a.cell_timeout)
-    if fit["rc"] != 0:
-        return {"status": "failed", "command": cmd, "rc": fit["rc"], "log_tail": tail(cdir / "fit.log")}
+    fit, failed = run_step(a, cmd, cdir / "fit.log")
+    if failed:
+        return failed
     ev, metrics, failed = evaluate_folder(a, out, splits, cdir)
     if failed:
         return failed
@@ -288,13 +288,21 @@ def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log
             "command": cmd, "details": {"evaluate": {k: metrics[k] for k in metrics if k in ("per_class", "n")}}}
 
 
+def run_step(a, cmd: list[str], log_path: Path) -> tuple[dict, dict | None]:
+    """One measured subprocess of a cell: (the measured run, None), or (it, the cell's failure record)."""
+    r = run_measured(cmd, log_path=log_path, timeout=a.cell_timeout)
+    if r["rc"] != 0:
+        return r, {"status": "failed", "command": cmd, "rc": r["rc"], "log_tail": tail(log_path)}
+    return r, None
+
+
 def evaluate_folder(a, out: Path, splits: dict, cdir: Path) -> tuple[dict, dict | None, dict | None]:
     """`ulmfit evaluate OUT` on the test split: (the measured run, its JSON metrics, None), or the cell's
     failure record as the third item."""
     ev_cmd = [str(OUR_CLI), "evaluate", str(out), "--data", str(splits["test"]), "--json"]
-    ev = run_measured(ev_cmd, log_path=cdir / "evaluate.log", timeout=a.cell_timeout)
-    if ev["rc"] != 0:
-        return ev, None, {"status": "failed", "command": ev_cmd, "rc": ev["rc"], "log_tail": tail(cdir / "evaluate.log")}
+    ev, failed = run_step(a, ev_cmd, cdir / "evaluate.log")
+    if failed:
+        return ev, None, failed
     return ev, json.loads(ev["stdout"].strip().splitlines()[-1]), None
 
 
@@ -312,9 +320,9 @@ def run_ensemble(a, splits, ds, budget, seed, work_tag: Path, cell_root: Path, c
         member_cells.append(read_json(cell))
     out = cdir / "model"
     cmd = [str(OUR_CLI), "ensemble", *map(str, folders), "--valid", str(splits["valid"]), "--out", str(out), "--overwrite"]
-    ens = run_measured(cmd, log_path=cdir / "ensemble.log", timeout=a.cell_timeout)
-    if ens["rc"] != 0:
-        return {"status": "failed", "command": cmd, "rc": ens["rc"], "log_tail": tail(cdir / "ensemble.log")}
+    ens, failed = run_step(a, cmd, cdir / "ensemble.log")
+    if failed:
+        return failed
     ev, metrics, failed = evaluate_folder(a, out, splits, cdir)
     if failed:
         return failed

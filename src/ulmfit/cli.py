@@ -278,6 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--label-col", default=given.get("label"), help="label column (default: label)")
         sp.add_argument("--encoding", default=given.get("encoding"), help="file encoding (default utf-8; try latin-1)")
 
+    def run_args(sp, config_help, set_help, resume_help, overwrite_help):
+        """--config, --set, --seed, --resume, --overwrite: the flags of a training run (`fit`, `distill`)."""
+        sp.add_argument("--config", help=config_help)
+        sp.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help=set_help)
+        sp.add_argument("--seed", type=int)
+        sp.add_argument("--resume", action="store_true", help=resume_help)
+        sp.add_argument("--overwrite", action="store_true", help=overwrite_help)
+
     def precision_arg(sp):
         sp.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="auto (default): the AWD-LSTM encoder in bf16 where the CPU computes bf16 natively "
@@ -308,11 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--backbone", help="awd_lstm (default: the --pretrained language model), minilm (the "
                                       "all-MiniLM-L6-v2 encoder; needs the 'transformers' extra) or a local "
                                       "Hugging Face BERT-type model folder: runs the transformer recipe")
-    f.add_argument("--config", help="a config.json to start from (e.g. from another model folder)")
-    f.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a config field")
-    f.add_argument("--seed", type=int)
-    f.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    f.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    run_args(f, "a config.json to start from (e.g. from another model folder)", "override a config field",
+             "continue an interrupted run in --out", "replace what --out holds")
     data_args(f)
     f.set_defaults(func=cmd_fit)
 
@@ -331,11 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     ds_low.add_argument("--labels-per-class", type=int, metavar="N", help="gold labels: N per class (the rest become unlabelled)")
     ds_low.add_argument("--max-labels", type=int, metavar="N", help="gold labels: N in all, stratified (the rest become unlabelled)")
     ds.add_argument("--pretrained", help="the student's starting LM (default general-en when installed; 'none')")
-    ds.add_argument("--config", help="a config.json to start from")
-    ds.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a config field (e.g. distill.unlabeled_ratio=4)")
-    ds.add_argument("--seed", type=int)
-    ds.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (the teacher cache too)")
-    ds.add_argument("--overwrite", action="store_true", help="replace what --out holds (a valid teacher cache is kept)")
+    run_args(ds, "a config.json to start from", "override a config field (e.g. distill.unlabeled_ratio=4)",
+             "continue an interrupted run in --out (the teacher cache too)",
+             "replace what --out holds (a valid teacher cache is kept)")
     data_args(ds)
     ds.set_defaults(func=cmd_distill)
 
