@@ -236,43 +236,72 @@ def test_fuzz_tokenizer_linear_and_clean():
 
 @pytest.mark.parametrize("max_rep", [1, 2, 3, 4])
 def test_word_repetition_across_and_inside_pieces(max_rep):
-    """The cheap test that lets most texts skip the exact word-repetition pass (`_may_repeat`)
-    never misses a run: inside one piece, across pieces, marked (capitalised) tokens, and after a
-    piece seen before (cached) or holding a repeat (not cached)."""
+    """A word repetition is found inside one piece, across pieces, for marked (capitalised) tokens,
+    and between texts of a block never (each text apart), by both paths."""
     import importlib
     import itertools
     texts = ["a** **b", ":):) :):)", "w w w w w", "Ha Ha Ha Ha", "HA HA ha ha", "x!! !! !!",
              "no no no no!", "** ** ** **", ":) :) :) :)", "a.a.a. a.", "...... ...", "hi hi hi"]
     t = Tokenizer(TokenizerConfig(add_bos=False, max_rep=max_rep))
-    for text in texts * 2:  # the second time from the cache
+    block = t.tokenize_many(texts + ["hi"] * 5 + texts, n_workers=1)
+    assert block == [t(x) for x in texts + ["hi"] * 5 + texts]
+    for text in texts:
         raw = list(itertools.chain.from_iterable(
             importlib.import_module("ulmfit.text.tokenize")._piece_tokens(p) for p in t._fix(text).split()))
         longest = max(len(list(g)) for _, g in itertools.groupby(raw))
         assert (TK_WREP in t(text)) == (longest > max_rep), (text, max_rep, t(text))
 
 
-def test_cache_bounds_and_fresh_tokenizer_agree(monkeypatch):
-    """Tokens do not depend on what the piece cache holds: a tokenizer whose cache is emptied every
-    few pieces, one that never keeps a piece, and a new one give the same tokens as a warm one."""
+def _adversarial(n, seed=0):
+    """Short texts from the characters and fragments where the rules differ: case (title case,
+    dotted I, final sigma, symbols that are upper case, letters above U+FFFF), marks, invisible and
+    curly characters, the block separator, entities, e-mails, contractions, runs, repetitions."""
+    rng = random.Random(seed)
+    alphabet = list("aZ9_.-+@:;/#'\"<>&!?()^ \n\t\u200d👍éÉ\x00\x01ΣσςİıǅǆßẞﬁÅÅ\u0301\u0345Ꝺ𐐀𝐀Ⓐⓐ½²٣") + [
+        "n't", "'s", "http://x.co/", "www.", "a@b.com", "&amp;", "<br />", "\\n", " @.@ ", "xxup",
+        "HELLO", "Hello", "I", "...", "!!", ":)", "<3", "e.g.", "3.14", "ΣΑΣ", "ΟΔΟΣ", "İstanbul",
+        "\u2019", "&quot;", "#39;", "ÀB", "µ", "sooooo", "A" * 40]
+    out = []
+    for _ in range(n):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 25)))
+        if rng.random() < 0.2:
+            word = rng.choice(["ha", "HA", "Ha", ":)", "**", "no"])
+            text = (" " if rng.random() < 0.5 else "").join([word] * rng.randint(1, 6)) + text
+        out.append(text)
+    return out
+
+
+@pytest.mark.parametrize("max_rep,bos,eos", [(1, True, False), (2, False, True), (3, True, True), (4, False, False)])
+def test_blocks_equal_the_exact_path(monkeypatch, max_rep, bos, eos):
+    """`tokenize_many` (whole blocks of texts at once) gives `tok(text)`'s tokens (one text, rule by
+    rule) on adversarial texts and fields, whatever the block size; with 2 workers too."""
     from ulmfit.text import tokenize as T
-    texts = _corpus(3000) + ["Café naïve ÜBER Σ ΣΑΣ İ ǅ", "sooooo GOOOOD!!!! don't", "a@b.com a-@b.c"]
-    warm = Tokenizer()
-    expected = warm.tokenize_many(texts, n_workers=1)
-    assert warm.tokenize_many(texts, n_workers=1) == expected
-    monkeypatch.setattr(T, "_CACHE_MAX_ENTRIES", 7)
-    monkeypatch.setattr(T, "_BLOCK_TEXTS", 5)
-    assert Tokenizer().tokenize_many(texts, n_workers=1) == expected
-    assert [Tokenizer()(t) for t in texts] == expected
-    monkeypatch.setattr(T, "_CACHE_MAX_CHARS", 0)
-    assert Tokenizer().tokenize_many(texts, n_workers=1) == expected
-    assert len(Tokenizer()._cache) == 0
+    texts = _adversarial(1500, seed=max_rep) + _corpus(300) + ["", ("A title", "Body ÀB"), ""]
+    t = Tokenizer(TokenizerConfig(add_bos=bos, add_eos=eos, max_rep=max_rep))
+    expected = [t(x) for x in texts]
+    assert t.tokenize_many(texts, n_workers=1) == expected
+    monkeypatch.setattr(T, "_BLOCK_TEXTS", 7)
+    assert t.tokenize_many(texts, n_workers=1) == expected
+    if max_rep == 3:
+        assert t.tokenize_many(texts, n_workers=2) == expected
+
+
+def test_block_casing_arrays_on_long_tokens():
+    """Tokens of 2**15 characters and more (the packed per-character counts fall back) and blocks
+    above U+00FF (arrays of 4 bytes per character) mark the casing as `tok(text)` does."""
+    texts = ["A" * 40000 + " B" + "a" * 40000, "Ab" * 20000, "ÀB Àb σ ΣΑΣ Ⓐⓑ", "plain"]
+    assert tok.tokenize_many(texts, n_workers=1) == [tok(x) for x in texts]
+    assert tok.tokenize_many(texts[:2], n_workers=1) == [tok(x) for x in texts[:2]]
 
 
 def test_one_tokenizer_shared_by_threads():
-    """A server's threads may share one Tokenizer (and its cache): each gets its own tokens."""
+    """A server's threads may share one Tokenizer: each gets its own tokens."""
     from concurrent.futures import ThreadPoolExecutor
     texts = ["no no no no", ":):) :):)", "fine then", "HA HA HA HA!"] * 300 + _corpus(800)
     expected = [Tokenizer()(t) for t in texts]
     shared = Tokenizer()
     with ThreadPoolExecutor(4) as ex:
         assert list(ex.map(shared, texts)) == expected
+        chunks = [texts[i:i + 300] for i in range(0, len(texts), 300)]
+        many = ex.map(lambda c: shared.tokenize_many(c, n_workers=1), chunks)
+        assert [toks for c in many for toks in c] == expected

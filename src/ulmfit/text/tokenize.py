@@ -29,7 +29,8 @@ import unicodedata
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import chain, islice, repeat
+from bisect import bisect_right
+from itertools import chain, compress, count, islice, repeat
 from multiprocessing import get_context
 from operator import eq
 from typing import Sequence
@@ -109,17 +110,22 @@ def _mark_class() -> str:
     return "".join(ranges)
 
 
-_W = rf"[\w{_mark_class()}]"  # a word character
+# A word character. `a-z` first: `re` tests the members of a class in order, and most word
+# characters are ASCII letters.
+_W = rf"[a-z\w{_mark_class()}]"
+# Each alternative starts with a literal or a class (`\d\d*` rather than `\d+`): `re` skips such an
+# alternative after one test of the current character, and enters the others to fail there.
 _TOKEN = rf"""
-    (?:https?://|www\.)[^\s<>"]*[^\s<>"'.,;:!?)\]}}]     # URL, without trailing punctuation
+    https?://[^\s<>"]*[^\s<>"'.,;:!?)\]}}]               # URL, without trailing punctuation
+  | www\.[^\s<>"]*[^\s<>"'.,;:!?)\]}}]
   | [@\#]\w+                                             # @mention, #hashtag
   | <3+ | </3 | \^_*\^ | -_+- | >_<                      # emoticons ...
   | [:;=][-o*']?(?:[)\](\[|@}}{{\\/]|[dDpP](?!\w))       #   :) ;-) :'( :D :P =/
-  | \d+(?:[.,:]\d+)+                                     # 3.14 1,000 10:30
-  | (?:[^\W\d_]\.){{2,}}                                 # e.g. U.S.A.
+  | \d\d*(?:[.,:]\d+)+                                   # 3.14 1,000 10:30
+  | [^\W\d_]\.(?:[^\W\d_]\.)+                            # e.g. U.S.A.
   | [nN]'[tT](?!\w) | '(?:[sSmMdD]|[lL][lL]|[vV][eE]|[rR][eE])(?!\w)   # n't 's 'm 'd 'll 've 're
-  | {_W}+(?:'{_W}+)*                                     # words, o'clock, rock'n'roll
-  | \.\.+ | [!?]+ | --+                                  # ... !! ?! --
+  | {_W}{_W}*(?:'{_W}+)*                                 # words, o'clock, rock'n'roll
+  | \.\.+ | [!?][!?]* | --+                              # ... !! ?! --
   | [^\w\s](?:[\U0001F3FB-\U0001F3FF\ufe0f]|\u200d[^\w\s])*  # other symbols one at a time; emoji
                                                          # keep skin tones and ZWJ sequences
 """
@@ -131,77 +137,71 @@ _RE_TOKEN = re.compile(_TOKEN, re.VERBOSE)
 # each run is checked once and `_split_emails` gives exactly the tokens of that alternation.
 _RE_LOCAL_RUN = re.compile(r"[\w.+-]+")
 _RE_DOMAIN = re.compile(r"\w[\w-]*(?:\.[\w-]+)+")  # `.` never inside `[\w-]`: one way to match
-_RE_EMAIL_HINT = re.compile(r"[\w.+-]@\w")  # fixed width: a cheap test before the run scan
+# A cheap test before the run scan: a local-part character, "@", and the start of a domain up to its
+# first dot (linear: each "@" scans one run of `[\w-]`). Every e-mail of `_split_emails` holds it.
+# Written from the "@" (a literal prefix: `search` skips to each "@" without trying other positions).
+_RE_EMAIL_HINT = re.compile(r"@(?<=[\w.+-]@)\w[\w-]*\.[\w-]")
 # spaCy-style contractions: "don't" -> "do n't", "I'm" -> "I 'm"; "o'clock", "y'all" stay whole.
 _RE_CONTRACTION = re.compile(r"(?<=\w)(n't|'(?:s|m|d|ll|ve|re))(?!\w)", re.IGNORECASE)
+
+
+# The same split over a whole block of texts (`Tokenizer._block`), a run of tokens per match:
+# tokens that follow each other with one space between them (`findall` then costs ~1 match per
+# piece that splits, not per token; joined by spaces, the matches give the tokens). Whitespace
+# before a run is skipped inside the match, so `findall` never fails at a position. The first
+# alternative, a run of word characters up to whitespace (most tokens), is what `_TOKEN` gives
+# there: each earlier alternative of `_TOKEN` needs a character that is not a word character.
+_T1 = rf"(?:{_W}{_W}*+(?=\s)|{_TOKEN})"
+_RE_BLOCK_RUNS = re.compile(rf"\s*+({_T1}(?:[ ]{_T1})*+)", re.VERBOSE)
+# The contractions of a block, found from their apostrophe (a scan for one character) rather than
+# tried at every position: the same matches as `_RE_CONTRACTION`, which starts one character
+# earlier for "n't".
+_RE_APOSTROPHE = re.compile(r"'(?:(?<=\w[nN]')[tT]|(?<=\w')(?:[sSmMdD]|[lL][lL]|[vV][eE]|[rR][eE]))(?!\w)")
+# Separates the texts of a block: whitespace around it makes it a token of its own; texts that hold
+# it go through the exact path.
+_SEP = "\x00"
 
 
 class Tokenizer:
     """`tok(text) -> list[str]`; `tok(("title", "body"))` marks fields with `xxfld 1`, `xxfld 2`.
 
-    After `fix_html` and the character runs (`xxrep`), every rule but the word repetition acts
-    within one whitespace piece (the split, the contractions, the e-mails) or one token (the
-    casing), so each distinct piece is tokenized once (`_PieceCache`) and looked up afterwards:
-    the loop over the pieces of a text runs in C (`map` over the cache, `chain` to flatten).
-    Tweets repeat most of their pieces (467k pieces, 72k distinct in the 29,757 training tweets)."""
+    Two paths give the same tokens (tests/test_tokenize.py compares them on every rule):
+    `tok(text)` applies the rules to one text, piece by piece (`_exact`); `tokenize_many` applies
+    them to blocks of texts joined into one string, with no Python work per token (`_block`)."""
 
     def __init__(self, config: TokenizerConfig | None = None):
         self.config = config or TokenizerConfig()
         self._re_rep = re.compile(r"(\S)\1{%d,}" % self.config.max_rep)
-        self._cache = _PieceCache()
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.config})"
 
-    def __getstate__(self):  # pickled without its cache
-        return {"config": self.config}
-
-    def __setstate__(self, state):
-        self.__init__(state["config"])
-
     def __call__(self, text: str | Sequence[str]) -> list[str]:
         if isinstance(text, str):
-            toks = self._words(self._fix(text).split())
+            toks = self._exact(self._fix(text))
         else:
             toks = []
             for i, field in enumerate(text):
-                toks += [FLD, str(i + 1)] + self._words(self._fix(str(field)).split())
-        if self.config.add_bos:
-            toks.insert(0, BOS)
-        if self.config.add_eos:
-            toks.append(EOS)
-        return toks
+                toks += [FLD, str(i + 1)] + self._exact(self._fix(str(field)))
+        return self._head() + toks + self._tail()
+
+    def _head(self) -> list[str]:
+        return [BOS] if self.config.add_bos else []
+
+    def _tail(self) -> list[str]:
+        return [EOS] if self.config.add_eos else []
 
     def _fix(self, t: str) -> str:
         """`fix_html`, then `cccc` -> ` xxrep 4 c ` (a character repeated more than max_rep times)."""
         return self._re_rep.sub(_sub_rep, fix_html(t))
 
-    def _words(self, pieces: list[str]) -> list[str]:
-        """Tokens of the whitespace pieces of one text after `_fix`."""
-        _SEEN.repeat = False
-        out = list(chain.from_iterable(map(self._cache.__getitem__, pieces)))
-        if len(out) > self.config.max_rep and self._may_repeat(pieces, out):
-            raw = list(chain.from_iterable(map(_piece_tokens, pieces)))
-            if any(map(eq, raw, islice(raw, 1, None))):
-                out = list(chain.from_iterable(map(_CASE.__getitem__, self._replace_wrep(raw))))
-        return out
-
-    def _may_repeat(self, pieces: list[str], out: list[str]) -> bool:
-        """False when no token (before casing) can repeat more than max_rep times in a row: a test
-        in C that spares ~99% of texts the exact one, which splits the pieces again.
-        max_rep >= 3 (a run of r >= 4 tokens): unless a piece has two equal tokens in a row (such
-        pieces are not cached and set `_SEEN.repeat`), each piece holds at most one token
-        of the run, so the run spans >= 4 pieces and the >= 2 inner ones are that one token: two
-        equal pieces in a row. Smaller max_rep: casing maps a token to 1 or 2 tokens (`_case`), so
-        a run of r leaves out[k] == out[k+2] at one k when r == 3; out[k] == out[k+1] or, for
-        marked tokens, out[k] == out[k+2] at two consecutive k when r == 2."""
-        r = self.config.max_rep + 1
-        if r >= 4:
-            return _SEEN.repeat or any(map(eq, pieces, islice(pieces, 1, None)))
-        e2 = bytes(map(eq, out, islice(out, 2, None)))
-        if r == 3:
-            return e2.find(1) >= 0
-        return e2.find(b"\x01\x01") >= 0 or any(map(eq, out, islice(out, 1, None)))
+    def _exact(self, t: str) -> list[str]:
+        """Tokens of one text after `_fix`, rule by rule: split each whitespace piece, replace word
+        repetitions, mark the casing of each token."""
+        raw = list(chain.from_iterable(map(_piece_tokens, t.split())))
+        if len(raw) > self.config.max_rep and any(map(eq, raw, islice(raw, 1, None))):
+            raw = self._replace_wrep(raw)
+        return list(chain.from_iterable(map(_case, raw)))
 
     def _replace_wrep(self, toks: list[str]) -> list[str]:
         """`w w w w` -> `xxwrep 4 w` for runs longer than max_rep (before casing, as fastai)."""
@@ -214,24 +214,77 @@ class Tokenizer:
             i = j
         return out
 
+    def _block(self, texts: list[str]) -> tuple[str, dict[int, list[str]]]:
+        """Tokens of a block of texts as one string (tokens separated by spaces, texts by `_SEP`,
+        without xxbos/xxeos) and the texts left to the exact path (index -> tokens).
+
+        Each rule runs once over the whole block in C: `fix_html` per text, the character runs
+        (numpy, `_with_runs`), the contractions, one `findall` of `_RE_BLOCK_RUNS`, a test on arrays
+        for word repetitions, the casing marks and lowercasing (`_Codes`, numpy). A rule acts within a
+        whitespace piece (or a token), so the separator keeps the texts apart. The exact path takes
+        the rare texts holding an e-mail (`_split_emails`) or the separator."""
+        fixed = list(map(fix_html, texts))
+        for i in _with_runs(fixed, self.config.max_rep + 1):
+            fixed[i] = self._re_rep.sub(_sub_rep, fixed[i])
+        joined = f" {_SEP} ".join(fixed)
+        exact: dict[int, list[str]] = {}
+        odd = joined.count(_SEP) != len(fixed) - 1
+        if odd or ("@" in joined and _RE_EMAIL_HINT.search(joined)):
+            for i, t in enumerate(fixed):
+                if _SEP in t or ("@" in t and _RE_EMAIL_HINT.search(t)):
+                    exact[i] = self._exact(t)
+                    fixed[i] = ""
+            joined = f" {_SEP} ".join(fixed)
+        s = " ".join(_RE_BLOCK_RUNS.findall(_contract(joined)))
+        codes = _Codes(s)
+        r = self.config.max_rep
+        if codes.may_repeat(r):  # the exact test, on the few blocks that pass the cheap one
+            toks = s.split(" ")
+            same = bytes(map(eq, toks, islice(toks, 1, None)))  # same[k]: token k + 1 equals token k
+            if same.find(b"\x01" * r) >= 0:  # r equal neighbours in a row: a run of r + 1
+                codes = _Codes(" ".join(self._block_wrep(toks, same)))
+        return codes.cased(), exact
+
+    def _block_wrep(self, toks: list[str], same: bytes) -> list[str]:
+        """`_replace_wrep` on the texts of a block's tokens that hold a run (`same` as in `_block`);
+        texts are the tokens between separators."""
+        seps = list(compress(count(), map(eq, toks, repeat(_SEP))))
+        seps.append(len(toks))
+        texts, k = set(), same.find(b"\x01" * self.config.max_rep)
+        while k >= 0:
+            texts.add(bisect_right(seps, k))
+            k = same.find(b"\x01" * self.config.max_rep, k + 1)
+        for t in sorted(texts, reverse=True):  # from the end: earlier indices stay valid
+            i, j = (seps[t - 1] + 1 if t else 0), seps[t]
+            toks[i:j] = self._replace_wrep(toks[i:j])
+        return toks
+
+    def _tokenize_joined(self, texts: list) -> tuple[str | None, dict[int, list[str]]]:
+        """The tokens of `texts` as one string, xxbos/xxeos included: texts separated by `_SEP`,
+        tokens by spaces (`_split_docs` turns it into lists; None for no texts). Texts with fields
+        and those left to the exact path are empty there and given apart (index -> tokens). What a
+        worker returns: one string pickles and unpickles in a fraction of the time of many small
+        ones."""
+        special = {}
+        if not all(map(isinstance, texts, repeat(str))):
+            special = {i: self(t) for i, t in enumerate(texts) if not isinstance(t, str)}
+            texts = [t if isinstance(t, str) else "" for t in texts]
+        parts = []
+        for b in range(0, len(texts), _BLOCK_TEXTS):
+            s, exact = self._block(texts[b:b + _BLOCK_TEXTS])
+            for i, toks in exact.items():
+                special[b + i] = self._head() + toks + self._tail()
+            parts.append(s)
+        if not parts:
+            return None, special
+        sep = " ".join(self._tail() + [_SEP] + self._head())
+        body = f" {_SEP} ".join(parts).replace(_SEP, sep)
+        return " ".join(self._head() + [body] + self._tail()), special
+
     def _tokenize_list(self, texts: Sequence) -> list[list[str]]:
-        """`[self(t) for t in texts]`, a block of texts at a time: the character runs are looked for
-        in the whole block at once (`_with_runs`, numpy) rather than with the regex in each text."""
-        words = self._words
-        head = [BOS] if self.config.add_bos else []
-        tail = [EOS] if self.config.add_eos else []
-        out: list[list[str]] = []
+        """`[self(t) for t in texts]`, by blocks of texts (`_block`)."""
         with _gc_paused():
-            for b in range(0, len(texts), _BLOCK_TEXTS):
-                block = texts[b:b + _BLOCK_TEXTS]
-                if not all(map(isinstance, block, repeat(str))):  # fields
-                    out += map(self, block)
-                    continue
-                fixed = list(map(fix_html, block))
-                for i in _with_runs(fixed, self.config.max_rep + 1):
-                    fixed[i] = self._re_rep.sub(_sub_rep, fixed[i])
-                out += [head + words(f.split()) + tail for f in fixed]
-        return out
+            return _split_docs(*self._tokenize_joined(list(texts)))
 
     def tokenize_many(self, texts: Sequence[str], n_workers: int | None = None) -> list[list[str]]:
         """Tokenize `texts` in order. `n_workers=None`: in-process below ~2M characters (where
@@ -247,9 +300,8 @@ class Tokenizer:
         # This process is one of the workers: it tokenizes the head of `texts` while n_workers - 1
         # children take the tail in a few chunks (so that this process receives the first ones while
         # the children still work). Forked children already hold `texts`: they get index ranges
-        # into `_SHARED` (set before the fork), not the texts. They send back lists of lists of
-        # tokens; pickle writes a token once per chunk and then refers to it (its memo), and the
-        # cache makes equal tokens one object, so the transfer costs a fraction of the tokenizing.
+        # into `_SHARED` (set before the fork), not the texts. Each sends back its chunk's tokens as
+        # one string (`_tokenize_strings`; tokens never hold whitespace), split here in C.
         head = int(len(texts) * _PARENT_SHARE / n_workers)
         n_chunks = (n_workers - 1) * 4
         size = max(1, -(-(len(texts) - head) // n_chunks))
@@ -268,7 +320,7 @@ class Tokenizer:
             out = self._tokenize_list(texts[:head])
             with _gc_paused():
                 for f in futures:
-                    out += f.result()
+                    out += _split_docs(*f.result())
         finally:
             _SHARED.pop(id(key), None)
             # Without waiting: a child's exit (freeing its heap) took 0.2-0.7 s; the executor's
@@ -278,13 +330,12 @@ class Tokenizer:
 
 
 # The head of the texts that the calling process tokenizes itself, as a fraction of an equal share
-# (1 / n_workers). With 2 workers on the tweets (idle-ish 2-core EPYC, in one process, 5 rounds):
-# 0.8 took 295 ms (the child, which also pickles its tokens, finished last), 1.0 252 ms, 1.2 247-277,
-# one worker 272.
+# (1 / n_workers).
 _PARENT_SHARE = 1.0
 
-# tokenize_many looks for character runs in this many texts at a time
-_BLOCK_TEXTS = 2048
+# Texts per block of `_block`: ~100 kB of tweets, so that the block's strings and arrays stay in the
+# CPU caches (blocks of 30k tweets took ~1.3x as long per text).
+_BLOCK_TEXTS = 1024
 
 # Texts of tokenize_many calls in flight, for their forked workers: id(key) -> (config, texts).
 _SHARED: dict[int, tuple[TokenizerConfig, list]] = {}
@@ -312,50 +363,137 @@ def _mp_context():
     """fork on Linux: workers start in milliseconds, already hold the texts and do not re-import
     `__main__` (a script without an `if __name__ == "__main__"` guard still works). The usual
     hazard of fork, locks held by the parent's other threads (torch's), does not apply: workers only
-    run `re` and `str` code. Elsewhere the platform's default (spawn on macOS and Windows)."""
+    run `re`, `str` and numpy code. Elsewhere the platform's default (spawn on macOS and Windows)."""
     return get_context("fork") if sys.platform.startswith("linux") else get_context()
 
 
-def _tokenize_shared(key: int, i: int, j: int) -> list[list[str]]:
+def _split_docs(s: str | None, special: dict[int, list[str]]) -> list[list[str]]:
+    """`Tokenizer._tokenize_joined`'s string and texts apart back to one list of tokens per text."""
+    out = list(map(str.split, s.split(_SEP))) if s is not None else []
+    for i, toks in special.items():
+        out[i] = toks
+    return out
+
+
+def _tokenize_shared(key: int, i: int, j: int) -> tuple[str | None, dict[int, list[str]]]:
     config, texts = _SHARED[key]
-    return Tokenizer(config)._tokenize_list(texts[i:j])
+    return Tokenizer(config)._tokenize_joined(texts[i:j])
 
 
-def _tokenize_texts(config: TokenizerConfig, texts: list) -> list[list[str]]:
-    return Tokenizer(config)._tokenize_list(texts)
+def _tokenize_texts(config: TokenizerConfig, texts: list) -> tuple[str, dict[int, list[str]]]:
+    return Tokenizer(config)._tokenize_joined(texts)
 
 
-# ---------------------------------------------------------------------------------- the piece cache
-
-# Pieces up to 32 characters are kept (longer ones are mostly URLs seen once), at most 100k of them
-# (~25 MB; the 29,757 training tweets have 72k distinct pieces); the token casing cache likewise.
-_CACHE_MAX_CHARS = 32
-_CACHE_MAX_ENTRIES = 100_000
+# ---------------------------------------------------------------------------------- block helpers
 
 
-# Set by `_PieceCache` when the text being tokenized has a piece holding a repeated token; per
-# thread, as the threads of a server may share one Tokenizer.
-_SEEN = threading.local()
+def _contract(s: str) -> str:
+    """`_RE_CONTRACTION.sub(r" \\1", s)`: a space before each contraction."""
+    cuts = [m.start() - (s[m.start() + 1] in "tT") for m in _RE_APOSTROPHE.finditer(s)]
+    if not cuts:
+        return s
+    return " ".join([s[i:j] for i, j in zip([0] + cuts, cuts + [len(s)])])
 
 
-class _PieceCache(dict):
-    """piece -> its tokens with case marks (a tuple), computed on first use. Holds at most
-    `_CACHE_MAX_ENTRIES` pieces of at most `_CACHE_MAX_CHARS` characters (emptied when full); a
-    piece holding the same token twice in a row is not kept and sets `_SEEN.repeat`."""
+def _char_props(chars: str) -> np.ndarray:
+    """Per character, the bits `_Codes.cased` needs: 1 upper (`c.isupper()`), 2 lower or title case
+    (what makes a string not `isupper()`), 4 may start an `xxup` token (alphanumeric or ')."""
+    return np.array([(c.isupper()) | (not (c + "A").isupper()) << 1 | (c.isalnum() or c == "'") << 2
+                     for c in chars], dtype=np.uint8)
 
-    __slots__ = ()
 
-    def __missing__(self, piece: str) -> tuple[str, ...]:
-        raw = _piece_tokens(piece)
-        # a lowercase piece has lowercase tokens (its substrings)
-        value = tuple(raw) if piece == piece.lower() else tuple(chain.from_iterable(map(_CASE.__getitem__, raw)))
-        if len(raw) > 1 and any(map(eq, raw, islice(raw, 1, None))):
-            _SEEN.repeat = True
-        elif len(piece) <= _CACHE_MAX_CHARS:
-            if len(self) >= _CACHE_MAX_ENTRIES:
-                self.clear()
-            self[piece] = value
-        return value
+_LATIN1 = "".join(map(chr, range(256)))
+_LATIN1_PROPS = _char_props(_LATIN1)
+_LATIN1_LOWER = np.frombuffer(_LATIN1.lower().encode("latin-1"), np.uint8)  # one to one, in range
+_LATIN1_PACKED = ((_LATIN1_LOWER != np.arange(256)) | (_LATIN1_PROPS >> 1 & 1).astype(np.int32) << 15).astype(np.int32)
+if not np.array_equal(_LATIN1_LOWER != np.arange(256), _LATIN1_PROPS & 1 > 0):
+    raise ImportError("tokenize: below U+0100 the characters that change under lower() must be the upper case ones")
+
+
+class _Codes:
+    """A block's tokens, separated by single spaces, as an array of code points (one byte each when
+    every character is below 256), with where each token starts and ends."""
+
+    def __init__(self, s: str):
+        self.s = s
+        try:
+            self.codec = "latin-1"
+            self.a = np.frombuffer(s.encode(self.codec), np.uint8)
+        except UnicodeEncodeError:
+            self.codec = "utf-32-le"
+            self.a = np.frombuffer(s.encode(self.codec, "surrogatepass"), np.uint32)
+        spaces = np.flatnonzero(self.a == 32)
+        self.starts = np.concatenate(([0], spaces + 1))
+        self.ends = np.append(spaces, len(self.a))
+
+    def may_repeat(self, r: int) -> bool:
+        """False when no r + 1 tokens in a row are equal: equal tokens have equal lengths and equal
+        first, middle and last characters, compared for all neighbours at once."""
+        a, s, e = self.a, self.starts, self.ends
+        if len(s) <= r or not len(a):
+            return False
+        n = e - s
+        mid = a[s + n // 2]
+        same = (n[1:] == n[:-1]) & (a[s[1:]] == a[s[:-1]]) & (a[e[1:] - 1] == a[e[:-1] - 1]) & (mid[1:] == mid[:-1])
+        return same.tobytes().find(b"\x01" * r) >= 0
+
+    def cased(self) -> str:
+        """`" ".join(chain.from_iterable(map(_case, s.split(" "))))`: each token lowercased, `xxup` /
+        `xxmaj` before it as `_case` decides, from per-character arrays. Per token, `w.lower() != w`
+        iff one of its characters changes under `lower()`, compared position by position with the
+        lowercased block (`lower()` maps one character to one but U+0130, where this falls back to
+        `_case`; the context rule of a final sigma stops at the space, so the block's lowercase is
+        each token's); `w.isupper()` iff no character has bit 2 of `_char_props` and one has bit 1."""
+        s, a, starts, ends = self.s, self.a, self.starts, self.ends
+        if not len(a):
+            return s
+        if a.dtype == np.uint8 and (ends - starts).max() < 1 << 15:
+            # tables per character: its lowercase, and "changes under lower()" + 2**15 * "lower or
+            # title case" (below 256 the characters that change are the upper case ones), so one
+            # cumulative sum counts both per token (int32, wrapping: exact per token up to 2**15)
+            b = _LATIN1_LOWER[a]
+            packed = _segment_sums(_LATIN1_PACKED[a], starts, ends)
+            n_ch = n_up = packed & 0x7FFF
+            n_lo = packed >> 15 & 0xFFFF
+            ch_first = _LATIN1_LOWER[a[starts]] != a[starts]
+            props = _LATIN1_PROPS[a[starts]]
+        else:
+            lo = s.lower()
+            if len(lo) != len(s):
+                return " ".join(chain.from_iterable(map(_case, s.split(" "))))
+            b = np.frombuffer(lo.encode(self.codec, "surrogatepass"), a.dtype)
+            props = np.zeros(len(a), np.uint8)
+            small = a < 256
+            props[small] = _LATIN1_PROPS[a[small]]
+            cps, inv = np.unique(a[~small], return_inverse=True)
+            props[~small] = _char_props("".join(map(chr, cps.tolist())))[inv]
+            ch = (a != b).view(np.uint8)
+            n_ch, n_up, n_lo = (_segment_sums(x, starts, ends) for x in (ch, props & 1, props & 2))
+            ch_first = ch[starts] > 0
+            props = props[starts]
+        first = props  # of each token's first character
+        up = (ends - starts >= 2) & (first & 4 > 0) & (n_lo == 0) & (n_up > 0) & (n_ch > 0)
+        maj = (first & 1 > 0) & ch_first & (n_ch == 1) & ~up
+        at_maj, at_up = starts[maj], starts[up]
+        if not (len(at_maj) or len(at_up)):
+            return b.tobytes().decode(self.codec, "surrogatepass")
+        marks = [(at_maj, _MARKS[TK_MAJ]), (at_up, _MARKS[TK_UP])]
+        where = np.concatenate([np.repeat(at, len(m)) for at, m in marks])
+        what = np.concatenate([np.tile(m, len(at)) for at, m in marks]).astype(a.dtype)
+        order = np.argsort(where, kind="stable")
+        return np.insert(b, where[order], what[order]).tobytes().decode(self.codec, "surrogatepass")
+
+
+_MARKS = {m: np.frombuffer(f"{m} ".encode("latin-1"), np.uint8) for m in (TK_MAJ, TK_UP)}
+
+
+def _segment_sums(x: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """`x[starts[i]:ends[i]].sum()` for every i, from a cumulative sum (`np.add.reduceat` took
+    4x), in x's integer type if it is int32 (wrapping: exact when each segment's sum fits)."""
+    dtype = np.int32 if x.dtype == np.int32 else np.int64
+    c = np.zeros(len(x) + 1, dtype)
+    np.cumsum(x, dtype=dtype, out=c[1:])
+    return c[ends] - c[starts]
 
 
 def _piece_tokens(piece: str) -> list[str]:
@@ -375,7 +513,10 @@ def _with_runs(texts: list[str], n: int) -> list[int]:
     joined = "\n".join(texts)
     if len(joined) < n:
         return []
-    a = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    try:
+        a = np.frombuffer(joined.encode("latin-1"), dtype=np.uint8)
+    except UnicodeEncodeError:
+        a = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
     same = a[1:] == a[:-1]  # same[i]: character i+1 repeats character i
     same &= (a[1:] != 32) & ((a[1:] < 9) | (a[1:] > 13))  # ASCII whitespace never counts
     m = len(same) - (n - 2)
@@ -387,23 +528,6 @@ def _with_runs(texts: list[str], n: int) -> list[int]:
         return []
     ends = np.cumsum([len(t) + 1 for t in texts])  # one past each text's "\n"
     return sorted(set(np.searchsorted(ends, starts, side="right").tolist()))
-
-
-class _CaseCache(dict):
-    """token -> (token) or (case mark, lowercased token), computed on first use (`_case`)."""
-
-    __slots__ = ()
-
-    def __missing__(self, w: str) -> tuple[str, ...]:
-        value = _case(w)
-        if len(w) <= _CACHE_MAX_CHARS:
-            if len(self) >= _CACHE_MAX_ENTRIES:
-                self.clear()
-            self[w] = value
-        return value
-
-
-_CASE = _CaseCache()
 
 
 def _case(w: str) -> tuple[str, ...]:
