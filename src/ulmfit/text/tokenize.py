@@ -224,16 +224,18 @@ class Tokenizer:
         whitespace piece (or a token), so the separator keeps the texts apart. The exact path takes
         the rare texts holding an e-mail (`_split_emails`) or the separator."""
         fixed = list(map(fix_html, texts))
-        for i in _with_runs(fixed, self.config.max_rep + 1):
-            fixed[i] = self._re_rep.sub(_sub_rep, fixed[i])
         joined = f" {_SEP} ".join(fixed)
+        runs = _with_runs(joined, fixed, self.config.max_rep + 1)
+        for i in runs:
+            fixed[i] = self._re_rep.sub(_sub_rep, fixed[i])
         exact: dict[int, list[str]] = {}
-        odd = joined.count(_SEP) != len(fixed) - 1
-        if odd or ("@" in joined and _RE_EMAIL_HINT.search(joined)):
+        if joined.count(_SEP) != len(fixed) - 1 or ("@" in joined and _RE_EMAIL_HINT.search(joined)):
             for i, t in enumerate(fixed):
                 if _SEP in t or ("@" in t and _RE_EMAIL_HINT.search(t)):
                     exact[i] = self._exact(t)
                     fixed[i] = ""
+            runs = True
+        if runs:
             joined = f" {_SEP} ".join(fixed)
         s = " ".join(_RE_BLOCK_RUNS.findall(_contract(joined)))
         codes = _Codes(s)
@@ -277,9 +279,13 @@ class Tokenizer:
             parts.append(s)
         if not parts:
             return None, special
+        # empty parts (a block of one empty text) left out
         sep = " ".join(self._tail() + [_SEP] + self._head())
-        body = f" {_SEP} ".join(parts).replace(_SEP, sep)
-        return " ".join(self._head() + [body] + self._tail()), special
+        items = []
+        for k, part in enumerate(parts):
+            items += [_SEP, part] if k else [part]
+        body = " ".join(filter(None, [*self._head(), " ".join(filter(None, items)).replace(_SEP, sep), *self._tail()]))
+        return body, special
 
     def _tokenize_list(self, texts: Sequence) -> list[list[str]]:
         """`[self(t) for t in texts]`, by blocks of texts (`_block`)."""
@@ -330,8 +336,8 @@ class Tokenizer:
 
 
 # The head of the texts that the calling process tokenizes itself, as a fraction of an equal share
-# (1 / n_workers).
-_PARENT_SHARE = 1.0
+# (1 / n_workers): it also splits the children's strings into lists (~1/6 of the work).
+_PARENT_SHARE = 0.85
 
 # Texts per block of `_block`: ~100 kB of tweets, so that the block's strings and arrays stay in the
 # CPU caches (blocks of 30k tweets took ~1.3x as long per text).
@@ -370,8 +376,8 @@ def _mp_context():
 def _split_docs(s: str | None, special: dict[int, list[str]]) -> list[list[str]]:
     """`Tokenizer._tokenize_joined`'s string and texts apart back to one list of tokens per text."""
     out = list(map(str.split, s.split(_SEP))) if s is not None else []
-    for i, toks in special.items():
-        out[i] = toks
+    for i, t in special.items():
+        out[i] = t
     return out
 
 
@@ -507,10 +513,10 @@ def _piece_tokens(piece: str) -> list[str]:
     return _RE_TOKEN.findall(piece)
 
 
-def _with_runs(texts: list[str], n: int) -> list[int]:
+def _with_runs(joined: str, texts: list[str], n: int) -> list[int]:
     """Indices of the texts holding a character other than whitespace n times in a row (what
-    `Tokenizer._re_rep` matches), from one vectorised comparison of the texts' code points."""
-    joined = "\n".join(texts)
+    `Tokenizer._re_rep` matches), from one vectorised comparison of the code points of `joined`
+    (the texts joined by ` _SEP `)."""
     if len(joined) < n:
         return []
     try:
@@ -526,7 +532,7 @@ def _with_runs(texts: list[str], n: int) -> list[int]:
     starts = [i for i in np.flatnonzero(run).tolist() if not joined[i].isspace()]
     if not starts:
         return []
-    ends = np.cumsum([len(t) + 1 for t in texts])  # one past each text's "\n"
+    ends = np.cumsum([len(t) + 3 for t in texts])  # one past each text's " _SEP "
     return sorted(set(np.searchsorted(ends, starts, side="right").tolist()))
 
 
