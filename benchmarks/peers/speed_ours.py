@@ -23,12 +23,13 @@ def tokenize(job):
     from ulmfit.text.tokenize import Tokenizer
 
     texts = read_json(job["texts"])
-    times, n = [], 0
+    times, n, out = [], 0, None
     for _ in range(job["repeat"]):
-        # a new Tokenizer and an empty casing cache each time: its piece cache starts cold, as
-        # fastai's new tokenizer does in each `tokenize_texts` call (no repeat reuses the last one's)
+        # a new Tokenizer each time (as fastai's `tokenize_texts` builds a new tokenizer per call),
+        # and the last repeat's tokens freed before the clock starts (in speed_fastai.py too)
         tok = Tokenizer()
         _clear_casing_cache()
+        out = None
         t0 = time.perf_counter()
         out = tok.tokenize_many(texts, n_workers=job["workers"])
         times.append(time.perf_counter() - t0)
@@ -40,7 +41,7 @@ def tokenize(job):
 def _clear_casing_cache():
     try:
         from ulmfit.text.tokenize import _CASE
-    except ImportError:  # an older ulmfit (--baseline-src) has no cache
+    except ImportError:  # no cache across calls (the current tokenizer; an older one with --baseline-src)
         return
     _CASE.clear()
 

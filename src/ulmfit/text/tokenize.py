@@ -29,8 +29,7 @@ import unicodedata
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from bisect import bisect_right
-from itertools import chain, compress, count, islice, repeat
+from itertools import chain, groupby, islice, repeat
 from multiprocessing import get_context
 from operator import eq
 from typing import Sequence
@@ -220,7 +219,7 @@ class Tokenizer:
 
         Each rule runs once over the whole block in C: `fix_html` per text, the character runs
         (numpy, `_with_runs`), the contractions, one `findall` of `_RE_BLOCK_RUNS`, a test on arrays
-        for word repetitions, the casing marks and lowercasing (`_Codes`, numpy). A rule acts within a
+        for word repetitions (the exact one only where it may hold), the casing marks and lowercasing (`_Codes`, numpy). A rule acts within a
         whitespace piece (or a token), so the separator keeps the texts apart. The exact path takes
         the rare texts holding an e-mail (`_split_emails`) or the separator."""
         fixed = list(map(fix_html, texts))
@@ -239,27 +238,18 @@ class Tokenizer:
             joined = f" {_SEP} ".join(fixed)
         s = " ".join(_RE_BLOCK_RUNS.findall(_contract(joined)))
         codes = _Codes(s)
-        r = self.config.max_rep
-        if codes.may_repeat(r):  # the exact test, on the few blocks that pass the cheap one
-            toks = s.split(" ")
-            same = bytes(map(eq, toks, islice(toks, 1, None)))  # same[k]: token k + 1 equals token k
-            if same.find(b"\x01" * r) >= 0:  # r equal neighbours in a row: a run of r + 1
-                codes = _Codes(" ".join(self._block_wrep(toks, same)))
+        stretches = codes.maybe_equal(self.config.max_rep)
+        if stretches:  # `_replace_wrep` on the tokens of each, texts apart
+            cut, out = 0, []
+            for i, j in stretches:
+                toks = [s[a:b] for a, b in zip(codes.starts[i:j].tolist(), codes.ends[i:j].tolist())]
+                new = []
+                for is_sep, group in groupby(toks, _SEP.__eq__):
+                    new += group if is_sep else self._replace_wrep(list(group))
+                out += [s[cut:codes.starts[i]], " ".join(new)]
+                cut = codes.ends[j - 1]
+            codes = _Codes("".join(out) + s[cut:])
         return codes.cased(), exact
-
-    def _block_wrep(self, toks: list[str], same: bytes) -> list[str]:
-        """`_replace_wrep` on the texts of a block's tokens that hold a run (`same` as in `_block`);
-        texts are the tokens between separators."""
-        seps = list(compress(count(), map(eq, toks, repeat(_SEP))))
-        seps.append(len(toks))
-        texts, k = set(), same.find(b"\x01" * self.config.max_rep)
-        while k >= 0:
-            texts.add(bisect_right(seps, k))
-            k = same.find(b"\x01" * self.config.max_rep, k + 1)
-        for t in sorted(texts, reverse=True):  # from the end: earlier indices stay valid
-            i, j = (seps[t - 1] + 1 if t else 0), seps[t]
-            toks[i:j] = self._replace_wrep(toks[i:j])
-        return toks
 
     def _tokenize_joined(self, texts: list) -> tuple[str | None, dict[int, list[str]]]:
         """The tokens of `texts` as one string, xxbos/xxeos included: texts separated by `_SEP`,
@@ -337,7 +327,7 @@ class Tokenizer:
 
 # The head of the texts that the calling process tokenizes itself, as a fraction of an equal share
 # (1 / n_workers): it also splits the children's strings into lists (~1/6 of the work).
-_PARENT_SHARE = 0.85
+_PARENT_SHARE = 0.92
 
 # Texts per block of `_block`: ~100 kB of tweets, so that the block's strings and arrays stay in the
 # CPU caches (blocks of 30k tweets took ~1.3x as long per text).
@@ -432,16 +422,22 @@ class _Codes:
         self.starts = np.concatenate(([0], spaces + 1))
         self.ends = np.append(spaces, len(self.a))
 
-    def may_repeat(self, r: int) -> bool:
-        """False when no r + 1 tokens in a row are equal: equal tokens have equal lengths and equal
-        first, middle and last characters, compared for all neighbours at once."""
+    def maybe_equal(self, r: int) -> list[tuple[int, int]]:
+        """Token ranges [i, j) of more than r tokens in a row that may be equal: equal tokens have
+        equal lengths and equal first, middle and last characters, compared for all neighbours at
+        once. Every run of more than r equal tokens lies in one of them."""
         a, s, e = self.a, self.starts, self.ends
         if len(s) <= r or not len(a):
-            return False
+            return []
         n = e - s
         mid = a[s + n // 2]
         same = (n[1:] == n[:-1]) & (a[s[1:]] == a[s[:-1]]) & (a[e[1:] - 1] == a[e[:-1] - 1]) & (mid[1:] == mid[:-1])
-        return same.tobytes().find(b"\x01" * r) >= 0
+        if same.tobytes().find(b"\x01" * r) < 0:
+            return []
+        edges = np.diff(np.concatenate(([0], same.view(np.int8), [0])))
+        firsts, lasts = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)  # pairs [first, last)
+        keep = lasts - firsts >= r
+        return list(zip(firsts[keep].tolist(), (lasts[keep] + 1).tolist()))
 
     def cased(self) -> str:
         """`" ".join(chain.from_iterable(map(_case, s.split(" "))))`: each token lowercased, `xxup` /
@@ -480,17 +476,21 @@ class _Codes:
         first = props  # of each token's first character
         up = (ends - starts >= 2) & (first & 4 > 0) & (n_lo == 0) & (n_up > 0) & (n_ch > 0)
         maj = (first & 1 > 0) & ch_first & (n_ch == 1) & ~up
-        at_maj, at_up = starts[maj], starts[up]
-        if not (len(at_maj) or len(at_up)):
+        if not (maj.any() or up.any()):
             return b.tobytes().decode(self.codec, "surrogatepass")
-        marks = [(at_maj, _MARKS[TK_MAJ]), (at_up, _MARKS[TK_UP])]
-        where = np.concatenate([np.repeat(at, len(m)) for at, m in marks])
-        what = np.concatenate([np.tile(m, len(at)) for at, m in marks]).astype(a.dtype)
-        order = np.argsort(where, kind="stable")
-        return np.insert(b, where[order], what[order]).tobytes().decode(self.codec, "surrogatepass")
-
-
-_MARKS = {m: np.frombuffer(f"{m} ".encode("latin-1"), np.uint8) for m in (TK_MAJ, TK_UP)}
+        # The space before a marked token becomes a control character absent from the block, then
+        # `str.replace` turns it into " xxmaj " / " xxup " (the first token has no space before it).
+        free = [c for c in range(1, 9) if not (a == c).any()][:2]
+        if len(free) < 2:
+            return " ".join(chain.from_iterable(map(_case, s.split(" "))))
+        b = b.copy() if not b.flags.writeable else b
+        first_mark = TK_MAJ if maj[0] else TK_UP if up[0] else None
+        maj[0] = up[0] = False
+        b[starts[maj] - 1] = free[0]
+        b[starts[up] - 1] = free[1]
+        out = b.tobytes().decode(self.codec, "surrogatepass")
+        out = out.replace(chr(free[0]), f" {TK_MAJ} ").replace(chr(free[1]), f" {TK_UP} ")
+        return f"{first_mark} {out}" if first_mark else out
 
 
 def _segment_sums(x: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
