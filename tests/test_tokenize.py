@@ -118,6 +118,9 @@ def test_tokenize_many_parallel_equals_serial():
     assert tok.tokenize_many(texts, n_workers=2) == serial
     cfg = Tokenizer(TokenizerConfig(add_bos=False))  # empty documents survive the round trip
     assert cfg.tokenize_many(["", "x", ""], n_workers=2) == [[], ["x"], []]
+    for texts in ([""], ["", ""], [""] * 2049, ["x"] * 1024 + [""], ["a\x00b", ""]):  # block edges
+        for n_workers in (1, 2):
+            assert cfg.tokenize_many(texts, n_workers=n_workers) == [cfg(t) for t in texts]
     assert tok.tokenize_many([]) == []
 
 
@@ -177,6 +180,11 @@ def test_pathological_inputs_take_linear_time(name):
     took = time.perf_counter() - t0
     assert took < _TIME_BOUND_S, f"{name}: {len(text):,} characters took {took:.1f} s"
     assert out[0] == BOS and all(t and t.split() == [t] for t in out)
+    t0 = time.perf_counter()  # the block path (its own patterns) on the same input, among others
+    many = tok.tokenize_many(["a b", text, "C"], n_workers=1)
+    took = time.perf_counter() - t0
+    assert took < _TIME_BOUND_S, f"{name} (tokenize_many): {len(text):,} characters took {took:.1f} s"
+    assert many == [tok("a b"), out, tok("C")]
 
 
 def _old_email_alternation():
@@ -269,6 +277,15 @@ def _adversarial(n, seed=0):
             text = (" " if rng.random() < 0.5 else "").join([word] * rng.randint(1, 6)) + text
         out.append(text)
     return out
+
+
+def test_block_contractions_equal_the_pattern():
+    """`_contract` (found from the apostrophe) inserts the spaces of `_RE_CONTRACTION.sub`."""
+    from ulmfit.text.tokenize import _RE_CONTRACTION, _contract
+    texts = _adversarial(2000, seed=7) + ["x's's", "don't", " n't", "ian's", "DON'T", "rock'n'roll",
+                                          "y'all", "n'tn't", "'s", "a'S b'Ll c'vE", "won't've", "é'd"]
+    for text in texts:
+        assert _contract(text) == _RE_CONTRACTION.sub(r" \1", text), text
 
 
 @pytest.mark.parametrize("max_rep,bos,eos", [(1, True, False), (2, False, True), (3, True, True), (4, False, False)])

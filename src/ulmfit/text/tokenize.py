@@ -15,7 +15,12 @@ pattern; no Python loop runs per character. Rules, in order:
 Differences from fastai: a single capital letter ("I", "A") gets `xxmaj`, so `detokenize` can
 give back the original casing; tokens that start with a symbol (#TBT, @Bob, :D) are lowercased
 without a case mark; "..." stays "..." (fastai turns it into "…"); a repeated word is found among
-tokens, not in the raw text. Tokens never contain whitespace (the multiprocess path relies on it).
+tokens, not in the raw text. Tokens never contain whitespace (the block path and the workers rely
+on it).
+
+Two paths, the same tokens: `tok(text)` applies the rules to one text piece by piece in Python
+(`Tokenizer._exact`); `tokenize_many` applies them to blocks of texts joined into one string
+(`Tokenizer._block`), so that the work per token happens in C (`re`, `str`, numpy).
 """
 from __future__ import annotations
 
@@ -217,11 +222,12 @@ class Tokenizer:
         """Tokens of a block of texts as one string (tokens separated by spaces, texts by `_SEP`,
         without xxbos/xxeos) and the texts left to the exact path (index -> tokens).
 
-        Each rule runs once over the whole block in C: `fix_html` per text, the character runs
-        (numpy, `_with_runs`), the contractions, one `findall` of `_RE_BLOCK_RUNS`, a test on arrays
-        for word repetitions (the exact one only where it may hold), the casing marks and lowercasing (`_Codes`, numpy). A rule acts within a
-        whitespace piece (or a token), so the separator keeps the texts apart. The exact path takes
-        the rare texts holding an e-mail (`_split_emails`) or the separator."""
+        Each rule runs over the whole block in C: `fix_html` per text, the character runs (numpy,
+        `_with_runs`), the contractions (`_contract`), one `findall` of `_RE_BLOCK_RUNS`, a test
+        on arrays for word repetitions (the exact one only where it may hold), the casing marks and
+        lowercase (`_Codes`, numpy). Every rule acts within a whitespace piece (or a token), so the
+        separator keeps the texts apart. The exact path takes the rare texts that hold an e-mail
+        (`_split_emails`) or the separator."""
         fixed = list(map(fix_html, texts))
         joined = f" {_SEP} ".join(fixed)
         runs = _with_runs(joined, fixed, self.config.max_rep + 1)
@@ -274,8 +280,8 @@ class Tokenizer:
         items = []
         for k, part in enumerate(parts):
             items += [_SEP, part] if k else [part]
-        body = " ".join(filter(None, [*self._head(), " ".join(filter(None, items)).replace(_SEP, sep), *self._tail()]))
-        return body, special
+        body = " ".join(filter(None, items)).replace(_SEP, sep)
+        return " ".join(filter(None, [*self._head(), body, *self._tail()])), special
 
     def _tokenize_list(self, texts: Sequence) -> list[list[str]]:
         """`[self(t) for t in texts]`, by blocks of texts (`_block`)."""
@@ -297,7 +303,7 @@ class Tokenizer:
         # children take the tail in a few chunks (so that this process receives the first ones while
         # the children still work). Forked children already hold `texts`: they get index ranges
         # into `_SHARED` (set before the fork), not the texts. Each sends back its chunk's tokens as
-        # one string (`_tokenize_strings`; tokens never hold whitespace), split here in C.
+        # one string (`_tokenize_joined`; tokens never hold whitespace), split here in C.
         head = int(len(texts) * _PARENT_SHARE / n_workers)
         n_chunks = (n_workers - 1) * 4
         size = max(1, -(-(len(texts) - head) // n_chunks))
@@ -339,8 +345,9 @@ _SHARED: dict[int, tuple[TokenizerConfig, list]] = {}
 
 @contextmanager
 def _gc_paused():
-    """Building millions of small lists triggers the cyclic garbage collector over and over, and
-    each full pass walks every live object: up to half the run time. Nothing here makes cycles."""
+    """Building many lists triggers the cyclic garbage collector over and over, and each full pass
+    walks every live object. Nothing here makes cycles. (On re-enabling, one pass over the new lists
+    remains: ~30 ms for the 30k lists of the tweets, as often as not inside the call.)"""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -376,7 +383,7 @@ def _tokenize_shared(key: int, i: int, j: int) -> tuple[str | None, dict[int, li
     return Tokenizer(config)._tokenize_joined(texts[i:j])
 
 
-def _tokenize_texts(config: TokenizerConfig, texts: list) -> tuple[str, dict[int, list[str]]]:
+def _tokenize_texts(config: TokenizerConfig, texts: list) -> tuple[str | None, dict[int, list[str]]]:
     return Tokenizer(config)._tokenize_joined(texts)
 
 
