@@ -34,6 +34,7 @@ import unicodedata
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import chain, groupby, islice, repeat
 from multiprocessing import get_context
 from operator import eq
@@ -155,8 +156,13 @@ _RE_CONTRACTION = re.compile(r"(?<=\w)(n't|'(?:s|m|d|ll|ve|re))(?!\w)", re.IGNOR
 # before a run is skipped inside the match, so `findall` never fails at a position. The first
 # alternative, a run of word characters up to whitespace (most tokens), is what `_TOKEN` gives
 # there: each earlier alternative of `_TOKEN` needs a character that is not a word character.
-_T1 = rf"(?:{_W}{_W}*+(?=\s)|{_TOKEN})"
-_RE_BLOCK_RUNS = re.compile(rf"\s*+({_T1}(?:[ ]{_T1})*+)", re.VERBOSE)
+# Compiled on first use (~20 ms: the word class appears ten times), not at import.
+@lru_cache(maxsize=1)
+def _re_block_runs() -> re.Pattern:
+    one = rf"(?:{_W}{_W}*+(?=\s)|{_TOKEN})"
+    return re.compile(rf"\s*+({one}(?:[ ]{one})*+)", re.VERBOSE)
+
+
 # The contractions of a block, found from their apostrophe (a scan for one character) rather than
 # tried at every position: the same matches as `_RE_CONTRACTION`, which starts one character
 # earlier for "n't".
@@ -223,7 +229,7 @@ class Tokenizer:
         without xxbos/xxeos) and the texts left to the exact path (index -> tokens).
 
         Each rule runs over the whole block in C: `fix_html` per text, the character runs (numpy,
-        `_with_runs`), the contractions (`_contract`), one `findall` of `_RE_BLOCK_RUNS`, a test
+        `_with_runs`), the contractions (`_contract`), one `findall` of `_re_block_runs()`, a test
         on arrays for word repetitions (the exact one only where it may hold), the casing marks and
         lowercase (`_Codes`, numpy). Every rule acts within a whitespace piece (or a token), so the
         separator keeps the texts apart. The exact path takes the rare texts that hold an e-mail
@@ -242,7 +248,7 @@ class Tokenizer:
             runs = True
         if runs:
             joined = f" {_SEP} ".join(fixed)
-        s = " ".join(_RE_BLOCK_RUNS.findall(_contract(joined)))
+        s = " ".join(_re_block_runs().findall(_contract(joined)))
         codes = _Codes(s)
         stretches = codes.maybe_equal(self.config.max_rep)
         if stretches:  # `_replace_wrep` on the tokens of each, texts apart
