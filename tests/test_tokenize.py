@@ -118,9 +118,11 @@ def test_tokenize_many_parallel_equals_serial():
     assert tok.tokenize_many(texts, n_workers=2) == serial
     cfg = Tokenizer(TokenizerConfig(add_bos=False))  # empty documents survive the round trip
     assert cfg.tokenize_many(["", "x", ""], n_workers=2) == [[], ["x"], []]
+    from ulmfit.text.tokenize import _split_docs
     for texts in ([""], ["", ""], [""] * 2049, ["x"] * 1024 + [""], ["a\x00b", ""]):  # block edges
         for n_workers in (1, 2):
             assert cfg.tokenize_many(texts, n_workers=n_workers) == [cfg(t) for t in texts]
+        assert _split_docs(*cfg._tokenize_joined(texts)) == [cfg(t) for t in texts]  # small: blocks too
     assert tok.tokenize_many([]) == []
 
 
@@ -213,6 +215,7 @@ def test_tweet_sample_tokens_unchanged():
     data = json.loads((pathlib.Path(__file__).parent / "fixtures" / "tokenizer_golden.json").read_text())
     for text, expected in zip(data["texts"], data["tokens"]):
         assert tok(text) == expected, text
+    assert tok.tokenize_many(data["texts"], n_workers=1) == data["tokens"]
 
 
 def test_fuzz_tokenizer_linear_and_clean():
