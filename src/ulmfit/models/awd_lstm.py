@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ulmfit.errors import UlmfitError
+from ulmfit.models.adaptive_softmax import TiedAdaptiveSoftmax
 from ulmfit.models.dropout import LockedDropout, WeightDropLSTM, embedding_dropout
 from ulmfit.models.linear_ce import linear_cross_entropy
 from ulmfit.models.presets import PRESETS  # sizes per preset (torch-free, for the config checks)
@@ -31,6 +32,7 @@ CLASSIFIER_DROPOUTS: dict[str, float] = dict(
 )
 
 _DROPOUTS = ("embed_p", "input_p", "weight_p", "hidden_p", "output_p")
+SOFTMAXES = ("full", "adaptive")  # the LM's output layer (AWDLSTMConfig.softmax); recipes/fields.py mirrors it
 
 
 @dataclass
@@ -41,6 +43,10 @@ class AWDLSTMConfig:
     embed_p: whole-word embedding dropout (§4.3); input_p: locked dropout on the embeddings;
     weight_p: DropConnect on the LSTM hidden-to-hidden weights (§4.1); hidden_p: locked dropout
     between layers (§4.2); output_p: locked dropout on the last layer's output before the decoder.
+
+    softmax / cutoffs: the language model's output layer only (the encoder ignores them): "full"
+    (a linear decoder over the vocabulary) or "adaptive" (models/adaptive_softmax.py, its head ending
+    at cutoffs[0] and a tail cluster starting at each cutoff; each < vocab_size).
     """
 
     vocab_size: int
@@ -55,8 +61,19 @@ class AWDLSTMConfig:
     output_p: float = 0.1
     drop_mult: float = 1.0
     tie_weights: bool = True
+    softmax: str = "full"
+    cutoffs: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        self.cutoffs = tuple(int(c) for c in self.cutoffs)
+        if self.softmax not in SOFTMAXES:
+            raise UlmfitError(f"model config: softmax {self.softmax!r}; choose one of {', '.join(SOFTMAXES)}")
+        if self.softmax == "adaptive" and (not self.cutoffs or list(self.cutoffs) != sorted(set(self.cutoffs))
+                                           or self.cutoffs[0] < 1 or self.cutoffs[-1] >= self.vocab_size):
+            raise UlmfitError(f"model config: an adaptive softmax needs cutoffs increasing strictly within "
+                              f"(0, vocab_size {self.vocab_size}), got {list(self.cutoffs)}")
+        if self.softmax == "full" and self.cutoffs:
+            raise UlmfitError(f"model config: cutoffs {list(self.cutoffs)} are for softmax 'adaptive', not 'full'")
         for name in ("vocab_size", "emb_size", "hidden_size", "n_layers"):
             if int(getattr(self, name)) < 1:
                 raise UlmfitError(f"model config: {name} must be >= 1, got {getattr(self, name)}")
@@ -76,7 +93,9 @@ class AWDLSTMConfig:
         return getattr(self, name) * self.drop_mult
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["cutoffs"] = list(self.cutoffs)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "AWDLSTMConfig":
@@ -162,15 +181,23 @@ class AWDLSTM(nn.Module):
 
 
 class LanguageModel(nn.Module):
-    """AWD-LSTM language model: encoder, locked output dropout (output_p) and a linear decoder
-    whose weight is the embedding matrix when `cfg.tie_weights` (Merity et al. 2017 §4.5,
-    Inan et al. 2016, Press & Wolf 2016)."""
+    """AWD-LSTM language model: encoder, locked output dropout (output_p) and a decoder whose word
+    rows are the embedding matrix when `cfg.tie_weights` (Merity et al. 2017 §4.5, Inan et al. 2016,
+    Press & Wolf 2016): a linear layer over the vocabulary (`cfg.softmax == "full"`), or a tied
+    adaptive softmax (`"adaptive"`, models/adaptive_softmax.py; Grave et al. 2017). Either way
+    `decoder.weight` / `decoder.bias` are the word rows and biases ([V, E], [V]), and `forward`'s
+    "logits" give the exact next-word distribution by softmax (log-probabilities for the adaptive
+    head)."""
 
     def __init__(self, cfg: AWDLSTMConfig):
         super().__init__()
         self.cfg = cfg
         self.encoder = AWDLSTM(cfg)
         self.output_dp = LockedDropout(cfg.p("output_p"))
+        if cfg.softmax == "adaptive":
+            self.decoder = TiedAdaptiveSoftmax(cfg.vocab_size, cfg.emb_size, cfg.cutoffs,
+                                               weight=self.encoder.embedding.weight if cfg.tie_weights else None)
+            return
         self.decoder = nn.Linear(cfg.emb_size, cfg.vocab_size)
         nn.init.zeros_(self.decoder.bias)
         if cfg.tie_weights:
@@ -196,17 +223,19 @@ class LanguageModel(nn.Module):
     def cross_entropy(self, dropped_out: Tensor, targets: Tensor) -> Tensor:
         """Mean next-token cross-entropy of the decoder on `dropped_out` [B, T, E] against `targets`
         [B, T]: `F.cross_entropy(self.decoder(dropped_out), targets)` without the [B*T, V] logits
-        (models/linear_ce.py; for training, where they are the largest cost of a step)."""
+        (models/linear_ce.py; for training, where they are the largest cost of a step). The adaptive
+        head computes each tail cluster only for the tokens whose target is in it."""
+        if self.cfg.softmax == "adaptive":
+            return self.decoder.loss(dropped_out.reshape(-1, dropped_out.shape[-1]), targets.reshape(-1))
         return linear_cross_entropy(dropped_out.reshape(-1, dropped_out.shape[-1]), self.decoder.weight,
                                     self.decoder.bias, targets.reshape(-1))
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
-        """[[rnn0], [rnn1], ..., [embedding (= tied decoder weight), decoder bias]]: fastai's
-        awd_lstm_lm_split, which puts the embedding/decoder last so it gets the highest lr."""
-        last = [self.encoder.embedding.weight]
-        if not self.cfg.tie_weights:
-            last.append(self.decoder.weight)
-        last.append(self.decoder.bias)
+        """[[rnn0], [rnn1], ..., [embedding (= tied decoder weight), decoder bias (, the adaptive
+        head's cluster vectors and projections)]]: fastai's awd_lstm_lm_split, which puts the
+        embedding/decoder last so it gets the highest lr (and trains it in the frozen epoch)."""
+        emb = self.encoder.embedding.weight
+        last = [emb] + [p for p in self.decoder.parameters() if p is not emb]
         return [list(rnn.parameters()) for rnn in self.encoder.rnns] + [last]
 
 

@@ -73,11 +73,15 @@ class LMTrainConfig:
     metric: str = F.lm_metric("accuracy")
     alpha: float = F.spec(2.0, ge=0)  # AR
     beta: float = F.spec(1.0, ge=0)  # TAR
+    # TODO(measured default) the output layer of the LM phase
+    softmax: str = F.lm_softmax("full")
+    cutoffs: tuple[int, ...] = F.softmax_cutoffs()
 
     RENAMED: ClassVar[dict] = {"max_tokens": "max_train_tokens"}  # old config.json names
 
     def __post_init__(self) -> None:
         F.check(self, "lm")
+        F.check_cutoffs(self, "lm")
 
 
 # Fine-tuning rates by the size of the starting LM. fastai's (LM 3e-3; classifier 2e-2, 1e-2, 5e-3,

@@ -26,6 +26,7 @@ from ulmfit.train.precision import PRECISIONS  # auto | fp32 | bf16 (torch impor
 from ulmfit.train.schedules import SCHEDULE_KINDS
 
 METRICS = ("macro_f1", "accuracy", "weighted_f1", "valid_loss")  # model selection (train/metrics.py computes them)
+SOFTMAXES = ("full", "adaptive")  # = models/awd_lstm.py SOFTMAXES (not imported: no torch at the door)
 LM_METRICS = ("valid_loss", "accuracy")  # language-model selection (train/tasks.py LMTask.evaluate computes them)
 OPTIMIZERS = ("adamw", "adam", "sgd")  # train/optim.py make_optimizer
 CLASS_WEIGHTS = ("auto", "none", "balanced", "effective")  # = train/calibration.py WEIGHT_RULES (not imported: no sklearn at the door)
@@ -63,6 +64,31 @@ def lm_metric(default: str = "accuracy"):
     valid_loss (cross-entropy, i.e. perplexity). The evidence for the default: docs/GUIDE.md,
     "Stopping LM fine-tuning" (benchmarks/lm_stopping.py)."""
     return spec(default, choices=LM_METRICS)
+
+
+def lm_softmax(default: str):
+    """The AWD-LSTM language model's output layer: full (a softmax over the whole vocabulary) or
+    adaptive (models/adaptive_softmax.py: a tied adaptive softmax, Grave et al. 2017; the word rows
+    stay the embedding's, so vocabulary transfer and the classifier are unchanged, and perplexity
+    is exact). An LM pretrained with either head fine-tunes with adaptive (a full one gets cluster
+    logits from its words' rows, projections at identity); adaptive -> full is refused. Each
+    section's default carries its measured reason (docs/BENCHMARKS.md, "Adaptive softmax")."""
+    return spec(default, choices=SOFTMAXES)
+
+
+def softmax_cutoffs(default: tuple[int, ...] = (2000, 10000)):
+    """Adaptive softmax: word ranks (the vocabulary is sorted by frequency) where the head ends and
+    each tail cluster starts, strictly increasing; cutoffs at or past the vocabulary's size are
+    dropped, so one setting fits any vocabulary (one of at most cutoffs[0] words is a full softmax).
+    2000, 10000: a 2,000-word head holds ~80-90 % of the running tokens of English text (Grave et al.
+    2017 §5 use 2k-4k heads for 10k-800k vocabularies), so only the rest pay for a tail."""
+    return spec(default, ge=1)
+
+
+def check_cutoffs(obj: Any, section: str) -> None:
+    """`cutoffs` strictly increasing (the clusters are the ranges between them)."""
+    if list(obj.cutoffs) != sorted(set(obj.cutoffs)):
+        fail(section, "cutoffs", list(obj.cutoffs), "the word ranks must increase strictly, e.g. [2000, 10000]")
 
 
 def patience(default: int | None):

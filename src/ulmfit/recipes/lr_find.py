@@ -8,10 +8,11 @@ from ulmfit.data.lm_loader import LMLoader
 from ulmfit.data.readers import read_table
 from ulmfit.errors import UlmfitError
 from ulmfit.fileio import atomic_write_json
-from ulmfit.models.awd_lstm import PRESETS, AWDLSTMConfig, LanguageModel
+from ulmfit.models.awd_lstm import AWDLSTMConfig
 from ulmfit.recipes import model_dir
 from ulmfit.recipes.config import FitConfig
 from ulmfit.recipes.prepare import class_names_from, encode_labels
+from ulmfit.recipes.toolbox import scratch_lm
 from ulmfit.recipes.ulmfit import classifier_from_lm
 from ulmfit.text.tokenize import Tokenizer, TokenizerConfig
 from ulmfit.text.vocab import Vocab
@@ -43,7 +44,7 @@ def lr_find_run(train, out, cfg: FitConfig, *, text_col: str = "text", label_col
         tokenizer = Tokenizer(TokenizerConfig())
         tokens = tokenizer.tokenize_many(table.texts)
         vocab = Vocab.build(tokens, min_freq=cfg.lm.min_freq, max_vocab=cfg.lm.max_vocab)
-        model = LanguageModel(AWDLSTMConfig(vocab_size=len(vocab), drop_mult=cfg.lm.drop_mult, **PRESETS[cfg.lm.preset]))
+        model = scratch_lm(vocab, cfg.lm)[0]
         groups = model.layer_groups()
         batches = LMLoader(vocab.encode_many(tokens), bs=cfg.lm.bs, bptt=cfg.lm.bptt, shuffle=True, seed=cfg.seed)
         task, what = LMTask(cfg.lm.alpha, cfg.lm.beta), f"language model ({cfg.lm.preset} preset, from scratch)"

@@ -28,7 +28,7 @@ from ulmfit.fileio import atomic_write_json, atomic_write_npy, atomic_write_text
 from ulmfit.models.awd_lstm import PRESETS, AWDLSTMConfig, LanguageModel
 from ulmfit.recipes import model_dir
 from ulmfit.recipes.pretrain_config import PretrainConfig  # noqa: F401 (its home before; checked torch-free)
-from ulmfit.recipes.toolbox import seed_all, subsample_tokens
+from ulmfit.recipes.toolbox import output_layer, seed_all, subsample_tokens
 from ulmfit.text.token_docs import TokenDocs
 from ulmfit.text.tokenize import Tokenizer, TokenizerConfig
 from ulmfit.text.vocab import Vocab
@@ -132,7 +132,7 @@ def write_model_card(out: Path, cfg: PretrainConfig, lm_cfg: AWDLSTMConfig, stat
     text = f"""# {out.name}: AWD-LSTM language model (ulmfit)
 
 - Direction: {reads}.
-- Architecture: AWD-LSTM, {lm_cfg.n_layers} layers, embedding {lm_cfg.emb_size}, hidden {lm_cfg.hidden_size}, tied decoder; preset `{cfg.preset}`; vocabulary {stats['vocab']:,} (min_freq {cfg.min_freq}).
+- Architecture: AWD-LSTM, {lm_cfg.n_layers} layers, embedding {lm_cfg.emb_size}, hidden {lm_cfg.hidden_size}, tied {_head_text(lm_cfg)}; preset `{cfg.preset}`; vocabulary {stats['vocab']:,} (min_freq {cfg.min_freq}).
 - Corpus: `{stats['corpus']}` — {stats['documents']:,} documents; trained on {stats['train_tokens']:,} tokens ({cfg.epochs} epoch(s){', a random subset of the corpus' if cfg.max_train_tokens else ''}); every {cfg.valid_every}th document held out ({stats['valid_tokens']:,} tokens).
 - Sources: {sources or 'see the corpus stats.json'}.
 - Result: validation perplexity {stats['valid_perplexity']:.1f}, next-token accuracy {stats['valid_accuracy']:.3f}.
@@ -148,6 +148,13 @@ ulmfit pretrain --corpus corpora/general-en --out {out.name} --preset {cfg.prese
 {_sizing_note(cfg, seconds)}
 """
     atomic_write_text(out / "README.md", text)
+
+
+def _head_text(lm_cfg: AWDLSTMConfig) -> str:
+    if lm_cfg.softmax == "adaptive":
+        return (f"adaptive softmax (cutoffs {', '.join(map(str, lm_cfg.cutoffs))}; fine-tune it with "
+                f"`--set lm.softmax=adaptive`)")
+    return "decoder (full softmax)"
 
 
 def _check_resumed_direction(out: Path, cfg: PretrainConfig, resume: bool) -> None:
@@ -199,7 +206,8 @@ def _pretrain_into(corpus: Path, out: Path, cfg: PretrainConfig, resume: bool, l
     atomic_write_json(out / "pretrain_config.json", asdict(cfg))
     train_docs = subsample_tokens(all_train, cfg.max_train_tokens, cfg.seed)
     seed_all(cfg.seed)
-    lm_cfg = AWDLSTMConfig(vocab_size=len(vocab), drop_mult=cfg.drop_mult, **PRESETS[cfg.preset])
+    lm_cfg = AWDLSTMConfig(vocab_size=len(vocab), drop_mult=cfg.drop_mult, **PRESETS[cfg.preset],
+                           **output_layer(cfg, len(vocab)))
     lm = LanguageModel(lm_cfg)
     n_train = train_docs.n_tokens
     log(f"precision: {how}")

@@ -34,8 +34,12 @@ class PretrainConfig:
     # fwd | bwd: a backward LM reads every document from its last token to its first
     direction: str = F.spec("fwd", choices=("fwd", "bwd"))
     encoding: str = F.spec("utf-8")  # of the corpus shards (`corpus build` writes UTF-8); latin-1 reads any byte
+    # TODO(measured default)
+    softmax: str = F.lm_softmax("full")
+    cutoffs: tuple[int, ...] = F.softmax_cutoffs()
 
     RENAMED: ClassVar[dict] = {"max_tokens": "max_train_tokens"}  # old pretrain_config.json names
 
     def __post_init__(self) -> None:
         F.check(self, "pretrain")
+        F.check_cutoffs(self, "pretrain")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ulmfit.errors import UlmfitError
+from ulmfit.models.adaptive_softmax import adaptive_cutoffs
 from ulmfit.models.awd_lstm import PRESETS, AWDLSTMConfig, LanguageModel
 from ulmfit.models.vocab_transfer import transfer_vocab
 from ulmfit.recipes import model_dir
@@ -54,26 +55,55 @@ def load_pretrained(name: str | Path, log: Log) -> tuple[LanguageModel, Tokenize
     return lm, tok, vocab
 
 
+def output_layer(cfg, vocab_size: int) -> dict:
+    """The LM's output-layer fields of AWDLSTMConfig from a section with `softmax` / `cutoffs`
+    (LMTrainConfig, PretrainConfig): the cutoffs that fall inside this vocabulary."""
+    cutoffs = adaptive_cutoffs(cfg.cutoffs, vocab_size) if cfg.softmax == "adaptive" else ()
+    return {"softmax": "adaptive" if cutoffs else "full", "cutoffs": cutoffs}
+
+
 def lm_from_pretrained(pretrained: LanguageModel, old_vocab: Vocab, new_vocab: Vocab, cfg: LMTrainConfig,
-                       log: Log) -> tuple[LanguageModel, AWDLSTMConfig]:
-    """The pretrained LM re-sized to `new_vocab` (shared words keep their rows), with this run's dropouts."""
+                       log: Log, source: str | Path = "the pretrained LM") -> tuple[LanguageModel, AWDLSTMConfig]:
+    """The pretrained LM re-sized to `new_vocab` (shared words keep their rows), with this run's
+    dropouts and output layer (`cfg.softmax`). Word rows and biases follow the embedding either way;
+    an adaptive head's cluster vectors and projections are kept when the cutoffs inside the new
+    vocabulary are the pretrained head's, else (and from a full softmax) its cluster logits start
+    from the words' rows (models/adaptive_softmax.py `init_clusters`). Adaptive -> full: refused."""
     base = pretrained.encoder.cfg if hasattr(pretrained.encoder, "cfg") else pretrained.cfg
-    lm_cfg = replace(base, vocab_size=len(new_vocab), drop_mult=cfg.drop_mult)
-    state, found = transfer_vocab(pretrained.state_dict(), old_vocab.itos, new_vocab.itos,
-                                  embedding_keys=tuple(k for k in pretrained.state_dict() if _is_vocab_matrix(k)),
-                                  bias_keys=tuple(k for k in pretrained.state_dict() if k.endswith("decoder.bias")))
+    head = output_layer(cfg, len(new_vocab))
+    if pretrained.cfg.softmax == "adaptive" and head["softmax"] == "full":
+        raise UlmfitError(f"{source}: this language model has an adaptive softmax (cutoffs "
+                          f"{list(pretrained.cfg.cutoffs)}), which has no exact full-softmax equivalent; use it "
+                          f"with --set lm.softmax=adaptive in ULMFiT's LM phase (fit, finetune-lm, distill); SiATL and "
+                          f"fastai export need a full-softmax LM")
+    lm_cfg = replace(base, vocab_size=len(new_vocab), drop_mult=cfg.drop_mult, **head)
+    sd = pretrained.state_dict()
+    state, found = transfer_vocab(sd, old_vocab.itos, new_vocab.itos,
+                                  embedding_keys=tuple(k for k in sd if _is_vocab_matrix(k)),
+                                  bias_keys=tuple(k for k in sd if k.endswith("decoder.bias")))
     log(f"vocabulary transfer: {found}/{len(new_vocab)} target tokens found in the pretrained vocabulary "
         f"({100 * found / len(new_vocab):.1f}%); the rest start at the mean embedding")
     lm = LanguageModel(lm_cfg)
-    lm.load_state_dict(state)
+    if head["softmax"] == "adaptive" and tuple(pretrained.cfg.cutoffs) != lm_cfg.cutoffs:
+        state = {k: v for k, v in state.items() if not k.startswith("decoder.") or k in ("decoder.weight", "decoder.bias")}
+        lm.load_state_dict(state, strict=False)
+        missing = set(lm.state_dict()) - set(state)
+        assert missing == {"decoder.cluster_weight", "decoder.cluster_bias", "decoder.proj"}, missing
+        lm.decoder.init_clusters()
+        log(f"adaptive softmax, cutoffs {list(lm_cfg.cutoffs)}: cluster logits from the transferred word rows and "
+            f"biases, projections at identity (the pretrained LM had "
+            f"{'a full softmax' if pretrained.cfg.softmax == 'full' else f'cutoffs {list(pretrained.cfg.cutoffs)}'})")
+    else:
+        lm.load_state_dict(state)
     return lm, lm_cfg
 
 
 def scratch_lm(vocab: Vocab, cfg: LMTrainConfig) -> tuple[LanguageModel, AWDLSTMConfig]:
-    """A new, untrained LM of size `cfg.preset` for `vocab`."""
+    """A new, untrained LM of size `cfg.preset` for `vocab`, with the section's output layer."""
     if cfg.preset not in PRESETS:
         raise UlmfitError(f"unknown model preset {cfg.preset!r}; choose one of {sorted(PRESETS)}")
-    lm_cfg = AWDLSTMConfig(vocab_size=len(vocab), drop_mult=cfg.drop_mult, **PRESETS[cfg.preset])
+    lm_cfg = AWDLSTMConfig(vocab_size=len(vocab), drop_mult=cfg.drop_mult, **PRESETS[cfg.preset],
+                           **output_layer(cfg, len(vocab)))
     return LanguageModel(lm_cfg), lm_cfg
 
 
@@ -95,7 +125,7 @@ def language_model(pretrained: Path | None, vocab: Vocab, cfg: LMTrainConfig, lo
     if pretrained is None:
         return scratch_lm(vocab, cfg)
     pre_lm, _, pre_vocab = load_pretrained(pretrained, log)
-    return lm_from_pretrained(pre_lm, pre_vocab, vocab, cfg, log)
+    return lm_from_pretrained(pre_lm, pre_vocab, vocab, cfg, log, source=pretrained)
 
 
 @dataclass

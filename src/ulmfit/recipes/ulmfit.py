@@ -112,7 +112,7 @@ def classifier_from_lm(lm: LanguageModel, lm_cfg: AWDLSTMConfig, n_classes: int,
 def classifier_configs(lm_cfg: AWDLSTMConfig, n_classes: int,
                        cfg: ClassifierTrainConfig) -> tuple[AWDLSTMConfig, ClassifierConfig]:
     """The encoder's config (the LM's with the classifier's dropouts) and the head's."""
-    enc_cfg = replace(lm_cfg, drop_mult=cfg.drop_mult, **CLASSIFIER_DROPOUTS)
+    enc_cfg = replace(lm_cfg, drop_mult=cfg.drop_mult, softmax="full", cutoffs=(), **CLASSIFIER_DROPOUTS)  # no LM head
     head_cfg = ClassifierConfig(n_classes=n_classes, lin_sizes=tuple(cfg.lin_sizes),
                                 ps=(CLASSIFIER_DROPOUTS["output_p"] * cfg.drop_mult,) + (0.1,) * len(cfg.lin_sizes),
                                 bptt=cfg.bptt, max_len=cfg.pool_len)
