@@ -250,3 +250,22 @@ def test_generate_samples_from_an_adaptive_lm(tmp_path):
 
     pre = pretrain(_corpus(tmp_path), tmp_path / "pre", _cfg(epochs=1), log=lambda m: None)
     assert main(["generate", str(pre), "--words", "5", "--prompt", "The ship"]) == 0
+
+
+def test_onnx_export_of_an_adaptive_lm_gives_its_log_probabilities():
+    import numpy as np
+
+    from ulmfit.models.onnx import export_lm, session
+
+    lm = LanguageModel(AWDLSTMConfig.preset("tiny", vocab_size=V, softmax="adaptive", cutoffs=(10, 25))).eval()
+    with torch.no_grad():
+        for p in lm.decoder.parameters():
+            p.normal_(0, 0.3)
+    sess = session(export_lm(lm, {}))
+    ids = torch.randint(2, V, (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want, _, _, _ = lm(ids)
+    zeros = [np.zeros((1, 2, r.hidden_size), np.float32) for r in lm.encoder.rnns] * 2
+    names = [i.name for i in sess.get_inputs()]
+    got = sess.run(None, dict(zip(names, [ids.numpy(), *zeros])))[0]
+    assert np.abs(got - want.numpy()).max() < 1e-4
