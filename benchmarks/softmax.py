@@ -21,7 +21,7 @@ train ids + valid), AdamW at a constant rate after a 100-step warm-up, no AR/TAR
 trained ALTERNATELY, `--eval-every` CPU seconds each in turn, so that they see the same machine
 load, until each has had `--cpu-minutes`; validation perplexity after each turn.
 
-Prints tables and writes benchmarks/results/softmax_<mode>.json.
+Prints tables and writes benchmarks/results/softmax_<mode><--tag>.json.
 """
 from __future__ import annotations
 
@@ -193,7 +193,7 @@ def pretrain(a) -> dict:
     vocab_size = len(Vocab.load(data.parent / "vocab.json"))
     train_docs = TokenDocs.load(data / "train", mmap=True)
     valid_docs = TokenDocs.load(data / "valid", mmap=False)
-    n_valid = int(np.searchsorted(valid_docs.offsets, a.valid_tokens))
+    n_valid = min(len(valid_docs), int(np.searchsorted(valid_docs.offsets, a.valid_tokens)))
     valid_docs = valid_docs.subset(np.arange(max(1, n_valid)))
     precision = resolve_precision(a.precision)
     trainers = {}
@@ -225,6 +225,7 @@ def main() -> None:
     p.add_argument("--cutoffs", type=int, nargs="+", default=[2000, 10000])
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", default="", help="suffix of the JSON's name (softmax_<mode><tag>.json)")
     # finetune
     p.add_argument("--pretrained", default="general-en")
     p.add_argument("--epochs", type=int, default=4, help="unfrozen epochs (lm.epochs' default)")
@@ -258,8 +259,8 @@ def main() -> None:
               f"{c['full']['best_perplexity']:.1f}, adaptive {c['adaptive']['best_perplexity']:.1f}")
     result.update({"mode": a.mode, "args": vars(a), "machine": machine_info(), "torch_threads": torch.get_num_threads(),
                    "date": time.strftime("%Y-%m-%d %H:%M"), "wall_s": round(time.perf_counter() - t0, 1)})
-    write_json(RESULTS / f"softmax_{a.mode}.json", result)
-    print(f"wrote {RESULTS / f'softmax_{a.mode}.json'}")
+    write_json(RESULTS / f"softmax_{a.mode}{a.tag}.json", result)
+    print(f"wrote {RESULTS / f'softmax_{a.mode}{a.tag}.json'}")
 
 
 if __name__ == "__main__":

@@ -131,9 +131,13 @@ def test_transfer_keeps_known_rows_and_cluster_parameters():
     for w in shared:
         i, j = new.stoi[w], old.stoi[w]
         assert torch.equal(lm.encoder.embedding.weight[i], pre.encoder.embedding.weight[j])
-        assert torch.equal(lm.decoder.bias[i], pre.decoder.bias[j])
+        assert torch.equal(lm.decoder.bias[i], pre.decoder.full_bias()[j])  # biases move in their full-softmax form
     for name in ("cluster_weight", "cluster_bias", "proj"):
         assert torch.equal(getattr(lm.decoder, name), getattr(pre.decoder, name))
+    # onto the same vocabulary the transferred head is the same model (a cluster ignores a bias shift)
+    same, _ = lm_from_pretrained(pre, old, old, LMTrainConfig(softmax="adaptive", cutoffs=(12, 20)), log=lambda m: None)
+    h = torch.randn(6, cfg.emb_size)
+    torch.testing.assert_close(same.decoder.log_prob(h), pre.decoder.log_prob(h), atol=1e-5, rtol=1e-5)
 
 
 def test_a_full_softmax_lm_starts_an_adaptive_head_at_its_own_distribution_at_zero():
@@ -158,11 +162,34 @@ def test_a_full_softmax_lm_starts_an_adaptive_head_at_its_own_distribution_at_ze
     assert diff < 1e-3
 
 
-def test_an_adaptive_lm_into_a_full_softmax_run_is_one_line():
+def test_an_adaptive_lm_into_a_full_softmax_keeps_rows_and_its_distribution_at_zero():
+    """adaptive -> full (`lm.softmax=full`, SiATL): rows and full-form biases kept, cluster parameters
+    dropped (logged); the same distribution at h = 0."""
     old, new = _vocabs()
-    pre = LanguageModel(AWDLSTMConfig.preset("tiny", vocab_size=len(old), softmax="adaptive", cutoffs=(12,)))
-    with pytest.raises(UlmfitError, match=r"pre: this language model has an adaptive softmax .* --set lm.softmax=adaptive"):
-        lm_from_pretrained(pre, old, new, LMTrainConfig(softmax="full"), log=lambda m: None, source="pre")
+    torch.manual_seed(2)
+    pre = LanguageModel(AWDLSTMConfig.preset("tiny", vocab_size=len(old), softmax="adaptive", cutoffs=(12, 20)))
+    with torch.no_grad():
+        for p in pre.decoder.parameters():
+            p.normal_(0, 0.3)
+    logs = []
+    lm, lm_cfg = lm_from_pretrained(pre, old, old, LMTrainConfig(softmax="full"), log=logs.append)
+    assert lm_cfg.softmax == "full" and lm_cfg.cutoffs == () and isinstance(lm.decoder, nn.Linear)
+    assert any("cluster vectors and projections dropped" in m for m in logs)
+    zero = torch.zeros(1, lm_cfg.emb_size)
+    torch.testing.assert_close(F.log_softmax(lm.decoder(zero), -1), pre.decoder.log_prob(zero), atol=1e-5, rtol=1e-5)
+
+
+def test_weights_that_do_not_fit_the_configured_head_are_one_line(tmp_path):
+    from ulmfit.recipes import model_dir
+
+    pre = pretrain(_corpus(tmp_path), tmp_path / "pre", _cfg(epochs=1, softmax="full"), log=lambda m: None)
+    cfg = json.loads((pre / "lm_config.json").read_text())
+    (pre / "lm_config.json").write_text(json.dumps({**cfg, "softmax": "adaptive", "cutoffs": [12]}))
+    with pytest.raises(UlmfitError, match="lm.safetensors"):
+        model_dir.load_lm(pre)
+    (pre / "lm_config.json").write_text(json.dumps({**cfg, "softmax": "adaptive", "cutoffs": [12, 5]}))
+    with pytest.raises(UlmfitError, match="lm_config.json.*cutoffs increasing strictly"):
+        model_dir.load_lm(pre)
 
 
 def _corpus(tmp_path):
@@ -217,8 +244,9 @@ def test_pretrain_adaptive_saves_reloads_and_a_resumed_run_equals_an_uninterrupt
 
 def test_finetune_from_either_head_and_the_classifier_uses_the_encoder_only(tmp_path):
     """fit/finetune-lm's LM phase: an adaptive pretrained LM fine-tuned adaptive keeps its cluster
-    parameters' shapes and writes an adaptive lm_config; a classifier built from it is the same
-    kind of model as from a full LM (no head fields in its encoder config); fastai export refuses."""
+    parameters and writes an adaptive lm_config, or full when asked; a classifier built from it is
+    the same kind of model as from a full LM (no head fields in its encoder config); fastai export
+    of an adaptive LM is one line."""
     from ulmfit.recipes import model_dir
     from ulmfit.recipes.fastai_export import export_fastai
     from ulmfit.recipes.ulmfit import classifier_configs, finetune_lm
@@ -237,9 +265,10 @@ def test_finetune_from_either_head_and_the_classifier_uses_the_encoder_only(tmp_
     assert not any("cluster logits from the transferred" in m for m in logs)  # same cutoffs: cluster parameters kept
     enc_cfg, _ = classifier_configs(res.config, 3, ClassifierTrainConfig())
     assert enc_cfg.softmax == "full" and enc_cfg.cutoffs == ()
-    with pytest.raises(UlmfitError, match="LM phase"):
-        finetune_lm(tokens, tmp_path / "ft2", LMTrainConfig(epochs=1, bs=4, bptt=8, min_freq=1, lr=1e-2),
-                    tokenizer=tok, pretrained=str(pre), precision="fp32")
+    logs = []
+    full = finetune_lm(tokens, tmp_path / "ft2", LMTrainConfig(epochs=1, bs=4, bptt=8, min_freq=1, lr=1e-2, softmax="full"),
+                       tokenizer=tok, pretrained=str(pre), precision="fp32", log=logs.append)
+    assert full.config.softmax == "full" and any("cluster vectors and projections dropped" in m for m in logs)
     (tmp_path / "ft" / "ulmfit.json").write_text((pre / "ulmfit.json").read_text())
     with pytest.raises(UlmfitError, match="fastai's LinearDecoder is a full softmax"):
         export_fastai(tmp_path / "ft", tmp_path / "fa", log=lambda m: None)

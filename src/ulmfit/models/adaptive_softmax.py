@@ -35,6 +35,9 @@ log-sum-exp of its words' full-softmax logits `h . E_w + b_w`:
 with `proj` at zero (identity). A new model so starts as a uniform distribution over the
 vocabulary (zero biases), and a full-softmax LM converted to this head starts at exactly its
 distribution at h = 0, with the same gradient there (recipes/toolbox.py `lm_from_pretrained`).
+`full_bias()` is the way back: the word biases of the full softmax equal to this head at h = 0
+(exact for a vocabulary inside the head; the cluster vectors and projections have no full-softmax
+counterpart and are dropped, so adaptive -> full is an approximation, logged as one).
 """
 from __future__ import annotations
 
@@ -90,6 +93,17 @@ class TiedAdaptiveSoftmax(nn.Module):
             self.cluster_bias[i] = torch.logsumexp(b, 0)
             self.cluster_weight[i] = (torch.softmax(b, 0) @ self.weight[lo:hi].float()).to(self.cluster_weight.dtype)
         self.proj.zero_()
+
+    @torch.no_grad()
+    def full_bias(self) -> Tensor:
+        """[V] word biases of the full softmax that equals this head at h = 0: a tail word's bias plus
+        its cluster's offset, cluster_bias_i - logsumexp_{w in i} bias_w. A tail cluster's softmax
+        ignores a constant shift, so this head with these biases is the same model at every h: the
+        form in which biases move between vocabularies and heads (recipes/toolbox.py)."""
+        b = self.bias.detach().clone()
+        for i, (lo, hi) in enumerate(self.bounds):
+            b[lo:hi] += self.cluster_bias[i] - torch.logsumexp(self.bias[lo:hi].float(), 0).to(b.dtype)
+        return b
 
     def _head(self) -> tuple[Tensor, Tensor]:
         """Head rows [c_0 + k, d] and bias [c_0 + k]: the head words', then one per cluster."""

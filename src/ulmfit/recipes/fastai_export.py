@@ -56,7 +56,8 @@ def fastai_state_dict(lm) -> dict[str, torch.Tensor]:
     fastai's key order (which `load_pretrained` relies on)."""
     if lm.cfg.softmax != "full":
         raise UlmfitError(f"this language model has an adaptive softmax (cutoffs {list(lm.cfg.cutoffs)}); fastai's "
-                          "LinearDecoder is a full softmax and has no equivalent: export a full-softmax LM")
+                          "LinearDecoder is a full softmax and has no equivalent: export a full-softmax LM (`--set lm.softmax=full` "
+                          "in `finetune-lm`/`fit`, `--set softmax=full` in `pretrain`)")
     sd = {k: v.detach().to("cpu", torch.float32).clone().contiguous() for k, v in lm.state_dict().items()}
     emb = sd["encoder.embedding.weight"]
     out = {"0.encoder.weight": emb, "0.encoder_dp.emb.weight": emb.clone()}

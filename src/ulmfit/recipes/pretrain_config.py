@@ -34,7 +34,9 @@ class PretrainConfig:
     # fwd | bwd: a backward LM reads every document from its last token to its first
     direction: str = F.spec("fwd", choices=("fwd", "bwd"))
     encoding: str = F.spec("utf-8")  # of the corpus shards (`corpus build` writes UTF-8); latin-1 reads any byte
-    # TODO(measured default)
+    # full, though adaptive pretrains PRETRAIN_FIGURES (docs/BENCHMARKS.md, "Adaptive softmax"): the
+    # pretrained LM is what every consumer reads, and SiATL (its own full decoder) and fastai export
+    # need a full softmax; `--set softmax=adaptive` when the LM is for ULMFiT's LM phase only.
     softmax: str = F.lm_softmax("full")
     cutoffs: tuple[int, ...] = F.softmax_cutoffs()
 

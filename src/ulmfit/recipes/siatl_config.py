@@ -111,7 +111,7 @@ def _fit(run: Run) -> dict:
              else Vocab.build(tokens.lm, min_freq=cfg.lm.min_freq, max_vocab=cfg.lm.max_vocab))
     model_dir.save_text_pipeline(out, tokens.tokenizer.config, vocab)
     lm, lm_cfg = language_model(pretrained, vocab, replace(cfg.lm, drop_mult=cfg.siatl.drop_mult, softmax="full"),
-                                 run.log)  # SiATL has its own (full, tied) decoder
+                                 run.log)  # SiATL has its own full tied decoder: an adaptive LM is converted (toolbox.py)
     n = len(data.train.texts)
     unlabeled_docs = vocab.encode_many(tokens.lm[n:]) if len(tokens.lm) > n else None
     base = LMResult(lm, lm_cfg, tokens.tokenizer, vocab, [])

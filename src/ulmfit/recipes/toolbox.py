@@ -65,37 +65,41 @@ def output_layer(cfg, vocab_size: int) -> dict:
 def lm_from_pretrained(pretrained: LanguageModel, old_vocab: Vocab, new_vocab: Vocab, cfg: LMTrainConfig,
                        log: Log, source: str | Path = "the pretrained LM") -> tuple[LanguageModel, AWDLSTMConfig]:
     """The pretrained LM re-sized to `new_vocab` (shared words keep their rows), with this run's
-    dropouts and output layer (`cfg.softmax`). Word rows and biases follow the embedding either way;
-    an adaptive head's cluster vectors and projections are kept when the cutoffs inside the new
-    vocabulary are the pretrained head's, else (and from a full softmax) its cluster logits start
-    from the words' rows (models/adaptive_softmax.py `init_clusters`). Adaptive -> full: refused."""
+    dropouts and output layer (`cfg.softmax`, `cfg.cutoffs`). Word rows and biases follow the
+    embedding whatever the heads (an adaptive head's biases in their full-softmax form,
+    models/adaptive_softmax.py `full_bias`). Into an adaptive head: its cluster vectors and
+    projections are kept when the cutoffs inside the new vocabulary are the pretrained head's, else
+    (and from a full softmax) the cluster logits start from the words' rows (`init_clusters`).
+    Adaptive -> full keeps the rows and biases and drops the cluster parameters (exact at h = 0 only)."""
     base = pretrained.encoder.cfg if hasattr(pretrained.encoder, "cfg") else pretrained.cfg
-    head = output_layer(cfg, len(new_vocab))
-    if pretrained.cfg.softmax == "adaptive" and head["softmax"] == "full":
-        raise UlmfitError(f"{source}: this language model has an adaptive softmax (cutoffs "
-                          f"{list(pretrained.cfg.cutoffs)}), which has no exact full-softmax equivalent; use it "
-                          f"with --set lm.softmax=adaptive in ULMFiT's LM phase (fit, finetune-lm, distill); SiATL and "
-                          f"fastai export need a full-softmax LM")
+    old_head, head = pretrained.cfg, output_layer(cfg, len(new_vocab))
     lm_cfg = replace(base, vocab_size=len(new_vocab), drop_mult=cfg.drop_mult, **head)
     sd = pretrained.state_dict()
+    if old_head.softmax == "adaptive":
+        sd = {k: v for k, v in sd.items() if k not in _CLUSTER_KEYS or lm_cfg.cutoffs == old_head.cutoffs}
+        sd["decoder.bias"] = pretrained.decoder.full_bias()
     state, found = transfer_vocab(sd, old_vocab.itos, new_vocab.itos,
                                   embedding_keys=tuple(k for k in sd if _is_vocab_matrix(k)),
                                   bias_keys=tuple(k for k in sd if k.endswith("decoder.bias")))
     log(f"vocabulary transfer: {found}/{len(new_vocab)} target tokens found in the pretrained vocabulary "
         f"({100 * found / len(new_vocab):.1f}%); the rest start at the mean embedding")
     lm = LanguageModel(lm_cfg)
-    if head["softmax"] == "adaptive" and tuple(pretrained.cfg.cutoffs) != lm_cfg.cutoffs:
-        state = {k: v for k, v in state.items() if not k.startswith("decoder.") or k in ("decoder.weight", "decoder.bias")}
-        lm.load_state_dict(state, strict=False)
-        missing = set(lm.state_dict()) - set(state)
-        assert missing == {"decoder.cluster_weight", "decoder.cluster_bias", "decoder.proj"}, missing
+    missing, unexpected = lm.load_state_dict(state, strict=False)
+    if set(missing) - set(_CLUSTER_KEYS) or unexpected:
+        raise UlmfitError(f"{source}: its weights do not fit a {lm_cfg.softmax}-softmax LM (missing {missing}, "
+                          f"unexpected {unexpected}); retrain it or restore the folder")
+    was = "a full softmax" if old_head.softmax == "full" else f"an adaptive softmax, cutoffs {list(old_head.cutoffs)}"
+    if missing:
         lm.decoder.init_clusters()
         log(f"adaptive softmax, cutoffs {list(lm_cfg.cutoffs)}: cluster logits from the transferred word rows and "
-            f"biases, projections at identity (the pretrained LM had "
-            f"{'a full softmax' if pretrained.cfg.softmax == 'full' else f'cutoffs {list(pretrained.cfg.cutoffs)}'})")
-    else:
-        lm.load_state_dict(state)
+            f"biases, projections at identity (the pretrained LM had {was})")
+    elif old_head.softmax == "adaptive" and lm_cfg.softmax == "full":
+        log(f"full softmax from {was}: word rows and biases kept, its cluster vectors and projections dropped "
+            f"(the same distribution at h = 0 only; --set lm.softmax=adaptive keeps them)")
     return lm, lm_cfg
+
+
+_CLUSTER_KEYS = ("decoder.cluster_weight", "decoder.cluster_bias", "decoder.proj")
 
 
 def scratch_lm(vocab: Vocab, cfg: LMTrainConfig) -> tuple[LanguageModel, AWDLSTMConfig]:
