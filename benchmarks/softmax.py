@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/softmax.py finetune --max-train-tokens 300000
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/softmax.py pretrain --data runs/spam-lm/data --cpu-minutes 4
+    /work/bin/quiet env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/softmax.py step --rounds 7   # idle machine
 
 Both compare the library's `LanguageModel` with `softmax="full"` (the tied linear decoder, fused
 cross-entropy) and `softmax="adaptive"` (models/adaptive_softmax.py: tied adaptive softmax,
@@ -15,6 +16,10 @@ the CPU has it) except early stopping (off, to see every epoch) — once with ea
 the other in this process. Per epoch: validation perplexity (exact for both heads), training
 tokens/s from CPU time, cumulative CPU seconds; then the CPU time each took to reach the other's
 best perplexity (linear interpolation between epochs).
+
+`step`: one training step (forward with AR/TAR, backward, clip, AdamW) on real batches of the
+tweets (bs 32, bptt 70), full vs adaptive in fp32 and bf16, the variants in turn round after round;
+median tokens/s of wall time: the speed figure, for a quiet (idle) machine.
 
 `pretrain`: the same `--preset` LM from scratch on a `ulmfit pretrain` data folder (memory-mapped
 train ids + valid), AdamW at a constant rate after a 100-step warm-up, no AR/TAR; the two heads are
@@ -218,9 +223,72 @@ def pretrain(a) -> dict:
     return {"curves": {h: t.curve for h, t in trainers.items()}, "precision": precision, "vocab": vocab_size}
 
 
+# ----------------------------------------------------------------------------------------- step
+def step(a) -> dict:
+    """One LM training step on the tweets' real batches (targets as frequent as in the text), each head
+    in fp32 and bf16, variants in turn round after round (benchmarks/lm_step.py's method): median
+    tokens/s of wall time, for an idle machine (`/work/bin/quiet`)."""
+    import statistics
+    from contextlib import nullcontext
+
+    import pandas as pd
+    import torch
+
+    from ulmfit.data.fetch import fetch_tweets
+    from ulmfit.data.lm_loader import LMLoader
+    from ulmfit.models.adaptive_softmax import adaptive_cutoffs
+    from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel, ar_tar_loss, detach_state
+    from ulmfit.recipes.model_dir import load_text_pipeline, resolve_pretrained
+    from ulmfit.text.vocab import Vocab
+    from ulmfit.train.optim import make_optimizer, param_groups
+
+    texts = list(pd.read_csv(fetch_tweets()["train"], dtype=str, keep_default_na=False)["text"])
+    tokens = load_text_pipeline(resolve_pretrained(a.pretrained))[0].tokenize_many(texts, n_workers=1)
+    vocab = Vocab.build(tokens, min_freq=3, max_vocab=30000)
+    loader = LMLoader(vocab.encode_many(tokens), bs=32, bptt=70, shuffle=True, variable_bptt=False, seed=a.seed)
+    batches = [b for _, b in zip(range(a.steps * 2), loader)]
+    models, opts, states = {}, {}, {}
+    for head in a.heads:
+        torch.manual_seed(a.seed)
+        cut = adaptive_cutoffs(a.cutoffs, len(vocab)) if head == "adaptive" else ()
+        models[head] = LanguageModel(AWDLSTMConfig.preset(a.preset, vocab_size=len(vocab), drop_mult=0.3,
+                                                          softmax=head, cutoffs=cut))
+        opts[head] = make_optimizer(param_groups(models[head].layer_groups(), 1e-3, weight_decay=0.1))
+
+    def run(head: str, prec: str, i: int) -> None:
+        model, (x, y) = models[head], batches[i % len(batches)]
+        with torch.autocast("cpu", dtype=torch.bfloat16) if prec == "bf16" else nullcontext():
+            dropped, state, raw = model.features(x, detach_state(states.get((head, prec))))
+            loss = model.cross_entropy(dropped, y) + ar_tar_loss(raw, dropped)
+        states[(head, prec)] = state
+        opts[head].zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+        opts[head].step()
+
+    variants = [(h, p) for p in ("fp32", "bf16") for h in a.heads]
+    times = {v: [] for v in variants}
+    for v in variants:
+        run(*v, 0)
+    for r in range(a.rounds):
+        for v in variants:
+            t0 = time.perf_counter()
+            for i in range(a.steps):
+                run(*v, r * a.steps + i)
+            times[v].append(32 * 70 * a.steps / (time.perf_counter() - t0))
+    rows = [{"head": h, "precision": p, "tokens_per_s": round(statistics.median(ts)), "rounds": [round(t) for t in ts]}
+            for (h, p), ts in times.items()]
+    print(table(rows, ["head", "precision", "tokens_per_s", "rounds"]))
+    for p in ("fp32", "bf16"):
+        r = {row["head"]: row["tokens_per_s"] for row in rows if row["precision"] == p}
+        if len(r) == 2:
+            print(f"{p}: adaptive / full = {r['adaptive'] / r['full']:.2f}x")
+    return {"rows": rows, "vocab": len(vocab), "cutoffs": list(adaptive_cutoffs(a.cutoffs, len(vocab)))}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=("finetune", "pretrain"))
+    p.add_argument("mode", choices=("finetune", "pretrain", "step"))
     p.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS)
     p.add_argument("--cutoffs", type=int, nargs="+", default=[2000, 10000])
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
@@ -243,14 +311,17 @@ def main() -> None:
     p.add_argument("--bs", type=int, default=64)
     p.add_argument("--bptt", type=int, default=70)
     p.add_argument("--valid-tokens", type=int, default=40000)
+    # step
+    p.add_argument("--steps", type=int, default=4, help="step mode: timed steps per variant per round")
+    p.add_argument("--rounds", type=int, default=7)
     a = p.parse_args()
     if a.lr is None:
         a.lr = 2e-2 if a.mode == "finetune" else 3e-3
     import torch
 
     t0 = time.perf_counter()
-    result = finetune(a) if a.mode == "finetune" else pretrain(a)
-    if len(a.heads) == 2:
+    result = {"finetune": finetune, "pretrain": pretrain, "step": step}[a.mode](a)
+    if len(a.heads) == 2 and a.mode != "step":
         result["comparison"] = compare(result["curves"])
         c = result["comparison"]
         print(f"\ncommon perplexity {c['common_perplexity']:.1f}: full reached it after "
