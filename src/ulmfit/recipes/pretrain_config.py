@@ -35,7 +35,7 @@ class PretrainConfig:
     direction: str = F.spec("fwd", choices=("fwd", "bwd"))
     encoding: str = F.spec("utf-8")  # of the corpus shards (`corpus build` writes UTF-8); latin-1 reads any byte
     # full, though adaptive pretrained faster (small preset, 12.8k words, bf16: 2.1-2.2x the tokens per
-    # CPU second, the full head's perplexity after 4 CPU min reached in 1.8, 125 vs 260 at 4 min;
+    # CPU second; the full head's perplexity after 241 CPU s reached after 105, and 125 vs 260 at 241;
     # docs/BENCHMARKS.md, "Adaptive softmax in pretraining and LM fine-tuning"): the pretrained LM is
     # what every consumer reads, and fastai export needs a full softmax (SiATL's full decoder gets an
     # approximate conversion). `--set softmax=adaptive` for an LM meant for ULMFiT's LM phase.
