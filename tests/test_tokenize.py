@@ -325,3 +325,45 @@ def test_one_tokenizer_shared_by_threads():
         chunks = [texts[i:i + 300] for i in range(0, len(texts), 300)]
         many = ex.map(lambda c: shared.tokenize_many(c, n_workers=1), chunks)
         assert [toks for c in many for toks in c] == expected
+
+
+def test_workers_return_any_text_through_their_files(monkeypatch):
+    """Forked workers write their chunk's tokens into a temporary file as UTF-8: letters above U+FFFF,
+    lone surrogates (from JSON, e.g. "\\ud83d") and fields come back as `tok(text)` gives them; with
+    the platform's other start method (spawn: tokens returned through the executor) too."""
+    from multiprocessing import get_context
+
+    from ulmfit.text import tokenize as T
+    odd = ["lone \ud83d surrogate", "\udc00\ud800 pair? NO", "𝐀𝐁 𐐀x 😂😂😂😂", ("Title \udfff", "b")]
+    texts = (odd + _corpus(50)) * 20
+    expected = [tok(t) for t in texts]
+    assert tok.tokenize_many(texts, n_workers=2) == expected
+    monkeypatch.setattr(T, "_mp_context", lambda: get_context("spawn"))
+    assert tok.tokenize_many(texts[:200], n_workers=2) == expected[:200]
+
+
+def test_output_lists_leave_the_collector_as_found():
+    """`tokenize_many` moves its output lists past the young generations (`gc.freeze()` +
+    `gc.unfreeze()`) only when the program has frozen nothing itself, and leaves the collector
+    enabled or disabled as it found it."""
+    import gc
+    texts = _corpus(1000)
+    expected = [tok(t) for t in texts]
+    assert gc.isenabled()
+    out = tok.tokenize_many(texts, n_workers=1)
+    assert gc.isenabled() and out == expected
+    oldest = {id(o) for o in gc.get_objects(generation=2)}  # not left to young passes to walk
+    assert all(id(toks) in oldest for toks in out)
+    mine = ["a program's own object"]
+    gc.freeze()  # a program's own frozen objects (e.g. before forking servers) stay frozen
+    try:
+        assert tok.tokenize_many(texts, n_workers=1) == expected
+        assert gc.get_freeze_count() > 0 and not any(o is mine for o in gc.get_objects())
+    finally:
+        gc.unfreeze()
+    assert any(o is mine for o in gc.get_objects())
+    gc.disable()
+    try:
+        assert tok.tokenize_many(texts, n_workers=1) == expected and not gc.isenabled()
+    finally:
+        gc.enable()

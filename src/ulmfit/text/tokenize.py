@@ -29,6 +29,7 @@ import html
 import os
 import re
 import sys
+import tempfile
 import threading
 import unicodedata
 from concurrent.futures import ProcessPoolExecutor
@@ -311,41 +312,55 @@ class Tokenizer:
         # This process is one of the workers: it tokenizes the head of `texts` while n_workers - 1
         # children take the tail in a few chunks (so that this process receives the first ones while
         # the children still work). Forked children already hold `texts`: they get index ranges
-        # into `_SHARED` (set before the fork), not the texts. Each sends back its chunk's tokens as
-        # one string (`_tokenize_joined`; tokens never hold whitespace), split here in C.
+        # into `_SHARED` (set before the fork), not the texts. Each chunk's tokens come back as one
+        # string (`_tokenize_joined`; tokens never hold whitespace), split here in C. A forked child
+        # writes that string into a temporary file of its chunk (unlinked at creation) and returns
+        # only its length: through the executor's pipe, a child's write blocks 64 KiB at a time until
+        # this process's reader thread takes the GIL from the tokenizing main thread (~5 ms each),
+        # which left the child idle for 20-40 ms per chunk.
         head = int(len(texts) * _PARENT_SHARE / n_workers)
-        n_chunks = (n_workers - 1) * 4
+        n_chunks = (n_workers - 1) * _CHUNKS_PER_CHILD
         size = max(1, -(-(len(texts) - head) // n_chunks))
         ranges = [(i, min(i + size, len(texts))) for i in range(head, len(texts), size)]
         ctx = _mp_context()
+        _re_block_runs()  # compiled once here, not in each child
         key = object()
         forked = ctx.get_start_method() == "fork"
+        files = [tempfile.TemporaryFile() for _ in ranges] if forked else []
         if forked:
-            _SHARED[id(key)] = (self.config, texts)
+            _SHARED[id(key)] = (self.config, texts, files)
         ex = ProcessPoolExecutor(n_workers - 1, mp_context=ctx)
         try:
             if forked:
-                futures = [ex.submit(_tokenize_shared, id(key), i, j) for i, j in ranges]
+                futures = [ex.submit(_tokenize_shared, id(key), k, i, j) for k, (i, j) in enumerate(ranges)]
             else:
                 futures = [ex.submit(_tokenize_texts, self.config, texts[i:j]) for i, j in ranges]
             out = self._tokenize_list(texts[:head])
             with _gc_paused():
-                for f in futures:
-                    out += _split_docs(*f.result())
+                for k, f in enumerate(futures):
+                    s, special = f.result()
+                    if forked and s is not None:
+                        s = _read_text(files[k], s)
+                    out += _split_docs(s, special)
         finally:
             _SHARED.pop(id(key), None)
             # Without waiting: a child's exit (freeing its heap) took 0.2-0.7 s; the executor's
             # own thread reaps it. On an error, pending chunks are cancelled.
             ex.shutdown(wait=False, cancel_futures=True)
+            for file in files:
+                file.close()
         return out
 
 
 # The head of the texts that the calling process tokenizes itself, as a fraction of an equal share
-# (1 / n_workers): it also turns the children's strings into lists and pays the garbage collector's
-# pass over all of them (~75 ms of ~270 for the tweets). CPU time with 2 workers on the tweets
-# (busy 2-core EPYC, best of 4): share 0.92 parent 187 ms / child 104, 0.8 184 / 117, 0.7 165 / 126
-# (the child also forks, ~10-25 ms).
+# (1 / n_workers): it also turns the children's strings into lists (~45 ms for all the tweets).
+# Wall time with 2 workers on the tweets, 2-core EPYC, quiet window, min of 5 (share:chunks per
+# child, min / median of 5): 0.7:4 151/164 ms, 0.8:4 144/181, 0.8:2 143/170, 0.9:1 150/157,
+# 0.9:2 145/159, 1.0:2 147/157; 1 worker 209/217. Flat within noise; 0.7:4 is the balance of the
+# measured rates (child ~165 ms per whole set, parent ~235 with its lists, ~10 ms to fork).
 _PARENT_SHARE = 0.7
+# Chunks per child: the parent splits a chunk's string while the children work on the next ones.
+_CHUNKS_PER_CHILD = 4
 
 # Texts per block of `_block`: ~100 kB of tweets, so that the block's strings and arrays stay in the
 # CPU caches (blocks of 30k tweets took ~1.3x as long per text).
@@ -355,20 +370,31 @@ _BLOCK_TEXTS = 1024
 _BLOCK_MIN_TEXTS = 16
 
 # Texts of tokenize_many calls in flight, for their forked workers: id(key) -> (config, texts).
-_SHARED: dict[int, tuple[TokenizerConfig, list]] = {}
+_SHARED: dict[int, tuple[TokenizerConfig, list, list]] = {}
 
 
 @contextmanager
 def _gc_paused():
-    """Building many lists triggers the cyclic garbage collector over and over, and each full pass
-    walks every live object. Nothing here makes cycles. (On re-enabling, one pass over the new lists
-    remains: ~30 ms for the 30k lists of the tweets, as often as not inside the call.)"""
+    """The cyclic garbage collector paused while the output lists are built, and those lists moved
+    straight to the oldest generation when it resumes.
+
+    Every 700 new lists would run a young pass, and older passes walk every live object. Paused,
+    the first allocation after resuming still ran one young pass over all the new lists (44-77 ms
+    for the tweets' 30k lists on a busy 2-core EPYC, as long as building them). Lists of strings
+    cannot form cycles: that pass finds nothing. `gc.freeze()` + `gc.unfreeze()` moves every tracked
+    object to the oldest generation without walking them (two list splices) and resets the young
+    count; the lists are then walked only by full passes, as any long-lived object is. Skipped when
+    the program has frozen objects of its own (`gc.get_freeze_count()`): `unfreeze` would release
+    them."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if was_enabled:
+            if not gc.get_freeze_count():
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 
@@ -393,9 +419,26 @@ def _split_docs(s: str | None, special: dict[int, list[str]]) -> list[list[str]]
     return out
 
 
-def _tokenize_shared(key: int, i: int, j: int) -> tuple[str | None, dict[int, list[str]]]:
-    config, texts = _SHARED[key]
-    return Tokenizer(config)._tokenize_joined(texts[i:j])
+def _tokenize_shared(key: int, k: int, i: int, j: int) -> tuple[int | None, dict[int, list[str]]]:
+    """A forked child: chunk k (texts i:j) into its temporary file as UTF-8 (lone surrogates kept);
+    returns the number of bytes written (None for no texts) and the texts given apart."""
+    config, texts, files = _SHARED[key]
+    s, special = Tokenizer(config)._tokenize_joined(texts[i:j])
+    if s is None:
+        return None, special
+    data = s.encode("utf-8", "surrogatepass")
+    files[k].write(data)
+    files[k].flush()
+    return len(data), special
+
+
+def _read_text(file, n: int) -> str:
+    """The n bytes a child wrote into `file` (`_tokenize_shared`) as text."""
+    data = os.pread(file.fileno(), n, 0)
+    if len(data) != n:
+        raise UlmfitError(f"tokenize_many: a worker wrote {n} bytes to its temporary file, {len(data)} "
+                          f"were read back; check the space left in {tempfile.gettempdir()}")
+    return data.decode("utf-8", "surrogatepass")
 
 
 def _tokenize_texts(config: TokenizerConfig, texts: list) -> tuple[str | None, dict[int, list[str]]]:
