@@ -354,7 +354,7 @@ class Tokenizer:
 
 # The head of the texts that the calling process tokenizes itself, as a fraction of an equal share
 # (1 / n_workers): it also turns the children's strings into lists (~45 ms for all the tweets).
-# Wall time with 2 workers on the tweets, 2-core EPYC, quiet window, min of 5 (share:chunks per
+# Wall time with 2 workers on the tweets, 2-core EPYC, quiet window (share:chunks per
 # child, min / median of 5): 0.7:4 151/164 ms, 0.8:4 144/181, 0.8:2 143/170, 0.9:1 150/157,
 # 0.9:2 145/159, 1.0:2 147/157; 1 worker 209/217. Flat within noise; 0.7:4 is the balance of the
 # measured rates (child ~165 ms per whole set, parent ~235 with its lists, ~10 ms to fork).
