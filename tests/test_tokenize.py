@@ -344,16 +344,25 @@ def test_workers_return_any_text_through_their_files(monkeypatch):
 
 def test_output_lists_leave_the_collector_as_found():
     """`tokenize_many` moves its output lists past the young generations (`gc.freeze()` +
-    `gc.unfreeze()`) only when the program has frozen nothing itself, and leaves the collector
-    enabled or disabled as it found it."""
+    `gc.unfreeze()`) only when the program has frozen nothing itself, after collecting the
+    program's young cyclic garbage, and leaves the collector enabled or disabled as it found it."""
     import gc
-    texts = _corpus(1000)
+    import weakref
+
+    class Node:
+        pass
+    texts = _corpus(3000)
     expected = [tok(t) for t in texts]
     assert gc.isenabled()
+    cycle = Node()
+    cycle.self = cycle
+    ref = weakref.ref(cycle)
+    del cycle
     out = tok.tokenize_many(texts, n_workers=1)
     assert gc.isenabled() and out == expected
     oldest = {id(o) for o in gc.get_objects(generation=2)}  # not left to young passes to walk
     assert all(id(toks) in oldest for toks in out)
+    assert ref() is None  # the program's young cyclic garbage was collected, not promoted
     mine = ["a program's own object"]
     gc.freeze()  # a program's own frozen objects (e.g. before forking servers) stay frozen
     try:
