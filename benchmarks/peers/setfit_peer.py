@@ -38,8 +38,11 @@ def run(job):
     model = SetFitModel.from_pretrained(str(get_model_path()), local_files_only=True, device="cpu")
     model.model_body.max_seq_length = p["max_len"]
     n_pairs = p["num_iterations"] * 2 * len(xt) * p["epochs"]
+    steps = -(-n_pairs // p["bs"])
+    # max_steps is a cap, not a count: SetFit hands a positive max_steps to its trainer, which then runs
+    # exactly that many steps, cycling over the pairs (2,000 steps at 100 labels, not the 250 of one epoch)
     args = TrainingArguments(batch_size=p["bs"], num_epochs=p["epochs"], num_iterations=p["num_iterations"],
-                             body_learning_rate=p["body_lr"], max_steps=p["max_steps"], seed=job["seed"],
+                             body_learning_rate=p["body_lr"], max_steps=min(steps, p["max_steps"]), seed=job["seed"],
                              report_to="none", show_progress_bar=False)
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": xt, "label": yt}))
     trainer.train()
@@ -48,7 +51,6 @@ def run(job):
     t1 = time.perf_counter()
     pred = [str(x) for x in model.predict(xs, batch_size=64)]
     predict_s = time.perf_counter() - t1
-    steps = -(-n_pairs // p["bs"])
     return {"test_pred": pred, "train_s": round(train_s, 2), "predict_s": round(predict_s, 2),
             "details": {"valid_macro_f1": valid["macro_f1"], "pairs": n_pairs,
                         "bound": "max_steps" if steps > p["max_steps"] else "epochs", **p}}
