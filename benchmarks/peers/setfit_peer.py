@@ -16,6 +16,7 @@ JOB: {"train", "valid", "test", "seed", "threads", "params": {num_iterations, bs
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,11 +42,12 @@ def run(job):
     steps = -(-n_pairs // p["bs"])
     # max_steps is a cap, not a count: SetFit hands a positive max_steps to its trainer, which then runs
     # exactly that many steps, cycling over the pairs (2,000 steps at 100 labels, not the 250 of one epoch)
-    args = TrainingArguments(batch_size=p["bs"], num_epochs=p["epochs"], num_iterations=p["num_iterations"],
-                             body_learning_rate=p["body_lr"], max_steps=min(steps, p["max_steps"]), seed=job["seed"],
-                             report_to="none", show_progress_bar=False)
-    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": xt, "label": yt}))
-    trainer.train()
+    with tempfile.TemporaryDirectory() as tmp:  # SetFit's trainer checkpoints into output_dir (default ./checkpoints)
+        args = TrainingArguments(batch_size=p["bs"], num_epochs=p["epochs"], num_iterations=p["num_iterations"],
+                                 body_learning_rate=p["body_lr"], max_steps=min(steps, p["max_steps"]),
+                                 seed=job["seed"], report_to="none", show_progress_bar=False, output_dir=tmp)
+        trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": xt, "label": yt}))
+        trainer.train()
     train_s = time.perf_counter() - t0
     valid = macro_f1_accuracy(yv, [str(x) for x in model.predict(xv, batch_size=64)])
     t1 = time.perf_counter()
