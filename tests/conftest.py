@@ -6,6 +6,7 @@ made-up sentences whose words carry the label, which even a tiny model learns in
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager
 from dataclasses import replace
 
 import pandas as pd
@@ -20,6 +21,31 @@ WORDS = {
     "neu": ["flight", "tomorrow", "gate", "seat", "schedule", "boston", "monday"],
 }
 FILLER = ["the", "a", "my", "was", "is", "today", "this", "at", "with", "and", "I", "We", "!", "."]
+
+
+@pytest.fixture
+def killed_after_first_epoch(monkeypatch):
+    """A context manager: inside it the training loop raises KeyboardInterrupt right after writing its
+    first history record (a kill between epochs), which the block must meet; the loop is restored on exit."""
+    from ulmfit.train import loop
+
+    @contextmanager
+    def kill():
+        real, calls = loop.append_jsonl, {"n": 0}
+
+        def crash_after_first_epoch(path, rec):
+            calls["n"] += 1
+            real(path, rec)
+            if calls["n"] == 1:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(loop, "append_jsonl", crash_after_first_epoch)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                yield
+        finally:
+            monkeypatch.setattr(loop, "append_jsonl", real)
+    return kill
 
 
 def make_rows(n: int, seed: int) -> pd.DataFrame:

@@ -203,11 +203,10 @@ def _cfg(**kw):
                                     checkpoint_every=5, softmax="adaptive", cutoffs=(12, 20), precision="fp32"), **kw})
 
 
-def test_pretrain_adaptive_saves_reloads_and_a_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+def test_pretrain_adaptive_saves_reloads_and_a_resumed_run_equals_an_uninterrupted_one(tmp_path, killed_after_first_epoch):
     from safetensors import safe_open
 
     from ulmfit.recipes import model_dir
-    from ulmfit.train import loop
 
     corpus = _corpus(tmp_path)
     ref = pretrain(corpus, tmp_path / "ref", _cfg(), log=lambda m: None)
@@ -220,18 +219,8 @@ def test_pretrain_adaptive_saves_reloads_and_a_resumed_run_equals_an_uninterrupt
     hist = [json.loads(l) for l in (ref / "history.jsonl").read_text().splitlines()]
     assert hist[-1]["perplexity"] < hist[0]["perplexity"] < len(vocab)  # it learns
 
-    real, calls = loop.append_jsonl, {"n": 0}
-
-    def crash_after_first_epoch(path, rec):
-        calls["n"] += 1
-        real(path, rec)
-        if calls["n"] == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop, "append_jsonl", crash_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_first_epoch():
         pretrain(corpus, tmp_path / "run", _cfg(), log=lambda m: None)
-    monkeypatch.setattr(loop, "append_jsonl", real)
     pretrain(corpus, tmp_path / "run", _cfg(), resume=True, log=lambda m: None)
     strip = lambda rows: [{k: v for k, v in r.items() if "seconds" not in k and "per_s" not in k} for r in rows]  # noqa: E731
     again = [json.loads(l) for l in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]

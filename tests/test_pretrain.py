@@ -57,22 +57,10 @@ def test_pretrain_writes_a_loadable_memmapped_model(tmp_path):
     assert json.loads((out / "ulmfit.json").read_text())["kind"] == "lm"
 
 
-def test_pretrain_resume_continues_from_checkpoint(tmp_path, monkeypatch):
-    from ulmfit.train import loop
-
+def test_pretrain_resume_continues_from_checkpoint(tmp_path, killed_after_first_epoch):
     corpus = make_corpus(tmp_path / "corpus")
-    real, calls = loop.append_jsonl, {"n": 0}
-
-    def crash_after_first_epoch(path, rec):
-        calls["n"] += 1
-        real(path, rec)
-        if calls["n"] == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop, "append_jsonl", crash_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_first_epoch():
         pretrain(corpus, tmp_path / "lm", tiny_cfg(), log=lambda m: None)
-    monkeypatch.setattr(loop, "append_jsonl", real)
     assert not (tmp_path / "lm" / "ulmfit.json").exists()  # unfinished: no marker
     logs = []
     pretrain(corpus, tmp_path / "lm", tiny_cfg(), resume=True, log=logs.append)
