@@ -21,6 +21,7 @@ from ulmfit.recipes import registry
 from ulmfit.train.precision import resolve_precision
 
 DIRECTIONS = ("fwd", "bwd", "both")
+PARALLEL_SETTINGS = ("auto", "on", "off")  # parallel_directions
 
 
 @dataclass
@@ -159,6 +160,14 @@ class FitConfig:
     # The backward LM of a "both" run (the forward one is `pretrained`; with direction "bwd" alone,
     # `pretrained` is the backward LM). "auto": the shipped general-en-bwd when installed, else scratch.
     pretrained_bwd: str | None = "auto"
+    # A "both" run trains its two models at the same time, each in its own process with half of
+    # torch's threads (recipes/ulmfit.py `parallel_plan`, train/processes.py): on, off, or auto: on
+    # when both models are still to train, torch has at least 2 threads and the run is not under
+    # torchrun (its ranks already share the cores). Each model's results equal a one-after-the-other
+    # run with the same threads per model. auto, because a small AWD-LSTM's step scales poorly across
+    # threads: the LM step on 2 AMD EPYC cores ran ~17.6k tokens/s on one thread and 21-28k on two, so
+    # two one-thread processes do the same work ~1.3-1.5x sooner. Decided at run time (not saved resolved).
+    parallel_directions: str = F.spec("auto", choices=PARALLEL_SETTINGS)
     optimizer: str = F.spec("adamw", choices=F.OPTIMIZERS)
     precision: str = F.precision()
     seed: int = F.seed()

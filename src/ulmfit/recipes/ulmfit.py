@@ -4,7 +4,8 @@ train a classifier on its encoder with gradual unfreezing and discriminative lea
 `finetune_lm()` and `train_classifier()` are its two phases, usable on their own (`ulmfit
 finetune-lm`); `fit_recipe()` runs them per direction for `ulmfit fit` (registered in
 recipes/ulmfit_config.py). `direction="bwd"` reads every document reversed; with two directions the
-classifier averages the two models' probabilities (ULMFiT §4, "bidirectional"). The pieces other
+classifier averages the two models' probabilities (ULMFiT §4, "bidirectional"), and the two models
+train side by side in two processes where that pays (`parallel_plan`, train/processes.py). The pieces other
 recipes share (the starting LM, tokens, seeding) are in recipes/toolbox.py.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ulmfit.data.cls_loader import ClassificationLoader
 from ulmfit.data.lm_loader import LMLoader
@@ -39,6 +41,7 @@ from ulmfit.train.metrics import classification_metrics
 from ulmfit.train.optim import make_optimizer, param_groups
 from ulmfit.train.calibration import loss_weights
 from ulmfit.train.checkpoint import EpochSnapshots
+from ulmfit.train.processes import Job, run_in_processes
 from ulmfit.train.tasks import ClassifierTask, LMTask
 
 
@@ -233,13 +236,48 @@ def cv_classifier(lm: LMResult, train: Labelled, valid: Labelled, classes: list[
 # ----------------------------------------------------------------------------- `ulmfit fit`
 def fit_recipe(run: Run) -> dict:
     """Both phases for every direction of the run; returns the validation metrics (of the average,
-    for two models). A direction already trained (its done file) is not trained again on resume."""
+    for two models). A direction already trained (its done file) is not trained again on resume.
+    The texts are tokenized here, once per tokenizer; the models still to train are trained in this
+    process one after the other, or side by side in two processes (`parallel_plan`); the average,
+    its reports and the post-hoc steps are computed here from the models' folders either way."""
     dirs, cache = list(run.configs), {}
-    for d in dirs:
-        _fit_direction(run, model_dir.direction_folder(run.out, dirs[0], d), run.configs[d], d, cache)
+    todo = [d for d in dirs if not _already_trained(run, d)]
+    for d in todo:
+        tokens_for(_pretrained(run, d), run.data, cache, run.log)
+    parallel, why = parallel_plan(run.configs[dirs[0]].parallel_directions, todo)
+    if len(dirs) > 1 and todo:
+        run.log(why)
+    if parallel:
+        threads = max(1, torch.get_num_threads() // 2)
+        jobs = {d: Job(_fit_direction_in_child, (replace(run, log=quiet), d, cache)) for d in todo}
+        run_in_processes(jobs, threads=threads, log=run.log)
+    else:
+        for d in todo:
+            _fit_direction(run, d, cache)
     if len(dirs) == 1:
         return json.loads(_done_file(run.out, dirs[0]).read_text())["metrics"]
     return _ensemble(run)
+
+
+def parallel_plan(setting: str, todo: list[str]) -> tuple[bool, str]:
+    """Whether the models of `todo` (the directions still to train) train side by side, one process
+    each, and why, in one line. `setting`: the config's `parallel_directions` (auto | on | off)."""
+    threads, ranks = torch.get_num_threads(), distributed.world_size()
+    if setting == "on" and ranks > 1:  # [distributed]
+        raise UlmfitError("parallel_directions=on does not run under torchrun (its ranks already share the cores); "
+                          "set it to auto or off")
+    names = " and ".join(model_dir.DIRECTION_NAMES[d] for d in todo)
+    if len(todo) < 2:
+        return False, f"directions: only the {names} model is left to train, in this process"
+    sequential = f"directions: the {names} models one after the other, {threads} thread(s) each"
+    if setting == "off":
+        return False, f"{sequential} (parallel_directions=off)"
+    if setting == "auto" and ranks > 1:  # [distributed]
+        return False, f"{sequential} (parallel_directions=auto: a torchrun run stays in its ranks)"
+    if setting == "auto" and threads < 2:
+        return False, f"{sequential} (parallel_directions=auto: torch has 1 thread; 'on' forces two processes)"
+    return True, (f"directions: the {names} models side by side, two processes of {max(1, threads // 2)} thread(s) "
+                  f"each (parallel_directions={setting}: torch has {threads} threads)")
 
 
 def _done_file(out: Path, direction: str) -> Path:
@@ -247,13 +285,28 @@ def _done_file(out: Path, direction: str) -> Path:
     return out / "checkpoints" / f"{direction}-done.json"
 
 
-def _fit_direction(run: Run, folder: Path, cfg, direction: str, cache: dict) -> None:
-    data, resume, log = run.data, run.resume, run.log
-    if resume and _done_file(run.out, direction).exists():
-        log(f"{model_dir.DIRECTION_NAMES[direction]} model: already trained, not trained again")
-        return
+def _already_trained(run: Run, direction: str) -> bool:
+    done = run.resume and _done_file(run.out, direction).exists()
+    if done:
+        run.log(f"{model_dir.DIRECTION_NAMES[direction]} model: already trained, not trained again")
+    return done
+
+
+def _pretrained(run: Run, direction: str) -> Path | None:
+    return model_dir.resolve_pretrained(run.configs[direction].pretrained_for(direction), direction)
+
+
+def _fit_direction_in_child(run: Run, direction: str, cache: dict, log: Log) -> None:
+    """`_fit_direction` in a child process (train/processes.py): its lines go to `log`."""
+    _fit_direction(replace(run, log=log), direction, cache)
+
+
+def _fit_direction(run: Run, direction: str, cache: dict) -> None:
+    """Both phases of one model into its folder; its done file last (only a complete model has one)."""
+    data, resume, log, cfg = run.data, run.resume, run.log, run.configs[direction]
+    folder = model_dir.direction_folder(run.out, next(iter(run.configs)), direction)
     t0 = time.perf_counter()
-    pretrained = model_dir.resolve_pretrained(cfg.pretrained_for(direction), direction)
+    pretrained = _pretrained(run, direction)
     tokens = tokens_for(pretrained, data, cache, log)
     vocab = Vocab.load(folder / "vocab.json") if resume and (folder / "vocab.json").exists() else None
     lm = finetune_lm(tokens.lm, folder, cfg.lm, tokenizer=tokens.tokenizer, vocab=vocab, pretrained=pretrained,

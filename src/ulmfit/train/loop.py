@@ -24,7 +24,6 @@ model-agnostic loop, extended from outside):
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from ulmfit.train.freeze import freeze_to
 from ulmfit.train.metrics import EarlyStopping
 from ulmfit.train.optim import discriminative_lrs, set_lr_mom
 from ulmfit.train.precision import autocast, resolve_precision
+from ulmfit.train import progress
 from ulmfit.train.progress import Heartbeat
 from ulmfit.train.schedules import Schedule
 
@@ -63,7 +63,7 @@ class LoopConfig:
     pct_start: float = 0.25  # share of a one-cycle stage spent warming up: fastai's fit_one_cycle default
     precision: str = "auto"  # auto | fp32 | bf16 (autocast); auto: bf16 where computed natively (train/precision.py)
     seed: int = 0  # the recipes pass the run's seed
-    progress: bool | None = None  # None: a bar only when stderr is a terminal
+    progress: bool | None = None  # None: a bar only when stderr is a terminal (never in a parallel run's child: train/progress.py)
     heartbeat_s: float | None = 30.0  # without a bar: a progress line on stderr at most this often (None: never)
     checkpoint_every: int | None = None  # also checkpoint every N steps inside an epoch (long pretraining epochs)
     # The number of the phase's first epoch in seeds, loader orders and the log: 0, or 1 for SiATL,
@@ -204,7 +204,7 @@ def run_phase(
     else:
         files.best.unlink(missing_ok=True)  # a stale best from an earlier run must not be restored
         _rewrite_log(files, [])  # lines of this phase with no checkpoint behind them (a kill in the first write)
-    show_bar = (sys.stderr.isatty() if cfg.progress is None else cfg.progress) and distributed.is_main()  # [distributed]
+    show_bar = progress.show_bar(cfg.progress) and distributed.is_main()  # [distributed]
     device = next(model.parameters()).device.type
     precision = resolve_precision(cfg.precision, device)
     global_epoch = pos["global_epoch"]

@@ -9,6 +9,10 @@ seconds instead, to stderr like the bar:
 Other long passes use it too (the teacher cache of `ulmfit distill`: `unit="text"`, no loss, through `say`):
 
     teacher probabilities: text 12,000/40,000 (30%), 310 texts/s, 0:38 elapsed, ~1:30 left
+
+In a child process of a parallel run (train/processes.py: the two models of `--direction both`),
+`route(say)` sends every heartbeat line to `say` (the parent prints it, prefixed with the child's
+name) and `show_bar` is false: two processes redrawing one terminal line would garble each other.
 """
 from __future__ import annotations
 
@@ -23,12 +27,33 @@ def _clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+_route: Callable[[str], None] | None = None  # set by `route` in a child process of a parallel run
+
+
+def route(say: Callable[[str], None] | None) -> None:
+    """From now on this process's heartbeat lines go to `say` (None: back to stderr), and no bar is drawn."""
+    global _route
+    _route = say
+
+
+def show_bar(requested: bool | None) -> bool:
+    """Whether to draw a progress bar: as `requested` (None: when stderr is a terminal), never in a
+    process whose lines are routed to a parent."""
+    return _route is None and (sys.stderr.isatty() if requested is None else bool(requested))
+
+
+def show(line: str, stream: TextIO | None = None) -> None:
+    """Print one progress line where progress goes when no bar is drawn (stderr, flushed)."""
+    print(line, file=stream or sys.stderr, flush=True)
+
+
 class Heartbeat:
     """Call `update` after every batch; it prints when `every_s` seconds have passed since the last
     line of any heartbeat of this process (so the gap stays under `every_s` across epochs: the
     validation pass between two epochs counts), or since this one started if none printed yet.
     `every_s` None or <= 0: never prints. `unit`: what `done` and `total` count; `rate_unit`: what the
-    `tokens` argument counts; `say`: where the line goes (default: `stream`, else stderr); `start`: units
+    `tokens` argument counts; `say`: where the line goes (default: `stream`, else the process's
+    `route`, else stderr); `start`: units
     already done before this heartbeat (a resumed pass), left out of the time estimate."""
 
     _last_line: float | None = None  # clock() of the process's last heartbeat line
@@ -63,6 +88,8 @@ class Heartbeat:
                 f"{rate:,.0f} {self.rate_unit}/s, {_clock(elapsed)} elapsed, ~{_clock(left)} left")
         if self.say is not None:
             self.say(line)
+        elif self.stream is None and _route is not None:
+            _route(line)
         else:
-            print(line, file=self.stream or sys.stderr, flush=True)
+            show(line, self.stream)
         return True
