@@ -277,7 +277,7 @@ def parallel_plan(setting: str, todo: list[str]) -> tuple[bool, str]:
     if setting == "auto" and threads < 2:
         return False, f"{sequential} (parallel_directions=auto: torch has 1 thread; 'on' forces two processes)"
     return True, (f"directions: the {names} models side by side, two processes of {max(1, threads // 2)} thread(s) "
-                  f"each (parallel_directions={setting}: torch has {threads} threads)")
+                  f"each (parallel_directions={setting}: torch has {threads} thread{'s' if threads > 1 else ''})")
 
 
 def _done_file(out: Path, direction: str) -> Path:
