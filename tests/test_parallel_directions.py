@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -246,3 +250,16 @@ def test_ctrl_c_in_the_parent_stops_both_children():
     with pytest.raises(KeyboardInterrupt):
         run_in_processes({"a": Job(wait_forever), "b": Job(wait_forever)}, threads=1, log=interrupt_on_first_line)
     assert not multiprocessing.active_children()
+
+
+def test_a_script_without_a_main_guard_is_told_what_to_do(tmp_path):
+    """A spawned child imports the parent's main script again; unguarded, the script's call runs
+    there too and fails before the job starts: one line says why and what to do."""
+    script = tmp_path / "unguarded.py"
+    script.write_text("from ulmfit.train.processes import Job, run_in_processes\n\n"
+                      "run_in_processes({'a': Job(print)}, threads=1, log=print)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(ulmfit.__file__).parents[1])}
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    last = p.stderr.strip().splitlines()[-1]
+    assert p.returncode == 1 and "UlmfitError: the a process ended (exit code 1) before it started" in last
+    assert 'put the call under `if __name__ == "__main__":`' in last and "parallel_directions=off" in last

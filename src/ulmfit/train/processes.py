@@ -16,7 +16,9 @@ the same work sooner than one two-thread process training one model after the ot
   too, always called in the parent's main thread), progress lines to stderr as a heartbeat would.
 - Errors: a `UlmfitError` in a child is raised in the parent as the same one line; any other
   exception as `JobFailed` carrying the child's traceback text; a child that ends without reporting
-  (killed, out of memory) as one `UlmfitError` line with its exit code. The other children are then
+  (killed, out of memory; or before its job: a script that calls `fit` outside an
+  `if __name__ == "__main__":` guard runs again in the spawned child and fails there) as one
+  `UlmfitError` line with its exit code and the likely cause. The other children are then
   stopped: SIGINT, i.e. KeyboardInterrupt at their next Python line (a training step is well under a
   second; an atomic write in flight is removed, never left half-written), killed after `STOP_WAIT_S`.
   Ctrl-C reaches the children from the terminal too (one process group); the parent stops whatever
@@ -78,7 +80,7 @@ def run_in_processes(jobs: dict[str, Job], *, threads: int, log: Callable[[str],
 
 def _relay(procs: dict, conns: dict[str, Connection], log: Callable[[str], None]) -> dict[str, Any]:
     """Pass the children's lines on until every pipe is closed; raise the first failure."""
-    results, open_ = {}, dict(conns)
+    results, open_, started = {}, dict(conns), set()
     while open_:
         for conn in wait(list(open_.values())):
             name = next(n for n, c in open_.items() if c is conn)
@@ -88,10 +90,11 @@ def _relay(procs: dict, conns: dict[str, Connection], log: Callable[[str], None]
                 del open_[name]
                 if name not in results:
                     procs[name].join(STOP_WAIT_S)
-                    raise UlmfitError(f"the {name} process ended (exit code {procs[name].exitcode}) before it finished: "
-                                      "killed, or out of memory? What it checkpointed is kept (--resume continues)")
+                    raise UlmfitError(_ended_early(name, procs[name].exitcode, name in started))
                 continue
-            if kind == "log":
+            if kind == "started":
+                started.add(name)
+            elif kind == "log":
                 log(f"[{name}] {payload}")
             elif kind == "progress":
                 progress.show(f"[{name}] {payload}")
@@ -104,6 +107,17 @@ def _relay(procs: dict, conns: dict[str, Connection], log: Callable[[str], None]
             else:  # "crash"
                 raise JobFailed(f"the {name} process failed:\n{payload}")
     return results
+
+
+def _ended_early(name: str, code: int | None, started: bool) -> str:
+    """The line for a child that ended without reporting: during its job (killed), or before it (the
+    spawned interpreter failed to import the parent's main script, which re-ran unguarded code)."""
+    if started:
+        return (f"the {name} process ended (exit code {code}) before it finished: killed, or out of memory? "
+                "What it checkpointed is kept (--resume continues)")
+    return (f"the {name} process ended (exit code {code}) before it started (its error is printed above); "
+            "from a Python script, put the call under `if __name__ == \"__main__\":` (the process imports the "
+            "script again), or set parallel_directions=off")
 
 
 def _stop(procs, interrupt: bool) -> None:
@@ -134,6 +148,7 @@ def _child(fn: Callable, args: tuple, threads: int, conn: Connection) -> None:
         return lambda text: conn.send((kind, text))
 
     progress.route(sender("progress"))
+    conn.send(("started", None))
     try:
         report = ("done", fn(*args, sender("log")))
     except UlmfitError as e:
