@@ -248,9 +248,8 @@ def fit_recipe(run: Run) -> dict:
     if len(dirs) > 1 and todo:
         run.log(why)
     if parallel:
-        threads = max(1, torch.get_num_threads() // 2)
         jobs = {d: Job(_fit_direction_in_child, (replace(run, log=quiet), d, cache)) for d in todo}
-        run_in_processes(jobs, threads=threads, log=run.log)
+        run_in_processes(jobs, threads=_threads_each(), log=run.log)
     else:
         for d in todo:
             _fit_direction(run, d, cache)
@@ -276,8 +275,13 @@ def parallel_plan(setting: str, todo: list[str]) -> tuple[bool, str]:
         return False, f"{sequential} (parallel_directions=auto: a torchrun run stays in its ranks)"
     if setting == "auto" and threads < 2:
         return False, f"{sequential} (parallel_directions=auto: torch has 1 thread; 'on' forces two processes)"
-    return True, (f"directions: the {names} models side by side, two processes of {max(1, threads // 2)} thread(s) "
+    return True, (f"directions: the {names} models side by side, two processes of {_threads_each()} thread(s) "
                   f"each (parallel_directions={setting}: torch has {threads} thread{'s' if threads > 1 else ''})")
+
+
+def _threads_each() -> int:
+    """Torch threads of each process when the two models train side by side: half of this process's."""
+    return max(1, torch.get_num_threads() // 2)
 
 
 def _done_file(out: Path, direction: str) -> Path:
