@@ -217,13 +217,20 @@ def test_the_saved_rule_is_reloaded_and_applied_identically_by_predict_and_evalu
 
 
 def test_the_fast_macro_f1_of_the_search_equals_sklearns():
-    from ulmfit.train.calibration import _macro_f1_many
+    from ulmfit.train.calibration import macro_f1_many
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, 300)
     preds = rng.integers(0, 4, (20, 300))
     preds[0] = 0  # a constant prediction: three classes never predicted
-    assert np.allclose(_macro_f1_many(y, preds, 4), [macro_f1(y, p, 4) for p in preds])
+    assert np.allclose(macro_f1_many(y, preds, 4), [macro_f1(y, p, 4) for p in preds])
+    # weighted: a 0/1 mask is that subset's macro-F1, a count repeats the row (a bootstrap draw)
+    w = np.stack([rng.integers(0, 2, 300), rng.multinomial(300, np.full(300, 1 / 300))])
+    got = macro_f1_many(y, preds, 4, w)
+    assert got.shape == (2, 20)
+    for f in range(2):
+        rows = np.repeat(np.arange(300), w[f])
+        assert np.allclose(got[f], [macro_f1(y[rows], p[rows], 4) for p in preds])
 
 
 @pytest.mark.parametrize("setting", ["auto", "none"])

@@ -35,29 +35,75 @@ def test_grid_shrinks_to_bound_the_search():
     assert comb(g + 11, 11) <= 5000 < comb(g + 12, 11)
 
 
-def one_hot_noisy(y, right, rng, k=3):
-    """Probabilities that put 0.7 on the true class where `right`, else on a wrong one."""
-    p = np.full((len(y), k), 0.15)
-    wrong = (y + 1 + rng.integers(0, k - 1, len(y))) % k
-    p[np.arange(len(y)), np.where(right, y, wrong)] = 0.7
-    return p
+def member(y, rng, strength=1.5, k=3):
+    """A classifier's probabilities: softmax(strength * one-hot(true class) + N(0, 1) noise), the noise
+    drawn independently for every member (so members err on different rows)."""
+    z = strength * np.eye(k)[y] + rng.normal(0.0, 1.0, (len(y), k))
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
 
 
-def test_choose_weights_finds_the_best_blend():
+def f1_of(y, p):
+    return classification_metrics(y, p.argmax(1), CLASSES)["macro_f1"]
+
+
+def test_complementary_members_get_a_real_mix():
     rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, 300)
-    # Member 0 is right on classes a and b, member 1 on class c only, member 2 is noise.
-    probs = [one_hot_noisy(y, y != 2, rng), one_hot_noisy(y, y == 2, rng), rng.dirichlet(np.ones(3), len(y))]
-    w, score = choose_weights(probs, y, CLASSES)
-    assert w.sum() == pytest.approx(1.0) and score["points"] == 66
-    best = max(classification_metrics(y, np.tensordot(v, np.stack(probs), 1).argmax(1), CLASSES)["macro_f1"]
-               for v in simplex_grid(3, 10))
-    assert score["macro_f1"] == pytest.approx(best)
-    assert score["macro_f1"] > max(classification_metrics(y, p.argmax(1), CLASSES)["macro_f1"] for p in probs)
-    # A perfect member alone: all the weight goes to it (ties on F1 are broken by log-loss).
+    y = rng.integers(0, 3, 600)
+    probs = [member(y, rng), member(y, rng), rng.dirichlet(np.ones(3), len(y))]  # two independent members + noise
+    w, sel = choose_weights(probs, y, CLASSES)
+    assert sel["rule"] == "blend" and sel["points"] == 66 and w.sum() == pytest.approx(1.0)
+    assert w[0] >= 0.2 and w[1] >= 0.2  # both contribute
+    o = sel["out_of_fold"]
+    assert o["gain"] > 0 and o["gain_positive_share"] >= o["confidence"] and o["blend_macro_f1"] > o["best_member_macro_f1"]
+    # the blend's weights are the best grid point on all the rows, and beat every member there
+    best = max(f1_of(y, np.tensordot(v, np.stack(probs), 1)) for v in simplex_grid(3, 10))
+    assert sel["macro_f1"] == pytest.approx(best) == pytest.approx(f1_of(y, np.tensordot(w, np.stack(probs), 1)))
+    assert sel["macro_f1"] > max(f1_of(y, p) for p in probs)
+
+
+@pytest.mark.parametrize("n_noise", [1, 2])
+def test_a_noise_member_leaves_the_best_member_alone(n_noise):
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 600)
+    noise = [rng.dirichlet(np.ones(3), len(y)) for _ in range(n_noise)]
+    probs = [*noise, member(y, rng, strength=2.0)]  # the real member last: its place does not matter
+    w, sel = choose_weights(probs, y, CLASSES)
+    assert sel["rule"] == "best member" and sel["best_member"] == n_noise
+    assert w.tolist() == [0.0] * n_noise + [1.0]
+    assert sel["out_of_fold"]["gain_positive_share"] < sel["out_of_fold"]["confidence"]
+    # A perfect member alone: all the weight goes to it.
     perfect = np.eye(3)[y] * 0.98 + 0.01 / 1.5
-    w, _ = choose_weights([probs[2], perfect], y, CLASSES)
+    w, sel = choose_weights([probs[0], perfect], y, CLASSES)
     assert w.tolist() == [0.0, 1.0]
+
+
+def test_the_old_rule_overfits_where_the_new_one_does_not():
+    """A member that is only noise still wins grid points by luck on the rows it was chosen on: the
+    best of 66 points on the validation rows beats the real member there (the old rule took it), but
+    not out of fold, and the new rule keeps the real member."""
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 300)
+    probs = [member(y, rng, strength=1.0), rng.dirichlet(np.ones(3), len(y)), rng.dirichlet(np.ones(3), len(y))]
+    w, sel = choose_weights(probs, y, CLASSES)
+    blend = np.array(sel["blend_weights"])  # what the old rule chose: the best grid point in sample
+    assert blend[1:].sum() > 0 and f1_of(y, np.tensordot(blend, np.stack(probs), 1)) > f1_of(y, probs[0])
+    assert sel["out_of_fold"]["gain"] < 0  # out of fold the lucky mix loses to the member
+    assert sel["rule"] == "best member" and w.tolist() == [1.0, 0.0, 0.0]
+
+
+def test_weight_choice_is_deterministic_and_fast_enough_to_rerun():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 400)
+    probs = [member(y, rng), member(y, rng, 1.2), member(y, rng, 0.8)]
+    a, b = choose_weights(probs, y, CLASSES), choose_weights([p.copy() for p in probs], y.copy(), CLASSES)
+    assert a[0].tolist() == b[0].tolist() and json.dumps(a[1]) == json.dumps(b[1])
+
+
+def test_too_small_a_validation_split_is_one_clear_error():
+    y = np.array([0, 1, 2, 0, 1, 2])
+    with pytest.raises(UlmfitError, match="needs at least 10.*larger --valid"):
+        choose_weights([np.eye(3)[y], np.eye(3)[y]], y, CLASSES)
 
 
 @pytest.fixture
@@ -77,7 +123,8 @@ def two_models(tiny_data, tmp_path):
 def test_ensemble_folder_averages_with_its_weights_and_moves(two_models, tiny_data, tmp_path, capsys):
     out = tmp_path / "ens"
     assert main(["ensemble", *map(str, two_models), "--valid", str(tiny_data["valid"]), "--out", str(out)]) == 0
-    assert "weights" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "weights" in err and "rule: " in err and "out-of-fold macro-F1" in err
     marker = json.loads((out / "ulmfit.json").read_text())
     weights = [m["weight"] for m in marker["members"]]
     assert marker["kind"] == "ensemble" and sum(weights) == pytest.approx(1.0)
@@ -85,6 +132,8 @@ def test_ensemble_folder_averages_with_its_weights_and_moves(two_models, tiny_da
     direct = sum(w * load(m).predict_proba(texts) for w, m in zip(weights, two_models))
     np.testing.assert_allclose(load(out).predict_proba(texts), direct, atol=1e-6)
     recorded = json.loads((out / "valid_metrics.json").read_text())  # chosen on what the loaded ensemble predicts
+    assert recorded["selection"]["rule"] in ("blend", "best member") and recorded["weights"] == weights
+    assert recorded["selection"]["out_of_fold"]["repeats"] == 10 and "rule: " in (out / "report.md").read_text()
     assert main(["evaluate", str(out), "--data", str(tiny_data["valid"]), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["macro_f1"] == recorded["macro_f1"]
 
@@ -130,3 +179,24 @@ def test_ensemble_marker_is_validated_and_overwrite_swaps(two_models, tiny_data,
     (out / "ulmfit.json").write_text(json.dumps(marker))
     with pytest.raises(UlmfitError, match="inside the ensemble"):
         load(out)
+
+
+@pytest.mark.slow
+def test_an_ensemble_folder_of_the_previous_release_still_loads(two_models, tiny_data, tmp_path, capsys):
+    """Written as `ulmfit ensemble` wrote it before the out-of-fold rule: the same marker, a
+    valid_metrics.json without "selection"; it loads, predicts its weighted average and evaluates."""
+    out = tmp_path / "old-ens"
+    for i, m in enumerate(two_models):
+        shutil.copytree(m, out / "members" / f"m{i}")
+    marker = {"format": "ulmfit-model", "version": 1, "kind": "ensemble", "ulmfit_version": "0.1.0",
+              "classes": load(two_models[0]).classes,
+              "members": [{"path": "members/m0", "weight": 0.3, "source": str(two_models[0])},
+                          {"path": "members/m1", "weight": 0.7, "source": str(two_models[1])}],
+              "metric": "macro_f1", "valid": str(tiny_data["valid"])}
+    (out / "ulmfit.json").write_text(json.dumps(marker))
+    (out / "valid_metrics.json").write_text(json.dumps({"macro_f1": 0.5, "weights": [0.3, 0.7]}))
+    texts = ["Great flight thanks", "the gate was awful"]
+    direct = 0.3 * load(two_models[0]).predict_proba(texts) + 0.7 * load(two_models[1]).predict_proba(texts)
+    np.testing.assert_allclose(load(out).predict_proba(texts), direct, atol=1e-6)
+    assert main(["evaluate", str(out), "--data", str(tiny_data["test"]), "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["by_direction"]) == {"members/m0", "members/m1"}

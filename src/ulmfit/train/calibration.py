@@ -139,16 +139,21 @@ def macro_f1(labels, pred, n_classes: int) -> float:
     return float(f1_score(labels, pred, labels=list(range(n_classes)), average="macro", zero_division=0))
 
 
-def _macro_f1_many(labels: np.ndarray, preds: np.ndarray, k: int) -> np.ndarray:
-    """Macro-F1 of each row of `preds` [G, N] against `labels` [N] (sklearn's, zero_division=0),
-    from one bincount of the confusion matrices: the coordinate search scores ~100 rules at a time."""
-    g = preds.shape[0]
-    conf = np.bincount((np.arange(g)[:, None] * k * k + labels[None] * k + preds).ravel(),
-                       minlength=g * k * k).reshape(g, k, k)
-    tp = np.diagonal(conf, axis1=1, axis2=2)
-    denom = conf.sum(2) + conf.sum(1)  # (tp + fn) + (tp + fp)
-    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
-    return f1.mean(1)
+def macro_f1_many(labels, preds: np.ndarray, k: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """Macro-F1 (sklearn's, zero_division=0) of each row of `preds` [G, N] against `labels` [N]: [G].
+    With `weights` [F, N] (a count per row: a fold's 0/1 mask, a bootstrap draw's multiplicities),
+    one macro-F1 per weighting and row of `preds`: [F, G]. Counts are matrix products (exact in
+    float64): the decision rule's coordinate search and the ensemble's out-of-fold weight choice
+    (recipes/ensemble.py) score many candidates on many row subsets at once."""
+    labels, preds = np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)
+    w = np.ones((1, labels.shape[0])) if weights is None else np.asarray(weights, dtype=np.float64)
+    tp, denom = np.zeros((w.shape[0], preds.shape[0], k)), np.zeros((w.shape[0], preds.shape[0], k))
+    for c in range(k):
+        is_c = preds == c
+        tp[:, :, c] = w @ (is_c & (labels == c)).T
+        denom[:, :, c] = w @ is_c.T + (w @ (labels == c))[:, None]  # (tp + fp) + (tp + fn)
+    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1e-300), 0.0).mean(2)
+    return f1[0] if weights is None else f1
 
 
 def tune_bias(probs: np.ndarray, labels, grid: np.ndarray | None = None, rounds: int = 3) -> np.ndarray:
@@ -167,7 +172,7 @@ def tune_bias(probs: np.ndarray, labels, grid: np.ndarray | None = None, rounds:
         for c in range(1, k):
             trial = np.repeat(logp[None] + bias, len(grid), axis=0)  # [G, N, K]
             trial[:, :, c] = logp[None, :, c] + grid[:, None]
-            scores = _macro_f1_many(labels, trial.argmax(2), k)
+            scores = macro_f1_many(labels, trial.argmax(2), k)
             j = int(np.argmax(scores))  # first maximum: the smallest |b| among ties
             if scores[j] > best + 1e-12:
                 best, bias[c], changed = float(scores[j]), grid[j], True
