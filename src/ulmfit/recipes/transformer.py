@@ -41,8 +41,8 @@ from ulmfit.fileio import atomic_write_json
 from ulmfit.models.awd_lstm import CLASSIFIER_DROPOUTS
 from ulmfit.models.backbone import get_backbone
 from ulmfit.models.classifier import ClassifierConfig
-from ulmfit.models.transformer import (LMModel, TransformerClassifier, TransformerConfig, WordPieceText,
-                                       import_transformers, load_pretrained_backbone, param_count, read_json,
+from ulmfit.models.transformer import (PREDICT_BATCH_PIECES, LMModel, TransformerClassifier, TransformerConfig,
+                                       WordPieceText, import_transformers, load_pretrained_backbone, param_count, read_json,
                                        resolve_transformer, window_note)
 from ulmfit.recipes.registry import Run
 from ulmfit.recipes.toolbox import Log, seed_all
@@ -112,7 +112,8 @@ def finetune_mlm(backbone, text: WordPieceText, train_tok: list[list[int]], unla
     n_valid = min(max(1, int(len(docs) * cfg.lm.valid_frac)), len(docs) - 1)
     valid_docs, train_docs = docs.subset(np.sort(order[:n_valid])), docs.subset(np.sort(order[n_valid:]))
     train_loader = ClassificationLoader(train_docs, None, bs=t.mlm_bs, shuffle=True, seed=cfg.seed, pad_idx=text.pad_id)
-    valid_loader = ClassificationLoader(valid_docs, None, bs=t.mlm_bs * 2, shuffle=False, pad_idx=text.pad_id)
+    valid_loader = ClassificationLoader(valid_docs, None, bs=t.mlm_bs * 2, shuffle=False, pad_idx=text.pad_id,
+                                        max_batch_pieces=PREDICT_BATCH_PIECES)
     lm = LMModel(backbone)
     groups = lm.layer_groups()
     opt = make_optimizer(param_groups(groups, t.mlm_lr, factor=t.lr_factor, weight_decay=t.wd), kind=cfg.optimizer)
@@ -161,7 +162,7 @@ def train_transformer_classifier(model: TransformerClassifier, text: WordPieceTe
     train_loader = ClassificationLoader(text.encode_many(train_tok), data.train.labels, bs=t.bs, shuffle=True,
                                         seed=cfg.seed, pad_idx=text.pad_id, min_batches=t.min_steps_per_epoch)
     valid_loader = ClassificationLoader(text.encode_many(valid_tok), data.valid.labels, bs=t.bs * 4, shuffle=False,
-                                        pad_idx=text.pad_id)
+                                        pad_idx=text.pad_id, max_batch_pieces=PREDICT_BATCH_PIECES)
     weights = loss_weights(t.class_weights, data.train.labels, len(data.classes), cfg.imbalance)
     if t.objective == "siatl":
         task = AuxMLMClassifierTask(data.classes, weights, train_loader, t.gamma_start, t.gamma_end, t.gamma_epochs)
@@ -234,6 +235,7 @@ class TransformerMember:
         probs = np.zeros((len(tokens), n_classes), dtype=np.float32)
         self.model.eval()
         with torch.inference_mode():
-            for batch in ClassificationLoader(docs, None, bs=bs, shuffle=False, pad_idx=self.tokenizer.pad_id):
+            for batch in ClassificationLoader(docs, None, bs=bs, shuffle=False, pad_idx=self.tokenizer.pad_id,
+                                              max_batch_pieces=PREDICT_BATCH_PIECES):
                 probs[batch.index.numpy()] = torch.softmax(self.model(batch.ids, batch.lengths).float(), -1).numpy()
         return probs
