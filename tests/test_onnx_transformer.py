@@ -86,6 +86,9 @@ def test_predictor_and_cli_export_parity(folder, tmp_path, capsys):
     assert onnx_clf.precision == "fp32"
     for bs in (1, 8):  # batch sizes 1 and 8 through the whole pipeline
         assert np.abs(onnx_clf.predict_proba(texts, bs=bs) - want).max() < TOL
+    for m in onnx_clf.members:  # batches bounded by word pieces (a long text alone): the same probabilities
+        m.onnx_model.max_batch_pieces = 40
+    assert np.abs(onnx_clf.predict_proba(texts) - want).max() < TOL
     out = tmp_path / "m.onnx"
     assert main(["export", str(folder), "--out", str(out)]) == 0
     meta = read_onnx_meta(out)

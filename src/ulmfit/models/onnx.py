@@ -48,7 +48,7 @@ from ulmfit.errors import UlmfitError
 from ulmfit.models.awd_lstm import AWDLSTM, LanguageModel
 from ulmfit.models.classifier import TextClassifier, chunk_schedule, pool_features, pool_update
 from ulmfit.models.backbone import length_mask
-from ulmfit.models.transformer import TransformerClassifier, cut_windows, merge_windows
+from ulmfit.models.transformer import PREDICT_BATCH_PIECES, TransformerClassifier, cut_windows, merge_windows
 
 OPSET = 17  # LSTM, ReduceMax on int64, Gather: all in opset 14+; 17 is what onnxruntime >= 1.14 runs fully
 
@@ -286,6 +286,7 @@ class OnnxTransformerModel:
         if self.meta.get("kind") != "transformer":
             raise UlmfitError(f"ONNX model holds a {self.meta.get('kind')!r}, not a transformer classifier")
         self.sess = session(data, threads)
+        self.max_batch_pieces = PREDICT_BATCH_PIECES  # one pass reads all of a batch's windows: bound the batch
 
     def __call__(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """ids [B, T] right-padded word pieces (no [CLS]/[SEP]), lengths [B] (each >= 1)."""

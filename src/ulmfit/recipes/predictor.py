@@ -135,7 +135,8 @@ class OnnxMember(Member):
         if self.direction == "bwd":
             docs = docs.reversed()
         probs = np.zeros((len(tokens), n_classes), dtype=np.float32)
-        for batch in ClassificationLoader(docs, None, bs=bs, shuffle=False, pad_idx=self.onnx_model.meta["pad_idx"]):
+        for batch in ClassificationLoader(docs, None, bs=bs, shuffle=False, pad_idx=self.onnx_model.meta["pad_idx"],
+                                          max_batch_pieces=getattr(self.onnx_model, "max_batch_pieces", None)):
             logits = self.onnx_model(batch.ids.numpy(), batch.lengths.numpy())
             probs[batch.index.numpy()] = torch.softmax(torch.from_numpy(logits), -1).numpy()
         return probs
