@@ -104,8 +104,10 @@ def main() -> None:
         return child(a)
     import numpy as np
 
-    work = Path(a.out or "long_docs.json").with_suffix(".work")
+    out = Path(a.out or "long_docs.json")
+    work = out.parent / "work" / out.stem  # per-process logs and probabilities (benchmarks/results/**/work/: not committed)
     work.mkdir(parents=True, exist_ok=True)
+    machine = machine_info()  # before the runs: the load they started under
     rows = []
     for src in a.src or [f"this={Path(__file__).resolve().parents[1] / 'src'}"]:
         name, path = src.split("=", 1)
@@ -129,7 +131,7 @@ def main() -> None:
     print(table(rows, ["src", "task", "rc", "peak_rss_mb", "wall_s", "seconds"]))
     print(json.dumps(compare))
     if a.out:
-        write_json(Path(a.out), {"machine": machine_info(), "args": vars(a), "rows": rows, "compare": compare})
+        write_json(out, {"machine": machine, "args": vars(a), "rows": rows, "compare": compare})
 
 
 if __name__ == "__main__":
