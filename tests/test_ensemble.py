@@ -8,6 +8,7 @@ from dataclasses import replace
 from math import comb
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import tiny_fit_config
@@ -134,7 +135,8 @@ def test_ensemble_folder_averages_with_its_weights_and_moves(two_models, tiny_da
     recorded = json.loads((out / "valid_metrics.json").read_text())  # chosen on what the loaded ensemble predicts
     assert recorded["selection"]["rule"] in ("blend", "best member") and recorded["weights"] == weights
     assert recorded["selection"]["out_of_fold"]["repeats"] == 10 and "rule: " in (out / "report.md").read_text()
-    assert main(["evaluate", str(out), "--data", str(tiny_data["valid"]), "--json"]) == 0
+    # the recorded figure is exactly what evaluating the folder gives, at the precision it was built with
+    assert main(["evaluate", str(out), "--data", str(tiny_data["valid"]), "--json", "--precision", "fp32"]) == 0
     assert json.loads(capsys.readouterr().out)["macro_f1"] == recorded["macro_f1"]
 
     moved = tmp_path / "elsewhere" / "ens"
@@ -200,3 +202,39 @@ def test_an_ensemble_folder_of_the_previous_release_still_loads(two_models, tiny
     np.testing.assert_allclose(load(out).predict_proba(texts), direct, atol=1e-6)
     assert main(["evaluate", str(out), "--data", str(tiny_data["test"]), "--json"]) == 0
     assert set(json.loads(capsys.readouterr().out)["by_direction"]) == {"members/m0", "members/m1"}
+
+
+@pytest.mark.slow
+def test_an_ensemble_that_keeps_one_member_predicts_exactly_that_member(two_models, tiny_data, tmp_path, monkeypatch):
+    """Weight 1 on a member with a tuned decision rule: the ensemble takes that rule too, so its labels
+    (not only its probabilities) are the member's."""
+    from ulmfit.recipes import ensemble
+
+    member = load(two_models[1], precision="fp32")  # as the ensemble is built: comparisons are exact
+    texts = pd.read_csv(tiny_data["test"])["text"].tolist()
+    probs = member.predict_proba(texts)
+    cal_path = two_models[1] / "calibration.json"
+    cal = json.loads(cal_path.read_text()) if cal_path.exists() else {"format": 1, "temperature": 1.0}
+    bias = np.zeros(len(member.classes))
+    bias[int(np.argmin(probs.mean(0)))] = 1.0  # favour the least predicted class: some labels change
+    cal_path.write_text(json.dumps({**cal, "decision_rule": "bias", "bias": bias.tolist()}))
+    member = load(two_models[1], precision="fp32")
+    assert member.predict(texts) != [member.classes[i] for i in member.predict_proba(texts).argmax(1)]
+
+    real = ensemble.choose_weights
+
+    def keep_the_second(probs, y, classes, grid=10):
+        w, sel = real(probs, y, classes, grid)
+        return np.array([0.0, 1.0]), {**sel, "rule": "best member", "best_member": 1}
+
+    monkeypatch.setattr(ensemble, "choose_weights", keep_the_second)
+    out = tmp_path / "ens"
+    build_ensemble(two_models, tiny_data["valid"], out)
+    ens = load(out, precision="fp32")
+    assert ens.predict(texts) == member.predict(texts)
+    np.testing.assert_allclose(ens.predict_proba(texts), member.predict_proba(texts), atol=1e-6)
+    saved = json.loads((out / "calibration.json").read_text())
+    assert saved["temperature"] == 1.0 and saved["bias"] == [float(bias[member.classes.index(c)]) for c in ens.classes]
+    valid = pd.read_csv(tiny_data["valid"])
+    recorded = json.loads((out / "valid_metrics.json").read_text())["macro_f1"]
+    assert recorded == member.evaluate(valid["text"].tolist(), valid["label"].tolist())["macro_f1"]

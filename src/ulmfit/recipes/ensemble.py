@@ -24,7 +24,10 @@ macro-F1 0.7434 against the MiniLM member's 0.7360, and lost to that member on t
    positive in at least `CONFIDENCE` of the resamples (a one-sided test at 5%); otherwise the
    ensemble puts weight 1 on the best single member (chosen on all rows), the safe default, since
    with unequal members a mix has to show it beats the strongest one.
-3. The kept rule then picks its point on all the validation rows: those are the weights.
+3. The kept rule then picks its point on all the validation rows: those are the weights. When they
+   keep one member alone, the ensemble also keeps that member's decision rule (its calibration.json
+   bias, written as the ensemble's own with temperature 1: the member's probabilities are already
+   scaled), so it predicts exactly what the member predicts.
 
 Shrinking the chosen weights toward equal weights was considered and not used: with members of
 unequal strength (on the tweets the MiniLM member is 6-8 points of macro-F1 above the AWD-LSTM ones)
@@ -37,7 +40,8 @@ The ensemble folder is a model folder (`ulmfit.load`, `predict`, `evaluate` work
 ```
 OUT/ulmfit.json          marker: kind "ensemble", classes, members [{path, weight, source}]
 OUT/members/m0/ ...      a full copy of each member folder (so OUT moves and reloads by itself)
-OUT/valid_metrics.json   the ensemble's and each member's validation metrics, the weights
+OUT/valid_metrics.json   the ensemble's and each member's validation metrics, the weights, the selection
+OUT/calibration.json     only when one member is kept alone and has a tuned decision rule: that rule
 OUT/report.md
 ```
 Members are copied in, not referenced: a model folder that depends on paths outside itself breaks
@@ -56,6 +60,8 @@ from ulmfit.data.readers import read_table
 from ulmfit.errors import UlmfitError
 from ulmfit.fileio import atomic_write_json, atomic_write_text, staging_path, swap_in, write_lock
 from ulmfit.recipes import model_dir
+from ulmfit.recipes.posthoc import CALIBRATION_FILE
+from ulmfit.train.calibration import apply
 from ulmfit.train.metrics import classification_metrics, format_report
 
 MAX_POINTS = 5000  # grid points scored at most (each is one [n, C] weighted sum + macro-F1 per fold)
@@ -223,16 +229,35 @@ def build_ensemble(members: Sequence[str | Path], valid: str | Path, out: str | 
     log(selection_line(selection))
     log(f"weights {', '.join(f'{w:.2f}' for w in weights)} (validation macro-F1 {selection['macro_f1']:.4f}, "
         f"log-loss {selection['log_loss']:.4f})")
+    solo = solo_decision_rule(models, members, weights, classes)
+    if solo:
+        log(f"the ensemble keeps {solo['source']}'s decision rule (bias {', '.join(f'{b:+.2f}' for b in solo['bias'])})")
 
     with write_lock(out):  # built beside `out`, swapped in whole: an old ensemble stays intact until then
         stage = staging_path(out)
         shutil.rmtree(stage, ignore_errors=True)
-        _write(stage, members, weights, selection, probs, y, classes, table.source, valid)
+        _write(stage, members, weights, selection, solo, probs, y, classes, table.source, valid)
         swap_in(stage, out)
     return Classifier(out)
 
 
-def _write(out: Path, members, weights, selection: dict, probs, y, classes, source: str, valid) -> None:
+def solo_decision_rule(models, members, weights: np.ndarray, classes: list[str]) -> dict | None:
+    """When `weights` keep one member alone and it has a tuned decision rule: that rule as the
+    ensemble's calibration.json (temperature 1: the member's probabilities are already scaled by its
+    own; the bias in the ensemble's class order), so the ensemble predicts what the member predicts."""
+    if weights.max() < 1.0:
+        return None
+    i = int(np.argmax(weights))
+    calibration = models[i].calibration or {}
+    if calibration.get("bias") is None:
+        return None
+    bias = [float(calibration["bias"][models[i].classes.index(c)]) for c in classes]
+    return {"format": 1, "temperature": 1.0, "decision_rule": calibration.get("decision_rule", "bias"), "bias": bias,
+            "source": str(members[i])}
+
+
+def _write(out: Path, members, weights, selection: dict, solo: dict | None, probs, y, classes, source: str,
+           valid) -> None:
     (out / MEMBERS_DIR).mkdir(parents=True, exist_ok=True)
     entries = []
     for i, (m, w) in enumerate(zip(members, weights)):
@@ -240,7 +265,9 @@ def _write(out: Path, members, weights, selection: dict, probs, y, classes, sour
         shutil.copytree(m, out / rel, ignore=shutil.ignore_patterns("checkpoints"))
         entries.append({"path": rel, "weight": float(w), "source": str(Path(m).resolve())})
     avg = weighted(probs, weights)
-    metrics = classification_metrics(y, avg.argmax(1), classes)
+    if solo:
+        atomic_write_json(out / CALIBRATION_FILE, solo)
+    metrics = classification_metrics(y, apply(avg, solo)[1], classes)  # what the loaded ensemble predicts
     metrics["log_loss"] = log_loss(avg, y)
     metrics["weights"] = [float(w) for w in weights]
     metrics["selection"] = selection  # which rule decided, with the out-of-fold figures (module docstring)
@@ -253,7 +280,8 @@ def _write(out: Path, members, weights, selection: dict, probs, y, classes, sour
         f"on {source} ({len(y)} texts) by macro-F1 (ties: log-loss) over {selection['points']} grid points, the "
         f"blend kept only when it beats the best single member out of fold beyond noise.\n\n"
         f"{selection_line(selection)}.\n\n"
-        f"| member | weight | validation macro-F1 |\n|---|---|---|\n{rows}\n| ensemble | | {metrics['macro_f1']:.4f} |\n\n"
+        + (f"One member kept alone: its decision rule too (bias {solo['bias']}, calibration.json).\n\n" if solo else "")
+        + f"| member | weight | validation macro-F1 |\n|---|---|---|\n{rows}\n| ensemble | | {metrics['macro_f1']:.4f} |\n\n"
         f"```\n{format_report(metrics, classes)}\n```\n"))
     model_dir.write_marker(out, "ensemble", classes=classes, members=entries,
                            metric="macro_f1", valid=str(Path(valid).resolve()))
