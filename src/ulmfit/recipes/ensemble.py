@@ -230,14 +230,15 @@ def build_ensemble(members: Sequence[str | Path], valid: str | Path, out: str | 
     log(f"weights {', '.join(f'{w:.2f}' for w in weights)} (validation macro-F1 {selection['macro_f1']:.4f}, "
         f"log-loss {selection['log_loss']:.4f})")
     solo = solo_decision_rule(models, members, weights, classes)
-    if solo:
-        log(f"the ensemble keeps {solo['source']}'s decision rule (bias {', '.join(f'{b:+.2f}' for b in solo['bias'])})")
 
     with write_lock(out):  # built beside `out`, swapped in whole: an old ensemble stays intact until then
         stage = staging_path(out)
         shutil.rmtree(stage, ignore_errors=True)
-        _write(stage, members, weights, selection, solo, probs, y, classes, table.source, valid)
+        metrics = _write(stage, members, weights, selection, solo, probs, y, classes, table.source, valid)
         swap_in(stage, out)
+    if solo:
+        log(f"the ensemble keeps {solo['source']}'s decision rule (bias {', '.join(f'{b:+.2f}' for b in solo['bias'])}): "
+            f"validation macro-F1 {metrics['macro_f1']:.4f} with it")
     return Classifier(out)
 
 
@@ -257,7 +258,7 @@ def solo_decision_rule(models, members, weights: np.ndarray, classes: list[str])
 
 
 def _write(out: Path, members, weights, selection: dict, solo: dict | None, probs, y, classes, source: str,
-           valid) -> None:
+           valid) -> dict:
     (out / MEMBERS_DIR).mkdir(parents=True, exist_ok=True)
     entries = []
     for i, (m, w) in enumerate(zip(members, weights)):
@@ -285,3 +286,4 @@ def _write(out: Path, members, weights, selection: dict, solo: dict | None, prob
         f"```\n{format_report(metrics, classes)}\n```\n"))
     model_dir.write_marker(out, "ensemble", classes=classes, members=entries,
                            metric="macro_f1", valid=str(Path(valid).resolve()))
+    return metrics
