@@ -61,7 +61,7 @@ from ulmfit.errors import UlmfitError
 from ulmfit.fileio import atomic_write_json, atomic_write_text, staging_path, swap_in, write_lock
 from ulmfit.recipes import model_dir
 from ulmfit.recipes.posthoc import CALIBRATION_FILE
-from ulmfit.train.calibration import apply
+from ulmfit.train.calibration import apply, macro_f1_many
 from ulmfit.train.metrics import classification_metrics, format_report
 
 MAX_POINTS = 5000  # grid points scored at most (each is one [n, C] weighted sum + macro-F1 per fold)
@@ -124,13 +124,36 @@ def fold_masks(y: np.ndarray) -> np.ndarray:
     return np.stack([stratified_folds(y, k, SEED + r) for r in range(REPEATS)])
 
 
+def out_of_fold(preds: np.ndarray, nll: np.ndarray, y: np.ndarray, C: int, dist: np.ndarray,
+                rules: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+    """Each rule's out-of-fold predictions [REPEATS, n]: for every fold of every repeat, the rule picks
+    a point on the other folds and that point predicts the held-out fold. Returns them and the folds."""
+    folds = fold_masks(y)  # [R, n]
+    n_fold = int(folds.max()) + 1
+    train = np.concatenate([(folds[r] != f)[None] for r in range(REPEATS) for f in range(n_fold)]).astype(np.float64)
+    f1_train = macro_f1_many(y, preds, C, train)  # [R * folds, G]
+    nll_train = train @ nll.T / train.sum(1, keepdims=True)
+    rows = np.arange(len(y))
+    oof = {}
+    for name, allowed in rules.items():
+        chosen = pick(f1_train, nll_train, dist, allowed).reshape(REPEATS, n_fold)
+        oof[name] = np.stack([preds[chosen[r][folds[r]], rows] for r in range(REPEATS)])
+    return oof, n_fold
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, y: np.ndarray, C: int) -> np.ndarray:
+    """The gain in macro-F1 (mean over the repeats) of predictions `a` over `b` (both [R, n]) on each of
+    BOOTSTRAP resamples of the rows, the same resampled rows for both: [BOOTSTRAP]."""
+    draws = np.random.default_rng(SEED).multinomial(len(y), np.full(len(y), 1.0 / len(y)), size=BOOTSTRAP)
+    draws = draws.astype(np.float64)
+    return macro_f1_many(y, a, C, draws).mean(1) - macro_f1_many(y, b, C, draws).mean(1)
+
+
 def choose_weights(probs: Sequence[np.ndarray], y: np.ndarray, classes: list[str], grid: int = 10
                    ) -> tuple[np.ndarray, dict]:
     """The weights by the module's rule: the best grid point ("blend") when its out-of-fold gain over
     the best single member is positive beyond the bootstrap's noise, else weight 1 on the best member.
     Returns (weights, the selection record for valid_metrics.json)."""
-    from ulmfit.train.calibration import macro_f1_many
-
     y = np.asarray(y, dtype=np.int64)
     if len(y) < 2 * FOLDS:
         raise UlmfitError(f"ensemble: the validation file has {len(y)} labelled rows; choosing weights out of fold "
@@ -140,33 +163,21 @@ def choose_weights(probs: Sequence[np.ndarray], y: np.ndarray, classes: list[str
     dist = np.abs(points - 1.0 / k).sum(1)
     rules = {"blend": np.arange(len(points)), "best member": np.flatnonzero(points.max(1) == 1.0)}
     preds, nll = point_predictions(probs, y, points)
-    folds = fold_masks(y)  # [R, n]
-    n_fold = int(folds.max()) + 1
-    train = np.concatenate([(folds[r] != f)[None] for r in range(REPEATS) for f in range(n_fold)]).astype(np.float64)
-    f1_train = macro_f1_many(y, preds, C, train)  # [R*folds, G]
-    nll_train = train @ nll.T / train.sum(1, keepdims=True)
-    oof = {}
-    for name, allowed in rules.items():
-        chosen = pick(f1_train, nll_train, dist, allowed).reshape(REPEATS, n_fold)
-        oof[name] = np.stack([preds[chosen[r][folds[r]], np.arange(len(y))] for r in range(REPEATS)])  # [R, n]
-    draws = np.random.default_rng(SEED).multinomial(len(y), np.full(len(y), 1.0 / len(y)), size=BOOTSTRAP).astype(np.float64)
-    boot = {name: macro_f1_many(y, p, C, draws).mean(1) for name, p in oof.items()}  # [BOOTSTRAP]
+    oof, n_fold = out_of_fold(preds, nll, y, C, dist, rules)
     score = {name: float(macro_f1_many(y, p, C).mean()) for name, p in oof.items()}
-    gain = score["blend"] - score["best member"]
-    share = float(np.mean(boot["blend"] - boot["best member"] > 0))
+    gains = paired_bootstrap(oof["blend"], oof["best member"], y, C)
+    gain, share = score["blend"] - score["best member"], float(np.mean(gains > 0))
     rule = "blend" if gain > 0 and share >= CONFIDENCE else "best member"
-    whole = np.ones((1, len(y)))
-    f1_all, nll_all = macro_f1_many(y, preds, C, whole), nll.mean(1)[None]
+    f1_all, nll_all = macro_f1_many(y, preds, C, np.ones((1, len(y)))), nll.mean(1)[None]
     best = {name: int(pick(f1_all, nll_all, dist, allowed)[0]) for name, allowed in rules.items()}
-    w = points[best[rule]]
-    return w, {
-        "rule": rule, "points": len(points), "macro_f1": float(f1_all[0, best[rule]]), "log_loss": float(nll_all[0, best[rule]]),
-        "blend_weights": [float(v) for v in points[best["blend"]]],
+    return points[best[rule]], {
+        "rule": rule, "points": len(points), "macro_f1": float(f1_all[0, best[rule]]),
+        "log_loss": float(nll_all[0, best[rule]]), "blend_weights": [float(v) for v in points[best["blend"]]],
         "best_member": int(np.argmax(points[best["best member"]])),
         "out_of_fold": {"folds": n_fold, "repeats": REPEATS, "blend_macro_f1": score["blend"],
-                        "best_member_macro_f1": score["best member"], "gain": gain,
-                        "gain_positive_share": share, "bootstrap": BOOTSTRAP, "confidence": CONFIDENCE,
-                        "gain_5th_percentile": float(np.quantile(boot["blend"] - boot["best member"], 1 - CONFIDENCE))}}
+                        "best_member_macro_f1": score["best member"], "gain": gain, "gain_positive_share": share,
+                        "bootstrap": BOOTSTRAP, "confidence": CONFIDENCE,
+                        "gain_5th_percentile": float(np.quantile(gains, 1 - CONFIDENCE))}}
 
 
 def selection_line(info: dict) -> str:
