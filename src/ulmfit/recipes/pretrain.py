@@ -137,7 +137,7 @@ def write_model_card(out: Path, cfg: PretrainConfig, lm_cfg: AWDLSTMConfig, stat
 - Sources: {sources or 'see the corpus stats.json'}.
 - Result: validation perplexity {stats['valid_perplexity']:.1f}, next-token accuracy {stats['valid_accuracy']:.3f}.
 - Training: bs {cfg.bs}, bptt {cfg.bptt} (variable), AdamW, {cfg.schedule} lr {cfg.lr}, drop_mult {cfg.drop_mult}, {cfg.precision}; {stats['tokens_per_s']:,.0f} tokens/s; {seconds / 60:.0f} min of training.
-- Hardware: {platform.machine()} CPU, {torch.get_num_threads()} threads, no GPU; Python {sys.version.split()[0]}, torch {torch.__version__}.
+- Hardware: {platform.machine()} CPU, {_threads()}, no GPU; Python {sys.version.split()[0]}, torch {torch.__version__}.
 - Weights: `lm.safetensors` in float16 (loaded as float32).
 
 Reproduce:
@@ -150,10 +150,15 @@ ulmfit pretrain --corpus corpora/general-en --out {out.name} --preset {cfg.prese
     atomic_write_text(out / "README.md", text)
 
 
+def _threads() -> str:
+    n = torch.get_num_threads()
+    return f"{n} thread" + ("s" if n != 1 else "")
+
+
 def _head_text(lm_cfg: AWDLSTMConfig) -> str:
     if lm_cfg.softmax == "adaptive":
-        return (f"adaptive softmax (cutoffs {', '.join(map(str, lm_cfg.cutoffs))}; fine-tune it with "
-                f"`--set lm.softmax=adaptive`)")
+        return (f"adaptive softmax (cutoffs {', '.join(map(str, lm_cfg.cutoffs))}; LM fine-tuning keeps it, the "
+                f"default `lm.softmax=adaptive`; fastai export needs a full softmax)")
     return "decoder (full softmax)"
 
 
@@ -170,7 +175,7 @@ def _check_resumed_direction(out: Path, cfg: PretrainConfig, resume: bool) -> No
 def _sizing_note(cfg: PretrainConfig, seconds: float) -> str:
     if torch.cuda.is_available() or cfg.preset == "paper":
         return "Trained at the paper's size; more epochs over a larger corpus would still lower the perplexity."
-    return (f"This size was chosen for what {torch.get_num_threads()} CPU threads do in about {seconds / 60:.0f} minutes, "
+    return (f"This size was chosen for what {_threads()} of a CPU can do in about {seconds / 60:.0f} minutes, "
             f"with no GPU at hand; a GPU run of the `paper` preset over the whole corpus for several epochs "
             f"(`--preset paper --set epochs=5`) should replace it.")
 
