@@ -231,8 +231,11 @@ def test_an_ensemble_that_keeps_one_member_predicts_exactly_that_member(two_mode
     out = tmp_path / "ens"
     build_ensemble(two_models, tiny_data["valid"], out)
     ens = load(out, precision="fp32")
+    dropped = ens.parts["members/m0"]  # weight 0: never run to predict (it cannot change a label)
+    monkeypatch.setattr(dropped, "predict_proba", lambda *a, **k: pytest.fail("a weight-0 member was run"))
     assert ens.predict(texts) == member.predict(texts)
     np.testing.assert_allclose(ens.predict_proba(texts), member.predict_proba(texts), atol=1e-6)
+    monkeypatch.undo()  # evaluate reports every member, the dropped one too
     saved = json.loads((out / "calibration.json").read_text())
     assert saved["temperature"] == 1.0 and saved["bias"] == [float(bias[member.classes.index(c)]) for c in ens.classes]
     valid = pd.read_csv(tiny_data["valid"])

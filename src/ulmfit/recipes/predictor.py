@@ -232,12 +232,15 @@ class Classifier:
         """What the models compute in: "fp32", "bf16", or e.g. "bf16+fp32" for an ensemble that mixes them."""
         return "+".join(sorted({getattr(m, "precision", "fp32") for m in self.members}, reverse=True))
 
-    def predict_proba_by_direction(self, texts: Sequence[str], bs: int = 128) -> dict[str, np.ndarray]:
-        """{direction: probabilities} of every model in the folder (one entry unless trained with both)."""
+    def predict_proba_by_direction(self, texts: Sequence[str], bs: int = 128,
+                                   every_member: bool = False) -> dict[str, np.ndarray]:
+        """{direction: probabilities} of every model in the folder (one entry unless trained with both).
+        An ensemble's members of weight 0 (its weight rule kept others alone) are not run unless
+        `every_member` (evaluate reports each member): they cannot change a prediction."""
         texts = ["" if t is None else str(t) for t in texts]
         if self.weights is not None:  # an ensemble: each member folder's probabilities, columns in our order
             return {k: part.predict_proba(texts, bs)[:, [part.classes.index(c) for c in self.classes]]
-                    for k, part in self.parts.items()}
+                    for k, part in self.parts.items() if every_member or self.weights[k] > 0}
         return proba_by_direction(self.members, texts, len(self.classes), bs)
 
     def predict_proba_raw(self, texts: Sequence[str], bs: int = 128) -> np.ndarray:
@@ -272,7 +275,7 @@ class Classifier:
                               f"{self.classes}); map them to known classes or drop those rows")
         index = {c: i for i, c in enumerate(self.classes)}
         y_true = np.array([index[l] for l in labels], dtype=np.int64)
-        probs = self.predict_proba_by_direction(texts)
+        probs = self.predict_proba_by_direction(texts, every_member=True)
         metrics = metrics_by_direction(probs, y_true, self.classes, self.weights)
         if self.calibration:
             raw = average(probs, self.weights)
