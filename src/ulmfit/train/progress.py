@@ -43,8 +43,12 @@ def show_bar(requested: bool | None) -> bool:
 
 
 def show(line: str, stream: TextIO | None = None) -> None:
-    """Print one progress line where progress goes when no bar is drawn (stderr, flushed)."""
-    print(line, file=stream or sys.stderr, flush=True)
+    """One progress line where progress goes when no bar is drawn: `stream`, else the process's
+    `route` (a parallel run's child), else stderr (flushed)."""
+    if stream is None and _route is not None:
+        _route(line)
+    else:
+        print(line, file=stream or sys.stderr, flush=True)
 
 
 class Heartbeat:
@@ -88,8 +92,6 @@ class Heartbeat:
                 f"{rate:,.0f} {self.rate_unit}/s, {_clock(elapsed)} elapsed, ~{_clock(left)} left")
         if self.say is not None:
             self.say(line)
-        elif self.stream is None and _route is not None:
-            _route(line)
         else:
             show(line, self.stream)
         return True
