@@ -75,18 +75,18 @@ def distill(teacher=None, train=None, valid=None, *, out: str | Path, text_col: 
 def fit_recipe(run: Run) -> dict:
     """The registered recipe: the student's LM once, then `distill.rounds` students (round k's
     teaches round k+1); returns the last student's validation metrics with `distill` (every round)."""
-    cfg, data, out, log = run.configs["fwd"], run.data, run.out, run.log
+    (direction, cfg), data, out, log = next(iter(run.configs.items())), run.data, run.out, run.log
     teacher = Path(cfg.distill.teacher)
     meta = model_dir.read_marker(teacher)  # the one folder validator: a broken marker is one line
     if sorted(meta["classes"]) != data.classes:
         raise UlmfitError(f"--teacher {teacher}: the teacher predicts classes {meta['classes']} but the training "
                           f"data has {data.classes}; distill from a teacher trained on the same labels")
-    pretrained_dir = model_dir.resolve_pretrained(cfg.pretrained, "fwd")
+    pretrained_dir = model_dir.resolve_pretrained(cfg.pretrained_for(direction), direction)
     tokens = tokens_for(pretrained_dir, data, {}, log)
     vocab = Vocab.load(out / "vocab.json") if run.resume and (out / "vocab.json").exists() else None
     lm = finetune_lm(tokens.lm, out, cfg.lm, tokenizer=tokens.tokenizer, vocab=vocab, pretrained=pretrained_dir,
                      seed=cfg.seed, optimizer=cfg.optimizer, precision=cfg.precision, resume=run.resume,
-                     direction="fwd", log=log)
+                     direction=direction, log=log)
     rounds, teacher_r = [], teacher
     for r in range(1, cfg.distill.rounds + 1):
         final = r == cfg.distill.rounds
@@ -96,7 +96,7 @@ def fit_recipe(run: Run) -> dict:
             log(f"distillation round {r}: already trained, not trained again")
             info = json.loads(done.read_text())
         else:
-            info = _round(r, folder, teacher_r, lm, tokens, data, cfg, run.resume, log, final=final)
+            info = _round(r, folder, teacher_r, lm, tokens, data, cfg, run.resume, log, final=final, direction=direction)
             atomic_write_json(done, info)
         rounds.append(info)
         teacher_r = folder
@@ -117,7 +117,7 @@ def select_unlabeled(teacher_probs: np.ndarray, threshold: float, ratio: float |
 
 
 def _round(r: int, folder: Path, teacher: Path, lm, tokens, data: FitData, cfg: FitConfig, resume: bool,
-           log: Log, final: bool) -> dict:
+           log: Log, final: bool, direction: str = "fwd") -> dict:
     """One student from `teacher` into `folder`; returns its record (metrics, agreement, sizes).
     `final`: `folder` is the run's own folder (its report and marker are written by `distill`); else an
     intermediate round's folder, completed here as a model folder (the next round's teacher)."""
@@ -148,9 +148,9 @@ def _round(r: int, folder: Path, teacher: Path, lm, tokens, data: FitData, cfg: 
     clf = replace(cfg.clf, metric=d.metric)  # the student is selected on gold labels by distill.metric
     model, metrics = train_classifier(lm, data.train, data.valid, classes, folder, clf, seed=cfg.seed,
                                       optimizer=cfg.optimizer, precision=cfg.precision, resume=resume,
-                                      train_tokens=tokens.lm[:n_gold], valid_tokens=tokens.valid, direction="fwd",
+                                      train_tokens=tokens.lm[:n_gold], valid_tokens=tokens.valid, direction=direction,
                                       soft=soft, imbalance=cfg.imbalance, log=log)
-    student = Member("fwd", lm.tokenizer, lm.vocab, model)
+    student = Member(direction, lm.tokenizer, lm.vocab, model)
     s_valid = student.predict_proba(tokens.valid, len(classes))
     s_unl = student.predict_proba(unl_tokens, len(classes)) if n_unl else np.zeros((0, len(classes)))
     teacher_metrics = classification_metrics(data.valid.labels, np.asarray(p_valid).argmax(1), classes)
@@ -167,7 +167,7 @@ def _round(r: int, folder: Path, teacher: Path, lm, tokens, data: FitData, cfg: 
     if not final:
         write_reports(folder, {**metrics, "distill": [info]}, classes, cfg, info["seconds"])
         model_dir.write_marker(folder, "classifier", classes=classes, recipe="distill", metric=cfg.distill.metric,
-                               direction="fwd", directions=["fwd"])
+                               direction=direction, directions=[direction])
         model_dir.remove_checkpoints(folder)
     return info
 

@@ -62,7 +62,7 @@ def _check_run(d: DistillConfig) -> None:
 
 
 RECIPE = register(Recipe(
-    name="distill", section="distill", config=DistillConfig, directions=("fwd",),
+    name="distill", section="distill", config=DistillConfig, directions=("fwd", "bwd"),
     fit=lazy("ulmfit.recipes.distill", "fit_recipe"), load_model=lazy("ulmfit.recipes.model_dir", "load_classifier_model"),
     check=_check_run, report=lazy("ulmfit.recipes.distill", "report_section"),
     summary="distillation / self-training: a teacher's soft targets on your unlabelled text -> a forward AWD-LSTM student"))
