@@ -380,8 +380,8 @@ def test_distill_refuses_what_it_cannot_do(teacher, tmp_path, capsys):
     assert "distill.teacher=" in capsys.readouterr().err
     assert main(base) == 2
     assert "name the teacher model folder" in capsys.readouterr().err
-    assert main(base + ["--teacher", str(teacher / "teacher"), "--set", "direction=both"]) == 2
-    assert "--direction fwd only" in capsys.readouterr().err
+    assert main(base + ["--teacher", str(teacher / "teacher"), "--pretrained-bwd", "none"]) == 2
+    assert "--pretrained-bwd is for --direction both" in capsys.readouterr().err
     other = tmp_path / "other.csv"
     pd.DataFrame({"text": ["a b", "c d", "e f", "g h"], "label": ["x", "y", "x", "y"]}).to_csv(other, index=False)
     assert main(["distill", "--train", str(other), "--valid", str(other), "--out", str(tmp_path / "y"),
@@ -423,3 +423,205 @@ def test_interrupted_distillation_resumes_to_the_uninterrupted_student(teacher, 
     a = load_file(tmp_path / "whole" / "classifier.safetensors")
     b = load_file(tmp_path / "cut" / "classifier.safetensors")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------- students per direction
+
+
+def _spy_teacher(monkeypatch):
+    """Count what the teacher is asked: every teacher pass (its cache folder, the texts it predicted)."""
+    from ulmfit.recipes import teacher as teacher_module
+
+    passes = []
+    real = distill_module.teacher_probabilities
+
+    def spy(teacher_dir, texts, cache, classes, **kw):
+        asked = []
+
+        def load(folder):
+            model = teacher_module._load_model(folder)
+            predict = model.predict_proba
+            model.predict_proba = lambda t, **k: (asked.extend(t), predict(t, **k))[1]
+            return model
+
+        out = real(teacher_dir, texts, cache, classes, load=load, **kw)
+        passes.append({"cache": Path(cache), "n_texts": len(texts), "asked": asked})
+        return out
+
+    monkeypatch.setattr(distill_module, "teacher_probabilities", spy)
+    return passes
+
+
+def _both_config(parallel="off", **distill):
+    cfg = _student_config(**distill)
+    cfg.direction, cfg.parallel_directions = "both", parallel
+    return cfg
+
+
+def _student_config(**distill):
+    """Students that learn something from the gold rows (the tiny teacher's soft targets are near-uniform),
+    so their agreement with the teacher is not trivially 1."""
+    cfg = _distill_config(**distill)
+    cfg.clf.epochs, cfg.clf.lrs = (1, 10), (3e-2, 2e-2)
+    return cfg
+
+
+def _distill_both(teacher, out, cfg, **kw):
+    return ulmfit.distill(teacher / "teacher", teacher / "train.csv", teacher / "valid.csv", out=out,
+                          unlabeled=[teacher / "unl.csv"], config=cfg, **kw)
+
+
+@pytest.fixture(scope="module")
+def both_student(teacher, tmp_path_factory):
+    """A fwd+bwd student trained one direction after the other, without interruption; the teacher passes."""
+    mp = pytest.MonkeyPatch()
+    passes = _spy_teacher(mp)
+    try:
+        out = tmp_path_factory.mktemp("both") / "student"
+        _distill_both(teacher, out, _both_config())
+    finally:
+        mp.undo()
+    return out, passes
+
+
+def _assert_same_students(a: Path, b: Path):
+    from safetensors.numpy import load_file
+
+    for sub in ("", "bwd"):
+        for name in ("lm.safetensors", "classifier.safetensors"):
+            x, y = load_file(a / sub / name), load_file(b / sub / name)
+            assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x), f"{sub or 'fwd'}/{name}"
+    ma, mb = (json.loads((f / "valid_metrics.json").read_text()) for f in (a, b))
+    assert ma["by_direction"] == mb["by_direction"] and ma["macro_f1"] == mb["macro_f1"]
+    for ra, rb in zip(ma["distill"], mb["distill"]):
+        assert {k: v for k, v in ra.items() if k != "seconds"} == {k: v for k, v in rb.items() if k != "seconds"}
+
+
+@pytest.mark.slow
+def test_both_student_predicts_the_mean_of_its_two_students_and_the_teacher_runs_once(teacher, both_student,
+                                                                                       capsys):
+    from ulmfit.recipes.predictor import Member
+    from ulmfit.train.calibration import apply
+
+    out, passes = both_student
+    # the teacher: one pass over every gold, unlabelled and validation text, in the run's folder only
+    assert len(passes) == 1 and passes[0]["cache"] == out / "teacher"
+    assert sorted(passes[0]["asked"]) == sorted(pd.read_csv(teacher / "train.csv").text.tolist()
+                                                + pd.read_csv(teacher / "unl.csv").text.tolist()
+                                                + pd.read_csv(teacher / "valid.csv").text.tolist())
+    assert not (out / "bwd" / "teacher").exists() and not (out / "checkpoints").exists()
+    top, bwd = (json.loads((f / "ulmfit.json").read_text()) for f in (out, out / "bwd"))
+    assert (top["recipe"], top["direction"], top["directions"]) == ("distill", "fwd", ["fwd", "bwd"])
+    assert (bwd["recipe"], bwd["direction"], bwd["directions"]) == ("distill", "bwd", ["bwd"])
+    # reloaded: the mean of the two students' probabilities (calibrated as a fit `both` folder)
+    texts = pd.read_csv(teacher / "valid.csv").text.tolist()
+    model = ulmfit.load(out, precision="fp32")
+    tokens = model.tokenizer.tokenize_many(texts)
+    fwd = Member.load(out, "fwd", "distill", precision="fp32").predict_proba(tokens, 3)
+    back = ulmfit.load(out / "bwd", precision="fp32").predict_proba_raw(texts)  # a model folder of its own
+    assert not np.allclose(fwd, back)
+    assert np.allclose(model.predict_proba_raw(texts), (fwd + back) / 2, atol=1e-6)
+    assert np.allclose(model.predict_proba(texts), apply((fwd + back) / 2, model.calibration)[0], atol=1e-6)
+    # the report: each student and the averaged one against the teacher; agreement of the average recomputed
+    metrics = json.loads((out / "valid_metrics.json").read_text())
+    info = metrics["distill"][0]
+    assert set(info["by_direction"]) == {"fwd", "bwd"} and info["directions"] == ["fwd", "bwd"]
+    for d in ("fwd", "bwd"):
+        assert info["by_direction"][d]["student"] == metrics["by_direction"][d]
+    cache = np.load(out / "teacher" / "teacher_probs.npy")
+    t_valid = cache[-len(texts):]
+    assert info["agreement"]["valid"] == pytest.approx(np.mean(((fwd + back) / 2).argmax(1) == t_valid.argmax(1)))
+    assert info["by_direction"]["bwd"]["agreement"]["valid"] == pytest.approx(np.mean(back.argmax(1) == t_valid.argmax(1)))
+    report = (out / "report.md").read_text()
+    assert "| fwd+bwd averaged |" in report and "| fwd |" in report and "| bwd |" in report
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", str(teacher / "valid.csv"), "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["by_direction"]) == {"fwd", "bwd"}
+
+
+@pytest.mark.slow
+def test_resumed_both_run_keeps_the_finished_forward_student_and_equals_the_uninterrupted_one(
+        teacher, both_student, tmp_path, monkeypatch):
+    from ulmfit.train import loop
+
+    out = tmp_path / "cut"
+    real = loop.append_jsonl
+
+    def stop_in_the_backward_classifier(path, record):
+        real(path, record)
+        if "bwd" in Path(path).parts and record.get("phase") == "classifier" and record["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "append_jsonl", stop_in_the_backward_classifier)
+    with pytest.raises(KeyboardInterrupt):
+        _distill_both(teacher, out, _both_config())
+    monkeypatch.setattr(loop, "append_jsonl", real)
+    assert (out / "checkpoints" / "fwd-done.json").exists() and not (out / "checkpoints" / "bwd-done.json").exists()
+    forward = {f: (out / f).read_bytes() for f in ("history.jsonl", "lm.safetensors", "classifier.safetensors")}
+    passes, logs = _spy_teacher(monkeypatch), []
+    ulmfit.distill(out=out, resume=True, unlabeled=[teacher / "unl.csv"], log=logs.append)
+    assert any("forward model: already trained" in m for m in logs)
+    assert not any(m.startswith("forward language model") or m.startswith("forward classifier") for m in logs)
+    assert {f: (out / f).read_bytes() for f in forward} == forward  # nothing of the forward student ran again
+    assert len(passes) == 1 and passes[0]["asked"] == []  # the teacher cache reused: the teacher not even loaded
+    _assert_same_students(both_student[0], out)
+
+
+@pytest.mark.slow
+def test_cli_direction_both_in_two_processes_equals_one_after_the_other(teacher, both_student, tmp_path, capsys):
+    from ulmfit.fileio import atomic_write_json
+
+    atomic_write_json(tmp_path / "cfg.json", _student_config().to_dict())
+    out = tmp_path / "s"
+    assert main([str(a) for a in ["distill", "--teacher", teacher / "teacher", "--train", teacher / "train.csv",
+                                  "--valid", teacher / "valid.csv", "--unlabeled", teacher / "unl.csv", "--out", out,
+                                  "--config", tmp_path / "cfg.json", "--direction", "both",
+                                  "--set", "parallel_directions=on"]]) == 0
+    err = capsys.readouterr().err
+    assert "side by side, two processes" in err
+    assert "[bwd] backward language model" in err and "[fwd] forward classifier" in err
+    assert "[fwd] teacher" not in err and "[bwd] teacher" not in err  # the teacher ran once, in the parent
+    assert json.loads((out / "config.json").read_text())["direction"] == "both"
+    _assert_same_students(both_student[0], out)
+
+
+@pytest.mark.slow
+def test_backward_student_reads_reversed_text(teacher, tmp_path):
+    from ulmfit.recipes.predictor import Member
+
+    out = tmp_path / "bwd"
+    model = ulmfit.distill(teacher / "teacher", teacher / "train.csv", teacher / "valid.csv", out=out,
+                           config=_student_config(), direction="bwd")
+    marker = json.loads((out / "ulmfit.json").read_text())
+    assert (marker["direction"], marker["directions"], marker["recipe"]) == ("bwd", ["bwd"], "distill")
+    assert not (out / "bwd").exists() and json.loads((out / "config.json").read_text())["direction"] == "bwd"
+    assert [m.direction for m in ulmfit.load(out).members] == ["bwd"]
+    texts = pd.read_csv(teacher / "valid.csv").text.tolist()
+    tokens = model.tokenizer.tokenize_many(texts)
+    loaded = Member.load(out, "bwd", "distill", precision="fp32")
+    reversed_ = loaded.predict_proba(tokens, 3)
+    assert np.allclose(ulmfit.load(out, precision="fp32").predict_proba_raw(texts), reversed_, atol=1e-6)
+    forward = Member("fwd", loaded.tokenizer, loaded.vocab, loaded.model).predict_proba(tokens, 3)
+    assert not np.allclose(forward, reversed_)  # the same weights read forward predict otherwise
+    assert "| 1 |" in (out / "report.md").read_text() and "| bwd |" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_both_self_training_the_averaged_student_teaches_the_next_round(teacher, tmp_path, monkeypatch):
+    from ulmfit.train import loop
+
+    lm_epochs = []
+    real = loop.append_jsonl
+    monkeypatch.setattr(loop, "append_jsonl", lambda path, record: (
+        lm_epochs.append(Path(path).parent.name) if record.get("phase") == "lm" else None, real(path, record))[1])
+    out = tmp_path / "st"
+    model = _distill_both(teacher, out, _both_config(rounds=2))
+    rounds = json.loads((out / "valid_metrics.json").read_text())["distill"]
+    assert [r["round"] for r in rounds] == [1, 2] and rounds[1]["teacher"].endswith("checkpoints/round-1")
+    # round 1's teacher for round 2 is the AVERAGED fwd+bwd student of round 1
+    for k in ("accuracy", "macro_f1"):
+        assert rounds[1]["teacher_metrics"][k] == pytest.approx(rounds[0]["student"][k])
+    assert set(rounds[0]["by_direction"]) == set(rounds[1]["by_direction"]) == {"fwd", "bwd"}
+    # each direction's language model is fine-tuned once (round 1) and shared by round 2
+    assert sorted(lm_epochs) == sorted(["st"] * _distill_config().lm.epochs + ["bwd"] * _distill_config().lm.epochs)
+    assert not (out / "checkpoints").exists() and model.directions == ["fwd", "bwd"]

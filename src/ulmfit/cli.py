@@ -80,7 +80,7 @@ def _fit_flags(cfg, a):
 def cmd_distill(a) -> int:
     """`ulmfit distill` is `ulmfit fit --recipe distill`: its flags become `distill.*` settings (they win
     over --config and --set, as fit's flags do); --resume takes everything from the run's config.json."""
-    a.recipe, a.direction, a.pretrained_bwd, a.backbone = "distill", None, None, None
+    a.recipe, a.backbone = "distill", None
     flags = {"teacher": str(Path(a.teacher).resolve()) if a.teacher else None, "temperature": a.temperature,
              "alpha": a.alpha, "rounds": a.rounds, "threshold": a.threshold}
     a.set = (a.set or []) + [f"distill.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
@@ -335,7 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     ds_low = ds.add_mutually_exclusive_group()
     ds_low.add_argument("--labels-per-class", type=int, metavar="N", help="gold labels: N per class (the rest become unlabelled)")
     ds_low.add_argument("--max-labels", type=int, metavar="N", help="gold labels: N in all, stratified (the rest become unlabelled)")
-    ds.add_argument("--pretrained", help="the student's starting LM (default general-en when installed; 'none')")
+    ds.add_argument("--pretrained", help="the student's starting LM (default general-en when installed; 'none'); "
+                                         "with --direction bwd a backward one (default general-en-bwd)")
+    ds.add_argument("--direction", choices=["fwd", "bwd", "both"],
+                    help="the student reads forward (default) or backward; both: one student per direction, "
+                         "trained on the same soft targets, their probabilities averaged (about twice the "
+                         "prediction cost of one)")
+    ds.add_argument("--pretrained-bwd", help="with --direction both: the backward student's starting LM "
+                                             "(default general-en-bwd, or none with --pretrained none)")
     run_args(ds, "a config.json to start from", "override a config field (e.g. distill.unlabeled_ratio=4)",
              "continue an interrupted run in --out (the teacher cache too)",
              "replace what --out holds (a valid teacher cache is kept)")

@@ -10,17 +10,22 @@ is what differs.
    unlabelled), the validation set, the `--unlabeled` texts.
 2. The teacher (any classifier folder, see recipes/teacher.py) gives class probabilities for every
    gold, unlabelled and validation text, cached in `<student>/teacher/`.
-3. The student is started the ULMFiT way: the language model fine-tuned on the gold and unlabelled
-   text (`finetune_lm`), then the classifier trained by `train_classifier` with the teacher's soft
-   targets (train/distill.py `DistillTask`: gold rows cross-entropy + soft term, unlabelled rows the
-   soft term only), gradual unfreezing, selection by `distill.metric` (macro-F1) against the GOLD
-   validation labels.
-4. `rounds > 1` (self-training): round k's student is round k+1's teacher. The language model is
-   fine-tuned once and shared by every round. `threshold` keeps only unlabelled rows the teacher is
-   confident about.
+3. One student per direction of the run (`--direction fwd | bwd | both`), each started the ULMFiT
+   way: its language model fine-tuned on the gold and unlabelled text (`finetune_lm`; general-en /
+   general-en-bwd by default), then its classifier trained by `train_classifier` with the teacher's
+   soft targets (train/distill.py `DistillTask`: gold rows cross-entropy + soft term, unlabelled rows
+   the soft term only), gradual unfreezing, selection by `distill.metric` (macro-F1) against the
+   GOLD validation labels. The per-direction loop, the two-process plan and the average are
+   `ulmfit fit`'s (recipes/ulmfit.py `fit_directions`); the teacher's probabilities are computed
+   once, before the students, and shared by both directions.
+4. `rounds > 1` (self-training): round k's student is round k+1's teacher; with `both`, the
+   averaged fwd+bwd student of round k (a folder with its `bwd/` sub-folder, as `fit --direction
+   both` writes) teaches round k+1. Each direction's language model is fine-tuned once (round 1)
+   and shared by every round. `threshold` keeps only unlabelled rows the teacher is confident about.
 
-The result is an ordinary forward classifier folder (predict, evaluate, load unchanged) whose
-report adds teacher-vs-student agreement and both models' validation metrics.
+The result is an ordinary classifier folder (forward, backward, or fwd+bwd with `bwd/`: predict,
+evaluate, load and serve unchanged) whose report adds teacher-vs-student agreement and both
+models' validation metrics (with `both`: each student's and the averaged student's).
 """
 from __future__ import annotations
 
@@ -28,32 +33,36 @@ import json
 import shutil
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from ulmfit.errors import UlmfitError
-from ulmfit.fileio import atomic_write_json, mapped, staging_path
+from ulmfit.fileio import atomic_write_json, atomic_write_npy, mapped, staging_path
 from ulmfit.recipes import model_dir
 from ulmfit.recipes.config import FitConfig
 from ulmfit.recipes.fit import write_reports
-from ulmfit.recipes.prepare import FitData
 from ulmfit.recipes.registry import Run
+from ulmfit.recipes.predictor import average
 from ulmfit.recipes.teacher import teacher_probabilities
 from ulmfit.recipes.toolbox import Log, quiet, tokens_for
-from ulmfit.recipes.ulmfit import finetune_lm, train_classifier
+from ulmfit.recipes.ulmfit import finetune_lm, fit_directions, pretrained_lm, train_classifier
 from ulmfit.text.vocab import Vocab
 from ulmfit.train.distill import SoftTargets
 from ulmfit.train.metrics import classification_metrics
 
 
 def distill(teacher=None, train=None, valid=None, *, out: str | Path, text_col: str = "text", label_col: str = "label",
-            unlabeled: list[str] | tuple = (), pretrained: str | None = "auto", config: FitConfig | None = None,
-            resume: bool = False, overwrite: bool = False, log: Log = quiet):
+            unlabeled: list[str] | tuple = (), pretrained: str | None = "auto", direction: str | None = None,
+            pretrained_bwd: str | None = None, config: FitConfig | None = None, resume: bool = False,
+            overwrite: bool = False, log: Log = quiet):
     """Train an AWD-LSTM student on `teacher`'s soft targets plus the gold labels; returns the loaded
     student (see `ulmfit.load`). `ulmfit.fit` with recipe "distill" and `distill.teacher` set: the
     same data preparation, config checks, reports, marker and resume. `teacher`: a classifier folder
-    (with `resume`: the interrupted run's, from its config.json)."""
+    (with `resume`: the interrupted run's, from its config.json). `direction` ("fwd", "bwd" or "both":
+    one student per direction, their probabilities averaged) and `pretrained_bwd` (the backward
+    student's LM with "both") win over `config`'s, as the CLI's flags do."""
     from ulmfit.recipes.fit import fit
 
     if resume:
@@ -67,26 +76,26 @@ def distill(teacher=None, train=None, valid=None, *, out: str | Path, text_col: 
         cfg.data = replace(cfg.data, text_col=text_col, label_col=label_col)
         cfg.pretrained = pretrained if pretrained is not None else cfg.pretrained
     cfg.recipe = "distill"
+    cfg.direction = direction or cfg.direction
+    if pretrained_bwd is not None:
+        if cfg.direction != "both":
+            raise UlmfitError(f"pretrained_bwd is for direction='both'; with direction {cfg.direction!r} pass the "
+                              "language model as pretrained")
+        cfg.pretrained_bwd = pretrained_bwd
     teacher = teacher if teacher is not None else cfg.distill.teacher
     cfg.distill = replace(cfg.distill, teacher=str(Path(teacher).resolve()) if teacher else None)
     return fit(train, valid, out=out, unlabeled=unlabeled, config=cfg, overwrite=overwrite, log=log)
 
 
 def fit_recipe(run: Run) -> dict:
-    """The registered recipe: the student's LM once, then `distill.rounds` students (round k's
-    teaches round k+1); returns the last student's validation metrics with `distill` (every round)."""
-    (direction, cfg), data, out, log = next(iter(run.configs.items())), run.data, run.out, run.log
+    """The registered recipe: `distill.rounds` rounds (round k's student teaches round k+1); returns
+    the last student's validation metrics (of the average, for fwd+bwd) with `distill` (every round)."""
+    cfg, data, out, log = run.configs[next(iter(run.configs))], run.data, run.out, run.log
     teacher = Path(cfg.distill.teacher)
     meta = model_dir.read_marker(teacher)  # the one folder validator: a broken marker is one line
     if sorted(meta["classes"]) != data.classes:
         raise UlmfitError(f"--teacher {teacher}: the teacher predicts classes {meta['classes']} but the training "
                           f"data has {data.classes}; distill from a teacher trained on the same labels")
-    pretrained_dir = model_dir.resolve_pretrained(cfg.pretrained_for(direction), direction)
-    tokens = tokens_for(pretrained_dir, data, {}, log)
-    vocab = Vocab.load(out / "vocab.json") if run.resume and (out / "vocab.json").exists() else None
-    lm = finetune_lm(tokens.lm, out, cfg.lm, tokenizer=tokens.tokenizer, vocab=vocab, pretrained=pretrained_dir,
-                     seed=cfg.seed, optimizer=cfg.optimizer, precision=cfg.precision, resume=run.resume,
-                     direction=direction, log=log)
     rounds, teacher_r = [], teacher
     for r in range(1, cfg.distill.rounds + 1):
         final = r == cfg.distill.rounds
@@ -96,7 +105,7 @@ def fit_recipe(run: Run) -> dict:
             log(f"distillation round {r}: already trained, not trained again")
             info = json.loads(done.read_text())
         else:
-            info = _round(r, folder, teacher_r, lm, tokens, data, cfg, run.resume, log, final=final, direction=direction)
+            info = _round(r, folder, teacher_r, run, final)
             atomic_write_json(done, info)
         rounds.append(info)
         teacher_r = folder
@@ -116,21 +125,20 @@ def select_unlabeled(teacher_probs: np.ndarray, threshold: float, ratio: float |
     return keep
 
 
-def _round(r: int, folder: Path, teacher: Path, lm, tokens, data: FitData, cfg: FitConfig, resume: bool,
-           log: Log, final: bool, direction: str = "fwd") -> dict:
-    """One student from `teacher` into `folder`; returns its record (metrics, agreement, sizes).
-    `final`: `folder` is the run's own folder (its report and marker are written by `distill`); else an
-    intermediate round's folder, completed here as a model folder (the next round's teacher)."""
-    from ulmfit.recipes.predictor import Member
-
+def _round(r: int, folder: Path, teacher: Path, run: Run, final: bool) -> dict:
+    """Round r: the teacher's probabilities once (here, cached in `folder/teacher`), then one student
+    per direction of the run (`_student`, through recipes/ulmfit.py `fit_directions`: one after the
+    other or in two processes, averaged for fwd+bwd) into `folder`; returns the round's record.
+    `final`: `folder` is the run's own folder (its report and marker are written by `fit`); else an
+    intermediate round's folder, completed here as a model folder (the next round's teacher: for
+    fwd+bwd a folder whose two students are averaged, as a `fit --direction both` folder)."""
     t0 = time.perf_counter()
+    dirs, data, log = list(run.configs), run.data, run.log
+    cfg = run.configs[dirs[0]]
     d = cfg.distill
     classes = data.classes
     n_gold, n_unl = len(data.train.texts), len(data.unlabeled)
     folder.mkdir(parents=True, exist_ok=True)
-    if not final:  # the run's folder has them from finetune_lm
-        model_dir.save_text_pipeline(folder, lm.tokenizer.config, lm.vocab)
-        model_dir.save_lm(folder, lm.lm, lm.config)
     texts = data.train.texts + data.unlabeled + data.valid.texts
     log(f"distillation round {r}/{d.rounds}: teacher {teacher}")
     if final:
@@ -142,34 +150,81 @@ def _round(r: int, folder: Path, teacher: Path, lm, tokens, data: FitData, cfg: 
     log(f"round {r}: {len(keep):,} of {n_unl:,} unlabelled texts join the {n_gold:,} gold rows "
         f"(threshold {d.threshold}, ratio {'all' if d.unlabeled_ratio is None else d.unlabeled_ratio}); "
         f"temperature {d.temperature}, alpha {d.alpha}")
-    unl_tokens = tokens.lm[n_gold:]
-    soft = SoftTargets(np.concatenate([np.asarray(p_gold), np.asarray(p_unl)[keep]]).astype(np.float32),
-                       [unl_tokens[i] for i in keep], d.temperature, d.alpha)
-    clf = replace(cfg.clf, metric=d.metric)  # the student is selected on gold labels by distill.metric
-    model, metrics = train_classifier(lm, data.train, data.valid, classes, folder, clf, seed=cfg.seed,
-                                      optimizer=cfg.optimizer, precision=cfg.precision, resume=resume,
-                                      train_tokens=tokens.lm[:n_gold], valid_tokens=tokens.valid, direction=direction,
-                                      soft=soft, imbalance=cfg.imbalance, log=log)
-    student = Member(direction, lm.tokenizer, lm.vocab, model)
-    s_valid = student.predict_proba(tokens.valid, len(classes))
-    s_unl = student.predict_proba(unl_tokens, len(classes)) if n_unl else np.zeros((0, len(classes)))
+    soft = np.concatenate([np.asarray(p_gold), np.asarray(p_unl)[keep]]).astype(np.float32)
+    student = partial(_student, root=run.out, r=r, soft=soft, keep=keep)
+    metrics = fit_directions(replace(run, out=folder), student, recipe="distill")
+    s_probs = {x: np.load(_probs_file(folder, x)) for x in dirs}  # each student's [valid + unlabelled] probabilities
     teacher_metrics = classification_metrics(data.valid.labels, np.asarray(p_valid).argmax(1), classes)
     info = {
-        "round": r, "teacher": str(teacher), "student": metrics, "teacher_metrics": teacher_metrics,
-        "agreement": {"valid": _agree(s_valid, p_valid), "unlabeled": _agree(s_unl, p_unl) if n_unl else None},
+        "round": r, "teacher": str(teacher), "directions": dirs, "student": metrics, "teacher_metrics": teacher_metrics,
+        "agreement": _agreement(average(s_probs), p_valid, p_unl),
         "n_gold": n_gold, "n_unlabeled": n_unl, "n_unlabeled_used": int(len(keep)),
         "temperature": d.temperature, "alpha": d.alpha, "threshold": d.threshold,
         "unlabeled_ratio": d.unlabeled_ratio, "seconds": round(time.perf_counter() - t0, 1),
     }
-    log(f"round {r}: validation macro-F1 student {metrics['macro_f1']:.4f}, teacher {teacher_metrics['macro_f1']:.4f}; "
-        f"agreement {info['agreement']['valid']:.3f} on validation"
-        + (f", {info['agreement']['unlabeled']:.3f} on the unlabelled texts" if n_unl else ""))
+    if len(dirs) > 1:  # each student alone; `student` and `agreement` above are the averaged student's
+        info["by_direction"] = {x: {"student": metrics["by_direction"][x], "agreement": _agreement(p, p_valid, p_unl)}
+                                for x, p in s_probs.items()}
+    agree = info["agreement"]
+    log(f"round {r}: validation macro-F1 student {metrics['macro_f1']:.4f}"
+        + (" (fwd+bwd averaged)" if len(dirs) > 1 else "") + f", teacher {teacher_metrics['macro_f1']:.4f}; "
+        f"agreement {agree['valid']:.3f} on validation"
+        + (f", {agree['unlabeled']:.3f} on the unlabelled texts" if n_unl else ""))
     if not final:
         write_reports(folder, {**metrics, "distill": [info]}, classes, cfg, info["seconds"])
         model_dir.write_marker(folder, "classifier", classes=classes, recipe="distill", metric=cfg.distill.metric,
-                               direction=direction, directions=[direction])
+                               direction=dirs[0], directions=dirs)
         model_dir.remove_checkpoints(folder)
     return info
+
+
+def _student(run: Run, direction: str, cache: dict, *, root: Path, r: int, soft: np.ndarray,
+             keep: np.ndarray) -> dict:
+    """One direction's student of round r (`fit_directions`' `train_one`, maybe in a child process):
+    its LM fine-tuned in the run's folder of that direction (`root`, or `root/bwd`; round 1 trains it,
+    later rounds and --resume reload it from its checkpoint), its classifier trained on the gold rows
+    + the kept unlabelled rows with the teacher's probabilities `soft` into this round's folder of
+    that direction; its validation and unlabelled probabilities saved for the round's agreement."""
+    from ulmfit.recipes.predictor import Member
+
+    cfg, data, log = run.configs[direction], run.data, run.log
+    first = next(iter(run.configs))
+    folder, lm_folder = (model_dir.direction_folder(f, first, direction) for f in (run.out, root))
+    pretrained = pretrained_lm(run, direction)
+    tokens = tokens_for(pretrained, data, cache, log)
+    resume_lm = run.resume or r > 1  # a later round: the LM of round 1, restored from its finished phase
+    vocab = Vocab.load(lm_folder / "vocab.json") if resume_lm and (lm_folder / "vocab.json").exists() else None
+    lm = finetune_lm(tokens.lm, lm_folder, cfg.lm, tokenizer=tokens.tokenizer, vocab=vocab, pretrained=pretrained,
+                     seed=cfg.seed, optimizer=cfg.optimizer, precision=cfg.precision, resume=resume_lm,
+                     direction=direction, log=log)
+    folder.mkdir(parents=True, exist_ok=True)
+    if folder != lm_folder:  # an intermediate round's folder: a complete model folder of its own
+        model_dir.save_text_pipeline(folder, lm.tokenizer.config, lm.vocab)
+        model_dir.save_lm(folder, lm.lm, lm.config)
+    n_gold = len(data.train.texts)
+    unl_tokens = tokens.lm[n_gold:]
+    d = cfg.distill
+    targets = SoftTargets(soft, [unl_tokens[i] for i in keep], d.temperature, d.alpha)
+    clf = replace(cfg.clf, metric=d.metric)  # the student is selected on gold labels by distill.metric
+    model, metrics = train_classifier(lm, data.train, data.valid, data.classes, folder, clf, seed=cfg.seed,
+                                      optimizer=cfg.optimizer, precision=cfg.precision, resume=run.resume,
+                                      train_tokens=tokens.lm[:n_gold], valid_tokens=tokens.valid, direction=direction,
+                                      soft=targets, imbalance=cfg.imbalance, log=log)
+    member = Member(direction, lm.tokenizer, lm.vocab, model)
+    atomic_write_npy(_probs_file(run.out, direction), member.predict_proba(tokens.valid + unl_tokens, len(data.classes)))
+    return {"metrics": metrics}
+
+
+def _probs_file(out: Path, direction: str) -> Path:
+    """A finished student's probabilities for the validation texts then the unlabelled ones (resume state)."""
+    return out / "checkpoints" / f"{direction}-student-probs.npy"
+
+
+def _agreement(student: np.ndarray, p_valid: np.ndarray, p_unl: np.ndarray) -> dict:
+    """Teacher-student agreement on validation and on the unlabelled texts (None: there are none);
+    `student` holds the validation rows then the unlabelled ones."""
+    n = len(p_valid)
+    return {"valid": _agree(student[:n], p_valid), "unlabeled": _agree(student[n:], p_unl) if len(p_unl) else None}
 
 
 def _carry_cache(work: Path) -> None:
@@ -189,24 +244,31 @@ def _agree(a: np.ndarray, b: np.ndarray) -> float:
 
 def report_section(metrics: dict) -> str:
     """The "Distillation" section of report.md (the registered recipe's `report`): per round, the
-    teacher's and the student's validation metrics against gold labels and their agreement."""
+    teacher's and the student's validation metrics against gold labels and their agreement; for a
+    fwd+bwd student one row per student and one for their average (the model)."""
     rounds = metrics.get("distill") or []
     if not rounds:
         return ""
     last = rounds[-1]
     rows = []
     for info in rounds:
-        t, s, a = info["teacher_metrics"], info["student"], info["agreement"]
-        unl = "-" if a["unlabeled"] is None else f"{a['unlabeled']:.3f}"
+        t = info["teacher_metrics"]
         who = info["teacher"] if info["round"] == 1 else f"round {info['round'] - 1}'s student"
-        rows.append(f"| {info['round']} | {who} | {t['accuracy']:.4f} | {t['macro_f1']:.4f} | "
-                    f"{s['accuracy']:.4f} | {s['macro_f1']:.4f} | {a['valid']:.3f} | {unl} | "
-                    f"{info['n_gold']:,} + {info['n_unlabeled_used']:,} of {info['n_unlabeled']:,} |")
+        students = [(d, x["student"], x["agreement"]) for d, x in (info.get("by_direction") or {}).items()]
+        alone = " ".join(info.get("directions", ["fwd"]))  # records from before directions: fwd
+        students.append(("fwd+bwd averaged" if students else alone, info["student"], info["agreement"]))
+        for name, s, a in students:
+            unl = "-" if a["unlabeled"] is None else f"{a['unlabeled']:.3f}"
+            rows.append(f"| {info['round']} | {who} | {t['accuracy']:.4f} | {t['macro_f1']:.4f} | {name} | "
+                        f"{s['accuracy']:.4f} | {s['macro_f1']:.4f} | {a['valid']:.3f} | {unl} | "
+                        f"{info['n_gold']:,} + {info['n_unlabeled_used']:,} of {info['n_unlabeled']:,} |")
     ratio = "all" if last["unlabeled_ratio"] is None else f"{last['unlabeled_ratio']} x the gold rows"
     return ("\n## Distillation\n\n"
             f"Temperature {last['temperature']}, alpha {last['alpha']} (weight of the soft term), confidence "
             f"threshold {last['threshold']}, unlabelled rows: {ratio}. Validation metrics against the gold labels; "
-            "agreement = share of texts on which teacher and student predict the same class.\n\n"
-            "| round | teacher | teacher accuracy | teacher macro-F1 | student accuracy | student macro-F1 | "
+            "agreement = share of texts on which teacher and student predict the same class. A fwd+bwd student "
+            "is two students (one per direction, the same soft targets) whose probabilities are averaged: the "
+            "averaged row is the model.\n\n"
+            "| round | teacher | teacher accuracy | teacher macro-F1 | student | student accuracy | student macro-F1 | "
             "agreement (validation) | agreement (unlabelled) | gold + unlabelled rows |\n"
-            "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+            "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")

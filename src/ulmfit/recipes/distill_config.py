@@ -1,7 +1,8 @@
 """The distillation recipe's registration and its section (`distill` in config.json).
 
 `ulmfit distill --teacher DIR ...` is `ulmfit fit --recipe distill --set distill.teacher=DIR ...`:
-a teacher (any classifier folder) -> a forward AWD-LSTM student, or self-training (recipes/distill.py,
+a teacher (any classifier folder) -> an AWD-LSTM student (forward, backward, or one per direction
+averaged: `--direction`), or self-training (recipes/distill.py,
 torch). The student's LM and classifier settings are the `lm` and `clf` sections, as for `ulmfit`;
 this section holds what is particular to distillation. Torch-free, like every config module.
 """
@@ -62,7 +63,7 @@ def _check_run(d: DistillConfig) -> None:
 
 
 RECIPE = register(Recipe(
-    name="distill", section="distill", config=DistillConfig, directions=("fwd", "bwd"),
+    name="distill", section="distill", config=DistillConfig,  # fwd, bwd, or both (two students averaged)
     fit=lazy("ulmfit.recipes.distill", "fit_recipe"), load_model=lazy("ulmfit.recipes.model_dir", "load_classifier_model"),
     check=_check_run, report=lazy("ulmfit.recipes.distill", "report_section"),
-    summary="distillation / self-training: a teacher's soft targets on your unlabelled text -> a forward AWD-LSTM student"))
+    summary="distillation / self-training: a teacher's soft targets on your unlabelled text -> a fast AWD-LSTM student (fwd, bwd or both averaged)"))

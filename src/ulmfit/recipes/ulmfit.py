@@ -14,6 +14,7 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -235,27 +236,37 @@ def cv_classifier(lm: LMResult, train: Labelled, valid: Labelled, classes: list[
 
 # ----------------------------------------------------------------------------- `ulmfit fit`
 def fit_recipe(run: Run) -> dict:
-    """Both phases for every direction of the run; returns the validation metrics (of the average,
-    for two models). A direction already trained (its done file) is not trained again on resume.
-    The texts are tokenized here, once per tokenizer; the models still to train are trained in this
-    process one after the other, or side by side in two processes (`parallel_plan`); the average,
-    its reports and the post-hoc steps are computed here from the models' folders either way."""
+    """Both phases for every direction of the run (`_fit_direction`, through `fit_directions`);
+    returns the validation metrics (of the average, for two models)."""
+    return fit_directions(run, _fit_direction)
+
+
+def fit_directions(run: Run, train_one: Callable[[Run, str, dict], dict], recipe: str = "ulmfit") -> dict:
+    """Train every direction of the run with `train_one(run, direction, cache) -> record` (its model
+    into `model_dir.direction_folder(run.out, ...)`; the record, {"metrics": validation metrics, ...},
+    is saved as the direction's done file), then average. Shared by the recipes that train one model
+    per direction (ulmfit, distill). A direction already trained (its done file) is not trained again
+    on resume. The texts are tokenized here, once per tokenizer (`cache`, handed to `train_one`); the
+    models still to train are trained in this process one after the other, or side by side in two
+    processes (`parallel_plan`; `train_one` must then be picklable: a module-level function or a
+    `functools.partial` of one); the average, its reports and the backward sub-folder's marker
+    (recipe `recipe`) are computed here from the models' folders either way."""
     dirs, cache = list(run.configs), {}
     todo = [d for d in dirs if not _already_trained(run, d)]
     for d in todo:
-        tokens_for(_pretrained(run, d), run.data, cache, run.log)
+        tokens_for(pretrained_lm(run, d), run.data, cache, run.log)
     parallel, why = parallel_plan(run.configs[dirs[0]].parallel_directions, todo)
     if len(dirs) > 1 and todo:
         run.log(why)
     if parallel:
-        jobs = {d: Job(_fit_direction_in_child, (replace(run, log=quiet), d, cache)) for d in todo}
+        jobs = {d: Job(_direction_in_child, (train_one, replace(run, log=quiet), d, cache)) for d in todo}
         run_in_processes(jobs, threads=_threads_each(), log=run.log)
     else:
         for d in todo:
-            _fit_direction(run, d, cache)
+            _train_direction(train_one, run, d, cache)
     if len(dirs) == 1:
-        return json.loads(_done_file(run.out, dirs[0]).read_text())["metrics"]
-    return _ensemble(run)
+        return done_record(run.out, dirs[0])["metrics"]
+    return _ensemble(run, recipe)
 
 
 def parallel_plan(setting: str, todo: list[str]) -> tuple[bool, str]:
@@ -289,6 +300,11 @@ def _done_file(out: Path, direction: str) -> Path:
     return out / "checkpoints" / f"{direction}-done.json"
 
 
+def done_record(out: Path, direction: str) -> dict:
+    """What `train_one` returned for a finished direction (with "seconds"): see `fit_directions`."""
+    return json.loads(_done_file(out, direction).read_text())
+
+
 def _already_trained(run: Run, direction: str) -> bool:
     done = run.resume and _done_file(run.out, direction).exists()
     if done:
@@ -296,21 +312,29 @@ def _already_trained(run: Run, direction: str) -> bool:
     return done
 
 
-def _pretrained(run: Run, direction: str) -> Path | None:
+def pretrained_lm(run: Run, direction: str) -> Path | None:
+    """The folder of the `direction` model's starting LM (None: from scratch)."""
     return model_dir.resolve_pretrained(run.configs[direction].pretrained_for(direction), direction)
 
 
-def _fit_direction_in_child(run: Run, direction: str, cache: dict, log: Log) -> None:
-    """`_fit_direction` in a child process (train/processes.py): its lines go to `log`."""
-    _fit_direction(replace(run, log=log), direction, cache)
+def _direction_in_child(train_one: Callable, run: Run, direction: str, cache: dict, log: Log) -> None:
+    """`_train_direction` in a child process (train/processes.py): its lines go to `log`."""
+    _train_direction(train_one, replace(run, log=log), direction, cache)
 
 
-def _fit_direction(run: Run, direction: str, cache: dict) -> None:
-    """Both phases of one model into its folder; its done file last (only a complete model has one)."""
+def _train_direction(train_one: Callable, run: Run, direction: str, cache: dict) -> None:
+    """One direction's model by `train_one`; its done file last (only a complete model has one)."""
+    t0 = time.perf_counter()
+    record = train_one(run, direction, cache)
+    atomic_write_json(_done_file(run.out, direction), {**record, "seconds": time.perf_counter() - t0})
+    distributed.barrier()  # [distributed] rank 0's files of this model are written before any rank reads them
+
+
+def _fit_direction(run: Run, direction: str, cache: dict) -> dict:
+    """Both phases of one model into its folder (the ulmfit recipe's `train_one`)."""
     data, resume, log, cfg = run.data, run.resume, run.log, run.configs[direction]
     folder = model_dir.direction_folder(run.out, next(iter(run.configs)), direction)
-    t0 = time.perf_counter()
-    pretrained = _pretrained(run, direction)
+    pretrained = pretrained_lm(run, direction)
     tokens = tokens_for(pretrained, data, cache, log)
     vocab = Vocab.load(folder / "vocab.json") if resume and (folder / "vocab.json").exists() else None
     lm = finetune_lm(tokens.lm, folder, cfg.lm, tokenizer=tokens.tokenizer, vocab=vocab, pretrained=pretrained,
@@ -323,12 +347,12 @@ def _fit_direction(run: Run, direction: str, cache: dict) -> None:
         metrics = cv_classifier(lm, data.train, data.valid, data.classes, folder, cfg.clf, **common)
     else:
         _, metrics = train_classifier(lm, data.train, data.valid, data.classes, folder, cfg.clf, **common)
-    atomic_write_json(_done_file(run.out, direction), {"metrics": metrics, "seconds": time.perf_counter() - t0})
-    distributed.barrier()  # [distributed] rank 0's files of this model are written before any rank reads them
+    return {"metrics": metrics}
 
 
-def _ensemble(run: Run) -> dict:
-    """Validation metrics of each model and of their average; completes the backward sub-folder."""
+def _ensemble(run: Run, recipe: str = "ulmfit") -> dict:
+    """Validation metrics of each model and of their average; completes the backward sub-folder
+    (its report, its marker naming `recipe`)."""
     from ulmfit.recipes import posthoc
     from ulmfit.recipes.fit import write_reports
     from ulmfit.recipes.predictor import BUILD_PRECISION, Member, metrics_by_direction, proba_by_direction
@@ -343,9 +367,9 @@ def _ensemble(run: Run) -> dict:
         probs, labels = proba_by_direction(members, data.valid.texts, len(data.classes)), data.valid.labels
     metrics = metrics_by_direction(probs, labels, data.classes)
     for d in dirs[1:]:
-        seconds = json.loads(_done_file(out, d).read_text())["seconds"]
+        seconds = done_record(out, d)["seconds"]
         write_reports(folders[d], metrics["by_direction"][d], data.classes, run.configs[d], seconds, direction=d)
-        model_dir.write_marker(folders[d], "classifier", classes=data.classes, recipe="ulmfit",
+        model_dir.write_marker(folders[d], "classifier", classes=data.classes, recipe=recipe,
                                metric=run.configs[d].clf.metric, direction=d, directions=[d])
         model_dir.remove_checkpoints(folders[d])
     run.log(("out-of-fold" if held is not None else "validation") + " macro-F1: " + ", ".join(f"{d} {m['macro_f1']:.4f}" for d, m in metrics["by_direction"].items())
