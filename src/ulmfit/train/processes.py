@@ -1,5 +1,6 @@
 """Jobs side by side in child processes: the forward and backward models of a `--direction both` run
-(recipes/ulmfit.py `fit_recipe`), each in its own process with its share of the torch threads.
+(recipes/ulmfit.py `fit_directions`: `ulmfit fit` and `ulmfit distill`), each in its own process
+with its share of the torch threads.
 
 Why processes: a small AWD-LSTM's step scales poorly across threads (the LM step on 2 AMD EPYC cores:
 ~17.6k tokens/s with one thread, 21-28k with two), so two one-thread processes, one model each, finish
