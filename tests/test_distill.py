@@ -575,13 +575,14 @@ def test_cli_direction_both_in_two_processes_equals_one_after_the_other(teacher,
     out = tmp_path / "s"
     assert main([str(a) for a in ["distill", "--teacher", teacher / "teacher", "--train", teacher / "train.csv",
                                   "--valid", teacher / "valid.csv", "--unlabeled", teacher / "unl.csv", "--out", out,
-                                  "--config", tmp_path / "cfg.json", "--direction", "both",
+                                  "--config", tmp_path / "cfg.json", "--direction", "both", "--pretrained-bwd", "none",
                                   "--set", "parallel_directions=on"]]) == 0
     err = capsys.readouterr().err
     assert "side by side, two processes" in err
     assert "[bwd] backward language model" in err and "[fwd] forward classifier" in err
     assert "[fwd] teacher" not in err and "[bwd] teacher" not in err  # the teacher ran once, in the parent
-    assert json.loads((out / "config.json").read_text())["direction"] == "both"
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["direction"], saved["pretrained_bwd"]) == ("both", "none")
     _assert_same_students(both_student[0], out)
 
 
