@@ -43,8 +43,8 @@ from ulmfit.fileio import atomic_write_json, atomic_write_npy, mapped, staging_p
 from ulmfit.recipes import model_dir
 from ulmfit.recipes.config import FitConfig
 from ulmfit.recipes.fit import write_reports
+from ulmfit.recipes.predictor import Member, average
 from ulmfit.recipes.registry import Run
-from ulmfit.recipes.predictor import average
 from ulmfit.recipes.teacher import teacher_probabilities
 from ulmfit.recipes.toolbox import Log, quiet, tokens_for
 from ulmfit.recipes.ulmfit import finetune_lm, fit_directions, pretrained_lm, train_classifier
@@ -185,8 +185,6 @@ def _student(run: Run, direction: str, cache: dict, *, root: Path, r: int, soft:
     later rounds and --resume reload it from its checkpoint), its classifier trained on the gold rows
     + the kept unlabelled rows with the teacher's probabilities `soft` into this round's folder of
     that direction; its validation and unlabelled probabilities saved for the round's agreement."""
-    from ulmfit.recipes.predictor import Member
-
     cfg, data, log = run.configs[direction], run.data, run.log
     first = next(iter(run.configs))
     folder, lm_folder = (model_dir.direction_folder(f, first, direction) for f in (run.out, root))
