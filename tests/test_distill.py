@@ -436,16 +436,17 @@ def _spy_teacher(monkeypatch):
     real = distill_module.teacher_probabilities
 
     def spy(teacher_dir, texts, cache, classes, **kw):
-        asked = []
+        asked, loads = [], []
 
         def load(folder):
+            loads.append(folder)
             model = teacher_module._load_model(folder)
             predict = model.predict_proba
             model.predict_proba = lambda t, **k: (asked.extend(t), predict(t, **k))[1]
             return model
 
         out = real(teacher_dir, texts, cache, classes, load=load, **kw)
-        passes.append({"cache": Path(cache), "n_texts": len(texts), "asked": asked})
+        passes.append({"cache": Path(cache), "n_texts": len(texts), "asked": asked, "loads": len(loads)})
         return out
 
     monkeypatch.setattr(distill_module, "teacher_probabilities", spy)
@@ -505,7 +506,7 @@ def test_both_student_predicts_the_mean_of_its_two_students_and_the_teacher_runs
 
     out, passes = both_student
     # the teacher: one pass over every gold, unlabelled and validation text, in the run's folder only
-    assert len(passes) == 1 and passes[0]["cache"] == out / "teacher"
+    assert len(passes) == 1 and passes[0]["cache"] == out / "teacher" and passes[0]["loads"] == 1
     assert sorted(passes[0]["asked"]) == sorted(pd.read_csv(teacher / "train.csv").text.tolist()
                                                 + pd.read_csv(teacher / "unl.csv").text.tolist()
                                                 + pd.read_csv(teacher / "valid.csv").text.tolist())
@@ -563,7 +564,7 @@ def test_resumed_both_run_keeps_the_finished_forward_student_and_equals_the_unin
     assert any("forward model: already trained" in m for m in logs)
     assert not any(m.startswith("forward language model") or m.startswith("forward classifier") for m in logs)
     assert {f: (out / f).read_bytes() for f in forward} == forward  # nothing of the forward student ran again
-    assert len(passes) == 1 and passes[0]["asked"] == []  # the teacher cache reused: the teacher not even loaded
+    assert len(passes) == 1 and passes[0]["loads"] == 0  # the teacher cache reused: the teacher not even loaded
     _assert_same_students(both_student[0], out)
 
 

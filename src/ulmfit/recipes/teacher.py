@@ -73,11 +73,12 @@ def _load_model(folder: Path):
 
 
 def teacher_probabilities(teacher_dir: str | Path, texts: Sequence[str], cache: Path, classes: list[str], *,
-                          chunk_size: int = 1024, bs: int = 128, load: Callable = _load_model,
+                          chunk_size: int = 1024, bs: int = 128, load: Callable | None = None,
                           progress: bool | None = None, log: Log = lambda m: None) -> np.ndarray:
     """The teacher's probabilities [len(texts), len(classes)] (read-only memory map), columns in
     `classes` order; computed chunk by chunk into `cache`, reusing whatever a valid cache holds.
-    `load(folder)` returns the teacher (default `ulmfit.load`); it is called only if chunks remain."""
+    `load(folder)` returns the teacher (default `_load_model`, looked up at call time: `ulmfit.load`);
+    it is called only if chunks remain."""
     teacher_dir, cache = Path(teacher_dir), Path(cache)
     arr_path, meta_path = cache / "teacher_probs.npy", cache / "teacher_probs.json"
     n = len(texts)
@@ -89,7 +90,7 @@ def teacher_probabilities(teacher_dir: str | Path, texts: Sequence[str], cache: 
         if n_chunks:
             log(f"teacher probabilities: all {n:,} texts from the cache {cache}")
         return np.load(arr_path, mmap_mode="r") if n else np.zeros((0, len(classes)), np.float32)
-    teacher = load(teacher_dir)
+    teacher = (load or _load_model)(teacher_dir)
     cols = _column_map(teacher, classes, teacher_dir)
     make_dir(cache)
     with mapped(arr_path):  # a full disk or a read-only folder: one line, not a traceback
