@@ -302,7 +302,8 @@ def test_student_folder_reloads_predicts_and_reports_agreement(teacher, tmp_path
     out = tmp_path / "student"
     code = main([str(a) for a in ["distill", "--teacher", teacher / "teacher", "--train", teacher / "train.csv",
                                   "--valid", teacher / "valid.csv", "--unlabeled", teacher / "unl.csv", "--out", out,
-                                  "--pretrained", "none", "--temperature", "3", "--alpha", "0.7", "--max-labels", "60",
+                                  "--pretrained", "none", "--direction", "fwd", "--temperature", "3", "--alpha", "0.7",
+                                  "--max-labels", "60",
                                   "--set", "lm.preset=tiny", "--set", "lm.epochs=1", "--set", "lm.bs=8",
                                   "--set", "lm.bptt=12", "--set", "lm.min_freq=1", "--set", "lm.lr=0.03",
                                   "--set", "clf.bs=16", "--set", "clf.lin_sizes=[16]", "--set", "clf.epochs=[1,3]",
@@ -380,7 +381,7 @@ def test_distill_refuses_what_it_cannot_do(teacher, tmp_path, capsys):
     assert "distill.teacher=" in capsys.readouterr().err
     assert main(base) == 2
     assert "name the teacher model folder" in capsys.readouterr().err
-    assert main(base + ["--teacher", str(teacher / "teacher"), "--pretrained-bwd", "none"]) == 2
+    assert main(base + ["--teacher", str(teacher / "teacher"), "--direction", "fwd", "--pretrained-bwd", "none"]) == 2
     assert "--pretrained-bwd is for --direction both" in capsys.readouterr().err
     other = tmp_path / "other.csv"
     pd.DataFrame({"text": ["a b", "c d", "e f", "g h"], "label": ["x", "y", "x", "y"]}).to_csv(other, index=False)
@@ -627,3 +628,94 @@ def test_both_self_training_the_averaged_student_teaches_the_next_round(teacher,
     # each direction's language model is fine-tuned once (round 1) and shared by round 2
     assert sorted(lm_epochs) == sorted(["st"] * _distill_config().lm.epochs + ["bwd"] * _distill_config().lm.epochs)
     assert not (out / "checkpoints").exists() and model.directions == ["fwd", "bwd"]
+
+
+# ----------------------------------------------------------------------------- the default direction (both)
+
+def _captured(monkeypatch):
+    """Stand in for recipes/fit.py `fit`: record the config each call would train with, train nothing."""
+    seen = []
+
+    def fake_fit(train, valid, *, config=None, **kw):
+        seen.append(config)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("ulmfit.recipes.fit.fit", fake_fit)
+    return seen
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ([], "both"),  # the distill recipe's default_direction
+    (["--direction", "fwd"], "fwd"),
+    (["--direction", "bwd"], "bwd"),
+    (["--set", "direction=fwd"], "fwd"),
+    (["--set", "fit.direction=bwd"], "bwd"),
+    (["--config", "{with_fwd}"], "fwd"),  # a config that has a direction: its direction
+    (["--config", "{without}"], "both"),  # a config that has none: the recipe's default
+])
+def test_distill_defaults_to_both_unless_the_user_chose_a_direction(tmp_path, monkeypatch, extra, expected):
+    seen = _captured(monkeypatch)
+    (tmp_path / "fwd.json").write_text(json.dumps({**tiny_fit_config().to_dict(), "direction": "fwd"}))
+    (tmp_path / "none.json").write_text(json.dumps({"seed": 3}))
+    extra = [e.format(with_fwd=tmp_path / "fwd.json", without=tmp_path / "none.json") for e in extra]
+    with pytest.raises(SystemExit):
+        main(["distill", "--teacher", str(tmp_path), "--train", "t.csv", "--out", str(tmp_path / "s")] + extra)
+    assert seen[0].direction == expected and seen[0].recipe == "distill"
+
+
+def test_fit_keeps_fwd_and_fit_recipe_distill_gets_the_distill_default(tmp_path, monkeypatch):
+    seen = _captured(monkeypatch)
+    for args in (["fit"], ["fit", "--recipe", "siatl"], ["fit", "--recipe", "distill"]):
+        with pytest.raises(SystemExit):
+            main(args + ["--train", "t.csv", "--out", str(tmp_path / "m")])
+    assert [c.direction for c in seen] == ["fwd", "fwd", "both"]
+    from ulmfit.recipes.config import FitConfig
+
+    assert FitConfig().direction == "fwd"  # the config field's own default is fit's
+
+
+def test_python_distill_defaults_to_both_and_a_given_config_or_direction_stands(tmp_path, monkeypatch):
+    seen = _captured(monkeypatch)
+    cfg = tiny_fit_config()
+    for kw in ({}, {"direction": "fwd"}, {"config": cfg}, {"config": cfg, "direction": "bwd"}):
+        with pytest.raises(SystemExit):
+            ulmfit.distill(tmp_path, "t.csv", out=tmp_path / "s", **kw)
+    assert [c.direction for c in seen] == ["both", "fwd", "fwd", "bwd"]
+    assert seen[0].pretrained_bwd == "auto"
+
+
+def test_default_both_with_a_forward_lm_folder_gives_the_backward_student_general_en_bwd(tmp_path, monkeypatch):
+    """--pretrained FOLDER (a forward LM) and no --pretrained-bwd: the backward student starts from the
+    shipped general-en-bwd (as `fit --direction both`); with --pretrained none both start from scratch."""
+    from ulmfit.recipes import model_dir
+
+    if "general-en-bwd" not in model_dir.shipped_models():
+        pytest.skip("general-en-bwd is not installed")
+    seen = _captured(monkeypatch)
+    fwd_lm = model_dir.SHIPPED / "general-en"
+    for pretrained in (str(fwd_lm), "none"):
+        with pytest.raises(SystemExit):
+            main(["distill", "--teacher", str(tmp_path), "--train", "t.csv", "--out", str(tmp_path / "s"),
+                  "--pretrained", pretrained])
+    both, scratch = seen
+    resolve = model_dir.resolve_pretrained
+    assert (resolve(both.pretrained_for("fwd"), "fwd"), resolve(both.pretrained_for("bwd"), "bwd")) == (
+        fwd_lm, model_dir.SHIPPED / "general-en-bwd")
+    assert resolve(scratch.pretrained_for("fwd"), "fwd") is None and resolve(scratch.pretrained_for("bwd"), "bwd") is None
+
+
+@pytest.mark.slow
+def test_default_cli_run_trains_fwd_and_bwd_students_and_records_both(teacher, tmp_path, monkeypatch):
+    seen = []
+    real = distill_module.pretrained_lm
+    monkeypatch.setattr(distill_module, "pretrained_lm", lambda run, d: seen.append(d) or real(run, d))
+    out, cfg = tmp_path / "student", tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({k: v for k, v in _distill_config().to_dict().items() if k != "direction"}))  # tiny, no direction
+    code = main([str(a) for a in ["distill", "--teacher", teacher / "teacher", "--train", teacher / "train.csv",
+                                  "--valid", teacher / "valid.csv", "--out", out, "--pretrained", "none",
+                                  "--config", cfg, "--set", "parallel_directions=off"]])
+    assert code == 0 and sorted(seen) == ["bwd", "fwd"]
+    assert json.loads((out / "config.json").read_text())["direction"] == "both"
+    marker = json.loads((out / "ulmfit.json").read_text())
+    assert (marker["recipe"], marker["directions"]) == ("distill", ["fwd", "bwd"]) and (out / "bwd" / "classifier.safetensors").exists()
+    assert [m.direction for m in ulmfit.load(out).members] == ["fwd", "bwd"]

@@ -45,6 +45,7 @@ from ulmfit.recipes.config import FitConfig
 from ulmfit.recipes.fit import write_reports
 from ulmfit.recipes.predictor import Member, average
 from ulmfit.recipes.registry import Run
+from ulmfit.recipes.registry import get as get_recipe
 from ulmfit.recipes.teacher import teacher_probabilities
 from ulmfit.recipes.toolbox import Log, quiet, tokens_for
 from ulmfit.recipes.ulmfit import finetune_lm, fit_directions, pretrained_lm, train_classifier
@@ -62,7 +63,9 @@ def distill(teacher=None, train=None, valid=None, *, out: str | Path, text_col: 
     same data preparation, config checks, reports, marker and resume. `teacher`: a classifier folder
     (with `resume`: the interrupted run's, from its config.json). `direction` ("fwd", "bwd" or "both":
     one student per direction, their probabilities averaged) and `pretrained_bwd` (the backward
-    student's LM with "both") win over `config`'s, as the CLI's flags do."""
+    student's LM with "both") win over `config`'s, as the CLI's flags do. With neither `direction`
+    nor `config`: the recipe's default direction, "both" (recipes/distill_config.py); with a
+    `config`, its `direction`."""
     from ulmfit.recipes.fit import fit
 
     if resume:
@@ -76,7 +79,8 @@ def distill(teacher=None, train=None, valid=None, *, out: str | Path, text_col: 
         cfg.data = replace(cfg.data, text_col=text_col, label_col=label_col)
         cfg.pretrained = pretrained if pretrained is not None else cfg.pretrained
     cfg.recipe = "distill"
-    cfg.direction = direction or cfg.direction
+    # no direction and no config: the recipe's default (both, recipes/distill_config.py); a config's own direction stands
+    cfg.direction = direction or (cfg.direction if config is not None else get_recipe("distill").default_direction)
     if pretrained_bwd is not None:
         if cfg.direction != "both":
             raise UlmfitError(f"pretrained_bwd is for direction='both'; with direction {cfg.direction!r} pass the "

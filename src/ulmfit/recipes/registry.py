@@ -60,6 +60,9 @@ class Recipe:
     resolve: Callable[[Any, Path | None, bool], Any] | None = None
     check: Callable[[Any], None] | None = None  # rules between fields of the resolved section, before a run
     directions: tuple[str, ...] = ("fwd", "bwd", "both")  # the --direction values it supports
+    # The direction of a run of this recipe whose user chose none (no --direction, no --set
+    # direction=..., no --config or config object with one); None: FitConfig.direction's default.
+    default_direction: str | None = None
     default: bool = False  # the recipe of a config that names none
     # load_member(folder, direction) -> a predictor member (predictor.Member's face) for a recipe whose
     # folder has its own text pipeline (a transformer's WordPiece tokenizer); None: tokenizer.json + vocab.json
