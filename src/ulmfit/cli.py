@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ulmfit.errors import UlmfitError
 from ulmfit.recipes import registry
-from ulmfit.recipes.config import apply_overrides
+from ulmfit.recipes.config import apply_overrides, override_key
 
 
 def log(msg: str) -> None:
@@ -82,7 +82,7 @@ def _fit_flags(cfg, a):
 def _direction_chosen(a) -> bool:
     """Whether the user chose the direction: --direction, --set direction=... (or fit.direction=...), or a
     --config file that has a "direction" (a saved config.json always has one)."""
-    if a.direction or any(s.split("=", 1)[0].strip() in ("direction", "fit.direction") for s in a.set or []):
+    if a.direction or any(override_key(s) == ("fit", "direction") for s in a.set or []):
         return True
     return bool(a.config) and "direction" in json.loads(Path(a.config).read_text())  # FitConfig.load read it
 

@@ -304,14 +304,19 @@ def _build(cls, d: dict, section: str):
     return cls(**d)
 
 
+def override_key(item: str) -> tuple[str, str]:
+    """(section, field) that one `--set SECTION.FIELD=VALUE` names; a bare FIELD is the top level, "fit"."""
+    key = item.split("=", 1)[0].strip()
+    return tuple(key.split(".", 1)) if "." in key else ("fit", key)
+
+
 def apply_overrides(cfg, assignments: list[str]):
     """`--set lm.epochs=3 --set clf.lrs=[0.01,0.005]`: values parsed as JSON, else kept as strings;
     each checked as the config is rebuilt (one line naming field, value and what is allowed)."""
     for item in assignments or []:
         if "=" not in item:
             raise UlmfitError(f"--set {item!r}: expected SECTION.FIELD=VALUE, e.g. --set lm.epochs=3")
-        key, raw = item.split("=", 1)
-        section, name = key.split(".", 1) if "." in key else ("fit", key)
+        (section, name), raw = override_key(item), item.split("=", 1)[1]
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
