@@ -74,7 +74,9 @@ def tiny_data(tmp_path):
 def tiny_fit_config():
     from ulmfit.recipes.config import FitConfig
 
-    cfg = FitConfig(pretrained=None)  # tests do not depend on a shipped model being installed
+    # the AWD-LSTM ULMFiT recipe, pinned (the default "auto" chooses from the data: tests/test_auto_backbone.py);
+    # tests do not depend on a shipped model being installed
+    cfg = FitConfig(pretrained=None, recipe="ulmfit")
     cfg.lm = replace(cfg.lm, preset="tiny", epochs=4, bs=8, bptt=12, min_freq=1, lr=3e-2, valid_frac=0.1)
     cfg.clf = replace(cfg.clf, bs=16, bptt=8, pool_len=64, epochs=(1, 1, 1, 12), lrs=(3e-2, 3e-2, 3e-2, 2e-2), patience=None,
                       lin_sizes=(16,), min_steps_per_epoch=0,

@@ -243,7 +243,7 @@ def test_a_killed_rank_then_resume_completes_the_same_run(pretrained_2p, tmp_pat
 # epoch 0 in both runs alike, but the classifier from that LM drifts 1.6e-3 (relative) between one and
 # two processes by its last epoch, past RTOL; from epoch 1's LM it stays within it. The selection
 # itself is the same in both runs (checked: identical LM records and "best" flags).
-FIT = ["--pretrained", "none", "--set", "lm.metric=valid_loss", "--set", "lm.preset=tiny", "--set", "lm.epochs=2", "--set", "lm.bs=8",
+FIT = ["--backbone", "awd_lstm", "--pretrained", "none", "--set", "lm.metric=valid_loss", "--set", "lm.preset=tiny", "--set", "lm.epochs=2", "--set", "lm.bs=8",
        "--set", "lm.bptt=12", "--set", "lm.min_freq=1", "--set", "lm.lr=3e-2", "--set", "lm.valid_frac=0.1",
        "--set", "lm.drop_mult=0", "--set", "clf.bs=16", "--set", "clf.bptt=8", "--set", "clf.pool_len=64",
        "--set", "clf.epochs=[1,1,1,2]", "--set", "clf.lrs=[3e-2,3e-2,3e-2,2e-2]", "--set", "clf.patience=null",

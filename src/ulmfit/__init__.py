@@ -3,7 +3,8 @@ __version__ = "0.1.0"
 
 
 def fit(*args, **kwargs):
-    """Train a classifier (ULMFiT recipe); see `ulmfit.recipes.fit.fit`. Returns the loaded model."""
+    """Train a classifier (ULMFiT; the backbone chosen from the data unless the config names a recipe); see
+    `ulmfit.recipes.fit.fit`. Returns the loaded model."""
     from ulmfit.recipes.fit import fit as _fit
 
     return _fit(*args, **kwargs)

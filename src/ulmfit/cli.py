@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ulmfit.errors import UlmfitError
 from ulmfit.recipes import registry
+from ulmfit.recipes.auto_backbone import use_backbone
 from ulmfit.recipes.config import apply_overrides, override_key
 
 
@@ -60,12 +61,9 @@ def _fit_flags(cfg, a):
     A run whose user chose no direction gets its recipe's `default_direction` (distill: both), if it has one."""
     _check_number("--labels-per-class", a.labels_per_class, low=1)
     _check_number("--max-labels", a.max_labels, low=1)
-    if a.backbone is not None and a.backbone != "awd_lstm":
-        # A transformer backbone runs the "transformer" recipe; --recipe siatl there means its SiATL objective.
-        objective = "siatl" if cfg.recipe == "siatl" else "ulmfit"
-        cfg.recipe = "transformer"
-        cfg.transformer = replace(cfg.transformer, backbone=a.backbone, objective=objective)
-    default = registry.get(cfg.recipe).default_direction
+    if a.backbone is not None:  # a transformer runs the "transformer" recipe (--recipe siatl: its SiATL objective)
+        cfg = use_backbone(cfg, a.backbone)
+    default = registry.get(cfg.recipe).default_direction if cfg.recipe != registry.AUTO else None
     cfg.direction = a.direction or (default if default and not _direction_chosen(a) else cfg.direction)
     if a.pretrained_bwd is not None:
         if cfg.direction != "both":
@@ -320,12 +318,16 @@ def build_parser() -> argparse.ArgumentParser:
                           "training texts become unlabelled LM text")
     low.add_argument("--max-labels", type=int, metavar="N",
                      help="low-resource mode: train on N labelled rows in all, in proportion to the classes")
-    f.add_argument("--recipe", choices=registry.names(),
+    f.add_argument("--recipe", choices=[*registry.names(), registry.AUTO],
                    help="training recipe: " + "; ".join(r.summary for r in registry.recipes().values())
-                        + f" (default {registry.default_name()})")
-    f.add_argument("--backbone", help="awd_lstm (default: the --pretrained language model), minilm (the "
-                                      "all-MiniLM-L6-v2 encoder; needs the 'transformers' extra) or a local "
-                                      "Hugging Face BERT-type model folder: runs the transformer recipe")
+                        + " (default auto: chosen from the data, see --backbone)")
+    f.add_argument("--backbone", help="awd_lstm (the --pretrained language model), minilm (the all-MiniLM-L6-v2 "
+                                      "encoder; needs the 'transformers' extra) or a local Hugging Face BERT-type "
+                                      "model folder: runs the transformer recipe. Default, when nothing else "
+                                      "chooses the model (no --recipe, --pretrained or --direction bwd/both): "
+                                      "minilm when the extra is installed and at least 90%% of the training "
+                                      "texts fit one 128-piece window (short texts: tweets), else awd_lstm; "
+                                      "the log and report.md say which and why")
     run_args(f, "a config.json to start from (e.g. from another model folder)", "override a config field",
              "continue an interrupted run in --out", "replace what --out holds")
     data_args(f)

@@ -150,7 +150,13 @@ class FitConfig:
     data: DataConfig = field(default_factory=DataConfig)
     lm: LMTrainConfig = field(default_factory=LMTrainConfig)
     imbalance: ImbalanceConfig = field(default_factory=ImbalanceConfig)  # weighting rule, decision rule, calibration
-    recipe: str = field(default_factory=registry.default_name)  # a registered recipe (recipes/registry.py)
+    # A registered recipe (recipes/registry.py), or "auto": chosen from the training texts by `fit` when
+    # nothing else chooses the model (recipes/auto_backbone.py: MiniLM for short texts when the
+    # transformers extra is installed, else the AWD-LSTM ulmfit recipe; its docstring has the evidence).
+    recipe: str = registry.AUTO
+    # Set by `fit` when it chose the recipe ("auto"): the rule's reason and figures, named in report.md;
+    # None when the run's config or flags chose it. Saved, so a resumed run reports it too.
+    auto_choice: str | None = None
     # "auto": the shipped general-en LM when installed, else from scratch; a shipped name; a
     # language-model folder; or None / "none" to train the LM from scratch on your text.
     pretrained: str | None = "auto"
@@ -194,7 +200,8 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         F.check(self, "fit")
-        registry.get(self.recipe)  # a registered recipe, or one line naming the registered ones
+        if self.recipe != registry.AUTO:
+            registry.get(self.recipe)  # a registered recipe, or one line naming the registered ones
         for name, cls in {**CORE_SECTIONS, **registry.sections()}.items():
             value = getattr(self, name)
             if not isinstance(value, cls):

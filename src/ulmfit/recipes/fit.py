@@ -1,7 +1,8 @@
 """`ulmfit fit`: read and prepare the data once, then run the chosen recipe into one model folder.
 
 The recipe comes from the registry (recipes/registry.py): `get(cfg.recipe).fit(run)` trains into
-the folder and returns the validation metrics. Resolved configs (one per model direction), reports,
+the folder and returns the validation metrics; a config that names none ("auto") runs the recipe
+recipes/auto_backbone.py chooses from the training texts, saved resolved. Resolved configs (one per model direction), reports,
 the folder marker and resume bookkeeping live here, so every recipe shares them.
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from ulmfit.errors import UlmfitError
 from ulmfit.fileio import atomic_write_json, atomic_write_text, make_dir
-from ulmfit.recipes import model_dir, posthoc, registry
+from ulmfit.recipes import auto_backbone, model_dir, posthoc, registry
 from ulmfit.recipes.config import FitConfig
 from ulmfit.recipes.prepare import load_fit_data
 from ulmfit.recipes.toolbox import Log, quiet
@@ -27,7 +28,9 @@ from ulmfit.train.precision import describe_precision
 def fit(train, valid=None, *, out: str | Path, text_col: str = "text", label_col: str = "label",
         unlabeled: list[str] | tuple = (), pretrained: str | None = "auto", config: FitConfig | None = None,
         resume: bool = False, overwrite: bool = False, log: Log = quiet):
-    """Train a classifier end to end with the config's recipe and return the loaded model (see `ulmfit.load`)."""
+    """Train a classifier end to end with the config's recipe and return the loaded model (see `ulmfit.load`).
+    No recipe chosen (the default, "auto"): MiniLM for short texts when the transformers extra is
+    installed, else the AWD-LSTM (recipes/auto_backbone.py); `FitConfig(recipe="ulmfit")` pins the AWD-LSTM."""
     from ulmfit.recipes.predictor import Classifier
 
     out = Path(out)
@@ -46,14 +49,16 @@ def _fit_into(out: Path, train, valid, text_col, label_col, unlabeled, pretraine
         cfg.pretrained = pretrained if pretrained is not None else cfg.pretrained
     cfg.data = replace(cfg.data, train=_path_or_none(train), valid=_path_or_none(valid),
                        unlabeled=[str(u) for u in unlabeled] or cfg.data.unlabeled)
-    recipe = _check_recipe(cfg)
-    dirs = cfg.directions
-    configs = _direction_configs(out, cfg, resume)  # checks the pretrained LMs before reading any data
-    for c in configs.values():
-        if recipe.check:
-            recipe.check(getattr(c, recipe.section))
+    cfg = auto_backbone.settle(cfg, resume)
+    chosen = cfg.recipe != auto_backbone.AUTO  # else the training texts choose it, once read
+    if chosen:
+        recipe, configs = _recipe_and_configs(out, cfg, resume)  # checks the pretrained LMs before reading any data
     t0 = time.perf_counter()
     data = load_fit_data(train, valid, cfg.data, cfg.seed, log)
+    if not chosen:
+        cfg = auto_backbone.choose(cfg, data.train.texts, log)
+        recipe, configs = _recipe_and_configs(out, cfg, resume)
+    dirs = cfg.directions
     log(f"precision: {describe_precision(cfg.precision)}")
     configs = {d: posthoc.resolve_weighting(c, data, log if i == 0 else quiet) for i, (d, c) in enumerate(configs.items())}
     configs = {d: posthoc.resolve_selection(c, data, log if i == 0 else quiet) for i, (d, c) in enumerate(configs.items())}
@@ -73,6 +78,16 @@ def _fit_into(out: Path, train, valid, text_col, label_col, unlabeled, pretraine
     write_reports(out, metrics, data.classes, configs[dirs[0]], time.perf_counter() - t0)
     model_dir.write_marker(out, "classifier", **marker)
     model_dir.remove_checkpoints(out)
+
+
+def _recipe_and_configs(out: Path, cfg: FitConfig, resume: bool) -> tuple[registry.Recipe, dict[str, FitConfig]]:
+    """The run's recipe and its per-direction configs, each checked by the recipe."""
+    recipe = _check_recipe(cfg)
+    configs = _direction_configs(out, cfg, resume)
+    for c in configs.values():
+        if recipe.check:
+            recipe.check(getattr(c, recipe.section))
+    return recipe, configs
 
 
 def _check_recipe(cfg: FitConfig) -> registry.Recipe:
@@ -121,8 +136,10 @@ def write_reports(out: Path, metrics: dict, classes: list[str], cfg: FitConfig, 
         pretrained = f"transformer backbone {cfg.recipe_section.backbone}"
     what = {"fwd": "forward", "bwd": "backward (documents read reversed)"}
     model = " + ".join(what[d] for d in dirs) + (", class probabilities averaged" if len(dirs) > 1 else "")
+    chosen = (f"Backbone chosen automatically (nothing in the run chose the model; --backbone chooses it): "
+              f"{cfg.auto_choice}.\n\n" if cfg.auto_choice else "")
     text = (f"# ulmfit model report\n\nRecipe: {cfg.recipe}; model: {model}; pretrained: {pretrained}; "
-            f"selection metric: {_metric(cfg)}; total time {seconds / 60:.1f} min.\n\n"
+            f"selection metric: {_metric(cfg)}; total time {seconds / 60:.1f} min.\n\n{chosen}"
             f"{posthoc.report_section(out, classes)}"
             f"## {'Out of fold (every labelled row, cross-validated)' if metrics.get('cross_validated') else 'Validation set'}"
             f"{' (averaged model)' if len(dirs) > 1 else ''}\n\n"

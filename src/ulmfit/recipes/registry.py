@@ -31,6 +31,10 @@ from typing import Any, Callable
 
 from ulmfit.errors import UlmfitError
 
+# The recipe of a config that names none (FitConfig.recipe's default): `fit` chooses the model from the
+# training texts (recipes/auto_backbone.py) and saves the recipe it chose. Not a registered recipe.
+AUTO = "auto"
+
 # The modules whose import registers the shipped recipes (each registers itself, torch-free).
 BUILTIN_MODULES = ("ulmfit.recipes.ulmfit_config", "ulmfit.recipes.siatl_config", "ulmfit.recipes.transformer_config",
                    "ulmfit.recipes.distill_config")
@@ -63,7 +67,9 @@ class Recipe:
     # The direction of a run of this recipe whose user chose none (no --direction, no --set
     # direction=..., no --config or config object with one); None: FitConfig.direction's default.
     default_direction: str | None = None
-    default: bool = False  # the recipe of a config that names none
+    # The AWD-LSTM recipe that "auto" falls back to, and the recipe of a model folder whose marker
+    # names none (folders from before recipes were recorded). One recipe sets it.
+    default: bool = False
     # load_member(folder, direction) -> a predictor member (predictor.Member's face) for a recipe whose
     # folder has its own text pipeline (a transformer's WordPiece tokenizer); None: tokenizer.json + vocab.json
     load_member: Callable[[Path, str], Any] | None = None
