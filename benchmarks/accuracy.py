@@ -14,12 +14,16 @@ class; the same sample for every method at a given seed), or `full`. Every metho
 validation split (model selection, C, early stopping) and is scored on the full test split.
 
 Methods (peers run in their own venvs, benchmarks/setup_peers.sh; JSON files in and out):
-  ulmfit-fwd       `ulmfit fit` (our CLI; forward LM), then `ulmfit evaluate --json`
+  ulmfit-fwd       `ulmfit fit --backbone awd_lstm --direction fwd` (our CLI; the AWD-LSTM forward LM), then
+                   `ulmfit evaluate --json`
   ulmfit-both      the same with `--direction both` (forward + backward ensemble)
   ulmfit-bwd       the same with `--direction bwd` alone (from the shipped backward LM, general-en-bwd)
   siatl            the same with `--recipe siatl`
   ulmfit-minilm    `ulmfit fit --backbone minilm`: the ULMFiT recipe on all-MiniLM-L6-v2 (masked-word
                    fine-tuning on the text at hand, then the classifier with gradual unfreezing)
+  ulmfit-default   `ulmfit fit` with no model choice at all (no --backbone, --pretrained, --direction): what
+                   a new user gets; the data chooses the model (recipes/auto_backbone.py), the cell records
+                   which ("recipe", "auto_choice"). Every other ulmfit method pins its model (--backbone awd_lstm)
   ulmfit-fwd-before, siatl-before   the same with issue 21's defaults switched off (no class weighting,
                    no tuned decision rule, no temperature): the defaults before that change
   ulmfit-fwd-novalid   ulmfit-fwd without the validation file: the budget's labels are all the labels
@@ -81,9 +85,11 @@ from common import (OUR_CLI, PEER_PY, RESULTS, machine_info, macro_f1_accuracy, 
                     per_class_f1, read_json, run_measured, table, tail, write_json)
 
 METHODS = ["ulmfit-fwd", "ulmfit-fwd-before", "ulmfit-fwd-novalid", "ulmfit-fwd-novalid-cvoff", "ulmfit-both", "ulmfit-bwd", "siatl", "siatl-before", "ulmfit-minilm",
+           "ulmfit-default",
            "tfidf", "tfidf-balanced", "minilm-frozen", "minilm-frozen-balanced", "minilm-finetune", "setfit", "fastai",
            "ensemble"]  # ensemble last: it reads the kept folders of cells run before it
-ULMFIT_METHODS = {"ulmfit-fwd", "ulmfit-fwd-before", "ulmfit-fwd-novalid", "ulmfit-fwd-novalid-cvoff", "ulmfit-both", "ulmfit-bwd", "siatl", "siatl-before", "ulmfit-minilm"}
+ULMFIT_METHODS = {"ulmfit-fwd", "ulmfit-fwd-before", "ulmfit-fwd-novalid", "ulmfit-fwd-novalid-cvoff", "ulmfit-both", "ulmfit-bwd", "siatl", "siatl-before", "ulmfit-minilm",
+                  "ulmfit-default"}
 ENSEMBLE_OF = "ulmfit-fwd,ulmfit-bwd,ulmfit-minilm"  # the best AWD-LSTM model (fwd + bwd) and the MiniLM one (issue 16)
 # "-before": the recipe with issue 21's defaults switched off (no class weighting, no tuned decision
 # rule, no temperature scaling), i.e. the defaults before that change; same training otherwise.
@@ -261,7 +267,11 @@ def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log
         cmd += [x for s in BEFORE_ISSUE_21 for x in ("--set", s)]
     if method == "ulmfit-minilm":  # its own pretrained encoder: --pretrained (an AWD-LSTM LM) does not apply
         cmd += ["--backbone", "minilm"] + (QUICK_TRANSFORMER if a.quick else [])
+    elif method == "ulmfit-default":  # no model choice at all (--pretrained would be one): the data chooses
+        cmd += (QUICK_OURS + QUICK_TRANSFORMER) if a.quick else []
     else:
+        if caps["backbone"]:
+            cmd += ["--backbone", "awd_lstm"]  # the AWD-LSTM, pinned: the default model is chosen from the data
         pretrained = "none" if a.quick and a.pretrained is None else a.pretrained
         if method == "ulmfit-bwd" and pretrained != "none":
             pretrained = None  # --pretrained names a forward LM; a backward run takes the CLI's default, general-en-bwd
@@ -277,6 +287,7 @@ def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log
     ev, metrics, failed = evaluate_folder(a, out, splits, cdir)
     if failed:
         return failed
+    saved = read_json(out / "config.json")  # the recipe fit ran, and why when it chose it (ulmfit-default)
     if not a.keep_models:
         shutil.rmtree(out, ignore_errors=True)
     return {"status": "ok", "macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"],
@@ -285,6 +296,7 @@ def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log
             "argmax_macro_f1": (metrics.get("argmax") or {}).get("macro_f1"),
             "train_s": fit["wall_s"], "wall_s": round(fit["wall_s"] + ev["wall_s"], 2),
             "peak_rss_mb": fit["peak_rss_mb"], "predict_s": ev["wall_s"], "predict_peak_rss_mb": ev["peak_rss_mb"],
+            "recipe": saved.get("recipe"), "auto_choice": saved.get("auto_choice"),
             "command": cmd, "details": {"evaluate": {k: metrics[k] for k in metrics if k in ("per_class", "n")}}}
 
 
@@ -504,7 +516,8 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seeds", default="3", help="a count N (seeds 0..N-1) or a comma list (0,2; one seed: 2,)")
     p.add_argument("--pretrained", default=None, help="passed to `ulmfit fit --pretrained` (a folder, a shipped "
-                   "name, or none; default: the CLI's own default; --quick: none). A folder also gives fastai its start")
+                   "name, or none; default: the CLI's own default; --quick: none; not for ulmfit-minilm and ulmfit-default, "
+                   "which choose no LM). A folder also gives fastai its start")
     p.add_argument("--no-fastai-pretrained", dest="fastai_pretrained", action="store_false",
                    help="fastai from random weights even when --pretrained is a folder")
     p.add_argument("--ulmfit-labels", choices=["harness", "cli"], default="harness",

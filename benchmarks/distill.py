@@ -75,7 +75,7 @@ def teacher(paths, lms, budget: str, seed: int, work: Path) -> Path:
     out = work / f"teacher-{budget}-s{seed}"
     if not (out / "ulmfit.json").exists():
         s = run(CLI + ["fit", "--train", paths["train"], "--valid", paths["valid"], "--out", out, "--overwrite",
-                       "--direction", "both", "--pretrained", lms[0], "--pretrained-bwd", lms[1], "--seed", seed,
+                       "--backbone", "awd_lstm", "--direction", "both", "--pretrained", lms[0], "--pretrained-bwd", lms[1], "--seed", seed,
                        *budget_flag(budget), *sets(NO_LM_EPOCHS + CLF_SETTINGS)], work / f"{out.name}.log")
         (out / "seconds.txt").write_text(f"{s:.1f}")
     return out

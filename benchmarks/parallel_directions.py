@@ -54,7 +54,8 @@ def run(setting: str, splits: dict, config: Path, out: Path, threads: int, timeo
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     log = out.parent / f"{out.name}.log"
     fit = run_measured([PY, "-m", "ulmfit", "fit", "--train", str(splits["train"]), "--valid", str(splits["valid"]),
-                        "--out", str(out), "--config", str(config), "--set", f"parallel_directions={setting}"],
+                        "--out", str(out), "--config", str(config), "--backbone", "awd_lstm",
+                        "--set", f"parallel_directions={setting}"],
                        log_path=log, timeout=timeout, env=env)
     row = {"setting": setting, "threads": threads, "rc": fit["rc"], "wall_s": fit["wall_s"], "cpu_s": fit["cpu_s"],
            "peak_rss_mb": fit["peak_rss_mb"],

@@ -108,7 +108,7 @@ def main() -> None:
     train_rows = [pretrain_run(corpus, work / f"lm{i}", s, a.lm_tokens, logs) | {"round": k}
                   for k in range(a.rounds) for i, s in enumerate(setups)]
     model = work / "clf"
-    r = run_measured([PY, "-m", "ulmfit", "fit", "--train", str(labelled), "--out", str(model), "--pretrained",
+    r = run_measured([PY, "-m", "ulmfit", "fit", "--train", str(labelled), "--out", str(model), "--backbone", "awd_lstm", "--pretrained",
                       "general-en", "--set", "lm.epochs=0", "--set", "lm.frozen_epochs=0",
                       "--set", "clf.epochs=[1,1,1,1]", "--set", "clf.min_steps_per_epoch=0"],
                      logs / "fit.log", env=env_with(), timeout=3600)

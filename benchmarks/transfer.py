@@ -90,7 +90,7 @@ def classifier(paths, lm_dir: Path, direction: str, budget: str, seed: int, work
     out = work / f"clf-{lm_dir.name}-{budget}"
     if not (out / "ulmfit.json").exists():
         seconds = run([ULMFIT, "fit", "--train", str(paths["train"]), "--valid", str(paths["valid"]), "--out", str(out),
-                       "--overwrite", "--pretrained", str(lm_dir), "--direction", direction, "--seed", str(seed),
+                       "--overwrite", "--backbone", "awd_lstm", "--pretrained", str(lm_dir), "--direction", direction, "--seed", str(seed),
                        *budget_flag(budget), *sets(["lm.epochs=0", "lm.frozen_epochs=0"] + CLF_SETTINGS)],
                       work / f"{out.name}.log")
         (out / "seconds.txt").write_text(f"{seconds:.1f}")
@@ -110,7 +110,7 @@ def ulmfit_cell(a, paths, test, method: str, budget: str, seed: int, work: Path)
     if method == "siatl":
         out = work / f"siatl-{budget}-s{seed}"
         seconds = run([ULMFIT, "fit", "--train", str(paths["train"]), "--valid", str(paths["valid"]), "--out", str(out),
-                       "--overwrite", "--recipe", "siatl", "--pretrained", a.pretrained, "--seed", str(seed),
+                       "--overwrite", "--recipe", "siatl", "--backbone", "awd_lstm", "--pretrained", a.pretrained, "--seed", str(seed),
                        *budget_flag(budget), *sets(a.siatl_set)], work / f"{out.name}.log")
         return {**test_metrics([out], test), "seconds": seconds}
     start, pretrained = ("none", "none") if method == "none" else ("pre", a.pretrained)

@@ -31,7 +31,7 @@ def demo_config(pretrained: str | None = "auto") -> FitConfig:
     averaged (ULMFiT §4), each LM fine-tuned on all the tweets' text (1 frozen + 4 epochs), the
     classifier with gradual unfreezing (1+1+1+3 epochs), the two models side by side
     (`parallel_directions=auto`). Its time and score: docs/BENCHMARKS.md, "make demo"."""
-    return FitConfig(pretrained=pretrained, direction="both")
+    return FitConfig(recipe="ulmfit", pretrained=pretrained, direction="both")  # the AWD-LSTM, pinned
 
 
 def main(argv=None) -> int:
