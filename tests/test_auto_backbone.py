@@ -173,3 +173,24 @@ def test_fit_with_nothing_chosen_trains_minilm_resumes_and_reports(tiny_data, tm
     assert model.predict_proba(["great flight, thanks", "awful and rude"]).shape == (2, 3)
     assert main(["evaluate", str(out), "--data", str(tiny_data["test"]), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["macro_f1"] > 0.5  # MiniLM reads the label words
+
+
+@pytest.mark.slow
+def test_fit_with_nothing_chosen_on_long_texts_trains_the_awd_lstm(tmp_path, capsys):
+    """Long texts: the AWD-LSTM recipe (from general-en when installed), chosen, saved and reported."""
+    for name, n, seed in (("train", 60, 0), ("valid", 30, 1)):
+        rows = make_rows(n, seed)
+        rows["text"] = [" ".join([t] * 30) for t in rows["text"]]  # 150-480 words: longer than one window
+        rows.to_csv(tmp_path / f"{name}.csv", index=False)
+    out = tmp_path / "m"
+    sizing = ["lm.epochs=0", "lm.frozen_epochs=0", "lm.preset=tiny", "clf.epochs=[1,0,0,1]", "clf.min_steps_per_epoch=0",
+              "clf.cv=off", "clf.bptt=16", "clf.pool_len=64"]  # sizes only: none of them chooses the model
+    argv = ["fit", "--train", str(tmp_path / "train.csv"), "--valid", str(tmp_path / "valid.csv"), "--out", str(out)]
+    assert main(argv + [x for s in sizing for x in ("--set", s)]) == 0
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("backbone: ")]
+    assert len(lines) == 1 and lines[0].startswith("backbone: AWD-LSTM, 0 of 60 sampled training texts (0%)")
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["recipe"] == "ulmfit" and saved["auto_choice"].startswith("AWD-LSTM") and "long texts" in saved["auto_choice"]
+    assert json.loads((out / "ulmfit.json").read_text())["recipe"] == "ulmfit"
+    assert "Backbone chosen automatically" in (out / "report.md").read_text()
+    assert (out / "lm.safetensors").exists()  # an AWD-LSTM folder
