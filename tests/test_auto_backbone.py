@@ -77,6 +77,17 @@ def test_without_the_extra_the_awd_lstm_and_what_installing_it_would_buy(monkeyp
     assert ("0.6026 vs 0.5103" in line) == short
 
 
+def test_a_broken_extra_does_not_stop_the_default_run(monkeypatch):
+    from ulmfit.models import transformer as tmod
+
+    def broken():
+        raise RuntimeError("transformers 9.9 needs torch 3")
+
+    monkeypatch.setattr(tmod, "import_transformers", broken)
+    cfg, line = choose(SHORT)
+    assert cfg.recipe == "ulmfit" and "does not load (RuntimeError: transformers 9.9 needs torch 3)" in line
+
+
 def cli_config(argv: list[str]) -> FitConfig:
     """The config `ulmfit fit ARGV` builds (cli.cmd_fit's steps), before fit settles it."""
     a = build_parser().parse_args(["fit", "--out", "x", *argv])

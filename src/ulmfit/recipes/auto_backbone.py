@@ -154,8 +154,10 @@ def choose(cfg, texts: Sequence[str], log: Callable[[str], None]):
     window = cfg.transformer.window
     try:
         tokenizer, missing = minilm_tokenizer(), None
-    except UlmfitError as e:
-        tokenizer, missing = None, str(e)
+    except UlmfitError:  # models/transformer.py's line: the extra or the MiniLM package is not installed
+        tokenizer, missing = None, "the transformers extra is not installed"
+    except Exception as e:  # an optional extra that is broken must not stop the default run: say so, go on
+        tokenizer, missing = None, f"the transformers extra does not load ({type(e).__name__}: {e})"
     share = short_share(texts, window, cfg.seed, tokenizer)
     if tokenizer is not None and share.short:
         cfg = use_backbone(cfg, MINILM)
@@ -165,7 +167,7 @@ def choose(cfg, texts: Sequence[str], log: Callable[[str], None]):
         return cfg
     cfg.recipe = registry.default_name()
     if missing is not None:
-        cfg.auto_choice = f"AWD-LSTM, the transformers extra is not installed; {share}"
+        cfg.auto_choice = f"AWD-LSTM, {missing}; {share}"
         gain = f". On short texts {GAIN}: {INSTALL_HINT}, and fit chooses it" if share.short else ""
         log(f"backbone: {cfg.auto_choice}{gain}")
         return cfg
