@@ -24,11 +24,12 @@ The evidence (docs/BENCHMARKS.md; test macro-F1; AMD EPYC CPU, one thread):
   pieces), read by the transformer in many windows. At 500 labels the AWD-LSTM (it reads whole texts)
   won: fwd 0.9601, fwd+bwd 0.9682 vs ULMFiT on MiniLM's 0.9531 (seed 0); MiniLM won only at 100 labels
   (0.9377 vs fwd+bwd 0.9289); at 2,000 labels fwd+bwd (0.9760) is level with fine-tuned MiniLM (0.9761).
-  Training took about as long either way on a shared core (MiniLM's e-mail cells 2,248-4,001 s, peak
-  2.8 GB; the AWD-LSTM default's 100-label cell 4,105 s, 2.1 GB); the AWD-LSTM predicts 25-40x faster.
+  Training took about as long either way at 100 labels on a shared core (MiniLM 2,248 s, peak 2.8 GB;
+  the AWD-LSTM default 4,105 s, 2.1 GB); the AWD-LSTM predicts 25-40x faster (tweets, in bulk).
 * `SHORT_SHARE` 0.9: between the two measured sets (100% and 24%), leaving room for a tail of long
   texts (each is still read whole, in windows) but not for a corpus of documents.
-Cost of the rule: loading the tokenizer ~2 s, tokenizing 2,000 texts 0.3 s (tweets) to 2.2 s (e-mails).
+Cost of the rule (one shared thread, not a quiet window): loading the tokenizer ~2 s, tokenizing 2,000
+texts 0.3 s (tweets) to 2.2 s (e-mails).
 """
 from __future__ import annotations
 
