@@ -9,8 +9,9 @@ from pathlib import Path
 
 from ulmfit.errors import UlmfitError
 from ulmfit.recipes import registry
-from ulmfit.recipes.auto_backbone import use_backbone
+from ulmfit.recipes.auto_backbone import SHORT_SHARE, use_backbone
 from ulmfit.recipes.config import apply_overrides, override_key
+from ulmfit.recipes.transformer_config import TransformerTrainConfig
 
 
 def log(msg: str) -> None:
@@ -325,9 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
                                       "encoder; needs the 'transformers' extra) or a local Hugging Face BERT-type "
                                       "model folder: runs the transformer recipe. Default, when nothing else "
                                       "chooses the model (no --recipe, --pretrained or --direction bwd/both): "
-                                      "minilm when the extra is installed and at least 90%% of the training "
-                                      "texts fit one 128-piece window (short texts: tweets), else awd_lstm; "
-                                      "the log and report.md say which and why")
+                                      f"minilm when the extra is installed and at least {SHORT_SHARE * 100:.0f}%% "
+                                      f"of the training texts fit one {TransformerTrainConfig.window}-piece "
+                                      "window (short texts: tweets), else awd_lstm; the log and report.md say "
+                                      "which and why")
     run_args(f, "a config.json to start from (e.g. from another model folder)", "override a config field",
              "continue an interrupted run in --out", "replace what --out holds")
     data_args(f)
