@@ -108,6 +108,7 @@ def cli_config(argv: list[str]) -> FitConfig:
     (["--recipe", "ulmfit"], "ulmfit"),
     (["--recipe", "siatl"], "siatl"),
     (["--recipe", "siatl", "--backbone", "awd_lstm"], "siatl"),
+    (["--recipe", "transformer", "--backbone", "awd_lstm"], "ulmfit"),  # the flag wins, as over a --config
     (["--set", "recipe=siatl"], "siatl"),
     (["--backbone", "minilm"], "transformer"),
     ([], "auto"),

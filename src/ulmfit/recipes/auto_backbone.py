@@ -56,11 +56,12 @@ GAIN = ("ULMFiT on MiniLM beat the AWD-LSTM at every label budget measured on tw
 
 
 def use_backbone(cfg, backbone: str):
-    """`cfg` with the model of `--backbone NAME`: awd_lstm keeps an AWD-LSTM recipe (ulmfit where the
-    config names none); anything else runs the transformer recipe on that backbone (minilm or a
-    Hugging Face folder), with SiATL's objective when the recipe was siatl."""
+    """`cfg` with the model of `--backbone NAME`: awd_lstm keeps an AWD-LSTM recipe (ulmfit, siatl,
+    distill), else ulmfit (for "auto", or a --config naming the transformer); anything else runs the
+    transformer recipe on that backbone (minilm or a Hugging Face folder), with SiATL's objective when
+    the recipe was siatl."""
     if backbone == AWD_LSTM:
-        if cfg.recipe == AUTO:
+        if cfg.recipe in (AUTO, TRANSFORMER):
             cfg.recipe = registry.default_name()
         return cfg
     objective = "siatl" if cfg.recipe == "siatl" else "ulmfit"
