@@ -13,8 +13,9 @@ import pytest
 from ulmfit.errors import UlmfitError
 from ulmfit.recipes.config import ImbalanceConfig
 from ulmfit.train.calibration import (apply, class_weights, constant_baseline, decide,
-                                      degenerate_check, ece, fit_posthoc, fit_temperature, loss_weights, macro_f1,
-                                      scale, tune_bias, weighting_rule)
+                                      degenerate_check, ece, fit_bcts, fit_posthoc, fit_temperature, loss_weights,
+                                      macro_f1, nll, scale, summary_lines, tune_bias,
+                                      weighting_rule)
 
 CFG = ImbalanceConfig()
 
@@ -124,6 +125,95 @@ def test_fit_posthoc_keeps_a_rule_only_when_it_helps_out_of_sample():
     assert fit_posthoc(perfect, y, ["a", "b", "c"], CFG)["bias"] is None
 
 
+def prior_shifted(n, seed, inflate=16.0, sharpen=0.8):
+    """A model trained with a class-weighted loss on 40/55/5 data: its probabilities are those of a
+    slightly under-confident model with the rare class inflated `inflate` times (a prior shift)."""
+    q, y = synthetic(n, sharpen=sharpen, seed=seed)
+    q = q * np.array([1.0, 1.0, inflate])
+    return q / q.sum(1, keepdims=True), y
+
+
+def test_bcts_undoes_a_prior_shift_that_temperature_alone_cannot_and_is_chosen():
+    valid, yv = prior_shifted(3000, seed=11)
+    test, yt = prior_shifted(3000, seed=12)
+    t = fit_temperature(valid, yv)
+    tb, c = fit_bcts(valid, yv)
+    assert c[0] == 0 and c[2] < -2.0  # the inflated class is pulled back (log 16 ~ 2.8, less T's share)
+    raw_e, t_e, b_e = ece(test, yt), ece(scale(test, t), yt), ece(scale(test, tb, c), yt)
+    t_n, b_n = nll(scale(test, t), yt), nll(scale(test, tb, c), yt)
+    # on held-out data: one T trades the shift against the confidence and stays far off; BCTS does not
+    assert b_e < 0.5 * t_e < raw_e and b_n < t_n - 0.1 and t_n > nll(test, yt) - 0.2
+    post = fit_posthoc(valid, yv, ["neg", "neu", "pos"], CFG)
+    sel = post["calibration_selection"]
+    assert post["calibration"] == "bcts" and sel["nll_bcts"] < sel["nll_temperature"]
+    assert post["calibration_bias"] == pytest.approx(list(fit_bcts(valid, yv)[1]))
+    assert post["valid"]["nll_after"] < post["valid"]["nll_temperature"]
+    json.dumps(post)
+    lines = "\n".join(summary_lines(post, ["neg", "neu", "pos"]))
+    assert "Bias-corrected temperature scaling" in lines and "chosen over plain temperature scaling" in lines
+
+
+def test_a_well_calibrated_model_keeps_plain_temperature_or_a_negligible_shift():
+    probs, y = synthetic(3000, sharpen=1.0, seed=13)
+    post = fit_posthoc(probs, y, ["neg", "neu", "pos"], CFG)
+    assert post["calibration"] == "temperature" or max(abs(x) for x in post["calibration_bias"]) < 0.1
+    if post["calibration"] == "temperature":
+        assert post["calibration_bias"] is None and "not kept: out-of-half NLL" in summary_lines(post, list("abc"))[0]
+
+
+def old_labels(probs, valid, yv, rule: bool):
+    """The labels of the post-hoc step before BCTS, computed here from its definition: the decision rule
+    r tuned for macro-F1 on softmax(log p / T) (plain T, all validation rows: not few labels), then
+    argmax(log p_T + r) on the float32 probabilities (r = 0 when no rule)."""
+    t = fit_temperature(valid, yv)
+    r = tune_bias(scale(valid, t), yv) if rule else np.zeros(valid.shape[1])
+    p_t = scale(probs, t).astype(np.float32)
+    return (np.log(np.clip(p_t.astype(np.float64), 1e-12, 1)) + r).argmax(1)
+
+
+@pytest.mark.parametrize("decision_rule", ["bias", "none"])
+def test_the_labels_do_not_depend_on_the_calibration(decision_rule):
+    valid, yv = prior_shifted(2000, seed=14, inflate=0.2)  # the rare class squashed: a rule helps
+    test, _ = prior_shifted(3000, seed=15, inflate=0.2)
+    post = fit_posthoc(valid, yv, ["neg", "neu", "pos"], replace(CFG, decision_rule=decision_rule))
+    assert post["calibration"] == "bcts" and not post["few_labels"]
+    assert post["decision_rule"] == decision_rule and post["bias"] is not None  # kept / argmax: bias = -c
+    cal, pred = apply(test, post)
+    expected = old_labels(test, valid, yv, rule=decision_rule == "bias")
+    assert np.array_equal(pred, expected)
+    if decision_rule == "none":
+        assert np.array_equal(pred, test.argmax(1))  # the model's argmax, as before
+        assert post["bias"] == pytest.approx([-x for x in post["calibration_bias"]])
+    else:
+        assert not np.array_equal(pred, test.argmax(1))  # the rule does change labels
+    # the handed-out probabilities are BCTS's; whoever decides from them (server, predict --workers) agrees
+    assert np.allclose(cal, scale(test, post["temperature"], post["calibration_bias"]), atol=1e-6)
+    assert np.array_equal(decide(cal, post["bias"]), pred)
+    assert "Decision rule: argmax" in summary_lines(post, list("abc"))[1] or decision_rule == "bias"
+
+
+def test_an_old_calibration_json_reloads_unchanged_and_a_bad_shift_is_one_clear_line(tmp_path):
+    from ulmfit.recipes.predictor import _read_calibration
+
+    probs, y = synthetic(500, seed=16)
+    old = {"format": 1, "temperature": 1.7, "decision_rule": "bias", "bias": [0.0, 0.3, 1.2]}  # no calibration_bias
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps(old))
+    d = _read_calibration(path, 3)
+    cal, pred = apply(probs, d)
+    p_t = scale(probs, 1.7).astype(np.float32)
+    assert np.array_equal(cal, p_t)
+    assert np.array_equal(pred, (np.log(np.clip(p_t.astype(np.float64), 1e-12, 1)) + old["bias"]).argmax(1))
+    path.write_text(json.dumps({**old, "calibration_bias": None}))
+    assert np.array_equal(apply(probs, _read_calibration(path, 3))[1], pred)
+    for bad in ([0.0, 1.0], [0.0, "x", 1.0], [0.0, float("nan"), 1.0], "abc", 3):
+        path.write_text(json.dumps({**old, "calibration_bias": bad}))
+        with pytest.raises(UlmfitError) as e:
+            _read_calibration(path, 3)
+        msg = str(e.value)
+        assert str(path) in msg and "calibration_bias" in msg and "3 finite numbers" in msg and "\n" not in msg
+
+
 # ------------------------------------------------------------------------------------ degenerate model
 
 def test_degenerate_warning_fires_on_a_constant_predictor_and_not_on_a_good_one():
@@ -212,7 +302,7 @@ def test_the_saved_rule_is_reloaded_and_applied_identically_by_predict_and_evalu
     atomic_write_json(out / "calibration.json", {**post, "bias": [0.0, 1.0]})
     with pytest.raises(UlmfitError, match="one bias per class"):
         ulmfit.load(out)
-    atomic_write_json(out / "calibration.json", {**post, "temperature": 1.0, "bias": None})
+    atomic_write_json(out / "calibration.json", {**post, "temperature": 1.0, "bias": None, "calibration_bias": None})
     assert ulmfit.load(out).predict(texts) == [model.classes[i] for i in raw.argmax(1)]
 
 

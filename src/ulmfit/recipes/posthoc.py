@@ -126,7 +126,8 @@ def finish(out: Path, data: FitData, cfg: FitConfig, metrics: dict, log: Callabl
                      "per_class_f1": {c: a["per_class"][c]["f1"] for c in classes}}
     if held is not None:
         new["cross_validated"] = cv_summary(folders[0])
-    new.update(temperature=post["temperature"], ece_before=post["valid"]["ece_before"],
+    new.update(temperature=post["temperature"], calibration=post.get("calibration", "temperature"),
+               calibration_bias=post.get("calibration_bias"), ece_before=post["valid"]["ece_before"],
                ece_after=post["valid"]["ece_after"], decision_rule=post["decision_rule"], bias=post["bias"],
                selection=post.get("selection"), constant_baseline=check["constant"], degenerate=check["degenerate"])
     return new
@@ -145,7 +146,7 @@ def report_section(out: Path, classes: list[str]) -> str:
                                   f"{c['model']['macro_f1']:.4f}, {c['model']['accuracy']:.4f} (argmax alone: "
                                   f"{c['argmax']['macro_f1']:.4f}, {c['argmax']['accuracy']:.4f})."))
     lines.append("The figures below are the model's predictions as `predict` and `evaluate` make them (the decision "
-                 "rule on the calibrated probabilities); calibration.json holds T and the rule.")
+                 "rule on the calibrated probabilities); calibration.json holds the calibration and the rule.")
     return cv_section(out) + "## Imbalance and calibration\n\n" + "\n".join(f"- {l}" for l in lines) + "\n\n"
 
 

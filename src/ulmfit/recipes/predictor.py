@@ -300,6 +300,16 @@ def _read_calibration(path: Path, n_classes: int) -> dict | None:
     if not ok:
         raise UlmfitError(f"{path}: needs a temperature > 0 and one bias per class ({n_classes}) or null; "
                           f"delete the file to predict with the plain argmax, or retrain the model")
+    shift = d.get("calibration_bias")  # BCTS's class shift c (train/calibration.py fit_bcts); absent in older files: none
+    if shift is not None:
+        try:
+            ok = len(shift) == n_classes and all(np.isfinite(float(x)) for x in shift) and not isinstance(shift, str)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise UlmfitError(f"{path}: field calibration_bias must be null or a list of {n_classes} finite numbers "
+                              f"(one per class), got {str(shift)[:60]!r}; delete the file to predict with the plain "
+                              f"argmax, or retrain the model")
     return d
 
 

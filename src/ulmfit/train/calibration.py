@@ -9,6 +9,11 @@ Pure functions on arrays (no model, no file), used by every recipe through small
 - `fit_temperature` / `ece`: temperature scaling (Guo et al., ICML 2017, "On Calibration of Modern
   Neural Networks", §4.2): one scalar T fitted on the validation split by minimising the NLL of
   softmax(log p / T); the expected calibration error (§2, equal-width bins of the top probability).
+- `fit_bcts`: bias-corrected temperature scaling (Alexandari et al., ICML 2020, "Maximum Likelihood
+  with Bias-Corrected Calibration is Hard-To-Beat at Label Shift Adaptation", §3): softmax(log p / T + c)
+  with a per-class shift c (c_0 = 0), fitted by NLL (L-BFGS). A model trained with a class-weighted
+  loss carries a prior shift (the rare class inflated) that one T cannot undo; c can. `scale` is the
+  one place either is applied.
 - `tune_bias` / `prior_bias`: a decision rule, argmax(log p + b), tuned on the validation split:
   a per-class additive bias found by coordinate search maximising macro-F1, or prior correction
   (b = -log of the mean predicted probability of each class).
@@ -18,11 +23,13 @@ Pure functions on arrays (no model, no file), used by every recipe through small
   (out-of-half gain of the tuned rule, its spread; with few labels per class the rule is the mean of
   the half-split rules, and it is only kept when its out-of-half gain is positive). Its result is
   the JSON saved as `calibration.json` in the model folder; `apply` uses it at prediction time.
+  The calibration (plain T or BCTS) is chosen on the same half splits by out-of-half NLL; the
+  decisions do not depend on that choice (see `fit_posthoc`).
 """
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 from sklearn.metrics import f1_score
 
 from ulmfit.errors import UlmfitError
@@ -81,9 +88,11 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def scale(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(log p / T): the probabilities of a model whose logits are divided by T."""
-    return softmax(_log(probs) / float(temperature))
+def scale(probs: np.ndarray, temperature: float, shift=None) -> np.ndarray:
+    """softmax(log p / T + c): the probabilities of a model whose logits are divided by T, plus a
+    per-class shift c (None: no shift; BCTS, `fit_bcts`)."""
+    z = _log(probs) / float(temperature)
+    return softmax(z if shift is None else z + np.asarray(shift, dtype=np.float64))
 
 
 def nll(probs: np.ndarray, labels) -> float:
@@ -107,6 +116,36 @@ def fit_temperature(probs: np.ndarray, labels, bounds: tuple[float, float] = (0.
     r = minimize_scalar(loss, bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded",
                         options={"xatol": 1e-4})
     return float(np.exp(r.x)) if loss(r.x) < loss(0.0) else 1.0
+
+
+def fit_bcts(probs: np.ndarray, labels, bounds: tuple[float, float] = (0.05, 20.0),
+             shift_bound: float = 10.0) -> tuple[float, np.ndarray]:
+    """(T, c) minimising the NLL of softmax(log p / T + c) on (probs, labels), c_0 = 0 (only
+    differences matter): L-BFGS-B on (log T, c_1..c_{K-1}) with the analytic gradient, started from
+    the plain temperature and c = 0 (so never worse than plain T on this data); |c| <= `shift_bound`
+    keeps a class absent from (probs, labels) finite."""
+    logp = _log(probs)
+    labels = np.asarray(labels, dtype=np.int64)
+    n, k = logp.shape
+    t0 = fit_temperature(probs, labels, bounds)
+    if n == 0:
+        return t0, np.zeros(k)
+    onehot = np.eye(k)[labels]
+
+    def loss(x: np.ndarray) -> tuple[float, np.ndarray]:
+        t = np.exp(x[0])
+        z = logp / t + np.r_[0.0, x[1:]]
+        z = z - z.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(z).sum(axis=1))
+        g = (np.exp(z - lse[:, None]) - onehot) / n  # d loss / d z
+        return float(np.mean(lse - z[np.arange(n), labels])), np.r_[float(np.sum(g * (-logp / t))), g.sum(0)[1:]]
+
+    x0 = np.r_[np.log(t0), np.zeros(k - 1)]
+    box = [(np.log(bounds[0]), np.log(bounds[1]))] + [(-shift_bound, shift_bound)] * (k - 1)
+    r = minimize(loss, x0, jac=True, method="L-BFGS-B", bounds=box)
+    if not np.all(np.isfinite(r.x)) or loss(r.x)[0] > loss(x0)[0]:
+        return t0, np.zeros(k)
+    return float(np.exp(r.x[0])), np.r_[0.0, r.x[1:]]
 
 
 def ece(probs: np.ndarray, labels, n_bins: int = 15) -> float:
@@ -246,24 +285,57 @@ def degenerate_line(check: dict) -> str:
 
 # ------------------------------------------------------------------------------------ all together
 
+def _choose_calibration(probs: np.ndarray, labels, splits) -> dict:
+    """Plain T or BCTS: each fitted on one half of every split and scored (NLL) on the other; BCTS
+    is kept when its mean out-of-half NLL is lower."""
+    t_nll, b_nll = [], []
+    for a, b in splits:
+        for fit_on, score in ((a, b), (b, a)):
+            t = fit_temperature(probs[fit_on], labels[fit_on])
+            tb, c = fit_bcts(probs[fit_on], labels[fit_on])
+            t_nll.append(nll(scale(probs[score], t), labels[score]))
+            b_nll.append(nll(scale(probs[score], tb, c), labels[score]))
+    t_mean, b_mean = float(np.mean(t_nll)), float(np.mean(b_nll))
+    return {"chosen": "bcts" if b_mean < t_mean else "temperature", "nll_temperature": t_mean, "nll_bcts": b_mean,
+            "nll_bcts_wins": int(np.sum(np.array(b_nll) < np.array(t_nll))), "n": len(t_nll)}
+
+
 def fit_posthoc(probs: np.ndarray, labels, classes: list[str], cfg, seed: int = 0) -> dict:
-    """Temperature and decision rule for one model from its validation probabilities; the JSON of
-    `calibration.json` (read back by `apply`), with the before/after figures for the report."""
+    """Calibration and decision rule for one model from its validation probabilities; the JSON of
+    `calibration.json` (read back by `apply`), with the before/after figures for the report.
+
+    The calibration is plain T or BCTS (the one with the lower out-of-half NLL). The decisions do not
+    depend on it: the rule r is tuned on softmax(log p / T) (plain T) and decides argmax(log p / T + r);
+    with BCTS the handed-out probabilities are p_B = softmax(log p / T_B + c), and the saved `bias`
+    b = r T / T_B - c gives argmax(log p_B + b) = argmax((log p / T + r) T / T_B): the same labels
+    (b = -c when no rule is kept: the model's argmax)."""
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     k = len(classes)
     t = fit_temperature(probs, labels) if cfg.temperature else 1.0
-    cal = scale(probs, t)
+    cal = scale(probs, t)  # the decisions are tuned and taken on these (module docstring)
     counts = np.bincount(labels, minlength=k)
     few = bool(counts.min() < cfg.few_per_class)
-    out = {"format": 1, "temperature": t, "decision_rule": "none", "bias": None,
+    splits = half_splits(labels, cfg.repeats, seed) if len(labels) else []
+    choice = _choose_calibration(probs, labels, splits) if cfg.temperature and splits else None
+    t_out, shift = t, None
+    if choice is not None and choice["chosen"] == "bcts":
+        t_out, c = fit_bcts(probs, labels)
+        shift = [float(x) for x in c]
+    handed = scale(probs, t_out, shift)
+    out = {"format": 1, "temperature": t_out, "calibration": "bcts" if shift else "temperature",
+           "calibration_bias": shift, "decision_rule": "none", "bias": None,
            "valid": {"n": int(len(labels)), "counts": {c: int(n) for c, n in zip(classes, counts)},
-                     "nll_before": nll(probs, labels), "nll_after": nll(cal, labels),
-                     "ece_before": ece(probs, labels), "ece_after": ece(cal, labels),
+                     "nll_before": nll(probs, labels), "nll_after": nll(handed, labels),
+                     "ece_before": ece(probs, labels), "ece_after": ece(handed, labels),
+                     "nll_temperature": nll(cal, labels), "ece_temperature": ece(cal, labels),
                      "macro_f1_argmax": macro_f1(labels, cal.argmax(1), k)},
            "few_labels": few}
+    if choice is not None:
+        out["calibration_selection"] = {**choice, "plain_temperature": t,
+                                        "how": f"{cfg.repeats} stratified half splits of the validation set, each half "
+                                               f"fitting and the other scoring (mean NLL)"}
     if cfg.decision_rule != "none" and len(labels):
-        splits = half_splits(labels, cfg.repeats, seed)
         gains, rules, temps = [], [], []
         for a, b in splits:
             for tune, score in ((a, b), (b, a)):
@@ -286,6 +358,10 @@ def fit_posthoc(probs: np.ndarray, labels, classes: list[str], cfg, seed: int = 
         out["valid"]["macro_f1_rule"] = macro_f1(labels, decide(cal, out["bias"]), k)
     else:
         out["valid"]["macro_f1_rule"] = out["valid"]["macro_f1_argmax"]
+    if shift is not None:  # the same decisions on the handed-out probabilities (docstring)
+        out["tuned_bias"] = out["bias"]
+        r = np.zeros(k) if out["bias"] is None else np.asarray(out["bias"])
+        out["bias"] = [float(x) for x in r * t / t_out - np.asarray(shift)]
     return out
 
 
@@ -295,7 +371,7 @@ def apply(probs: np.ndarray, calibration: dict | None) -> tuple[np.ndarray, np.n
     probs = np.asarray(probs, dtype=np.float64)
     if not calibration:
         return probs.astype(np.float32), probs.argmax(1)
-    cal = scale(probs, calibration.get("temperature", 1.0)).astype(np.float32)
+    cal = scale(probs, calibration.get("temperature", 1.0), calibration.get("calibration_bias")).astype(np.float32)
     # decided on the float32 probabilities handed out, so that anyone deciding from them (the server,
     # `predict --workers`: `decide(probs, calibration["bias"])`) gets the very same labels
     return cal, decide(cal, calibration.get("bias"))
@@ -304,20 +380,39 @@ def apply(probs: np.ndarray, calibration: dict | None) -> tuple[np.ndarray, np.n
 def summary_lines(post: dict, classes: list[str]) -> list[str]:
     """The report's lines on calibration and the decision rule."""
     v = post["valid"]
-    lines = [f"Temperature scaling: T = {post['temperature']:.3f}; expected calibration error on validation "
-             f"{v['ece_before']:.4f} -> {v['ece_after']:.4f} (NLL {v['nll_before']:.4f} -> {v['nll_after']:.4f})."]
+    after = (f"expected calibration error on validation {v['ece_before']:.4f} -> {v['ece_after']:.4f} "
+             f"(NLL {v['nll_before']:.4f} -> {v['nll_after']:.4f})")
+    cs = post.get("calibration_selection")
+    vs = (f"out-of-half NLL {cs['nll_bcts']:.4f} vs {cs['nll_temperature']:.4f} for plain T (difference "
+          f"{cs['nll_bcts'] - cs['nll_temperature']:+.5f}; lower in "
+          f"{cs['nll_bcts_wins']} of {cs['n']}; {cs['how']})") if cs else ""
+    if post.get("calibration_bias"):
+        c = ", ".join(f"{k} {x:+.2f}" for k, x in zip(classes, post["calibration_bias"]))
+        lines = [f"Bias-corrected temperature scaling (softmax(log p / T + c)): T = {post['temperature']:.3f}, c = {c}; "
+                 f"{after}; chosen over plain temperature scaling (T = {cs['plain_temperature']:.3f}, validation ECE "
+                 f"{v['ece_temperature']:.4f}, NLL {v['nll_temperature']:.4f}) by {vs}."]
+    else:
+        lines = [f"Temperature scaling: T = {post['temperature']:.3f}; {after}"
+                 + (f"; bias-corrected temperature scaling not kept: {vs}." if cs else ".")]
+    bcts = bool(post.get("calibration_bias"))
+    shifted = " of the temperature-scaled probabilities, the model's own (saved as bias = -c on the handed-out ones)" \
+        if bcts else ""
     sel = post.get("selection")
     if sel is None:
-        lines.append("Decision rule: argmax (tuning switched off: imbalance.decision_rule=none).")
+        lines.append(f"Decision rule: argmax{shifted} (tuning switched off: imbalance.decision_rule=none).")
         return lines
     spread = (f"out-of-half macro-F1 gain {sel['gain_mean']:+.4f} (sd {sel['gain_sd']:.4f}, "
               f"min {sel['gain_min']:+.4f}, max {sel['gain_max']:+.4f}; {sel['how']})")
-    if post["bias"] is None:
-        lines.append(f"Decision rule: argmax; the tuned rule was not kept, its {spread} is not positive.")
+    if post["decision_rule"] == "none":
+        lines.append(f"Decision rule: argmax{shifted}; the tuned rule was not kept, its {spread} is not positive.")
     else:
-        b = ", ".join(f"{c} {x:+.2f}" for c, x in zip(classes, post["bias"]))
-        lines.append(f"Decision rule: {post['decision_rule']} on log-probabilities ({b}); validation macro-F1 "
-                     f"{v['macro_f1_argmax']:.4f} -> {v['macro_f1_rule']:.4f} (tuned on this split: optimistic); {spread}.")
+        tuned = post.get("tuned_bias") or post["bias"]
+        b = ", ".join(f"{c} {x:+.2f}" for c, x in zip(classes, tuned))
+        shifted = (" (saved as bias = r T / T_B - c on the handed-out probabilities: the same labels, whatever the "
+                   "calibration)") if bcts else ""
+        lines.append(f"Decision rule: {post['decision_rule']} on temperature-scaled log-probabilities ({b}){shifted}; "
+                     f"validation macro-F1 {v['macro_f1_argmax']:.4f} -> {v['macro_f1_rule']:.4f} (tuned on this split: "
+                     f"optimistic); {spread}.")
     if sel.get("temperature_spread"):
         lo, hi = sel["temperature_spread"]
         lines.append(f"Temperature on the half splits: {lo:.3f} .. {hi:.3f}.")
