@@ -43,13 +43,14 @@ from ulmfit.fileio import atomic_write_json, atomic_write_npy, mapped, staging_p
 from ulmfit.recipes import model_dir
 from ulmfit.recipes.config import FitConfig
 from ulmfit.recipes.fit import write_reports
-from ulmfit.recipes.predictor import Member, average
+from ulmfit.recipes.predictor import Member, _read_calibration, average
 from ulmfit.recipes.registry import Run
 from ulmfit.recipes.registry import get as get_recipe
 from ulmfit.recipes.teacher import teacher_probabilities
 from ulmfit.recipes.toolbox import Log, quiet, tokens_for
 from ulmfit.recipes.ulmfit import finetune_lm, fit_directions, pretrained_lm, train_classifier
 from ulmfit.text.vocab import Vocab
+from ulmfit.train.calibration import decide
 from ulmfit.train.distill import SoftTargets
 from ulmfit.train.metrics import classification_metrics
 
@@ -158,7 +159,7 @@ def _round(r: int, folder: Path, teacher: Path, run: Run, final: bool) -> dict:
     student = partial(_student, root=run.out, r=r, soft=soft, keep=keep)
     metrics = fit_directions(replace(run, out=folder), student, recipe="distill")
     s_probs = {x: np.load(_probs_file(folder, x)) for x in dirs}  # each student's [valid + unlabelled] probabilities
-    teacher_metrics = classification_metrics(data.valid.labels, np.asarray(p_valid).argmax(1), classes)
+    teacher_metrics = classification_metrics(data.valid.labels, _teacher_labels(teacher, p_valid, classes), classes)
     info = {
         "round": r, "teacher": str(teacher), "directions": dirs, "student": metrics, "teacher_metrics": teacher_metrics,
         "agreement": _agreement(average(s_probs), p_valid, p_unl),
@@ -237,6 +238,15 @@ def _carry_cache(work: Path) -> None:
         return
     with mapped(work / "teacher", "copy the teacher cache to"):
         shutil.copytree(final / "teacher", work / "teacher")
+
+
+def _teacher_labels(teacher, p_valid: np.ndarray, classes: list[str]) -> np.ndarray:
+    """The teacher's own labels of its (handed-out) probabilities, columns in `classes` order: its
+    calibration.json's decision bias (with BCTS also its class shift undone; none: the argmax)."""
+    folder = Path(teacher)
+    t_classes = [str(c) for c in model_dir.read_marker(folder)["classes"]]
+    bias = (_read_calibration(folder / "calibration.json", len(t_classes)) or {}).get("bias")
+    return decide(np.asarray(p_valid), None if bias is None else [bias[t_classes.index(c)] for c in classes])
 
 
 def _agree(a: np.ndarray, b: np.ndarray) -> float:
