@@ -209,7 +209,8 @@ class Classifier:
                               f"use `ulmfit generate` with it, or train a classifier with `ulmfit fit`")
         self.classes: list[str] = list(self.meta["classes"])
         self.weights: dict[str, float] | None = None
-        self.calibration = _read_calibration(self.folder / "calibration.json", len(self.classes))
+        # calibration.json is read after the models, so that classes disagreeing with the head are reported as such
+        cal_path = self.folder / "calibration.json"
         if self.meta["kind"] == "ensemble":  # recipes/ensemble.py: member folders copied inside
             self.parts = {e["path"]: Classifier(self.folder / e["path"], runtime, threads=threads, precision=precision)
                           for e in self.meta["members"]}
@@ -218,6 +219,7 @@ class Classifier:
             self.members = [m for part in self.parts.values() for m in part.members]
             first = next(iter(self.parts.values()))
             self.tokenizer, self.vocab, self.model = first.tokenizer, first.vocab, first.model
+            self.calibration = _read_calibration(cal_path, len(self.classes))
             return
         self.directions: list[str] = list(self.meta.get("directions") or [self.meta.get("direction", "fwd")])
         recipe = self.meta.get("recipe") or registry.default_name()  # folders from before recipes were recorded
@@ -226,6 +228,7 @@ class Classifier:
                         for d in self.directions]
         first = self.members[0]
         self.tokenizer, self.vocab, self.model = first.tokenizer, first.vocab, first.model
+        self.calibration = _read_calibration(cal_path, len(self.classes))
 
     @property
     def precision(self) -> str:
