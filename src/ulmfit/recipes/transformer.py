@@ -87,10 +87,26 @@ def fit_recipe(run: Run) -> dict:
         log(note)
     if t.objective == "ulmfit" and t.mlm_epochs > 0:
         finetune_mlm(backbone, text, train_tok, data.unlabeled, out, cfg, run.resume, log)
+    note = unlabeled_note(len(data.unlabeled), t)
+    if note:
+        log(note)
     model = classifier_on(backbone, len(data.classes), t)
     metrics = train_transformer_classifier(model, text, train_tok, valid_tok, data, out, cfg, run.resume, log)
     save_transformer_classifier(out, model, text, str(source))
     return metrics
+
+
+def unlabeled_note(n_unlabeled: int, t) -> str | None:
+    """A log line when unlabelled text was given but this run does not read it (the masked-word step is
+    off by default, or the SiATL objective), and the command that puts it to use: distillation over it."""
+    if not n_unlabeled or (t.objective == "ulmfit" and t.mlm_epochs > 0):
+        return None
+    why = "the SiATL objective reads the labelled texts only" if t.objective == "siatl" else \
+        "the masked-word step is off by default (transformer.mlm_epochs=0: it measured no gain)"
+    return (f"unlabelled text: {n_unlabeled:,} texts not used by this run ({why}). To put them to use, distil "
+            f"this model into the fast AWD-LSTM over them (`ulmfit distill --teacher MODEL --train ... --unlabeled "
+            f"...`); MODEL and its student averaged (`ulmfit ensemble MODEL STUDENT`) scored best with few labels "
+            f"(docs/BENCHMARKS.md)")
 
 
 def finetune_mlm(backbone, text: WordPieceText, train_tok: list[list[int]], unlabeled: list[str], out: Path,
