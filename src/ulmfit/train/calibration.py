@@ -287,17 +287,20 @@ def degenerate_line(check: dict) -> str:
 
 def _choose_calibration(probs: np.ndarray, labels, splits) -> dict:
     """Plain T or BCTS: each fitted on one half of every split and scored (NLL) on the other; BCTS
-    is kept when its mean out-of-half NLL is lower."""
-    t_nll, b_nll = [], []
+    is kept when its mean out-of-half NLL is lower. Also the spread of the halves' plain temperatures
+    (the report's "Temperature on the half splits"), so no half is fitted twice."""
+    t_nll, b_nll, temps = [], [], []
     for a, b in splits:
         for fit_on, score in ((a, b), (b, a)):
             t = fit_temperature(probs[fit_on], labels[fit_on])
+            temps.append(t)
             tb, c = fit_bcts(probs[fit_on], labels[fit_on])
             t_nll.append(nll(scale(probs[score], t), labels[score]))
             b_nll.append(nll(scale(probs[score], tb, c), labels[score]))
     t_mean, b_mean = float(np.mean(t_nll)), float(np.mean(b_nll))
     return {"chosen": "bcts" if b_mean < t_mean else "temperature", "nll_temperature": t_mean, "nll_bcts": b_mean,
-            "nll_bcts_wins": int(np.sum(np.array(b_nll) < np.array(t_nll))), "n": len(t_nll)}
+            "nll_bcts_wins": int(np.sum(np.array(b_nll) < np.array(t_nll))), "n": len(t_nll),
+            "temperature_spread": [float(np.min(temps)), float(np.max(temps))]}
 
 
 def fit_posthoc(probs: np.ndarray, labels, classes: list[str], cfg, seed: int = 0) -> dict:
@@ -336,15 +339,13 @@ def fit_posthoc(probs: np.ndarray, labels, classes: list[str], cfg, seed: int = 
                                         "how": f"{cfg.repeats} stratified half splits of the validation set, each half "
                                                f"fitting and the other scoring (mean NLL)"}
     if cfg.decision_rule != "none" and len(labels):
-        gains, rules, temps = [], [], []
+        gains, rules = [], []
         for a, b in splits:
             for tune, score in ((a, b), (b, a)):
                 r = _rule(cfg.decision_rule, cal[tune], labels[tune])
                 rules.append(r)
                 gains.append(macro_f1(labels[score], decide(cal[score], r), k)
                              - macro_f1(labels[score], cal[score].argmax(1), k))
-            if cfg.temperature:
-                temps.append(fit_temperature(probs[a], labels[a]))
         bias = np.mean(rules, axis=0) if few else _rule(cfg.decision_rule, cal, labels)
         gain = float(np.mean(gains))
         out["selection"] = {"how": f"{cfg.repeats} stratified half splits of the validation set, each half tuning "
@@ -352,7 +353,7 @@ def fit_posthoc(probs: np.ndarray, labels, classes: list[str], cfg, seed: int = 
                                                                "(few labels)" if few else ""),
                             "gain_mean": gain, "gain_sd": float(np.std(gains)), "gain_min": float(np.min(gains)),
                             "gain_max": float(np.max(gains)),
-                            "temperature_spread": [float(np.min(temps)), float(np.max(temps))] if temps else None}
+                            "temperature_spread": choice["temperature_spread"] if choice else None}
         if gain > 0:
             out["decision_rule"], out["bias"] = cfg.decision_rule, [float(x) for x in bias]
         out["valid"]["macro_f1_rule"] = macro_f1(labels, decide(cal, out["bias"]), k)
