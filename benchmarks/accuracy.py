@@ -105,7 +105,7 @@ QUICK_FASTAI = dict(emb_sz=16, n_hid=32, n_layers=2, lm_epochs=1, lm_frozen_epoc
                     max_vocab=5000)
 QUICK_MINILM_FT = dict(epochs=1, max_steps=20)
 QUICK_TRANSFORMER = ["--set", "transformer.mlm_max_docs=500", "--set", "transformer.epochs=[1,1,1,1]",
-                     "--set", "transformer.min_steps_per_epoch=5"]
+                     "--set", "transformer.min_steps_per_epoch=5", "--set", "transformer.min_last_stage_steps=0"]
 
 
 # ------------------------------------------------------------------------------------ data

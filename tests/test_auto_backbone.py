@@ -151,7 +151,7 @@ def test_fit_with_nothing_chosen_trains_minilm_resumes_and_reports(tiny_data, tm
     out = tmp_path / "m"
     argv = ["fit", "--train", str(tiny_data["train"]), "--valid", str(tiny_data["valid"]), "--out", str(out),
             "--set", "transformer.epochs=[1,0,0,1]",
-            "--set", "transformer.min_steps_per_epoch=0", "--set", "transformer.bs=32"]
+            "--set", "transformer.min_steps_per_epoch=0", "--set", "transformer.min_last_stage_steps=0", "--set", "transformer.bs=32"]
     real = loop.append_jsonl
 
     def killed_after_first_epoch(path, record):

@@ -155,8 +155,30 @@ def fit_config(folder, **t):
     cfg.recipe = "transformer"
     t = {"mlm_epochs": 1, **t}
     cfg.transformer = replace(cfg.transformer, backbone=str(folder), window=16, overlap=4, blocks_per_group=1,
-                              mlm_bs=16, lrs=(1e-2, 2e-3, 2e-3), epochs=(1, 1, 2), bs=16, min_steps_per_epoch=4, **t)
+                              mlm_bs=16, lrs=(1e-2, 2e-3, 2e-3), epochs=(1, 1, 2), bs=16, min_steps_per_epoch=4,
+                              **{"min_last_stage_steps": 0, **t})
     return cfg
+
+
+def test_last_stage_at_least_lengthens_only_the_last_stage():
+    from ulmfit.recipes.transformer import last_stage_at_least
+    from ulmfit.recipes.transformer_config import TransformerTrainConfig
+    from ulmfit.recipes.ulmfit import gradual_unfreezing
+
+    stages = gradual_unfreezing(TransformerTrainConfig())  # epochs 1, 1, 1, 2
+    epochs = lambda steps, at_least: [s.epochs for s in last_stage_at_least(stages, steps, at_least)]
+    assert epochs(64, 250) == [1, 1, 1, 4]  # 500 labels at bs 16: 64 steps an epoch
+    assert epochs(125, 250) == [1, 1, 1, 2]  # 2,000 labels: unchanged
+    assert epochs(56, 250) == [1, 1, 1, 5]  # 100 labels
+    assert epochs(64, 0) == [1, 1, 1, 2]  # off
+    assert epochs(0, 10) == [1, 1, 1, 10]  # an empty loader cannot divide by zero
+    long = stages[:-1] + [replace(stages[-1], epochs=6)]
+    assert [s.epochs for s in last_stage_at_least(long, 64, 250)] == [1, 1, 1, 6]  # never shortened
+    out = last_stage_at_least(stages, 64, 250)
+    assert out[:-1] == stages[:-1] and out[-1].lr == stages[-1].lr and out[-1].can_stop_early
+    assert TransformerTrainConfig().min_last_stage_steps == 250
+    with pytest.raises(UlmfitError, match="min_last_stage_steps"):
+        TransformerTrainConfig(min_last_stage_steps=-1)
 
 
 @pytest.mark.slow
@@ -168,11 +190,13 @@ def test_fit_predict_reload_offline_and_resume(tiny_folder, tiny_data, tmp_path,
     src = tmp_path / "src"
     shutil.copytree(tiny_folder, src)
     cfg_path = tmp_path / "cfg.json"
-    atomic_write_json(cfg_path, fit_config(src).to_dict())
+    # 150 training rows at bs 16: 10 steps an epoch, so at least 30 steps lengthen the last stage to 3 epochs
+    atomic_write_json(cfg_path, fit_config(src, min_last_stage_steps=30).to_dict())
     args = ["fit", "--train", tiny_data["train"], "--valid", tiny_data["valid"], "--config", cfg_path]
     assert main([str(a) for a in args + ["--out", tmp_path / "full"]]) == 0
     err = capsys.readouterr().err
     assert "masked-word LM done" in err and "transformer classifier" in err
+    assert "the last stage runs 3 epochs instead of 2" in err
 
     real, seen = loop.append_jsonl, []
 
@@ -195,7 +219,7 @@ def test_fit_predict_reload_offline_and_resume(tiny_folder, tiny_data, tmp_path,
     assert json.loads((tmp_path / "full" / "ulmfit.json").read_text())["recipe"] == "transformer"
     np.testing.assert_array_equal(full.predict_proba(texts), cut.predict_proba(texts))
     hist = [json.loads(l) for l in (tmp_path / "cut" / "history.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in hist if r["phase"] == "classifier"] == list(range(4))
+    assert [r["epoch"] for r in hist if r["phase"] == "classifier"] == list(range(5))
     assert main(["evaluate", str(tmp_path / "full"), "--data", str(tiny_data["test"]), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["macro_f1"] > 0.5  # the tiny model learns the label words

@@ -27,8 +27,9 @@ Nothing else is needed to reload it: no model package, no hub, no tokenizer file
 """
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +171,14 @@ class AuxMLMClassifierTask(ClassifierTask):
         return task + gamma * model.backbone.lm_loss(batch.ids, batch.lengths) if gamma else task
 
 
+def last_stage_at_least(stages: list[Stage], steps_per_epoch: int, min_steps: int) -> list[Stage]:
+    """The stages with the last one lengthened to at least `min_steps` optimizer steps (whole epochs),
+    never shortened: with few labels an epoch is a few dozen steps (transformer_config: min_last_stage_steps)."""
+    last = stages[-1]
+    epochs = max(last.epochs, math.ceil(min_steps / max(steps_per_epoch, 1)))
+    return stages[:-1] + [replace(last, epochs=epochs)]
+
+
 def train_transformer_classifier(model: TransformerClassifier, text: WordPieceText, train_tok, valid_tok,
                                  data, out: Path, cfg, resume: bool, log: Log) -> dict:
     """Phase 2: gradual unfreezing with discriminative rates; best epoch by `metric` on validation."""
@@ -188,7 +197,10 @@ def train_transformer_classifier(model: TransformerClassifier, text: WordPieceTe
     opt = make_optimizer(param_groups(groups, t.lrs[0], factor=t.lr_factor, weight_decay=t.wd), kind=cfg.optimizer)
     loop_cfg = LoopConfig(monitor=t.metric, patience=t.patience, seed=cfg.seed, precision=cfg.precision,
                           lr_factor=t.lr_factor, clip=t.clip)
-    stages = gradual_unfreezing(t)
+    stages = last_stage_at_least(gradual_unfreezing(t), len(train_loader), t.min_last_stage_steps)
+    if stages[-1].epochs > t.epochs[-1]:
+        log(f"few labels: the last stage runs {stages[-1].epochs} epochs instead of {t.epochs[-1]}, at least "
+            f"{t.min_last_stage_steps} steps of {len(train_loader)} an epoch (transformer.min_last_stage_steps; 0 turns it off)")
     log(f"transformer classifier ({t.objective}): {len(data.train.texts):,} training / {len(data.valid.texts):,} "
         f"validation documents, classes {data.classes}; {len(groups)} layer groups; stages "
         f"{', '.join(f'{s.name} {s.epochs}x{s.lr:g}' for s in stages)}; selecting on {t.metric}")
