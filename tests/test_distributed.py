@@ -265,9 +265,14 @@ def test_fit_on_two_processes_equals_one_process(tmp_path):
 
     texts = make_rows(30, 5)["text"].tolist()
     # exact fp32 prediction (the runs trained in fp32): bf16 inference would add its own rounding to the
-    # two runs' float-level weight differences
-    np.testing.assert_allclose(load(two, precision="fp32").predict_proba(texts),
-                               load(one, precision="fp32").predict_proba(texts), atol=1e-4)
+    # two runs' float-level weight differences. The trained models' probabilities, before calibration:
+    # 45 validation rows (15 a class) switch on cross-validated selection, and the temperature is fitted
+    # on the out-of-fold predictions of five fold classifiers of this tiny model, which swing between
+    # 0.17 and 0.50 macro-F1 from epoch to epoch. On an AVX2 CPU one fold's float-level 1-vs-2-process
+    # difference grew to 0.45 vs 0.50 macro-F1, moving the temperature (1.16 vs 1.08) while the final
+    # classifiers stayed within 1e-4 of each other: the fold's chaos, not data-parallel training.
+    np.testing.assert_allclose(load(two, precision="fp32").predict_proba_raw(texts),
+                               load(one, precision="fp32").predict_proba_raw(texts), atol=1e-4)
 
 
 def test_commands_that_do_not_train_refuse_torchrun(tmp_path, monkeypatch, capsys):
