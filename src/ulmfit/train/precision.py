@@ -75,10 +75,29 @@ def describe_precision(precision: str, device: str = "cpu") -> str:
     return f"{resolved} (auto: {why})"
 
 
+@lru_cache(maxsize=1)
+def cpu_bf16_lstm_ok() -> bool:
+    """Whether this CPU can run an LSTM under bf16 autocast. oneDNN has no bf16 LSTM kernel on a CPU
+    without AVX-512 (seen on an AVX2-only AMD EPYC: "could not create a primitive descriptor for the
+    LSTM forward propagation primitive"), so one tiny forward pass asks, once per process."""
+    import torch
+
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.nn.LSTM(4, 4, batch_first=True)(torch.zeros(1, 2, 4))
+        return True
+    except RuntimeError:
+        return False
+
+
 def autocast(precision: str, device_type: str = "cpu"):
-    """The context of a forward pass: nothing for fp32, bf16 autocast on `device_type` for bf16
-    (and for `auto` where it resolves to bf16)."""
+    """The context of a training or evaluation forward pass: nothing for fp32, bf16 autocast on
+    `device_type` for bf16 (and for `auto` where it resolves to bf16). An explicit bf16 on a CPU that
+    cannot run the LSTM in bf16 is refused in one line (`auto` is fp32 there: no native bf16)."""
     if resolve_precision(precision, device_type) == "bf16":
+        if device_type == "cpu" and not cpu_bf16_lstm_ok():
+            raise UlmfitError("precision=bf16: this CPU cannot train the LSTM in bf16 (no bf16 LSTM kernel "
+                              "without AVX-512); use precision=auto (fp32 here) or fp32")
         import torch
 
         return torch.autocast(device_type, dtype=torch.bfloat16)
