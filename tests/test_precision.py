@@ -13,6 +13,8 @@ def cpu_flag(monkeypatch):
     """Pretend the CPU has (or lacks) a native-bf16 feature."""
     def set_flag(flag):
         monkeypatch.setattr(P, "native_bf16_cpu", lambda: flag)
+        if flag:  # such a CPU trains the LSTM in bf16
+            monkeypatch.setattr(P, "cpu_bf16_lstm_ok", lambda: True)
     return set_flag
 
 
@@ -43,8 +45,7 @@ def test_detection_reads_the_real_machine():
         assert (flag is not None) == any(f in cpuinfo.split() for f in ("amx_bf16", "avx512_bf16"))
 
 
-def test_autocast_lowers_matmuls_only_for_bf16(cpu_flag, monkeypatch):
-    monkeypatch.setattr(P, "cpu_bf16_lstm_ok", lambda: True)  # matrix products only: any CPU lowers them
+def test_autocast_lowers_matmuls_only_for_bf16(cpu_flag):
     a = torch.randn(4, 4)
     with P.autocast("bf16"):
         assert (a @ a).dtype == torch.bfloat16
@@ -87,8 +88,13 @@ def test_lm_trains_under_each_precision(cpu_flag, tmp_path):
     rng = np.random.default_rng(0)
     docs = TokenDocs.from_arrays([np.tile(rng.integers(4, 40, 50), 8)])
     if not P.cpu_bf16_lstm_ok():  # an AVX2-only CPU: an explicit bf16 is refused in one line, before any step
+        model = LanguageModel(AWDLSTMConfig.preset("tiny", vocab_size=40))
+        groups = model.layer_groups()
         with pytest.raises(UlmfitError, match="precision=bf16: this CPU cannot train the LSTM in bf16"):
-            P.autocast("bf16").__enter__()
+            run_phase(model, LMTask(), make_optimizer(param_groups(groups, 1e-2), "adamw"), groups,
+                      [Stage("all", 1, 1e-2)], LMLoader(docs, bs=4, bptt=10), LMLoader(docs, bs=4, bptt=10),
+                      PhaseFiles(tmp_path / "refused", "lm"), LoopConfig(precision="bf16", progress=False))
+        assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").rglob("*.jsonl"))
     for prec in ("fp32", "bf16") if P.cpu_bf16_lstm_ok() else ("fp32",):
         torch.manual_seed(0)
         model = LanguageModel(AWDLSTMConfig.preset("tiny", vocab_size=40))

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from ulmfit.errors import UlmfitError
 from ulmfit.recipes import fields as F
 from ulmfit.recipes import registry
-from ulmfit.train.precision import resolve_precision
+from ulmfit.train.precision import training_precision
 
 DIRECTIONS = ("fwd", "bwd", "both")
 PARALLEL_SETTINGS = ("auto", "on", "off")  # parallel_directions
@@ -272,7 +272,7 @@ class FitConfig:
         out = FitConfig.from_dict(self.to_dict())
         out.lm = replace(self.lm, lr=lm_lr)
         out.sections = sections
-        out.precision = resolve_precision(self.precision)
+        out.precision = training_precision(self.precision)
         return out
 
     def to_dict(self) -> dict:

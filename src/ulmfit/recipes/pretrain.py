@@ -37,7 +37,7 @@ from ulmfit.train.checkpoint import save_weights
 from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, run_phase
 from ulmfit.train.optim import make_optimizer, param_groups
 from ulmfit.train.plots import plot_history
-from ulmfit.train.precision import describe_precision, resolve_precision
+from ulmfit.train.precision import describe_precision, training_precision
 from ulmfit.train.tasks import LMTask
 
 Log = Callable[[str], None]
@@ -197,7 +197,7 @@ def pretrain(corpus: str | Path, out: str | Path, cfg: PretrainConfig, resume: b
 def _pretrain_into(corpus: Path, out: Path, cfg: PretrainConfig, resume: bool, log: Log) -> None:
     """The run into `out` (the model folder, or the staging folder of an --overwrite)."""
     how = describe_precision(cfg.precision)
-    cfg = replace(cfg, precision=resolve_precision(cfg.precision))  # the resolved value is what is saved
+    cfg = replace(cfg, precision=training_precision(cfg.precision))  # the resolved value is what is saved
     tokenizer = Tokenizer(TokenizerConfig())
     data_dir = out / "data"
     with distributed.main_first():  # [distributed] rank 0 numericalises; the other ranks load what it wrote

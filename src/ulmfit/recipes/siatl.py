@@ -42,6 +42,7 @@ from ulmfit.text.token_docs import TokenDocs
 from ulmfit.train.calibration import loss_weights
 from ulmfit.train.checkpoint import save_weights
 from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, autocast, run_phase
+from ulmfit.train.precision import training_precision
 from ulmfit.train.metrics import classification_metrics
 from ulmfit.train.siatl_optim import SiatlStepper, make_optimizers, set_trainable
 from ulmfit.train.siatl_schedule import PARTS, gamma_at, trainable_parts
@@ -179,7 +180,7 @@ def train_siatl(base: LMResult, train: Labelled, valid: Labelled, classes: list[
     out = Path(out)
     cfg = cfg.resolved(pretrained=True)  # "auto" values left by a direct call: the pretrained-LM ones
     _check_inputs(train, valid, classes)
-    autocast(precision)  # reject a bad precision before any work
+    training_precision(precision)  # reject a bad precision before any work
     out.mkdir(parents=True, exist_ok=True)
     if train_tokens is None:
         train_tokens = base.tokenizer.tokenize_many(train.texts)

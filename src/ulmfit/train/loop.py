@@ -38,7 +38,7 @@ from ulmfit.train.checkpoint import load_state, load_weights, rewrite_phase_log,
 from ulmfit.train.freeze import freeze_to
 from ulmfit.train.metrics import EarlyStopping
 from ulmfit.train.optim import discriminative_lrs, set_lr_mom
-from ulmfit.train.precision import autocast, resolve_precision
+from ulmfit.train.precision import autocast, training_precision
 from ulmfit.train import progress
 from ulmfit.train.progress import Heartbeat
 from ulmfit.train.schedules import Schedule
@@ -206,7 +206,7 @@ def run_phase(
         _rewrite_log(files, [])  # lines of this phase with no checkpoint behind them (a kill in the first write)
     show_bar = progress.show_bar(cfg.progress) and distributed.is_main()  # [distributed]
     device = next(model.parameters()).device.type
-    precision = resolve_precision(cfg.precision, device)
+    precision = training_precision(cfg.precision, device)
     global_epoch = pos["global_epoch"]
 
     def save_checkpoint(stage_i, epoch_i, batch_i, extra=None):

@@ -90,14 +90,22 @@ def cpu_bf16_lstm_ok() -> bool:
         return False
 
 
+def training_precision(precision: str, device: str = "cpu") -> str:
+    """`resolve_precision` for a training run, called once at its start (the config's resolution, the
+    loop's phase start): an explicit bf16 on a CPU that cannot run the LSTM in bf16 is refused in one
+    line before any work (`auto` is fp32 there: no native bf16). Prediction's bf16 (bf16 weights, no
+    autocast) runs on such a CPU and does not come here."""
+    resolved = resolve_precision(precision, device)
+    if resolved == "bf16" and device == "cpu" and not cpu_bf16_lstm_ok():
+        raise UlmfitError("precision=bf16: this CPU cannot train the LSTM in bf16 (no bf16 LSTM kernel "
+                          "without AVX-512); use precision=auto (fp32 here) or fp32")
+    return resolved
+
+
 def autocast(precision: str, device_type: str = "cpu"):
-    """The context of a training or evaluation forward pass: nothing for fp32, bf16 autocast on
-    `device_type` for bf16 (and for `auto` where it resolves to bf16). An explicit bf16 on a CPU that
-    cannot run the LSTM in bf16 is refused in one line (`auto` is fp32 there: no native bf16)."""
+    """The context of a forward pass: nothing for fp32, bf16 autocast on `device_type` for bf16
+    (and for `auto` where it resolves to bf16)."""
     if resolve_precision(precision, device_type) == "bf16":
-        if device_type == "cpu" and not cpu_bf16_lstm_ok():
-            raise UlmfitError("precision=bf16: this CPU cannot train the LSTM in bf16 (no bf16 LSTM kernel "
-                              "without AVX-512); use precision=auto (fp32 here) or fp32")
         import torch
 
         return torch.autocast(device_type, dtype=torch.bfloat16)
