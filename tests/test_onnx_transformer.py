@@ -30,13 +30,11 @@ TOL = 1e-4
 WINDOW, OVERLAP = 12, 3  # 10 content pieces per window, 7 new per step: 40 pieces = 5 windows
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("onnx_tf")
+def _make_folder(root, pooling: str):
     bert = make_tiny_bert(root / "bert")
     backbone, text = load_pretrained_backbone(bert, TransformerConfig(window=WINDOW, overlap=OVERLAP, blocks_per_group=1))
     torch.manual_seed(0)
-    model = TransformerClassifier(backbone, ClassifierConfig(n_classes=3), pooling="concat").eval()
+    model = TransformerClassifier(backbone, ClassifierConfig(n_classes=3), pooling=pooling).eval()
     with torch.no_grad():  # a head whose BatchNorm statistics are not the identity, so the logits spread
         for m in model.head.modules():
             if isinstance(m, torch.nn.BatchNorm1d):
@@ -47,6 +45,16 @@ def folder(tmp_path_factory):
     save_transformer_classifier(out, model, text, str(bert))
     model_dir.write_marker(out, "classifier", classes=["neg", "neu", "pos"], recipe="transformer", metric="macro_f1")
     return out
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return _make_folder(tmp_path_factory.mktemp("onnx_tf"), "concat")
+
+
+@pytest.fixture(scope="module")
+def mean_folder(tmp_path_factory):
+    return _make_folder(tmp_path_factory.mktemp("onnx_tf_mean"), "mean")
 
 
 def _texts(n, seed, min_words=1, max_words=6):
@@ -60,8 +68,10 @@ LONG = _texts(8, 1, 25, 60)  # several overlapping windows each (up to ~9)
 
 @pytest.mark.parametrize("texts", [SHORT[:1], LONG[:1], SHORT, LONG, SHORT[:4] + LONG[:4], ["", "ok"]],
                          ids=["1-short", "1-long", "8-short", "8-long", "8-mixed", "empty"])
-def test_window_pass_parity_against_torch(folder, texts):
-    model, text = load_transformer_classifier(folder)
+@pytest.mark.parametrize("pooling", ["concat", "mean"])
+def test_window_pass_parity_against_torch(request, pooling, texts):
+    model, text = load_transformer_classifier(request.getfixturevalue("folder" if pooling == "concat" else "mean_folder"))
+    assert model.pooling == pooling
     data = export_transformer(model, {})
     onnx_model = OnnxTransformerModel(data)
     from ulmfit.data.cls_loader import ClassificationLoader
