@@ -13,9 +13,10 @@ import pytest
 from ulmfit.errors import UlmfitError
 from ulmfit.recipes.config import ImbalanceConfig
 from ulmfit.train.calibration import (apply, class_weights, constant_baseline, decide,
-                                      degenerate_check, ece, fit_bcts, fit_posthoc, fit_temperature, loss_weights,
+                                      degenerate_check, ece, fit_bcts, fit_posthoc, fit_temperature, log_prior,
                                       macro_f1, nll, scale, summary_lines, tune_bias,
                                       weighting_rule)
+from ulmfit.train.tasks import ClassLoss, imbalance_loss
 
 CFG = ImbalanceConfig()
 
@@ -34,9 +35,30 @@ def test_weighting_is_off_for_balanced_data_and_on_past_the_ratio():
     assert weighting_rule("auto", imbalanced, 3, CFG) == CFG.rule
     assert weighting_rule("auto", imbalanced, 3, replace(CFG, ratio=20.0)) == "none"
     assert weighting_rule("none", imbalanced, 3, CFG) == "none"  # --set clf.class_weights=none
-    assert loss_weights("auto", balanced, 3, CFG) is None and loss_weights("none", imbalanced, 3, CFG) is None
+    for off in (imbalance_loss("auto", balanced, 3, CFG), imbalance_loss("none", imbalanced, 3, CFG)):
+        assert off.weight is None and off.shift is None  # plain cross-entropy
     with pytest.raises(UlmfitError, match="class_weights"):
         weighting_rule("inverse", imbalanced, 3, CFG)
+
+
+def test_logit_adjusted_loss_shifts_by_the_log_prior_and_weights_nothing():
+    import torch
+
+    y = labels_of([400, 550, 50])
+    loss = imbalance_loss("adjusted", y, 3, CFG)
+    assert loss.weight is None and class_weights(y, 3, "adjusted") is None
+    np.testing.assert_allclose(loss.shift.numpy(), np.log([0.4, 0.55, 0.05]), rtol=1e-6)
+    assert np.isfinite(log_prior([0, 0, 1], 3)).all()  # a class absent from training stays finite
+    assert imbalance_loss("auto", y, 3, replace(CFG, rule="adjusted")).shift is not None  # auto past the ratio
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(64, 3, generator=g), torch.randint(0, 3, (64,), generator=g)
+    # Menon et al. eq. 10: cross-entropy of logits + log prior, i.e. of p_y * prior_y renormalised
+    want = torch.nn.functional.cross_entropy(logits + torch.log(torch.tensor([0.4, 0.55, 0.05])), labels)
+    assert torch.allclose(loss(logits, labels), want, atol=1e-6)
+    # the rare class's example costs more than under plain cross-entropy, a common class's less
+    even = torch.zeros(1, 3)
+    assert loss(even, torch.tensor([2])) > ClassLoss()(even, torch.tensor([2]))
+    assert loss(even, torch.tensor([1])) < ClassLoss()(even, torch.tensor([1]))
 
 
 @pytest.mark.parametrize("rule", ["balanced", "effective"])

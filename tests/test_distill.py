@@ -25,6 +25,7 @@ from ulmfit.recipes.distill import select_unlabeled
 from ulmfit.recipes.teacher import folder_hash, teacher_probabilities
 from ulmfit.text.token_docs import TokenDocs
 from ulmfit.train.distill import NO_LABEL, DistillTask, distillation_loss, teacher_at_temperature
+from ulmfit.train.tasks import ClassLoss
 
 from conftest import make_rows, tiny_fit_config
 
@@ -45,7 +46,8 @@ def test_weight_zero_is_plain_cross_entropy_on_the_gold_rows():
     logits, labels, teacher = _batch()
     w = torch.tensor([0.5, 1.0, 2.0])
     assert torch.equal(distillation_loss(logits, labels, teacher, 3.0, 0.0), F.cross_entropy(logits, labels))
-    assert torch.equal(distillation_loss(logits, labels, teacher, 3.0, 0.0, w), F.cross_entropy(logits, labels, weight=w))
+    assert torch.equal(distillation_loss(logits, labels, teacher, 3.0, 0.0, ClassLoss(weight=w)),
+                       F.cross_entropy(logits, labels, weight=w))
     partial = labels.clone()
     partial[::2] = NO_LABEL  # unlabelled rows: no gold term, and at weight 0 nothing at all
     gold = partial != NO_LABEL

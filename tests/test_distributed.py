@@ -88,7 +88,7 @@ def _grad_worker(rank, world, port, out):
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     from ulmfit.train import distributed
-    from ulmfit.train.tasks import ClassifierTask
+    from ulmfit.train.tasks import ClassifierTask, ClassLoss
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.BatchNorm1d(6), torch.nn.Linear(6, 3),
@@ -96,14 +96,14 @@ def _grad_worker(rank, world, port, out):
     model[3].requires_grad_(False)  # a frozen layer group: it must stay without a gradient
     x = torch.randn(7, 5, generator=torch.Generator().manual_seed(1))
     labels = torch.tensor([0, 1, 2, 2, 1, 0, 2])
-    task = ClassifierTask(["a", "b", "c"], class_weights=torch.tensor([1.0, 2.0, 0.5]))
+    task = ClassifierTask(["a", "b", "c"], ClassLoss(weight=torch.tensor([1.0, 2.0, 0.5])))
 
     class Batch:  # the classifier batch fields loss_weight reads
         def __init__(self, idx):
             self.labels, self.lengths = labels[idx], torch.ones(len(idx))
 
     def loss_of(idx):
-        return torch.nn.functional.cross_entropy(model(x[idx]), labels[idx], weight=task.class_weights)
+        return torch.nn.functional.cross_entropy(model(x[idx]), labels[idx], weight=task.class_loss.weight)
 
     distributed.setup()
     sync = distributed.PhaseSync.__new__(distributed.PhaseSync)  # only the gradient part: no loaders here

@@ -121,7 +121,7 @@ class ImbalanceConfig:
     # al. 2019). Quick measurement on the 40/55/5 tweets, TF-IDF + logistic regression, seed 0, test
     # macro-F1 none / balanced / effective: 500 labels 0.478 / 0.506 / 0.503, 2,000 0.560 / 0.595 /
     # 0.585, all 0.650 / 0.666 / 0.662 (docs/BENCHMARKS.md, "Imbalanced classes"): balanced.
-    rule: str = F.spec("balanced", choices=("balanced", "effective"))
+    rule: str = F.spec("balanced", choices=("balanced", "effective", "adjusted"))
     beta: float = F.spec(0.999, gt=0, lt=1)  # effective number (Cui et al. §4 use 0.9..0.9999); 0.999 ~ inverse frequency below ~300 per class
     # The decision rule tuned on the validation split: "bias" (per-class bias on log-probabilities,
     # coordinate search on macro-F1), "prior" (prior correction) or "none" (argmax). Kept only if its

@@ -29,7 +29,7 @@ METRICS = ("macro_f1", "accuracy", "weighted_f1", "valid_loss")  # model selecti
 SOFTMAXES = ("full", "adaptive")  # = models/awd_lstm.py SOFTMAXES (not imported: no torch at the door)
 LM_METRICS = ("valid_loss", "accuracy")  # language-model selection (train/tasks.py LMTask.evaluate computes them)
 OPTIMIZERS = ("adamw", "adam", "sgd")  # train/optim.py make_optimizer
-CLASS_WEIGHTS = ("auto", "none", "balanced", "effective")  # = train/calibration.py WEIGHT_RULES (not imported: no sklearn at the door)
+CLASS_WEIGHTS = ("auto", "none", "balanced", "effective", "adjusted")  # = train/calibration.py WEIGHT_RULES (not imported: no sklearn at the door)
 AUTO = "auto"  # a value the configuration resolves per run (recipes/config.py FitConfig.resolved)
 
 
@@ -166,7 +166,8 @@ def lin_sizes(default: tuple[int, ...] = (50,)):
 def class_weights(default: str = "auto"):
     """Per-class weights of the classification loss: auto (imbalance.rule when the classes differ by
     more than imbalance.ratio, else none; fit records the rule used in config.json), none, balanced
-    (inverse frequency) or effective (effective number of samples, Cui et al. 2019). Issue 21:
+    (inverse frequency), effective (effective number of samples, Cui et al. 2019) or adjusted (no weights:
+    the logit-adjusted loss, Menon et al. 2021, train/tasks.py ClassLoss). Issue 21:
     unweighted, a 5% class was never predicted and SiATL answered the majority class."""
     return spec(default, choices=CLASS_WEIGHTS)
 

@@ -39,13 +39,13 @@ from ulmfit.recipes.prepare import Labelled
 from ulmfit.recipes.siatl_config import SiatlConfig
 from ulmfit.recipes.toolbox import LMResult, Log, quiet, seed_all
 from ulmfit.text.token_docs import TokenDocs
-from ulmfit.train.calibration import loss_weights
 from ulmfit.train.checkpoint import save_weights
 from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, autocast, run_phase
 from ulmfit.train.precision import training_precision
 from ulmfit.train.metrics import classification_metrics
 from ulmfit.train.siatl_optim import SiatlStepper, make_optimizers, set_trainable
 from ulmfit.train.siatl_schedule import PARTS, gamma_at, trainable_parts
+from ulmfit.train.tasks import ClassLoss, imbalance_loss
 
 
 PHASE = "siatl"
@@ -99,9 +99,9 @@ class SiatlTask:
     `start_epoch` sets gamma_e and the unlabelled stream; `epoch_record` logs the loss parts."""
 
     def __init__(self, cfg: SiatlConfig, classes: list[str], lm_loader: LMLoader | None, precision: str,
-                 class_weights: torch.Tensor | None = None, keep_probs: bool = False):
+                 class_loss: ClassLoss | None = None, keep_probs: bool = False):
         self.cfg, self.classes, self.lm_loader, self.precision = cfg, classes, lm_loader, precision
-        self.class_weights = class_weights  # per-class weights of the task loss (None: unweighted)
+        self.class_loss = class_loss or ClassLoss()  # the task loss (weighted or logit-adjusted; default plain)
         self.keep_probs = keep_probs  # evaluate also returns "probs" (cross-validated selection, tasks.ClassifierTask)
 
     def start_epoch(self, epoch: int) -> None:
@@ -122,7 +122,7 @@ class SiatlTask:
             lm_loss = next_token_loss(lm_logits, batch.ids, batch.lengths)
         else:
             logits, lm_loss = model(batch.ids, batch.lengths), torch.zeros(())
-        task_loss = F.cross_entropy(logits.float(), batch.labels, weight=self.class_weights)
+        task_loss = self.class_loss(logits, batch.labels)
         unl_loss = torch.zeros(())
         if self.stream is not None:
             x, y, fresh = next(self.stream)
@@ -266,8 +266,8 @@ def _siatl_phase(base: LMResult, train_tokens, train_labels: np.ndarray, valid_t
                           seed=seed, precision=precision, progress=False, first_epoch=1, log_throughput=False,
                           select_epoch=select_epoch)
     stage = Stage("siatl", cfg.epochs, cfg.new_lr, schedule="constant", can_stop_early=True)
-    weights = loss_weights(cfg.class_weights, train_labels, len(classes), imbalance or ImbalanceConfig())  # None: unweighted
-    result = run_phase(model, SiatlTask(cfg, classes, lm_loader, precision, weights, keep_probs=keep_probs), stepper,
+    class_loss = imbalance_loss(cfg.class_weights, train_labels, len(classes), imbalance or ImbalanceConfig())
+    result = run_phase(model, SiatlTask(cfg, classes, lm_loader, precision, class_loss, keep_probs=keep_probs), stepper,
                        None, [stage], train_loader, valid_loader, files, loop_cfg, resume=resume,
                        callbacks=(_Progress(cfg, log, files.prefix),), meta=asdict(cfg))
     set_trainable(parts, PARTS)

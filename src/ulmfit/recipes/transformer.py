@@ -56,8 +56,7 @@ from ulmfit.train.metrics import classification_metrics
 from ulmfit.train.mlm_task import MaskedLMTask
 from ulmfit.train.optim import make_optimizer, param_groups
 from ulmfit.train.siatl_schedule import gamma_at
-from ulmfit.train.calibration import loss_weights
-from ulmfit.train.tasks import ClassifierTask
+from ulmfit.train.tasks import ClassifierTask, imbalance_loss
 
 
 def check_section(t: TransformerTrainConfig) -> Path:
@@ -160,13 +159,13 @@ class AuxMLMClassifierTask(ClassifierTask):
     batch; gamma decays per epoch as `siatl_schedule.gamma_at`. The epoch is read from the training
     loader (the loop sets it before every epoch, also when resuming), so the task keeps no state."""
 
-    def __init__(self, class_names, class_weights, loader: ClassificationLoader, start: float, end: float,
+    def __init__(self, class_names, class_loss, loader: ClassificationLoader, start: float, end: float,
                  n_epochs: int):
-        super().__init__(class_names, class_weights)
+        super().__init__(class_names, class_loss)
         self.loader, self.start, self.end, self.n_epochs = loader, start, end, n_epochs
 
     def loss(self, model, batch) -> torch.Tensor:
-        task = F.cross_entropy(model(batch.ids, batch.lengths).float(), batch.labels, weight=self.class_weights)
+        task = self.class_loss(model(batch.ids, batch.lengths), batch.labels)
         gamma = gamma_at(self.loader.epoch + 1, self.start, self.end, self.n_epochs)
         return task + gamma * model.backbone.lm_loss(batch.ids, batch.lengths) if gamma else task
 
@@ -188,11 +187,11 @@ def train_transformer_classifier(model: TransformerClassifier, text: WordPieceTe
                                         seed=cfg.seed, pad_idx=text.pad_id, min_batches=t.min_steps_per_epoch)
     valid_loader = ClassificationLoader(text.encode_many(valid_tok), data.valid.labels, bs=t.bs * 4, shuffle=False,
                                         pad_idx=text.pad_id, max_batch_pieces=PREDICT_BATCH_PIECES)
-    weights = loss_weights(t.class_weights, data.train.labels, len(data.classes), cfg.imbalance)
+    class_loss = imbalance_loss(t.class_weights, data.train.labels, len(data.classes), cfg.imbalance)
     if t.objective == "siatl":
-        task = AuxMLMClassifierTask(data.classes, weights, train_loader, t.gamma_start, t.gamma_end, t.gamma_epochs)
+        task = AuxMLMClassifierTask(data.classes, class_loss, train_loader, t.gamma_start, t.gamma_end, t.gamma_epochs)
     else:
-        task = ClassifierTask(data.classes, weights)
+        task = ClassifierTask(data.classes, class_loss)
     groups = model.layer_groups()
     opt = make_optimizer(param_groups(groups, t.lrs[0], factor=t.lr_factor, weight_decay=t.wd), kind=cfg.optimizer)
     loop_cfg = LoopConfig(monitor=t.metric, patience=t.patience, seed=cfg.seed, precision=cfg.precision,

@@ -40,10 +40,9 @@ from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, run_phase
 from ulmfit.recipes.selection import cross_validate
 from ulmfit.train.metrics import classification_metrics
 from ulmfit.train.optim import make_optimizer, param_groups
-from ulmfit.train.calibration import loss_weights
 from ulmfit.train.checkpoint import EpochSnapshots
 from ulmfit.train.processes import Job, run_in_processes
-from ulmfit.train.tasks import ClassifierTask, LMTask
+from ulmfit.train.tasks import ClassifierTask, LMTask, imbalance_loss
 
 
 def finetune_lm(token_lists: list[list[str]], out: Path, cfg: LMTrainConfig, *, tokenizer: Tokenizer,
@@ -186,9 +185,9 @@ def _train(lm: LMResult, train_tokens, train_labels: np.ndarray, valid_tokens, v
                                         max_tokens=cfg.max_doc_tokens, min_batches=cfg.min_steps_per_epoch)
     valid_loader = None if valid_docs is None else ClassificationLoader(valid_docs, valid_labels, bs=cfg.bs * 2,
                                                                          shuffle=False, max_tokens=cfg.max_doc_tokens)
-    weights = loss_weights(cfg.class_weights, train_labels, len(classes), imbalance or ImbalanceConfig())
-    task = (ClassifierTask(classes, weights, keep_probs=keep_probs) if soft is None
-            else DistillTask(classes, soft.probs, soft.temperature, soft.alpha, weights))
+    class_loss = imbalance_loss(cfg.class_weights, train_labels, len(classes), imbalance or ImbalanceConfig())
+    task = (ClassifierTask(classes, class_loss, keep_probs=keep_probs) if soft is None
+            else DistillTask(classes, soft.probs, soft.temperature, soft.alpha, class_loss))
     groups = model.layer_groups()
     opt = make_optimizer(param_groups(groups, cfg.lrs[0], weight_decay=cfg.wd), kind=optimizer)
     loop_cfg = LoopConfig(monitor=cfg.metric, patience=cfg.patience if patience == "cfg" else patience, seed=seed,

@@ -5,7 +5,8 @@ Pure functions on arrays (no model, no file), used by every recipe through small
 - `weighting_rule` / `class_weights`: weight the training loss when the class frequencies differ by
   more than the `imbalance.ratio` of the config: inverse frequency (sklearn's "balanced") or the effective
   number of samples (Cui et al., CVPR 2019, "Class-Balanced Loss Based on Effective Number of
-  Samples", §3: E_n = (1 - beta^n) / (1 - beta)); off for balanced data.
+  Samples", §3: E_n = (1 - beta^n) / (1 - beta)); off for balanced data. Rule "adjusted" weights
+  nothing and shifts the training logits by `log_prior` instead (train/tasks.py `ClassLoss`).
 - `fit_temperature` / `ece`: temperature scaling (Guo et al., ICML 2017, "On Calibration of Modern
   Neural Networks", §4.2): one scalar T fitted on the validation split by minimising the NLL of
   softmax(log p / T); the expected calibration error (§2, equal-width bins of the top probability).
@@ -36,7 +37,7 @@ from ulmfit.errors import UlmfitError
 
 # `cfg` below: the `imbalance` section of the run's config (recipes/config.py ImbalanceConfig: ratio,
 # rule, beta, decision_rule, temperature, few_per_class, repeats); only its attributes are read here.
-WEIGHT_RULES = ("auto", "none", "balanced", "effective")
+WEIGHT_RULES = ("auto", "none", "balanced", "effective", "adjusted")
 DECISION_RULES = ("bias", "prior", "none")
 EPS = 1e-12
 
@@ -63,7 +64,7 @@ def weighting_rule(setting: str, labels, n_classes: int, cfg) -> str:
 def class_weights(labels, n_classes: int, rule: str, beta: float = 0.999) -> np.ndarray | None:
     """Per-class loss weights, scaled so that the mean weight over the training examples is 1 (the
     loss keeps its size); a class absent from training gets 0. None for rule "none"."""
-    if rule == "none":
+    if rule in ("none", "adjusted"):  # "adjusted": no weights, the logits move instead (log_prior)
         return None
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes).astype(np.float64)
     if rule == "balanced":
@@ -74,6 +75,13 @@ def class_weights(labels, n_classes: int, rule: str, beta: float = 0.999) -> np.
         raise UlmfitError(f"class weighting rule {rule!r} is not balanced, effective or none")
     raw = np.where(counts > 0, raw, 0.0)
     return raw * counts.sum() / max(float((raw * counts).sum()), EPS)
+
+
+def log_prior(labels, n_classes: int) -> np.ndarray:
+    """log of each class's share of the training labels, [C] (the logit-adjusted loss's shift, rule
+    "adjusted"); a class absent from training counts as one example, so its log stays finite."""
+    counts = np.maximum(np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes), 1).astype(np.float64)
+    return np.log(counts / counts.sum())
 
 
 # ------------------------------------------------------------------------------------ calibration
@@ -418,12 +426,3 @@ def summary_lines(post: dict, classes: list[str]) -> list[str]:
         lo, hi = sel["temperature_spread"]
         lines.append(f"Temperature on the half splits: {lo:.3f} .. {hi:.3f}.")
     return lines
-
-
-def loss_weights(setting: str, labels, n_classes: int, cfg):
-    """The float32 torch tensor of per-class weights for a recipe's cross-entropy (None: unweighted);
-    `cfg`: the run's `imbalance` section (its ratio, rule and beta resolve "auto")."""
-    import torch
-
-    w = class_weights(labels, n_classes, weighting_rule(setting, labels, n_classes, cfg), cfg.beta)
-    return None if w is None else torch.tensor(w, dtype=torch.float32)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ulmfit.train.tasks import ClassifierTask
+from ulmfit.train.tasks import ClassifierTask, ClassLoss
 
 NO_LABEL = -1  # the label of a row that only has the teacher's soft target
 PROB_FLOOR = 1e-8  # log(0) guard when turning teacher probabilities back into logits
@@ -34,11 +34,12 @@ def teacher_at_temperature(teacher_probs: torch.Tensor, temperature: float) -> t
 
 
 def distillation_loss(student_logits: torch.Tensor, labels: torch.Tensor, teacher_probs: torch.Tensor,
-                      temperature: float, alpha: float, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+                      temperature: float, alpha: float, hard_loss: ClassLoss | None = None) -> torch.Tensor:
     """(1 - alpha) * CE(gold rows) + alpha * T^2 * KL(p_T || q_T) (all rows); see the module docstring.
 
     student_logits [B, C]; labels [B] int64, NO_LABEL (-1) where a row has no gold label;
-    teacher_probs [B, C] (rows sum to 1). `class_weights` weight the gold term only."""
+    teacher_probs [B, C] (rows sum to 1). `hard_loss` (weighted or logit-adjusted, tasks.ClassLoss) is the
+    gold term only; the soft term is never weighted."""
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     if not 0.0 <= alpha <= 1.0:
@@ -46,7 +47,7 @@ def distillation_loss(student_logits: torch.Tensor, labels: torch.Tensor, teache
     logits = student_logits.float()
     gold = labels != NO_LABEL
     if alpha < 1.0 and bool(gold.any()):
-        hard = F.cross_entropy(logits[gold], labels[gold], weight=class_weights)
+        hard = (hard_loss or ClassLoss())(logits[gold], labels[gold])
     else:
         hard = logits.sum() * 0.0  # no gold row in this batch: the soft term alone
     if alpha == 0.0:
@@ -72,12 +73,12 @@ class DistillTask(ClassifierTask):
     inherited `ClassifierTask.evaluate` against the loader's GOLD labels (model selection stays on gold)."""
 
     def __init__(self, class_names: list[str], soft_targets: np.ndarray, temperature: float, alpha: float,
-                 class_weights: torch.Tensor | None = None):
-        super().__init__(class_names, class_weights)
+                 class_loss: ClassLoss | None = None):
+        super().__init__(class_names, class_loss)
         self.soft_targets = soft_targets  # [n_rows, C], indexed by the loader's document index
         self.temperature, self.alpha = temperature, alpha
 
     def loss(self, model, batch) -> torch.Tensor:
         logits = model(batch.ids, batch.lengths)
         teacher = torch.from_numpy(np.asarray(self.soft_targets[batch.index.numpy()], dtype=np.float32))
-        return distillation_loss(logits, batch.labels, teacher, self.temperature, self.alpha, self.class_weights)
+        return distillation_loss(logits, batch.labels, teacher, self.temperature, self.alpha, self.class_loss)

@@ -158,14 +158,14 @@ def sync_batchnorm(model: nn.Module) -> None:
 def loss_weight(task, batch) -> float:
     """This rank's weight in the global batch's mean loss. A task may define `loss_weight(batch)`;
     otherwise: an LM batch (x, y) weighs its tokens; a classifier batch its documents, or the sum of
-    their class weights when the task weights classes (weighted cross-entropy's denominator)."""
+    their class weights when the task weights classes (`ClassLoss.denominator`)."""
     if hasattr(task, "loss_weight"):
         return float(task.loss_weight(batch))
     if isinstance(batch, (tuple, list)):
         return float(batch[0].numel())
-    weights = getattr(task, "class_weights", None)
-    if weights is not None and batch.labels is not None:
-        return float(weights[batch.labels].sum())
+    class_loss = getattr(task, "class_loss", None)
+    if class_loss is not None and batch.labels is not None:
+        return class_loss.denominator(batch.labels)
     return float(len(batch.lengths))
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ulmfit.models.awd_lstm import ar_tar_loss, detach_state
+from ulmfit.train.calibration import class_weights, log_prior, weighting_rule
 from ulmfit.train.metrics import classification_metrics, perplexity
 
 
@@ -75,21 +76,54 @@ class LMTask:
         return {"valid_loss": loss, "accuracy": total_correct / max(total, 1), "perplexity": perplexity(loss)}
 
 
+class ClassLoss:
+    """The classification loss of every recipe: cross-entropy with per-class `weight`s (inverse
+    frequency or effective number) or with the logits moved by `shift` during training only, the
+    logit-adjusted loss of Menon et al. (ICLR 2021, "Long-tail learning via logit adjustment", eq. 10:
+    shift = tau * log prior, tau = 1): a rare class must win by a margin of -log(prior) while it
+    trains, so the model's own (unshifted) logits favour it, without multiplying the gradients of its
+    few examples. Both None: plain cross-entropy. Logits [B, C], labels [B] -> scalar."""
+
+    def __init__(self, weight: torch.Tensor | None = None, shift: torch.Tensor | None = None):
+        self.weight, self.shift = weight, shift
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if self.shift is not None:
+            logits = logits + self.shift.to(logits.device)
+        weight = None if self.weight is None else self.weight.to(logits.device)
+        return F.cross_entropy(logits, labels, weight=weight)
+
+    def denominator(self, labels: torch.Tensor) -> float:
+        """What the batch's mean divides by: its examples, or the sum of their weights (weighted
+        cross-entropy's mean); data-parallel training weighs each rank's share by it."""
+        return float(len(labels)) if self.weight is None else float(self.weight[labels.cpu()].sum())
+
+
+def imbalance_loss(setting: str, labels, n_classes: int, cfg) -> ClassLoss:
+    """The `ClassLoss` for a recipe's `class_weights` setting on these training labels; `cfg`: the
+    run's `imbalance` section (its ratio, rule and beta resolve "auto")."""
+    rule = weighting_rule(setting, labels, n_classes, cfg)
+    if rule == "adjusted":
+        return ClassLoss(shift=torch.tensor(log_prior(labels, n_classes), dtype=torch.float32))
+    w = class_weights(labels, n_classes, rule, cfg.beta)
+    return ClassLoss(weight=None if w is None else torch.tensor(w, dtype=torch.float32))
+
+
 class ClassifierTask:
-    """Cross-entropy on labelled documents, optionally weighted per class for imbalanced labels.
+    """Cross-entropy on labelled documents (`ClassLoss`: weighted or logit-adjusted for imbalanced labels).
 
     `keep_probs`: `evaluate` also returns the validation probabilities (rounded to 6 places) under
     "probs", so they are kept in the epoch's log line and checkpoint: cross-validated selection
     (train/crossval.py) reads every epoch's held-out probabilities back, a resumed fold included."""
 
-    def __init__(self, class_names: list[str], class_weights: torch.Tensor | None = None, keep_probs: bool = False):
+    def __init__(self, class_names: list[str], class_loss: ClassLoss | None = None, keep_probs: bool = False):
         self.class_names = class_names
-        self.class_weights = class_weights
+        self.class_loss = class_loss or ClassLoss()
         self.keep_probs = keep_probs
 
     def loss(self, model, batch) -> torch.Tensor:
-        logits = model(batch.ids, batch.lengths)
-        return F.cross_entropy(logits.float(), batch.labels, weight=self.class_weights)
+        return self.class_loss(model(batch.ids, batch.lengths), batch.labels)
 
     @torch.no_grad()
     def predict(self, model, loader) -> np.ndarray:
