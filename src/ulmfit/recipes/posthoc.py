@@ -57,7 +57,7 @@ def resolve_weighting(cfg: FitConfig, data: FitData, log: Callable[[str], None])
         ratio = imbalance_ratio(labels, k)
         why = f"largest/smallest class {ratio:.1f} {'>' if used != 'none' else '<='} imbalance.ratio {cfg.imbalance.ratio}"
         log(f"training labels {counts} ({', '.join(data.classes)}): {why}: loss weighting {used} "
-            f"({name}.class_weights=auto; set it to none, balanced or effective to choose)")
+            f"({name}.class_weights=auto; set it to none, balanced, effective or adjusted to choose)")
     else:
         log(f"training labels {counts} ({', '.join(data.classes)}): loss weighting {used} ({name}.class_weights)")
     return out
