@@ -226,8 +226,8 @@ def test_fit_predict_reload_offline_and_resume(tiny_folder, tiny_data, tmp_path,
 
 
 @pytest.mark.slow
-def test_siatl_on_transformer_and_mean_pooling(tiny_folder, tiny_data, tmp_path, capsys):
-    cfg = fit_config(tiny_folder, pooling="mean", objective="siatl")
+def test_siatl_on_transformer_and_concat_pooling(tiny_folder, tiny_data, tmp_path, capsys):
+    cfg = fit_config(tiny_folder, pooling="concat", objective="siatl")
     cfg_path = tmp_path / "cfg.json"
     atomic_write_json(cfg_path, cfg.to_dict())
     assert main(["fit", "--train", str(tiny_data["train"]), "--valid", str(tiny_data["valid"]), "--config",
@@ -235,7 +235,7 @@ def test_siatl_on_transformer_and_mean_pooling(tiny_folder, tiny_data, tmp_path,
     err = capsys.readouterr().err
     assert "masked-word LM" not in err and "transformer classifier (siatl)" in err
     m = load(tmp_path / "m")
-    assert m.model.pooling == "mean" and m.predict_proba(["great"]).shape == (1, 3)
+    assert m.model.pooling == "concat" and m.predict_proba(["great"]).shape == (1, 3)
 
 
 def test_aux_mlm_gamma_decays_with_the_loader_epoch(tiny_folder):
