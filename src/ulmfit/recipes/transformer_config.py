@@ -25,7 +25,7 @@ class TransformerTrainConfig:
     blocks_per_group: int = F.spec(2, ge=1)  # MiniLM's 6 blocks -> 3 groups; + embeddings + head = 5 layer groups
     # mean: the masked mean over every real word piece, how all-MiniLM-L6-v2 was trained to pool;
     # concat: [last, max, mean] (ULMFiT §3.3, the AWD-LSTM classifier's). Measured side by side on the
-    # same samples and CPU (docs/BENCHMARKS.md, "Mean or concat pooling"): mean was at or above concat
+    # same samples and CPU (docs/BENCHMARKS.md, "Ninth session: mean or concat pooling"): mean was at or above concat
     # at 100 / 500 / 2,000 labels on the tweets (3-seed medians) and on the 40/55/5 tweets at 500.
     pooling: str = F.spec("mean", choices=("concat", "mean"))
     # Target-task masked-word fine-tuning (ULMFiT §3.2 on an encoder). Off by default: measured on the
