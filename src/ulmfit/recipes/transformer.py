@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ulmfit.data.cls_loader import ClassificationLoader
 from ulmfit.errors import UlmfitError
