@@ -90,14 +90,16 @@ class ClassLoss:
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         if self.shift is not None:
-            logits = logits + self.shift.to(logits.device)
-        weight = None if self.weight is None else self.weight.to(logits.device)
-        return F.cross_entropy(logits, labels, weight=weight)
+            self.shift = self.shift.to(logits.device)  # moved once, kept there (`.to` is a no-op after)
+            logits = logits + self.shift
+        if self.weight is not None:
+            self.weight = self.weight.to(logits.device)
+        return F.cross_entropy(logits, labels, weight=self.weight)
 
     def denominator(self, labels: torch.Tensor) -> float:
         """What the batch's mean divides by: its examples, or the sum of their weights (weighted
         cross-entropy's mean); data-parallel training weighs each rank's share by it."""
-        return float(len(labels)) if self.weight is None else float(self.weight[labels.cpu()].sum())
+        return float(len(labels)) if self.weight is None else float(self.weight[labels.to(self.weight.device)].sum())
 
 
 def imbalance_loss(setting: str, labels, n_classes: int, cfg) -> ClassLoss:
