@@ -14,9 +14,10 @@ from ulmfit.errors import UlmfitError
 from ulmfit.recipes.config import ImbalanceConfig
 from ulmfit.train.calibration import (apply, class_weights, constant_baseline, decide,
                                       degenerate_check, ece, fit_bcts, fit_posthoc, fit_temperature, log_prior,
-                                      macro_f1, nll, scale, summary_lines, tune_bias,
+                                      macro_f1, nll, scale, summary_lines, tune_bias, tuned_macro_f1,
                                       weighting_rule)
-from ulmfit.train.tasks import ClassLoss, imbalance_loss
+from ulmfit.train.metrics import better
+from ulmfit.train.tasks import ClassLoss, imbalance_loss, score_probs
 
 CFG = ImbalanceConfig()
 
@@ -128,6 +129,29 @@ def test_tuned_bias_raises_macro_f1_of_a_model_that_underpredicts_the_rare_class
     assert bias[0] == 0 and bias[2] > 0.5
     before, after = macro_f1(y[2000:], probs[2000:].argmax(1), 3), macro_f1(y[2000:], decide(probs[2000:], bias), 3)
     assert after > before + 0.03  # on the held-out half
+
+
+def test_the_tuned_metric_scores_an_epoch_by_its_decisions_after_the_rule_not_its_argmax():
+    # two epochs of one model: the rare class squashed (argmax rarely predicts it; the tuned rule undoes
+    # that) and a blurred copy whose argmax is better but which knows less. macro_f1 keeps the blurred
+    # epoch; macro_f1_tuned, what predict will do with each, keeps the informative one.
+    probs, y = synthetic(4000, seed=6)
+    squashed = probs * np.array([1.0, 1.0, 0.1])
+    squashed /= squashed.sum(1, keepdims=True)
+    rng = np.random.default_rng(0)
+    blurred = probs * np.array([1.0, 1.0, 2.0]) + rng.dirichlet(np.ones(3), len(y)) * 1.2
+    blurred /= blurred.sum(1, keepdims=True)
+    a, b = score_probs(squashed, y, ["n", "u", "p"]), score_probs(blurred, y, ["n", "u", "p"])
+    assert a["macro_f1"] < b["macro_f1"] and a["macro_f1_tuned"] > b["macro_f1_tuned"]
+    assert better("macro_f1_tuned") == "max"
+    # scored out of half: near what a rule tuned on other rows gives on these, not the in-sample optimum
+    held = macro_f1(y[2000:], decide(squashed[2000:], tune_bias(squashed[:2000], y[:2000])), 3)
+    assert abs(a["macro_f1_tuned"] - held) < 0.03 and a["macro_f1_tuned"] > a["macro_f1"] + 0.03
+    # a model that knows nothing gains nothing from a rule tuned on other rows
+    noise = rng.dirichlet(np.ones(3), len(y))
+    assert tuned_macro_f1(noise, y, 3) < 0.4
+    assert tuned_macro_f1(np.eye(3)[y] * 0.8 + 0.2 / 3, y, 3) == 1.0
+    assert np.isnan(tuned_macro_f1(np.zeros((0, 3)), [], 3))
 
 
 def test_fit_posthoc_keeps_a_rule_only_when_it_helps_out_of_sample():

@@ -25,7 +25,7 @@ from ulmfit.models.presets import PRESETS
 from ulmfit.train.precision import PRECISIONS  # auto | fp32 | bf16 (torch imported only when resolving)
 from ulmfit.train.schedules import SCHEDULE_KINDS
 
-METRICS = ("macro_f1", "accuracy", "weighted_f1", "valid_loss")  # model selection (train/metrics.py computes them)
+METRICS = ("macro_f1", "macro_f1_tuned", "accuracy", "weighted_f1", "valid_loss")  # model selection (train/tasks.py score_probs computes them)
 SOFTMAXES = ("full", "adaptive")  # = models/awd_lstm.py SOFTMAXES (not imported: no torch at the door)
 LM_METRICS = ("valid_loss", "accuracy")  # language-model selection (train/tasks.py LMTask.evaluate computes them)
 OPTIMIZERS = ("adamw", "adam", "sgd")  # train/optim.py make_optimizer

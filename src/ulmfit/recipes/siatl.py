@@ -45,7 +45,7 @@ from ulmfit.train.precision import training_precision
 from ulmfit.train.metrics import classification_metrics
 from ulmfit.train.siatl_optim import SiatlStepper, make_optimizers, set_trainable
 from ulmfit.train.siatl_schedule import PARTS, gamma_at, trainable_parts
-from ulmfit.train.tasks import ClassLoss, imbalance_loss
+from ulmfit.train.tasks import ClassLoss, imbalance_loss, score_probs
 
 
 PHASE = "siatl"
@@ -75,7 +75,8 @@ def _lm_stream(loader: LMLoader, epoch: int):
 def evaluate(model: SiatlClassifier, loader: ClassificationLoader, classes: list[str],
              precision: str = "auto") -> tuple[dict, np.ndarray]:
     """(metrics, class probabilities in the loader's document order): valid_loss (task
-    cross-entropy), valid_lm_loss (next-token cross-entropy per token), accuracy, macro/weighted F1."""
+    cross-entropy), valid_lm_loss (next-token cross-entropy per token), accuracy, macro/weighted F1,
+    macro_f1_tuned (tasks.score_probs)."""
     model.eval()
     probs = np.zeros((len(loader.docs), len(classes)), dtype=np.float32)
     lm_sum, lm_n = 0.0, 0
@@ -86,11 +87,7 @@ def evaluate(model: SiatlClassifier, loader: ClassificationLoader, classes: list
             lm_sum += float(next_token_loss(lm_logits, batch.ids, batch.lengths)) * n
         lm_n += n
         probs[batch.index.numpy()] = torch.softmax(logits.float(), -1).numpy()
-    labels = np.asarray(loader.labels)
-    m = classification_metrics(labels, probs.argmax(1), classes)
-    loss = -float(np.mean(np.log(probs[np.arange(len(labels)), labels] + 1e-12)))
-    return {"valid_loss": loss, "valid_lm_loss": lm_sum / max(lm_n, 1), "accuracy": m["accuracy"],
-            "macro_f1": m["macro_f1"], "weighted_f1": m["weighted_f1"]}, probs
+    return {**score_probs(probs, loader.labels, classes), "valid_lm_loss": lm_sum / max(lm_n, 1)}, probs
 
 
 class SiatlTask:

@@ -254,6 +254,21 @@ def half_splits(labels, repeats: int, seed: int) -> list[tuple[np.ndarray, np.nd
     return out
 
 
+def tuned_macro_f1(probs: np.ndarray, labels, k: int, repeats: int = 2, seed: int = 0) -> float:
+    """Validation macro-F1 after the tuned decision rule (`tune_bias`), scored out of half: the mean over
+    `repeats` stratified half splits of each half scored by the bias tuned on the other, the estimate
+    `fit_posthoc` keeps its rule on. The selection metric `macro_f1_tuned` scores each epoch by what
+    `predict` will do with it, not by its raw argmax, which a weighted or logit-adjusted loss tilts
+    towards the rare classes by design. NaN without labels."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if not len(labels):
+        return float("nan")
+    scores = [macro_f1(labels[score], decide(probs[score], tune_bias(probs[tune], labels[tune])), k)
+              for a, b in half_splits(labels, repeats, seed) for tune, score in ((a, b), (b, a))]
+    return float(np.mean(scores))
+
+
 # ------------------------------------------------------------------------------------ degenerate model
 
 def constant_baseline(labels, n_classes: int) -> dict:

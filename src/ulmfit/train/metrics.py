@@ -16,7 +16,7 @@ from sklearn import metrics as skm
 from ulmfit.errors import UlmfitError
 
 # Metric names the training loop may select on, and whether larger is better.
-MAXIMIZE = ("accuracy", "macro_f1", "weighted_f1")
+MAXIMIZE = ("accuracy", "macro_f1", "weighted_f1", "macro_f1_tuned")
 MINIMIZE = ("loss", "valid_loss", "train_loss", "perplexity")
 PERPLEXITY_LOSS_CAP = 100.0  # exp(100) ~ 2.7e43: a diverged model, but still a finite float
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ulmfit.models.awd_lstm import ar_tar_loss, detach_state
-from ulmfit.train.calibration import class_weights, log_prior, weighting_rule
+from ulmfit.train.calibration import class_weights, log_prior, tuned_macro_f1, weighting_rule
 from ulmfit.train.metrics import classification_metrics, perplexity
 
 
@@ -139,13 +139,21 @@ class ClassifierTask:
     @torch.no_grad()
     def evaluate(self, model, loader) -> dict:
         probs = self.predict(model, loader)
-        labels = np.asarray(loader.labels)
-        eps = 1e-12
-        loss = -float(np.mean(np.log(probs[np.arange(len(labels)), labels] + eps)))
-        metrics = classification_metrics(labels, probs.argmax(1), self.class_names)
-        out = {"valid_loss": loss, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
-        out["weighted_f1"] = metrics.get("weighted_f1", math.nan)
+        out = score_probs(probs, loader.labels, self.class_names)
         if self.keep_probs:
             out["probs"] = np.round(probs.astype(np.float64), 6).tolist()
         return out
+
+
+def score_probs(probs: np.ndarray, labels, class_names: list[str]) -> dict:
+    """The validation figures of a classifier's probabilities [N, C] against integer labels [N], every
+    one a selection metric (recipes/fields.py METRICS): valid_loss (cross-entropy), accuracy, macro_f1
+    and weighted_f1 of the argmax, and macro_f1_tuned (after the tuned decision rule, scored out of
+    half: calibration.tuned_macro_f1)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    loss = -float(np.mean(np.log(probs[np.arange(len(labels)), labels] + 1e-12)))
+    m = classification_metrics(labels, probs.argmax(1), class_names)
+    return {"valid_loss": loss, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+            "weighted_f1": m.get("weighted_f1", math.nan),
+            "macro_f1_tuned": tuned_macro_f1(probs, labels, len(class_names))}
 
