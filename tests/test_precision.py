@@ -105,3 +105,42 @@ def test_lm_trains_under_each_precision(cpu_flag, tmp_path):
                         LoopConfig(precision=prec, patience=None, progress=False))
         losses = [r["train_loss"] for r in res.history]
         assert all(np.isfinite(losses)) and losses[-1] < losses[0], (prec, losses)
+
+
+def test_explicit_bf16_is_refused_only_for_a_model_with_an_lstm_on_a_cpu_without_its_kernel(monkeypatch, tmp_path):
+    """On a CPU without oneDNN's bf16 LSTM kernel (AVX2), an explicit bf16 is refused in one line for
+    the AWD-LSTM recipes, at the config and at the loop; the transformer backbone has no LSTM and
+    trains in bf16 there (slowly: not native)."""
+    import torch
+    from torch import nn
+
+    from ulmfit.recipes.config import FitConfig
+    from ulmfit.train.loop import LoopConfig, run_phase
+
+    monkeypatch.setattr(P, "native_bf16_cpu", lambda: None)
+    monkeypatch.setattr(P, "cpu_bf16_lstm_ok", lambda: False)
+    with pytest.raises(UlmfitError, match="cannot train the LSTM in bf16"):
+        P.training_precision("bf16")
+    assert P.training_precision("bf16", lstm=False) == "bf16"
+    assert P.training_precision("auto") == "fp32"
+    with pytest.raises(UlmfitError, match="cannot train the LSTM in bf16"):
+        FitConfig(pretrained=None, precision="bf16", recipe="ulmfit").resolved()
+    assert FitConfig(pretrained=None, precision="bf16", recipe="transformer").resolved().precision == "bf16"
+
+    from test_loop import STAGES, Batches, Net, RegressionTask
+    from ulmfit.train.loop import PhaseFiles
+    from ulmfit.train.optim import make_optimizer, param_groups
+
+    class WithLstm(Net):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.LSTM(4, 4, batch_first=True)
+
+    def fit(model, folder):
+        opt = make_optimizer(param_groups(model.layer_groups(), 1e-2), "adamw")
+        return run_phase(model, RegressionTask(), opt, model.layer_groups(), STAGES[:1], Batches(), Batches(seed=1),
+                         PhaseFiles(folder, "toy"), LoopConfig(precision="bf16", progress=False))
+
+    with pytest.raises(UlmfitError, match="cannot train the LSTM in bf16"):
+        fit(WithLstm(), tmp_path / "lstm")
+    assert fit(Net(), tmp_path / "net").history  # no LSTM: trains in bf16

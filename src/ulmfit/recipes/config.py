@@ -272,7 +272,8 @@ class FitConfig:
         out = FitConfig.from_dict(self.to_dict())
         out.lm = replace(self.lm, lr=lm_lr)
         out.sections = sections
-        out.precision = training_precision(self.precision)
+        recipe = registry.recipes().get(self.recipe)  # None while "auto" has not chosen: checked as an LSTM
+        out.precision = training_precision(self.precision, lstm=recipe is None or recipe.lstm)
         return out
 
     def to_dict(self) -> dict:

@@ -75,6 +75,7 @@ class Recipe:
     load_member: Callable[[Path, str], Any] | None = None
     report: Callable[[dict], str] | None = None  # more markdown for report.md from the run's validation metrics
     summary: str = ""
+    lstm: bool = True  # its model has an LSTM: training in bf16 needs the CPU's bf16 LSTM kernel (train/precision.py)
 
 
 _RECIPES: dict[str, Recipe] = {}

@@ -82,5 +82,5 @@ RECIPE = register(Recipe(
     fit=lazy("ulmfit.recipes.transformer", "fit_recipe"),
     load_model=lazy("ulmfit.recipes.transformer", "load_model"),
     load_member=lazy("ulmfit.recipes.transformer", "load_member"),
-    check=lazy("ulmfit.recipes.transformer", "check_section"),
+    check=lazy("ulmfit.recipes.transformer", "check_section"), lstm=False,
     summary="ULMFiT on a pretrained transformer (--backbone minilm): masked-word fine-tuning, then the classifier"))

@@ -206,7 +206,7 @@ def run_phase(
         _rewrite_log(files, [])  # lines of this phase with no checkpoint behind them (a kill in the first write)
     show_bar = progress.show_bar(cfg.progress) and distributed.is_main()  # [distributed]
     device = next(model.parameters()).device.type
-    precision = training_precision(cfg.precision, device)
+    precision = training_precision(cfg.precision, device, lstm=any(isinstance(m, torch.nn.LSTM) for m in model.modules()))
     global_epoch = pos["global_epoch"]
 
     def save_checkpoint(stage_i, epoch_i, batch_i, extra=None):

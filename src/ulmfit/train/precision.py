@@ -90,13 +90,14 @@ def cpu_bf16_lstm_ok() -> bool:
         return False
 
 
-def training_precision(precision: str, device: str = "cpu") -> str:
+def training_precision(precision: str, device: str = "cpu", lstm: bool = True) -> str:
     """`resolve_precision` for a training run, called once at its start (the config's resolution, the
-    loop's phase start): an explicit bf16 on a CPU that cannot run the LSTM in bf16 is refused in one
-    line before any work (`auto` is fp32 there: no native bf16). Prediction's bf16 (bf16 weights, no
-    autocast) runs on such a CPU and does not come here."""
+    loop's phase start): an explicit bf16 for a model with an LSTM (`lstm`), on a CPU that cannot run
+    the LSTM in bf16, is refused in one line before any work (`auto` is fp32 there: no native bf16).
+    A model without one (the transformer backbone) trains in bf16 on any CPU, slowly where it is not
+    native. Prediction's bf16 (bf16 weights, no autocast) runs on such a CPU and does not come here."""
     resolved = resolve_precision(precision, device)
-    if resolved == "bf16" and device == "cpu" and not cpu_bf16_lstm_ok():
+    if lstm and resolved == "bf16" and device == "cpu" and not cpu_bf16_lstm_ok():
         raise UlmfitError("precision=bf16: this CPU cannot train the LSTM in bf16 (no bf16 LSTM kernel "
                           "without AVX-512); use precision=auto (fp32 here) or fp32")
     return resolved
