@@ -77,3 +77,51 @@ def test_ensemble_cell_waits_for_its_members_kept_folders(tmp_path):
     assert "toy__ulmfit-minilm__500__s0" in r["reason"] and "--keep-models" in r["reason"]
     assert not cdir.exists()
     assert accuracy.METHODS[-1] == "ensemble"  # after every member method in a run's order
+
+
+def test_distill_cell_waits_for_its_teacher_and_fine_tunes_the_student_lms_once_per_data_set(tmp_path, monkeypatch):
+    """The distill method distils the kept ulmfit-minilm folder of the same cell; without it it is
+    'unavailable' and runs nothing. With it, the two student LMs are fine-tuned on the whole training
+    split once per data set (a second budget or seed reuses them) and the student starts from them."""
+    import argparse
+
+    a = argparse.Namespace(cell_timeout=60, keep_models=True, quick=False)
+    work = tmp_path / "work"
+    work_tag = work / "accuracy"
+    splits = {"train": tmp_path / "train.csv", "valid": tmp_path / "v.csv", "test": tmp_path / "t.csv"}
+    cdir = tmp_path / "cell"
+    r = accuracy.run_distill(a, splits, "toy", 500, 0, tmp_path / "lab.csv", tmp_path / "rest.csv", work, work_tag, cdir)
+    assert r["status"] == "unavailable" and "toy__ulmfit-minilm__500__s0" in r["reason"] and not cdir.exists()
+
+    calls = []
+
+    def fake_step(a, cmd, log_path):
+        calls.append(cmd)
+        if cmd[1] == "finetune-lm":
+            out = Path(cmd[cmd.index("--out") + 1])
+            out.mkdir(parents=True)
+            (out / "ulmfit.json").write_text("{}")
+        return {"wall_s": 1.0, "peak_rss_mb": 10.0}, None
+
+    metrics = {"macro_f1": 0.7, "accuracy": 0.8, "per_class": {"a": {"f1": 0.7}}, "n": 3}
+    monkeypatch.setattr(accuracy, "run_step", fake_step)
+    monkeypatch.setattr(accuracy, "evaluate_folder", lambda a, out, splits, cdir: ({"wall_s": 1.0, "peak_rss_mb": 5.0}, metrics, None))
+    monkeypatch.setattr(accuracy, "rare_class_f1", lambda f1, test: {})
+    for seed in (0, 1):
+        (work_tag / f"toy__ulmfit-minilm__500__s{seed}" / "model").mkdir(parents=True)
+        (work_tag / f"toy__ulmfit-minilm__500__s{seed}" / "model" / "ulmfit.json").write_text("{}")
+        r = accuracy.run_distill(a, splits, "toy", 500, seed, tmp_path / "lab.csv", tmp_path / "rest.csv", work, work_tag,
+                                 tmp_path / f"cell{seed}")
+        assert r["status"] == "ok" and r["macro_f1"] == 0.7
+    lm_calls = [c for c in calls if c[1] == "finetune-lm"]
+    assert len(lm_calls) == 2 and {c[c.index("--direction") + 1] for c in lm_calls} == {"fwd", "bwd"}
+    assert all(c[c.index("--train") + 1] == str(splits["train"]) for c in lm_calls)
+    student = [c for c in calls if c[1] == "distill"]
+    assert len(student) == 2
+    cmd = student[1]
+    assert cmd[cmd.index("--teacher") + 1] == str(work_tag / "toy__ulmfit-minilm__500__s1" / "model")
+    assert cmd[cmd.index("--pretrained") + 1] == str(work / "toy" / "student-lm-fwd")
+    assert cmd[cmd.index("--pretrained-bwd") + 1] == str(work / "toy" / "student-lm-bwd")
+    assert cmd[cmd.index("--direction") + 1] == "both" and cmd[cmd.index("--seed") + 1] == "1"
+    assert accuracy.METHODS.index("distill") < accuracy.METHODS.index("ensemble")
+    assert accuracy.ENSEMBLE_OF.split(",") == ["ulmfit-minilm", "distill"]
