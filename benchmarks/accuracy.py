@@ -289,13 +289,22 @@ def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log
             cmd += QUICK_OURS
     for s in a.ulmfit_set or []:
         cmd += ["--set", s]
-    fit, failed = run_step(a, cmd, cdir / "fit.log")
+    # the recipe fit ran, and why when it chose it (ulmfit-default)
+    return train_and_score(a, cmd, out, splits, cdir, "fit.log",
+                           lambda out: {k: read_json(out / "config.json").get(k) for k in ("recipe", "auto_choice")})
+
+
+def train_and_score(a, cmd: list[str], out: Path, splits: dict, cdir: Path, log_name: str, extra=None) -> dict:
+    """One trained cell: `cmd` trains the model folder `out`, `ulmfit evaluate` scores it on the test
+    split, the folder goes unless --keep-models. The cell's record (the figures every trained cell
+    reports, plus what `extra(out)` reads from the folder before it goes), or its failure record."""
+    fit, failed = run_step(a, cmd, cdir / log_name)
     if failed:
         return failed
     ev, metrics, failed = evaluate_folder(a, out, splits, cdir)
     if failed:
         return failed
-    saved = read_json(out / "config.json")  # the recipe fit ran, and why when it chose it (ulmfit-default)
+    more = extra(out) if extra else {}
     if not a.keep_models:
         shutil.rmtree(out, ignore_errors=True)
     return {"status": "ok", "macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"],
@@ -304,8 +313,8 @@ def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log
             "argmax_macro_f1": (metrics.get("argmax") or {}).get("macro_f1"),
             "train_s": fit["wall_s"], "wall_s": round(fit["wall_s"] + ev["wall_s"], 2),
             "peak_rss_mb": fit["peak_rss_mb"], "predict_s": ev["wall_s"], "predict_peak_rss_mb": ev["peak_rss_mb"],
-            "recipe": saved.get("recipe"), "auto_choice": saved.get("auto_choice"),
-            "command": cmd, "details": {"evaluate": {k: metrics[k] for k in metrics if k in ("per_class", "n")}}}
+            **more, "command": cmd,
+            "details": {"evaluate": {k: metrics[k] for k in metrics if k in ("per_class", "n", "by_direction")}}}
 
 
 def run_step(a, cmd: list[str], log_path: Path) -> tuple[dict, dict | None]:
@@ -390,20 +399,7 @@ def run_distill(a, splits, ds, budget, seed, lab, rest, work: Path, work_tag: Pa
     cmd = [str(OUR_CLI), "distill", "--teacher", str(teacher), "--train", str(lab),
            *(["--unlabeled", str(rest)] if rest is not None else []), "--valid", str(splits["valid"]), "--out", str(out), "--seed", str(seed), "--direction", "both",
            "--overwrite", *lms] + (QUICK_OURS if a.quick else [])
-    fit, failed = run_step(a, cmd, cdir / "distill.log")
-    if failed:
-        return failed
-    ev, metrics, failed = evaluate_folder(a, out, splits, cdir)
-    if failed:
-        return failed
-    if not a.keep_models:
-        shutil.rmtree(out, ignore_errors=True)
-    return {"status": "ok", "macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"],
-            **rare_class_f1({c: m["f1"] for c, m in metrics["per_class"].items()}, splits["test"]),
-            "ece_before": metrics.get("ece_before"), "ece": metrics.get("ece_after"),
-            "train_s": fit["wall_s"], "wall_s": round(fit["wall_s"] + ev["wall_s"], 2), "peak_rss_mb": fit["peak_rss_mb"],
-            "predict_s": ev["wall_s"], "predict_peak_rss_mb": ev["peak_rss_mb"], "teacher": str(teacher), "command": cmd,
-            "details": {"evaluate": {k: metrics[k] for k in metrics if k in ("per_class", "n", "by_direction")}}}
+    return train_and_score(a, cmd, out, splits, cdir, "distill.log", lambda out: {"teacher": str(teacher)})
 
 
 def fastai_params(a) -> dict:
