@@ -17,8 +17,7 @@ Not a speed benchmark: no timings.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,27 +29,23 @@ from ulmfit import load
 from ulmfit.data.cls_loader import ClassificationLoader
 from ulmfit.recipes.transformer import PREDICT_BATCH_PIECES, TransformerMember
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import read_csv_rows, write_json  # noqa: E402
+
 CS = [0.01, 0.03, 0.1, 0.3, 1, 3, 10]  # the frozen peer's grid
-
-
-def read(path: Path) -> tuple[list[str], list[str]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [r["text"] for r in rows], [r["label"].strip() for r in rows]
 
 
 def pooled(member: TransformerMember, texts: list[str]) -> np.ndarray:
     """The folder's pooled encoder features [N, F] (what its head reads)."""
     docs = member.tokenizer.encode_many(member.tokenizer.tokenize_many(texts))
-    out = None
+    index, feats = [], []
     member.model.eval()
     with torch.inference_mode():
         for b in ClassificationLoader(docs, None, bs=128, shuffle=False, pad_idx=member.tokenizer.pad_id,
                                       max_batch_pieces=PREDICT_BATCH_PIECES):
-            f = member.model.features(b.ids, b.lengths).float().numpy()
-            out = np.zeros((len(texts), f.shape[1]), np.float32) if out is None else out
-            out[b.index.numpy()] = f
-    return out
+            index.append(b.index.numpy())
+            feats.append(member.model.features(b.ids, b.lengths).float().numpy())
+    return np.concatenate(feats)[np.argsort(np.concatenate(index))]
 
 
 def scores(y: np.ndarray, pred: np.ndarray, rare: int) -> dict:
@@ -62,8 +57,8 @@ def one(folder: Path, train: Path, data: Path, seed: int) -> dict:
     clf = load(folder)
     member = TransformerMember.load(folder)
     classes = list(clf.classes)
-    splits = {"train": read(train), "valid": read(data / "valid.csv"), "test": read(data / "test.csv")}
-    y = {k: np.array([classes.index(l) for l in labels]) for k, (_, labels) in splits.items()}
+    splits = {"train": read_csv_rows(train), "valid": read_csv_rows(data / "valid.csv"), "test": read_csv_rows(data / "test.csv")}
+    y = {k: np.array([classes.index(l.strip()) for l in labels]) for k, (_, labels) in splits.items()}
     rare = int(np.bincount(y["test"], minlength=len(classes)).argmin())
     feats = {k: pooled(member, texts) for k, (texts, _) in splits.items()}
     own = {k: clf.predict_proba(splits[k][0]) for k in ("valid", "test")}
@@ -98,7 +93,7 @@ def main() -> None:
         print(" | ".join([Path(folder).parent.name, f"C {r['C']}"] + [
             f"{k} {w}: {r[k][w]['macro_f1']:.4f} / rare {r[k][w]['rare_f1']:.4f}"
             for k in ("valid", "test") for w in ("own", "crt", "average")]), flush=True)
-        a.out.write_text(json.dumps(rows, indent=1))
+        write_json(a.out, rows)
 
 
 if __name__ == "__main__":
