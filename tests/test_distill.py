@@ -17,11 +17,13 @@ import torch.nn.functional as F
 
 import ulmfit
 from ulmfit.cli import main
+from ulmfit.data.augment import augment
 from ulmfit.data.cls_loader import ClassificationLoader
 from ulmfit.data.subset import stratified_subset
 from ulmfit.errors import UlmfitError
 from ulmfit.recipes import distill as distill_module
 from ulmfit.recipes.distill import select_unlabeled
+from ulmfit.recipes.predictor import BUILD_PRECISION
 from ulmfit.recipes.teacher import folder_hash, teacher_probabilities
 from ulmfit.text.token_docs import TokenDocs
 from ulmfit.train.distill import NO_LABEL, DistillTask, distillation_loss, teacher_at_temperature
@@ -297,6 +299,49 @@ def test_gold_part_is_the_stratified_sample_and_the_rest_only_has_soft_targets(t
     assert len(seen["soft"].extra_tokens) == len(rest) + 60 and len(seen["soft"].probs) == 24 + len(rest) + 60
     unl = json.loads((tmp_path / "s" / "valid_metrics.json").read_text())["distill"][0]
     assert (unl["n_gold"], unl["n_unlabeled"], unl["n_unlabeled_used"]) == (24, len(rest) + 60, len(rest) + 60)
+
+
+@pytest.mark.slow
+def test_augmented_copies_join_as_unlabelled_rows_with_the_teachers_probabilities(teacher, tmp_path, monkeypatch):
+    seen = {}
+    real_train, real_augment = distill_module.train_classifier, distill_module.augment
+
+    def spy_train(lm, train, valid, classes, out, cfg, **kw):
+        seen.update(train=train.texts, soft=kw["soft"], classes=classes)
+        return real_train(lm, train, valid, classes, out, cfg, **kw)
+
+    def spy_augment(sources, copies, seed):
+        seen.update(sources=list(sources))
+        return real_augment(sources, copies, seed)
+
+    monkeypatch.setattr(distill_module, "train_classifier", spy_train)
+    monkeypatch.setattr(distill_module, "augment", spy_augment)
+    cfg = _distill_config(augment=2, threshold=0.4)
+    cfg.data.max_labels = 24
+    out = tmp_path / "s"
+    ulmfit.distill(teacher / "teacher", teacher / "train.csv", teacher / "valid.csv", out=out,
+                   unlabeled=[teacher / "unl.csv"], config=cfg)
+    info = json.loads((out / "valid_metrics.json").read_text())["distill"][0]
+    n_unl, soft = info["n_unlabeled_used"], seen["soft"]
+    # the copies are made from the gold rows and the unlabelled rows the threshold kept
+    assert seen["sources"][:24] == seen["train"] and len(seen["sources"]) == 24 + n_unl
+    texts, _ = real_augment(seen["sources"], 2, cfg.seed)
+    model = ulmfit.load(teacher / "teacher", precision=BUILD_PRECISION)  # as the teacher pass loads it
+    probs = model.predict_proba(texts)[:, [list(model.classes).index(c) for c in seen["classes"]]]
+    confident = np.flatnonzero(probs.max(1) >= 0.4)  # the threshold applies to the copies too
+    assert 0 < len(confident) < len(texts) and info["n_augmented"] == len(confident)
+    assert len(soft.extra_tokens) == n_unl + len(confident) and len(soft.probs) == 24 + n_unl + len(confident)
+    np.testing.assert_allclose(soft.probs[24 + n_unl:], probs[confident], atol=1e-5)
+    assert soft.extra_tokens[n_unl:] == model_tokens(out, [texts[i] for i in confident])
+    assert (out / "teacher" / "augment" / "teacher_probs.npy").exists()
+    assert f"{len(confident):,} copies" in (out / "report.md").read_text()
+
+
+def model_tokens(folder: Path, texts: list[str]) -> list[list[str]]:
+    """`texts` as the student folder's tokenizer writes them."""
+    from ulmfit.recipes import model_dir
+
+    return model_dir.load_text_pipeline(folder)[0].tokenize_many(texts)
 
 
 @pytest.mark.slow

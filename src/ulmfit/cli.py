@@ -91,7 +91,7 @@ def cmd_distill(a) -> int:
     over --config and --set, as fit's flags do); --resume takes everything from the run's config.json."""
     a.recipe, a.backbone = "distill", None
     flags = {"teacher": str(Path(a.teacher).resolve()) if a.teacher else None, "temperature": a.temperature,
-             "alpha": a.alpha, "rounds": a.rounds, "threshold": a.threshold}
+             "alpha": a.alpha, "rounds": a.rounds, "threshold": a.threshold, "augment": a.augment}
     a.set = (a.set or []) + [f"distill.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     return cmd_fit(a)
 
@@ -346,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--alpha", type=float, help="weight of the soft term on gold rows, 0..1 (default 0.5)")
     ds.add_argument("--rounds", type=int, help="self-training: round k's student teaches round k+1 (default 1)")
     ds.add_argument("--threshold", type=float, help="keep unlabelled texts whose teacher confidence is at least this (default 0)")
+    ds.add_argument("--augment", type=int, metavar="N", help="N perturbed copies of each training text, labelled by the "
+                                                            "teacher (Tang et al. 2019; default 0)")
     ds_low = ds.add_mutually_exclusive_group()
     ds_low.add_argument("--labels-per-class", type=int, metavar="N", help="gold labels: N per class (the rest become unlabelled)")
     ds_low.add_argument("--max-labels", type=int, metavar="N", help="gold labels: N in all, stratified (the rest become unlabelled)")

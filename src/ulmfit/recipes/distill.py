@@ -18,7 +18,10 @@ is what differs.
    GOLD validation labels. The per-direction loop, the two-process plan and the average are
    `ulmfit fit`'s (recipes/ulmfit.py `fit_directions`); the teacher's probabilities are computed
    once, before the students, and shared by both directions.
-4. `rounds > 1` (self-training): round k's student is round k+1's teacher; with `both`, the
+4. `augment > 0`: perturbed copies of the gold and kept unlabelled texts (data/augment.py, Tang et
+   al. 2019) join the unlabelled rows, labelled by a second teacher pass (cached in
+   `<student>/teacher/augment/`).
+5. `rounds > 1` (self-training): round k's student is round k+1's teacher; with `both`, the
    averaged fwd+bwd student of round k (a folder with its `bwd/` sub-folder, as `fit --direction
    both` writes) teaches round k+1. Each direction's language model is fine-tuned once (round 1)
    and shared by every round. `threshold` keeps only unlabelled rows the teacher is confident about.
@@ -38,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ulmfit.data.augment import augment
 from ulmfit.errors import UlmfitError
 from ulmfit.fileio import atomic_write_json, atomic_write_npy, mapped, staging_path
 from ulmfit.recipes import model_dir
@@ -155,15 +159,19 @@ def _round(r: int, folder: Path, teacher: Path, run: Run, final: bool) -> dict:
     log(f"round {r}: {len(keep):,} of {n_unl:,} unlabelled texts join the {n_gold:,} gold rows "
         f"(threshold {d.threshold}, ratio {'all' if d.unlabeled_ratio is None else d.unlabeled_ratio}); "
         f"temperature {d.temperature}, alpha {d.alpha}")
-    soft = np.concatenate([np.asarray(p_gold), np.asarray(p_unl)[keep]]).astype(np.float32)
-    student = partial(_student, root=run.out, r=r, soft=soft, keep=keep)
+    aug, p_aug = _augmented(data.train.texts + [data.unlabeled[i] for i in keep], teacher, folder, cfg, classes, log)
+    if d.augment:
+        log(f"round {r}: {len(aug):,} perturbed copies of them ({d.augment} per text at most, threshold "
+            f"{d.threshold}) join as unlabelled rows")
+    soft = np.concatenate([np.asarray(p_gold), np.asarray(p_unl)[keep], p_aug]).astype(np.float32)
+    student = partial(_student, root=run.out, r=r, soft=soft, keep=keep, aug=aug)
     metrics = fit_directions(replace(run, out=folder), student, recipe="distill")
     s_probs = {x: np.load(_probs_file(folder, x)) for x in dirs}  # each student's [valid + unlabelled] probabilities
     teacher_metrics = classification_metrics(data.valid.labels, _teacher_labels(teacher, p_valid, classes), classes)
     info = {
         "round": r, "teacher": str(teacher), "directions": dirs, "student": metrics, "teacher_metrics": teacher_metrics,
         "agreement": _agreement(average(s_probs), p_valid, p_unl),
-        "n_gold": n_gold, "n_unlabeled": n_unl, "n_unlabeled_used": int(len(keep)),
+        "n_gold": n_gold, "n_unlabeled": n_unl, "n_unlabeled_used": int(len(keep)), "n_augmented": len(aug),
         "temperature": d.temperature, "alpha": d.alpha, "threshold": d.threshold,
         "unlabeled_ratio": d.unlabeled_ratio, "seconds": round(time.perf_counter() - t0, 1),
     }
@@ -183,13 +191,29 @@ def _round(r: int, folder: Path, teacher: Path, run: Run, final: bool) -> dict:
     return info
 
 
+def _augmented(sources: list[str], teacher: Path, folder: Path, cfg: FitConfig, classes: list[str],
+               log: Log) -> tuple[list[str], np.ndarray]:
+    """`distill.augment` perturbed copies of `sources` (data/augment.py) and the teacher's probabilities
+    for them (a second cached pass, `folder/teacher/augment`), copies below `distill.threshold` left
+    out; with augment 0: none."""
+    d = cfg.distill
+    texts, _ = augment(sources, d.augment, cfg.seed)
+    if not texts:
+        return [], np.zeros((0, len(classes)), np.float32)
+    probs = teacher_probabilities(teacher, texts, folder / "teacher" / "augment", classes, chunk_size=d.chunk_size,
+                                  bs=d.teacher_bs, log=log)
+    keep = select_unlabeled(probs, d.threshold, None, 0, cfg.seed)
+    return [texts[i] for i in keep], np.asarray(probs)[keep]
+
+
 def _student(run: Run, direction: str, cache: dict, *, root: Path, r: int, soft: np.ndarray,
-             keep: np.ndarray) -> dict:
+             keep: np.ndarray, aug: list[str]) -> dict:
     """One direction's student of round r (`fit_directions`' `train_one`, maybe in a child process):
     its LM fine-tuned in the run's folder of that direction (`root`, or `root/bwd`; round 1 trains it,
     later rounds and --resume reload it from its checkpoint), its classifier trained on the gold rows
     + the kept unlabelled rows with the teacher's probabilities `soft` into this round's folder of
-    that direction; its validation and unlabelled probabilities saved for the round's agreement."""
+    that direction, the perturbed copies `aug` (tokenized here) after the unlabelled rows; its
+    validation and unlabelled probabilities saved for the round's agreement."""
     cfg, data, log = run.configs[direction], run.data, run.log
     first = next(iter(run.configs))
     folder, lm_folder = (model_dir.direction_folder(f, first, direction) for f in (run.out, root))
@@ -207,7 +231,8 @@ def _student(run: Run, direction: str, cache: dict, *, root: Path, r: int, soft:
     n_gold = len(data.train.texts)
     unl_tokens = tokens.lm[n_gold:]
     d = cfg.distill
-    targets = SoftTargets(soft, [unl_tokens[i] for i in keep], d.temperature, d.alpha)
+    aug_tokens = tokens.tokenizer.tokenize_many(aug) if aug else []
+    targets = SoftTargets(soft, [unl_tokens[i] for i in keep] + aug_tokens, d.temperature, d.alpha)
     clf = replace(cfg.clf, metric=d.metric)  # the student is selected on gold labels by distill.metric
     model, metrics = train_classifier(lm, data.train, data.valid, data.classes, folder, clf, seed=cfg.seed,
                                       optimizer=cfg.optimizer, precision=cfg.precision, resume=run.resume,
@@ -271,13 +296,16 @@ def report_section(metrics: dict) -> str:
         students.append(("fwd+bwd averaged" if students else alone, info["student"], info["agreement"]))
         for name, s, a in students:
             unl = "-" if a["unlabeled"] is None else f"{a['unlabeled']:.3f}"
+            copies = f" + {info['n_augmented']:,} copies" if info.get("n_augmented") else ""
             rows.append(f"| {info['round']} | {who} | {t['accuracy']:.4f} | {t['macro_f1']:.4f} | {name} | "
                         f"{s['accuracy']:.4f} | {s['macro_f1']:.4f} | {a['valid']:.3f} | {unl} | "
-                        f"{info['n_gold']:,} + {info['n_unlabeled_used']:,} of {info['n_unlabeled']:,} |")
+                        f"{info['n_gold']:,} + {info['n_unlabeled_used']:,} of {info['n_unlabeled']:,}{copies} |")
     ratio = "all" if last["unlabeled_ratio"] is None else f"{last['unlabeled_ratio']} x the gold rows"
+    copies = (f" Perturbed copies of the gold and kept unlabelled texts (Tang et al. 2019): {last['n_augmented']:,}, "
+              "trained on as unlabelled rows." if last.get("n_augmented") else "")
     return ("\n## Distillation\n\n"
             f"Temperature {last['temperature']}, alpha {last['alpha']} (weight of the soft term), confidence "
-            f"threshold {last['threshold']}, unlabelled rows: {ratio}. Validation metrics against the gold labels; "
+            f"threshold {last['threshold']}, unlabelled rows: {ratio}.{copies} Validation metrics against the gold labels; "
             "agreement = share of texts on which teacher and student predict the same class. A fwd+bwd student "
             "is two students (one per direction, the same soft targets) whose probabilities are averaged: the "
             "averaged row is the model.\n\n"

@@ -37,6 +37,11 @@ class DistillConfig:
     # Self-training / repeated distillation: round k's student is round k+1's teacher; the last round's
     # student is the model folder. 1 = one student from the given teacher.
     rounds: int = F.spec(1, ge=1)
+    # Perturbed copies of each gold and kept unlabelled text (data/augment.py, Tang et al. 2019 section
+    # 3.3: words dropped or replaced, n-grams cut out), labelled by the teacher alone and trained on
+    # like unlabelled rows. For a transfer set too small to show the student the teacher's function
+    # (all labels and no --unlabeled text). 0: none; each copy is a teacher pass and a student row.
+    augment: int = F.spec(0, ge=0)
     chunk_size: int = F.spec(1024, ge=1)  # texts per teacher-cache chunk: the unit an interrupted teacher pass resumes from
     teacher_bs: int = F.batch_size(128)  # texts per teacher forward pass (when its predict_proba takes `bs`)
     # The student's model selection, against the GOLD validation labels (every other classifier
