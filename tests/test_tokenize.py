@@ -126,6 +126,31 @@ def test_tokenize_many_parallel_equals_serial():
     assert tok.tokenize_many([]) == []
 
 
+def test_tokenize_many_in_a_daemonic_process_stays_in_process(monkeypatch):
+    """A model trained in its own process (train/processes.py, daemonic) tokenizes a large batch (a
+    distillation's augmented copies): daemonic processes may not start workers, so it tokenizes alone."""
+    import multiprocessing
+
+    import ulmfit.text.tokenize as tk
+
+    monkeypatch.setattr(tk, "_PARALLEL_MIN_CHARS", 0)  # every batch would go to workers
+    texts = _corpus(3000)
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+
+    def child():
+        try:
+            q.put(tok.tokenize_many(texts))
+        except BaseException as e:  # the assertion a daemonic process hits when it starts a child
+            q.put(repr(e))
+
+    p = ctx.Process(target=child, daemon=True)
+    p.start()
+    got = q.get(timeout=120)
+    p.join(timeout=30)
+    assert got == tok.tokenize_many(texts, n_workers=1)
+
+
 @pytest.mark.parametrize("text", [
     "Hello, world! I'm fine.",
     "I don't know... it's SO GOOD!!!! Really?",

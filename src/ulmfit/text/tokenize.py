@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain, groupby, islice, repeat
-from multiprocessing import get_context
+from multiprocessing import current_process, get_context
 from operator import eq
 from typing import Sequence
 
@@ -301,11 +301,13 @@ class Tokenizer:
     def tokenize_many(self, texts: Sequence[str], n_workers: int | None = None) -> list[list[str]]:
         """Tokenize `texts` in order. `n_workers=None`: in-process below ~2M characters (where
         starting a worker would eat the gain), else one process per core (at most 4);
-        `n_workers=1`: always in-process."""
+        `n_workers=1`, or in a daemonic process (which may not start children): always in-process."""
         texts = list(texts)
         if n_workers is None:
             n_chars = sum(len(t) if isinstance(t, str) else sum(map(len, t)) for t in texts)
             n_workers = 1 if n_chars < _PARALLEL_MIN_CHARS else min(4, os.cpu_count() or 1)
+        if current_process().daemon:  # a daemonic process (one direction's model, train/processes.py) may not start children
+            n_workers = 1
         n_workers = min(n_workers, len(texts))
         if n_workers <= 1:
             return self._tokenize_list(texts)
