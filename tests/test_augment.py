@@ -54,3 +54,16 @@ def test_bad_settings_are_refused():
         augment(TEXTS, -1, seed=0)
     with pytest.raises(ValueError):
         augment(TEXTS, 1, seed=0, p_mask=0.7, p_replace=0.7)
+
+
+def test_auto_makes_copies_only_when_the_run_has_no_unlabelled_text():
+    from ulmfit.recipes.distill_config import AUTO_COPIES, DistillConfig, augment_copies
+    from ulmfit.errors import UlmfitError
+
+    assert DistillConfig().augment == "auto"
+    assert augment_copies("auto", 0)[0] == AUTO_COPIES == 3
+    assert augment_copies("auto", 1)[0] == 0 and augment_copies(0, 0)[0] == 0 and augment_copies(5, 100)[0] == 5
+    assert "no unlabelled text" in augment_copies("auto", 0)[1]
+    for bad in (-1, "many"):
+        with pytest.raises(UlmfitError):
+            DistillConfig(augment=bad)

@@ -329,7 +329,7 @@ def test_augmented_copies_join_as_unlabelled_rows_with_the_teachers_probabilitie
     model = ulmfit.load(teacher / "teacher", precision=BUILD_PRECISION)  # as the teacher pass loads it
     probs = model.predict_proba(texts)[:, [list(model.classes).index(c) for c in seen["classes"]]]
     confident = np.flatnonzero(probs.max(1) >= 0.4)  # the threshold applies to the copies too
-    assert 0 < len(confident) < len(texts) and info["n_augmented"] == len(confident)
+    assert 0 < len(confident) < len(texts) and info["n_augmented"] == len(confident) and info["augment"] == 2
     assert len(soft.extra_tokens) == n_unl + len(confident) and len(soft.probs) == 24 + n_unl + len(confident)
     np.testing.assert_allclose(soft.probs[24 + n_unl:], probs[confident], atol=1e-5)
     assert soft.extra_tokens[n_unl:] == model_tokens(out, [texts[i] for i in confident])

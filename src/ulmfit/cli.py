@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--rounds", type=int, help="self-training: round k's student teaches round k+1 (default 1)")
     ds.add_argument("--threshold", type=float, help="keep unlabelled texts whose teacher confidence is at least this (default 0)")
     ds.add_argument("--augment", type=int, metavar="N", help="N perturbed copies of each training text, labelled by the "
-                                                            "teacher (Tang et al. 2019; default 0)")
+                                                            "teacher (Tang et al. 2019; default auto: 3 without --unlabeled text, else 0)")
     ds_low = ds.add_mutually_exclusive_group()
     ds_low.add_argument("--labels-per-class", type=int, metavar="N", help="gold labels: N per class (the rest become unlabelled)")
     ds_low.add_argument("--max-labels", type=int, metavar="N", help="gold labels: N in all, stratified (the rest become unlabelled)")

@@ -18,9 +18,9 @@ is what differs.
    GOLD validation labels. The per-direction loop, the two-process plan and the average are
    `ulmfit fit`'s (recipes/ulmfit.py `fit_directions`); the teacher's probabilities are computed
    once, before the students, and shared by both directions.
-4. `augment > 0`: perturbed copies of the gold and kept unlabelled texts (data/augment.py, Tang et
-   al. 2019) join the unlabelled rows, labelled by a second teacher pass (cached in
-   `<student>/teacher/augment/`).
+4. `augment` ("auto": 3 when the run has no unlabelled text, else 0; recipes/distill_config.py):
+   perturbed copies of the gold and kept unlabelled texts (data/augment.py, Tang et al. 2019) join
+   the unlabelled rows, labelled by a second teacher pass (cached in `<student>/teacher/augment/`).
 5. `rounds > 1` (self-training): round k's student is round k+1's teacher; with `both`, the
    averaged fwd+bwd student of round k (a folder with its `bwd/` sub-folder, as `fit --direction
    both` writes) teaches round k+1. Each direction's language model is fine-tuned once (round 1)
@@ -46,6 +46,7 @@ from ulmfit.errors import UlmfitError
 from ulmfit.fileio import atomic_write_json, atomic_write_npy, mapped, staging_path
 from ulmfit.recipes import model_dir
 from ulmfit.recipes.config import FitConfig
+from ulmfit.recipes.distill_config import augment_copies
 from ulmfit.recipes.fit import write_reports
 from ulmfit.recipes.predictor import Member, _read_calibration, average
 from ulmfit.recipes.registry import Run
@@ -159,9 +160,11 @@ def _round(r: int, folder: Path, teacher: Path, run: Run, final: bool) -> dict:
     log(f"round {r}: {len(keep):,} of {n_unl:,} unlabelled texts join the {n_gold:,} gold rows "
         f"(threshold {d.threshold}, ratio {'all' if d.unlabeled_ratio is None else d.unlabeled_ratio}); "
         f"temperature {d.temperature}, alpha {d.alpha}")
-    aug, p_aug = _augmented(data.train.texts + [data.unlabeled[i] for i in keep], teacher, folder, cfg, classes, log)
-    if d.augment:
-        log(f"round {r}: {len(aug):,} perturbed copies of them ({d.augment} per text at most, threshold "
+    copies, why = augment_copies(d.augment, n_unl)
+    aug, p_aug = _augmented(data.train.texts + [data.unlabeled[i] for i in keep], copies, teacher, folder, cfg,
+                            classes, log)
+    if copies:
+        log(f"round {r}: {len(aug):,} perturbed copies of them ({why}; at most {copies} per text, threshold "
             f"{d.threshold}) join as unlabelled rows")
     soft = np.concatenate([np.asarray(p_gold), np.asarray(p_unl)[keep], p_aug]).astype(np.float32)
     student = partial(_student, root=run.out, r=r, soft=soft, keep=keep, aug=aug)
@@ -171,7 +174,8 @@ def _round(r: int, folder: Path, teacher: Path, run: Run, final: bool) -> dict:
     info = {
         "round": r, "teacher": str(teacher), "directions": dirs, "student": metrics, "teacher_metrics": teacher_metrics,
         "agreement": _agreement(average(s_probs), p_valid, p_unl),
-        "n_gold": n_gold, "n_unlabeled": n_unl, "n_unlabeled_used": int(len(keep)), "n_augmented": len(aug),
+        "n_gold": n_gold, "n_unlabeled": n_unl, "n_unlabeled_used": int(len(keep)),
+        "augment": copies, "augment_reason": why, "n_augmented": len(aug),
         "temperature": d.temperature, "alpha": d.alpha, "threshold": d.threshold,
         "unlabeled_ratio": d.unlabeled_ratio, "seconds": round(time.perf_counter() - t0, 1),
     }
@@ -191,13 +195,13 @@ def _round(r: int, folder: Path, teacher: Path, run: Run, final: bool) -> dict:
     return info
 
 
-def _augmented(sources: list[str], teacher: Path, folder: Path, cfg: FitConfig, classes: list[str],
+def _augmented(sources: list[str], copies: int, teacher: Path, folder: Path, cfg: FitConfig, classes: list[str],
                log: Log) -> tuple[list[str], np.ndarray]:
-    """`distill.augment` perturbed copies of `sources` (data/augment.py) and the teacher's probabilities
-    for them (a second cached pass, `folder/teacher/augment`), copies below `distill.threshold` left
-    out; with augment 0: none."""
+    """Up to `copies` perturbed copies of each of `sources` (data/augment.py) and the teacher's
+    probabilities for them (a second cached pass, `folder/teacher/augment`), copies below
+    `distill.threshold` left out; with 0 copies: none."""
     d = cfg.distill
-    texts, _ = augment(sources, d.augment, cfg.seed)
+    texts, _ = augment(sources, copies, cfg.seed)
     if not texts:
         return [], np.zeros((0, len(classes)), np.float32)
     probs = teacher_probabilities(teacher, texts, folder / "teacher" / "augment", classes, chunk_size=d.chunk_size,
@@ -301,8 +305,8 @@ def report_section(metrics: dict) -> str:
                         f"{s['accuracy']:.4f} | {s['macro_f1']:.4f} | {a['valid']:.3f} | {unl} | "
                         f"{info['n_gold']:,} + {info['n_unlabeled_used']:,} of {info['n_unlabeled']:,}{copies} |")
     ratio = "all" if last["unlabeled_ratio"] is None else f"{last['unlabeled_ratio']} x the gold rows"
-    copies = (f" Perturbed copies of the gold and kept unlabelled texts (Tang et al. 2019): {last['n_augmented']:,}, "
-              "trained on as unlabelled rows." if last.get("n_augmented") else "")
+    copies = (f" Perturbed copies of the gold and kept unlabelled texts (Tang et al. 2019; {last['augment_reason']}): "
+              f"{last['n_augmented']:,}, trained on as unlabelled rows." if last.get("n_augmented") else "")
     return ("\n## Distillation\n\n"
             f"Temperature {last['temperature']}, alpha {last['alpha']} (weight of the soft term), confidence "
             f"threshold {last['threshold']}, unlabelled rows: {ratio}.{copies} Validation metrics against the gold labels; "
