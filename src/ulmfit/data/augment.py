@@ -49,8 +49,7 @@ def augment(texts: Sequence[str], copies: int, seed: int, *, p_mask: float = P_M
         for _ in range(copies):
             x = rng.random(len(ws))
             picks = rng.integers(0, len(pool), len(ws))
-            new = [pool[p] if x[k] >= p_mask and x[k] < p_mask + p_replace else w
-                   for k, (w, p) in enumerate(zip(ws, picks)) if x[k] >= p_mask]
+            new = [pool[p] if u < p_mask + p_replace else w for w, p, u in zip(ws, picks, x) if u >= p_mask]
             if new and rng.random() < p_ngram:
                 n = min(int(rng.integers(1, max_n + 1)), len(new))
                 start = int(rng.integers(0, len(new) - n + 1))

@@ -300,10 +300,10 @@ def report_section(metrics: dict) -> str:
         students.append(("fwd+bwd averaged" if students else alone, info["student"], info["agreement"]))
         for name, s, a in students:
             unl = "-" if a["unlabeled"] is None else f"{a['unlabeled']:.3f}"
-            copies = f" + {info['n_augmented']:,} copies" if info.get("n_augmented") else ""
+            extra = f" + {info['n_augmented']:,} copies" if info.get("n_augmented") else ""
             rows.append(f"| {info['round']} | {who} | {t['accuracy']:.4f} | {t['macro_f1']:.4f} | {name} | "
                         f"{s['accuracy']:.4f} | {s['macro_f1']:.4f} | {a['valid']:.3f} | {unl} | "
-                        f"{info['n_gold']:,} + {info['n_unlabeled_used']:,} of {info['n_unlabeled']:,}{copies} |")
+                        f"{info['n_gold']:,} + {info['n_unlabeled_used']:,} of {info['n_unlabeled']:,}{extra} |")
     ratio = "all" if last["unlabeled_ratio"] is None else f"{last['unlabeled_ratio']} x the gold rows"
     copies = (f" Perturbed copies of the gold and kept unlabelled texts (Tang et al. 2019; {last['augment_reason']}): "
               f"{last['n_augmented']:,}, trained on as unlabelled rows." if last.get("n_augmented") else "")
