@@ -83,6 +83,7 @@ import numpy as np
 import pandas as pd
 
 from ulmfit.data.subset import stratified_subset
+from ulmfit.fileio import atomic_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (OUR_CLI, PEER_PY, RESULTS, machine_info, macro_f1_accuracy, package_versions,  # noqa: E402
@@ -172,8 +173,8 @@ def resample_shares(paths: dict[str, Path], shares: dict[str, float], out: Path,
             idx = np.flatnonzero(df["label"].to_numpy() == c)
             keep.append(rng.choice(idx, size=min(len(idx), int(round(s * total))), replace=False))
         sub = df.iloc[np.sort(np.concatenate(keep))]
-        sub.to_csv(dest[split].with_suffix(".tmp"), index=False)
-        dest[split].with_suffix(".tmp").replace(dest[split])
+        with atomic_file(dest[split], "w") as f:  # a unique temp name: two harness runs may prepare it at once
+            sub.to_csv(f, index=False)
         stats["counts"][split] = sub["label"].value_counts().sort_index().to_dict()
     write_json(out / "stats.json", stats)
     return dest

@@ -114,11 +114,8 @@ def tail(path: Path, n: int = 15) -> str:
 
 
 def write_json(path: Path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    from ulmfit.fileio import atomic_write_text  # the project's one atomic writer (unique temp names)
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def read_json(path: Path):
