@@ -9,8 +9,11 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -86,24 +89,40 @@ def run_measured(cmd: list[str], log_path: Path | None = None, timeout: float | 
         log_path.parent.mkdir(parents=True, exist_ok=True)
     out_path = (log_path.with_suffix(".stdout") if log_path else Path(os.devnull))
     t0 = time.perf_counter()
+    # A harness stopped with SIGTERM (kill, pkill) takes its measured child with it instead of leaving
+    # it running, still writing into the cell's folder (Ctrl-C already reaches the whole process group).
+    previous = (signal.signal(signal.SIGTERM, _exit_on_signal)
+                if threading.current_thread() is threading.main_thread() else None)
     with open(out_path, "w") as out, open(log_path or os.devnull, "w") as err:
         p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=cwd)
         deadline = None if timeout is None else t0 + timeout
-        while True:
-            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-            if pid:
-                break
-            if deadline and time.perf_counter() > deadline:
-                p.kill()
-                pid, status, ru = os.wait4(p.pid, 0)
-                break
-            time.sleep(0.05)
+        try:
+            while True:
+                pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+                if pid:
+                    break
+                if deadline and time.perf_counter() > deadline:
+                    p.kill()
+                    pid, status, ru = os.wait4(p.pid, 0)
+                    break
+                time.sleep(0.05)
+        except BaseException:
+            p.kill()
+            p.wait()
+            raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     p.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
     stdout = Path(out_path).read_text() if log_path else ""
     return {"rc": p.returncode, "wall_s": round(wall, 2), "peak_rss_mb": round(ru.ru_maxrss / 1024, 1),
             "cpu_s": round(ru.ru_utime + ru.ru_stime, 2), "stdout": stdout,
             "timed_out": bool(deadline and wall > timeout)}
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def tail(path: Path, n: int = 15) -> str:
@@ -114,8 +133,19 @@ def tail(path: Path, n: int = 15) -> str:
 
 
 def write_json(path: Path, obj) -> None:
-    from ulmfit.fileio import atomic_write_text  # the project's one atomic writer (unique temp names)
-    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+    """Atomically: a temp file with a unique name beside `path`, then a rename (two harness runs may
+    write the same file at once). The standard library's version of ulmfit.fileio.atomic_write_json,
+    because the peer venvs that call this (peer_main) have no ulmfit installed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(obj, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path):

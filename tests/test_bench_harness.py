@@ -125,3 +125,44 @@ def test_distill_cell_waits_for_its_teacher_and_fine_tunes_the_student_lms_once_
     assert cmd[cmd.index("--direction") + 1] == "both" and cmd[cmd.index("--seed") + 1] == "1"
     assert accuracy.METHODS.index("distill") < accuracy.METHODS.index("ensemble")
     assert accuracy.ENSEMBLE_OF.split(",") == ["ulmfit-minilm", "distill"]
+
+
+def test_a_terminated_harness_takes_its_measured_child_with_it(tmp_path):
+    """SIGTERM to a harness waiting in run_measured stops the child too: a cell left running would go
+    on writing into a folder the next run reuses."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    harness = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(bench)!r}); import common; "
+                                f"common.run_measured([sys.executable, '-c', {child!r}])"])
+    deadline = time.time() + 30
+    while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    child_pid = int(pid_file.read_text())
+    harness.send_signal(signal.SIGTERM)
+    assert harness.wait(timeout=10) == 128 + signal.SIGTERM
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(child_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child_pid, signal.SIGKILL)
+        raise AssertionError("the measured child outlived its harness")
+
+
+def test_write_json_is_atomic_under_a_unique_name(tmp_path):
+    import common
+
+    target = tmp_path / "r" / "out.json"
+    common.write_json(target, {"a": 1})
+    common.write_json(target, {"a": 2})
+    assert common.read_json(target) == {"a": 2}
+    assert [p.name for p in target.parent.iterdir()] == ["out.json"]  # no temp file left behind
