@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -127,6 +127,31 @@ def test_renamed_fields_load_from_old_config_files(tmp_path):
     assert (cfg.lm.max_train_tokens, cfg.clf.pool_len, cfg.siatl.max_doc_tokens) == (30000, 99, 64)
     assert PretrainConfig(**{"max_train_tokens": 7}).max_train_tokens == 7
     assert apply_overrides(PretrainConfig(), ["max_tokens=8"]).max_train_tokens == 8
+
+
+def test_a_resumed_run_keeps_the_values_of_fields_added_after_it_started(tmp_path):
+    """A run saved before a field existed resumes doing what it did (each section's BEFORE value: no
+    perturbed copies, no lengthened last stage, the hold-out, the full softmax); a partial --config
+    file or dict still gets today's defaults."""
+    from ulmfit.recipes import fit as fit_mod
+    from ulmfit.recipes.config import CORE_SECTIONS
+    from ulmfit.recipes import registry
+
+    old = FitConfig().to_dict()
+    del old["distill"]["augment"], old["transformer"]["min_last_stage_steps"], old["clf"]["cv"], old["lm"]["softmax"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    for cfg in (FitConfig.load(tmp_path / "config.json", resuming=True),
+                fit_mod._resolve_config(tmp_path, None, resume=True)):
+        assert (cfg.distill.augment, cfg.transformer.min_last_stage_steps, cfg.clf.cv, cfg.lm.softmax) == (0, 0, "off", "full")
+    fresh = FitConfig.load(tmp_path / "config.json")  # --config: a partial file is completed with the defaults
+    assert (fresh.distill.augment, fresh.transformer.min_last_stage_steps, fresh.clf.cv, fresh.lm.softmax) == (
+        "auto", 250, "auto", "adaptive")
+    saved_now = FitConfig().to_dict()  # a run saved by this version keeps every value it wrote
+    assert FitConfig.from_dict(saved_now, resuming=True).to_dict() == saved_now
+    for name, section in {**CORE_SECTIONS, **registry.sections()}.items():  # every BEFORE value is a valid one
+        before = getattr(section, "BEFORE", {})
+        assert set(before) <= {f.name for f in fields(section)}, name
+        section(**before)
 
 
 def test_good_values_pass_and_round_trip():

@@ -34,7 +34,7 @@ def cmd_fit(a) -> int:
         if not (work / "config.json").exists():
             raise UlmfitError(f"{a.out}: nothing to resume (the run was stopped before it saved its config.json); "
                               "start it again without --resume")
-        saved = FitConfig.load(work / "config.json")
+        saved = FitConfig.load(work / "config.json", resuming=True)
         train = a.train or (saved.data.train if saved else None)
         valid = a.valid or (saved.data.valid if saved else None)
     else:

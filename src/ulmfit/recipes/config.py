@@ -6,7 +6,9 @@ Every field is declared once with its checks (recipes/fields.py) and checked whe
 built: CLI flags, `--set`, `--config` files and the Python API alike, before any data is read.
 Defaults come from the ULMFiT paper (Howard & Ruder 2018) and fastai's text defaults, sized down
 where a 2-core CPU needs it (the `small` preset); each field says where it comes from. Fields that
-were renamed stay loadable under their old names (`RENAMED` of each section).
+were renamed stay loadable under their old names (`RENAMED` of each section). Fields added since a
+run was saved take, when that run resumes, the value that reproduces it (`BEFORE` of each section):
+a resumed run equals the one that was interrupted, whichever version saved it.
 """
 from __future__ import annotations
 
@@ -84,6 +86,7 @@ class LMTrainConfig:
     cutoffs: tuple[int, ...] = F.softmax_cutoffs()
 
     RENAMED: ClassVar[dict] = {"max_tokens": "max_train_tokens"}  # old config.json names
+    BEFORE: ClassVar[dict] = {"softmax": "full"}  # a saved run that predates the field: its value then
 
     def __post_init__(self) -> None:
         F.check(self, "lm")
@@ -282,29 +285,34 @@ class FitConfig:
         return {**d, **{name: asdict(value) for name, value in self.sections.items()}}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FitConfig":
+    def from_dict(cls, d: dict, resuming: bool = False) -> "FitConfig":
+        """`resuming`: `d` is the config.json of a run being resumed, so a field it lacks was added after
+        the run started and takes its section's `BEFORE` value (what the run was doing), not today's
+        default. Any other config (`--config`, the API) is a partial one: missing fields are defaults."""
         if not isinstance(d, dict):
             raise UlmfitError(f"a config must be a JSON object of sections, not {type(d).__name__}")
         all_sections = {**CORE_SECTIONS, **registry.sections()}
-        return cls(**{k: _build(all_sections[k], v, k) if k in all_sections else v for k, v in d.items()})
+        return cls(**{k: _build(all_sections[k], v, k, resuming) if k in all_sections else v for k, v in d.items()})
 
     @classmethod
-    def load(cls, path: str | Path) -> "FitConfig":
+    def load(cls, path: str | Path, resuming: bool = False) -> "FitConfig":
         try:
             d = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UlmfitError(f"{path}: not a readable ulmfit config ({e}); pass the config.json of a model folder") from e
         try:
-            return cls.from_dict(d)
+            return cls.from_dict(d, resuming=resuming)
         except UlmfitError as e:
             raise UlmfitError(f"{path}: {e}") from e
 
 
-def _build(cls, d: dict, section: str):
+def _build(cls, d: dict, section: str, resuming: bool = False):
     if not isinstance(d, dict):
         raise UlmfitError(f"config section '{section}' must be an object of fields, not {d!r}")
     renamed = getattr(cls, "RENAMED", {})
     d = {renamed.get(k, k): v for k, v in d.items()}
+    if resuming:
+        d = {**getattr(cls, "BEFORE", {}), **d}
     known = {f.name for f in fields(cls)}
     unknown = set(d) - known
     if unknown:

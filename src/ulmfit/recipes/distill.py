@@ -76,7 +76,7 @@ def distill(teacher=None, train=None, valid=None, *, out: str | Path, text_col: 
 
     if resume:
         work = model_dir.resume_folder(out)  # the staging folder of an interrupted --overwrite, else out
-        saved = FitConfig.load(work / "config.json") if (work / "config.json").exists() else None
+        saved = FitConfig.load(work / "config.json", resuming=True) if (work / "config.json").exists() else None
         train = train if train is not None else (saved.data.train if saved else None)
         valid = valid if valid is not None else (saved.data.valid if saved else None)
         return fit(train, valid, out=out, unlabeled=unlabeled, resume=True, log=log)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 from ulmfit.recipes import fields as F
@@ -47,6 +48,8 @@ class DistillConfig:
     # The student's model selection, against the GOLD validation labels (every other classifier
     # setting of the student is the `clf` section's).
     metric: str = F.metric()
+
+    BEFORE: ClassVar[dict] = {"augment": 0}  # a saved run that predates the field: its value then (config.py)
 
     def __post_init__(self) -> None:
         F.check(self, "distill")

@@ -114,7 +114,7 @@ def _direction_configs(out: Path, cfg: FitConfig, resume: bool) -> dict[str, Fit
     configs = {}
     for d in cfg.directions:
         saved = _folder(out, cfg.directions, d) / "config.json"
-        configs[d] = FitConfig.load(saved) if resume and saved.parent != out and saved.exists() else cfg.resolved(d)
+        configs[d] = FitConfig.load(saved, resuming=True) if resume and saved.parent != out and saved.exists() else cfg.resolved(d)
     return configs
 
 
@@ -172,7 +172,7 @@ def _resolve_config(out: Path, config: FitConfig | None, resume: bool) -> FitCon
     if resume:
         if not saved.exists():
             raise UlmfitError(f"{out}: nothing to resume (no config.json); start the run without --resume")
-        return FitConfig.load(saved)
+        return FitConfig.load(saved, resuming=True)
     if (out / "ulmfit.json").exists():
         raise UlmfitError(f"{out} already holds a trained model; choose another --out, or pass --overwrite to replace it")
     if (out / "checkpoints").exists() or (out / "config.json").exists():

@@ -5,6 +5,7 @@ is recipes/transformer.py (torch, transformers); this module stays torch-free.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ulmfit.recipes import fields as F
 from ulmfit.recipes.registry import Recipe, lazy, register
@@ -67,6 +68,8 @@ class TransformerTrainConfig:
     gamma_start: float = F.gamma_start(0.2)
     gamma_end: float = F.gamma_end(0.1)
     gamma_epochs: int = F.gamma_epochs(15)
+
+    BEFORE: ClassVar[dict] = {"min_last_stage_steps": 0}  # a saved run that predates the field: its value then (config.py)
 
     def __post_init__(self) -> None:
         F.check(self, "transformer")

@@ -43,6 +43,7 @@ class ClassifierTrainConfig:
     min_steps_per_epoch: int = F.min_steps_per_epoch(50)
 
     RENAMED: ClassVar[dict] = {"max_tokens": "max_doc_tokens", "max_len": "pool_len"}  # old config.json names
+    BEFORE: ClassVar[dict] = {"cv": "off"}  # a saved run that predates the field: its value then (config.py)
 
     def __post_init__(self) -> None:
         F.check(self, "clf")
