@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 from ulmfit.recipes import fields as F
 from ulmfit.recipes.registry import Recipe, lazy, register

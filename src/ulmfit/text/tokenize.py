@@ -303,11 +303,11 @@ class Tokenizer:
         starting a worker would eat the gain), else one process per core (at most 4);
         `n_workers=1`, or in a daemonic process (which may not start children): always in-process."""
         texts = list(texts)
+        if current_process().daemon:  # a daemonic process (one direction's model, train/processes.py) may not start children
+            n_workers = 1
         if n_workers is None:
             n_chars = sum(len(t) if isinstance(t, str) else sum(map(len, t)) for t in texts)
             n_workers = 1 if n_chars < _PARALLEL_MIN_CHARS else min(4, os.cpu_count() or 1)
-        if current_process().daemon:  # a daemonic process (one direction's model, train/processes.py) may not start children
-            n_workers = 1
         n_workers = min(n_workers, len(texts))
         if n_workers <= 1:
             return self._tokenize_list(texts)
