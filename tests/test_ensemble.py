@@ -93,6 +93,39 @@ def test_the_old_rule_overfits_where_the_new_one_does_not():
     assert sel["rule"] == "best member" and w.tolist() == [1.0, 0.0, 0.0]
 
 
+def test_members_are_scored_and_mixed_by_their_own_decision_rules():
+    """Imbalanced classes (55/40/5): member A is the better model but, like a class-weighted model after
+    calibration, its argmax almost never answers the rare class; its tuned rule (a bias) does. Member B
+    has no rule and a weaker signal. Scored by argmax, B wins; by what each decides, A does, and the
+    ensemble's saved rule reproduces A's decisions exactly."""
+    from ulmfit.recipes.ensemble import decision_rule
+    from ulmfit.train.calibration import apply, decide
+
+    rng = np.random.default_rng(4)
+    y = rng.choice(3, 2000, p=[0.55, 0.40, 0.05])
+    shift = np.array([0.0, 0.0, -6.0])  # the rare class pushed down, as BCTS restores the true prior
+    z = 3.0 * np.eye(3)[y] + rng.normal(0.0, 1.0, (len(y), 3)) + shift
+    a = np.exp(z - z.max(1, keepdims=True))
+    a /= a.sum(1, keepdims=True)
+    b = member(y, rng, strength=2.0)
+    biases = np.array([-shift, np.zeros(3)])
+    f1 = lambda pred: classification_metrics(y, pred, CLASSES)["macro_f1"]
+    assert f1(a.argmax(1)) < f1(b.argmax(1)) < f1(decide(a, biases[0]))  # the argmax would pick B
+
+    w_argmax, _ = choose_weights([a, b], y, CLASSES)
+    w, sel = choose_weights([a, b], y, CLASSES, biases=biases)
+    assert w_argmax[1] > w_argmax[0] and w.tolist() == [1.0, 0.0], (w_argmax, w)
+    rule = decision_rule(w, biases, ["A", "B"])
+    assert rule["bias"] == biases[0].tolist() and rule["source"] == "A's rule"
+    avg = np.tensordot(w, np.stack([a, b]), 1).astype(np.float32)
+    assert (apply(avg, rule)[1] == decide(a.astype(np.float32), biases[0])).all()  # exactly A's decisions
+    assert sel["macro_f1"] == pytest.approx(f1(apply(avg, rule)[1]))
+    # a blend carries both rules, weighted: here half of A's
+    half = decision_rule(np.array([0.5, 0.5]), biases, ["A", "B"])
+    assert half["bias"] == pytest.approx((0.5 * biases[0]).tolist()) and half["source"].startswith("the weighted rules")
+    assert decision_rule(np.array([0.5, 0.5]), np.zeros((2, 3)), ["A", "B"]) is None  # argmax members: no file
+
+
 def test_weight_choice_is_deterministic_and_fast_enough_to_rerun():
     rng = np.random.default_rng(3)
     y = rng.integers(0, 3, 400)
@@ -223,8 +256,8 @@ def test_an_ensemble_that_keeps_one_member_predicts_exactly_that_member(two_mode
 
     real = ensemble.choose_weights
 
-    def keep_the_second(probs, y, classes, grid=10):
-        w, sel = real(probs, y, classes, grid)
+    def keep_the_second(probs, y, classes, grid=10, biases=None):
+        w, sel = real(probs, y, classes, grid, biases)
         return np.array([0.0, 1.0]), {**sel, "rule": "best member", "best_member": 1}
 
     monkeypatch.setattr(ensemble, "choose_weights", keep_the_second)
@@ -240,4 +273,7 @@ def test_an_ensemble_that_keeps_one_member_predicts_exactly_that_member(two_mode
     assert saved["temperature"] == 1.0 and saved["bias"] == [float(bias[member.classes.index(c)]) for c in ens.classes]
     valid = pd.read_csv(tiny_data["valid"])
     recorded = json.loads((out / "valid_metrics.json").read_text())["macro_f1"]
-    assert recorded == member.evaluate(valid["text"].tolist(), valid["label"].tolist())["macro_f1"]
+    alone = member.evaluate(valid["text"].tolist(), valid["label"].tolist())["macro_f1"]
+    assert recorded == alone
+    # evaluate reports each member as it predicts alone, by its own rule
+    assert ens.evaluate(valid["text"].tolist(), valid["label"].tolist())["by_direction"]["members/m1"]["macro_f1"] == alone

@@ -262,6 +262,14 @@ class Classifier:
         probs, pred = apply(self.predict_proba_raw(texts, bs), self.calibration)
         return [self.classes[i] for i in pred], probs
 
+    def bias_in(self, classes: Sequence[str]) -> np.ndarray:
+        """The folder's decision rule as the bias on its calibrated probabilities (`label_ids`), in the
+        order of `classes` (zeros: its argmax). An ensemble weights its members' rules with this."""
+        bias = (self.calibration or {}).get("bias")
+        if bias is None:
+            return np.zeros(len(classes))
+        return np.array([float(bias[self.classes.index(c)]) for c in classes])
+
     def label_ids(self, probs: np.ndarray) -> np.ndarray:
         """Class indices of calibrated probabilities (`predict_proba`'s) by the folder's decision rule."""
         return decide(probs, (self.calibration or {}).get("bias"))
@@ -280,6 +288,9 @@ class Classifier:
         y_true = np.array([index[l] for l in labels], dtype=np.int64)
         probs = self.predict_proba_by_direction(texts, every_member=True)
         metrics = metrics_by_direction(probs, y_true, self.classes, self.weights)
+        if self.weights is not None:  # an ensemble's members, each by its own decision rule (what it predicts alone)
+            metrics["by_direction"] = {k: classification_metrics(y_true, decide(p, self.parts[k].bias_in(self.classes)),
+                                                                 self.classes) for k, p in probs.items()}
         if self.calibration:
             raw = average(probs, self.weights)
             cal, pred = apply(raw, self.calibration)

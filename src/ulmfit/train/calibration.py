@@ -91,9 +91,10 @@ def _log(probs: np.ndarray) -> np.ndarray:
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
+    """Over the last axis (classes): [N, C], or a stack of them [G, N, C]."""
+    z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def scale(probs: np.ndarray, temperature: float, shift=None) -> np.ndarray:
@@ -176,10 +177,11 @@ def ece(probs: np.ndarray, labels, n_bins: int = 15) -> float:
 # ------------------------------------------------------------------------------------ decision rule
 
 def decide(probs: np.ndarray, bias) -> np.ndarray:
-    """Class indices: argmax(log p + bias) (bias None or zeros: plain argmax)."""
+    """Class indices: argmax(log p + bias) (bias None or zeros: plain argmax) over the last axis, so
+    a stack of probabilities [G, N, C] with biases [G, 1, C] is decided at once (the ensemble's points)."""
     if bias is None:
-        return np.asarray(probs).argmax(axis=1)
-    return (_log(probs) + np.asarray(bias, dtype=np.float64)).argmax(axis=1)
+        return np.asarray(probs).argmax(axis=-1)
+    return (_log(probs) + np.asarray(bias, dtype=np.float64)).argmax(axis=-1)
 
 
 def macro_f1(labels, pred, n_classes: int) -> float:
