@@ -772,3 +772,19 @@ def test_default_cli_run_trains_fwd_and_bwd_students_and_records_both(teacher, t
     marker = json.loads((out / "ulmfit.json").read_text())
     assert (marker["recipe"], marker["directions"]) == ("distill", ["fwd", "bwd"]) and (out / "bwd" / "classifier.safetensors").exists()
     assert [m.direction for m in ulmfit.load(out).members] == ["fwd", "bwd"]
+
+
+def test_the_report_shows_the_model_with_its_own_rule_beside_the_students_argmax():
+    """On imbalanced classes a student's argmax is far below what it predicts with its decision rule; the
+    teacher's figure is its decisions. The Distillation table says which is which and shows the model both ways."""
+    from ulmfit.recipes.distill import report_section
+
+    agree = {"valid": 0.8, "unlabeled": 0.82}
+    info = {"round": 1, "teacher": "T", "directions": ["fwd"], "teacher_metrics": {"accuracy": 0.73, "macro_f1": 0.6170},
+            "student": {"accuracy": 0.747, "macro_f1": 0.5341}, "agreement": agree, "n_gold": 500,
+            "n_unlabeled_used": 20489, "n_unlabeled": 20489, "unlabeled_ratio": None, "temperature": 2.0, "alpha": 0.5,
+            "threshold": 0.0}
+    text = report_section({"macro_f1": 0.6142, "accuracy": 0.7276, "distill": [info]})
+    assert "| 0.5341 (0.6142 with its rule) |" in text and "student macro-F1 (argmax)" in text
+    # a model without a rule (its decisions are its argmax): one figure
+    assert "with its rule" not in report_section({"macro_f1": 0.5341, "distill": [info]}).split("\n| 1 |")[1]
