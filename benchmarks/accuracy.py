@@ -308,14 +308,18 @@ def train_and_score(a, cmd: list[str], out: Path, splits: dict, cdir: Path, log_
     more = extra(out) if extra else {}
     if not a.keep_models:
         shutil.rmtree(out, ignore_errors=True)
-    return {"status": "ok", "macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"],
-            **rare_class_f1({c: m["f1"] for c, m in metrics["per_class"].items()}, splits["test"]),
-            "ece_before": metrics.get("ece_before"), "ece": metrics.get("ece_after"),
-            "argmax_macro_f1": (metrics.get("argmax") or {}).get("macro_f1"),
-            "train_s": fit["wall_s"], "wall_s": round(fit["wall_s"] + ev["wall_s"], 2),
+    return {"status": "ok", **cell_scores(metrics, splits), "train_s": fit["wall_s"], "wall_s": round(fit["wall_s"] + ev["wall_s"], 2),
             "peak_rss_mb": fit["peak_rss_mb"], "predict_s": ev["wall_s"], "predict_peak_rss_mb": ev["peak_rss_mb"],
             **more, "command": cmd,
             "details": {"evaluate": {k: metrics[k] for k in metrics if k in ("per_class", "n", "by_direction")}}}
+
+
+def cell_scores(metrics: dict, splits: dict) -> dict:
+    """The test figures every cell of ours reports, from `ulmfit evaluate --json` of its folder."""
+    return {"macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"],
+            **rare_class_f1({c: m["f1"] for c, m in metrics["per_class"].items()}, splits["test"]),
+            "ece_before": metrics.get("ece_before"), "ece": metrics.get("ece_after"),
+            "argmax_macro_f1": (metrics.get("argmax") or {}).get("macro_f1")}
 
 
 def run_step(a, cmd: list[str], log_path: Path) -> tuple[dict, dict | None]:
@@ -359,7 +363,7 @@ def run_ensemble(a, splits, ds, budget, seed, work_tag: Path, cell_root: Path, c
     weights = {m: e["weight"] for m, e in zip(members, read_json(out / "ulmfit.json")["members"])}
     if not a.keep_models:
         shutil.rmtree(out, ignore_errors=True)
-    return {"status": "ok", "macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"],
+    return {"status": "ok", **cell_scores(metrics, splits),
             "train_s": round(sum(c["train_s"] for c in member_cells) + ens["wall_s"], 2), "ensemble_s": ens["wall_s"],
             "wall_s": round(ens["wall_s"] + ev["wall_s"], 2), "peak_rss_mb": ens["peak_rss_mb"], "predict_s": ev["wall_s"],
             "predict_peak_rss_mb": ev["peak_rss_mb"], "command": cmd, "weights": weights,
