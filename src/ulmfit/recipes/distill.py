@@ -48,7 +48,7 @@ from ulmfit.recipes import model_dir
 from ulmfit.recipes.config import FitConfig
 from ulmfit.recipes.distill_config import augment_copies
 from ulmfit.recipes.fit import write_reports
-from ulmfit.recipes.predictor import Member, _read_calibration, average
+from ulmfit.recipes.predictor import Member, _read_calibration, average, bias_in
 from ulmfit.recipes.registry import Run
 from ulmfit.recipes.registry import get as get_recipe
 from ulmfit.recipes.teacher import teacher_probabilities
@@ -277,8 +277,8 @@ def _teacher_labels(teacher, p_valid: np.ndarray, classes: list[str]) -> np.ndar
     calibration.json's decision bias (with BCTS also its class shift undone; none: the argmax)."""
     folder = Path(teacher)
     t_classes = [str(c) for c in model_dir.read_marker(folder)["classes"]]
-    bias = (_read_calibration(folder / "calibration.json", len(t_classes)) or {}).get("bias")
-    return decide(np.asarray(p_valid), None if bias is None else [bias[t_classes.index(c)] for c in classes])
+    calibration = _read_calibration(folder / "calibration.json", len(t_classes))
+    return decide(np.asarray(p_valid), bias_in(calibration, t_classes, classes))
 
 
 def _agree(a: np.ndarray, b: np.ndarray) -> float:

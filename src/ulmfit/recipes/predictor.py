@@ -265,10 +265,7 @@ class Classifier:
     def bias_in(self, classes: Sequence[str]) -> np.ndarray:
         """The folder's decision rule as the bias on its calibrated probabilities (`label_ids`), in the
         order of `classes` (zeros: its argmax). An ensemble weights its members' rules with this."""
-        bias = (self.calibration or {}).get("bias")
-        if bias is None:
-            return np.zeros(len(classes))
-        return np.array([float(bias[self.classes.index(c)]) for c in classes])
+        return bias_in(self.calibration, self.classes, classes)
 
     def label_ids(self, probs: np.ndarray) -> np.ndarray:
         """Class indices of calibrated probabilities (`predict_proba`'s) by the folder's decision rule."""
@@ -299,6 +296,15 @@ class Classifier:
             metrics.update(classification_metrics(y_true, pred, self.classes))
             metrics.update(argmax=before, ece_before=ece(raw, y_true), ece_after=ece(cal, y_true))
         return metrics
+
+
+def bias_in(calibration: dict | None, own: Sequence[str], classes: Sequence[str]) -> np.ndarray:
+    """A calibration.json's decision bias (on the calibrated probabilities; none: zeros, the argmax) for
+    a model whose classes are `own`, in the order of `classes`."""
+    bias = (calibration or {}).get("bias")
+    if bias is None:
+        return np.zeros(len(classes))
+    return np.array([float(bias[list(own).index(c)]) for c in classes])
 
 
 def _read_calibration(path: Path, n_classes: int) -> dict | None:
