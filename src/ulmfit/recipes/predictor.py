@@ -185,11 +185,13 @@ def average(probs: dict[str, np.ndarray], weights: dict[str, float] | None = Non
 
 
 def metrics_by_direction(probs: dict[str, np.ndarray], y_true: np.ndarray, classes: list[str],
-                         weights: dict[str, float] | None = None) -> dict:
-    """The ensemble's metrics, plus each direction's under "by_direction" when there are several."""
+                         weights: dict[str, float] | None = None, biases: dict[str, np.ndarray] | None = None) -> dict:
+    """The ensemble's metrics, plus each direction's under "by_direction" when there are several: by its
+    argmax, or with `biases` by each one's own decision rule (an ensemble's members, as each predicts alone)."""
     metrics = classification_metrics(y_true, average(probs, weights).argmax(1), classes)
     if len(probs) > 1:
-        metrics["by_direction"] = {d: classification_metrics(y_true, p.argmax(1), classes) for d, p in probs.items()}
+        metrics["by_direction"] = {d: classification_metrics(y_true, decide(p, (biases or {}).get(d)), classes)
+                                   for d, p in probs.items()}
     return metrics
 
 
@@ -284,10 +286,8 @@ class Classifier:
         index = {c: i for i, c in enumerate(self.classes)}
         y_true = np.array([index[l] for l in labels], dtype=np.int64)
         probs = self.predict_proba_by_direction(texts, every_member=True)
-        metrics = metrics_by_direction(probs, y_true, self.classes, self.weights)
-        if self.weights is not None:  # an ensemble's members, each by its own decision rule (what it predicts alone)
-            metrics["by_direction"] = {k: classification_metrics(y_true, decide(p, self.parts[k].bias_in(self.classes)),
-                                                                 self.classes) for k, p in probs.items()}
+        rules = {k: part.bias_in(self.classes) for k, part in self.parts.items()} if self.weights is not None else None
+        metrics = metrics_by_direction(probs, y_true, self.classes, self.weights, rules)
         if self.calibration:
             raw = average(probs, self.weights)
             cal, pred = apply(raw, self.calibration)
