@@ -19,11 +19,14 @@ Methods (peers run in their own venvs, benchmarks/setup_peers.sh; JSON files in 
   ulmfit-both      the same with `--direction both` (forward + backward ensemble)
   ulmfit-bwd       the same with `--direction bwd` alone (from the shipped backward LM, general-en-bwd)
   siatl            the same with `--recipe siatl`
-  ulmfit-minilm    `ulmfit fit --backbone minilm`: the ULMFiT recipe on all-MiniLM-L6-v2 (masked-word
-                   fine-tuning on the text at hand, then the classifier with gradual unfreezing)
+  ulmfit-minilm    `ulmfit fit --backbone minilm --student off`: the ULMFiT recipe on all-MiniLM-L6-v2
+                   (masked-word fine-tuning on the text at hand, then the classifier with gradual unfreezing),
+                   the model alone (without --student off a few-label run adds its student and the ensemble)
   ulmfit-default   `ulmfit fit` with no model choice at all (no --backbone, --pretrained, --direction): what
                    a new user gets; the data chooses the model (recipes/auto_backbone.py), the cell records
-                   which ("recipe", "auto_choice"). Every other ulmfit method pins its model (--backbone awd_lstm)
+                   which ("recipe", "auto_choice", "student": with few labels and unlabelled text the
+                   MiniLM model, its distilled student and their ensemble, recipes/few_labels.py). Every
+                   other ulmfit method pins its model (--backbone awd_lstm)
   ulmfit-fwd-before, siatl-before   the same with issue 21's defaults switched off (no class weighting,
                    no tuned decision rule, no temperature): the defaults before that change
   ulmfit-fwd-novalid   ulmfit-fwd without the validation file: the budget's labels are all the labels
@@ -242,7 +245,7 @@ def cli_caps() -> dict[str, bool]:
     direction = re.search(r"--direction \{([^}]*)\}", h)
     return {"max_labels": "--max-labels" in h, "direction_both": bool(direction and "both" in direction.group(1)),
             "direction": "--direction" in h, "siatl": bool(recipe and "siatl" in recipe.group(1)),
-            "backbone": "--backbone" in h}
+            "backbone": "--backbone" in h, "student": "--student" in h}
 
 
 def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log) -> dict:
@@ -276,6 +279,7 @@ def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log
         cmd += [x for s in BEFORE_ISSUE_21 for x in ("--set", s)]
     if method == "ulmfit-minilm":  # its own pretrained encoder: --pretrained (an AWD-LSTM LM) does not apply
         cmd += ["--backbone", "minilm"] + (QUICK_TRANSFORMER if a.quick else [])
+        cmd += ["--student", "off"] if caps["student"] else []  # the MiniLM model alone (distill, ensemble: below)
     elif method == "ulmfit-default":  # no model choice at all (--pretrained would be one): the data chooses
         cmd += (QUICK_OURS + QUICK_TRANSFORMER) if a.quick else []
     else:
@@ -292,7 +296,7 @@ def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log
         cmd += ["--set", s]
     # the recipe fit ran, and why when it chose it (ulmfit-default)
     return train_and_score(a, cmd, out, splits, cdir, "fit.log",
-                           lambda out: {k: read_json(out / "config.json").get(k) for k in ("recipe", "auto_choice")})
+                           lambda out: {k: read_json(out / "config.json").get(k) for k in ("recipe", "auto_choice", "student")})
 
 
 def train_and_score(a, cmd: list[str], out: Path, splits: dict, cdir: Path, log_name: str, extra=None) -> dict:

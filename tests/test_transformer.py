@@ -299,13 +299,14 @@ def test_backbone_flag_selects_the_transformer_recipe(recipe, objective):
     assert cfg.to_dict()["transformer"]["backbone"] == "minilm"
 
 
-def test_unused_unlabeled_text_is_named_with_the_command_that_uses_it():
+def test_unused_unlabeled_text_is_named_with_the_setting_and_commands_that_use_it():
     from ulmfit.recipes.transformer import unlabeled_note
     from ulmfit.recipes.transformer_config import TransformerTrainConfig
 
     off = TransformerTrainConfig()  # masked-word step off by default
     line = unlabeled_note(29_257, off)
-    assert "29,257 texts not used" in line and "mlm_epochs=0" in line and "ulmfit distill" in line
+    assert "29,257 texts not read by this model" in line and "mlm_epochs=0" in line and "--student on" in line
+    assert "ulmfit distill" in line
     assert "SiATL" in unlabeled_note(5, replace(off, objective="siatl"))
     assert unlabeled_note(0, off) is None  # nothing given, nothing to say
     assert unlabeled_note(5, replace(off, mlm_epochs=1)) is None  # the masked-word step reads them

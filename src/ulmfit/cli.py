@@ -11,6 +11,7 @@ from ulmfit.errors import UlmfitError
 from ulmfit.recipes import registry
 from ulmfit.recipes.auto_backbone import SHORT_SHARE, use_backbone
 from ulmfit.recipes.config import apply_overrides, override_key
+from ulmfit.recipes.few_labels import FEW_LABELS
 from ulmfit.recipes.transformer_config import TransformerTrainConfig
 
 
@@ -58,7 +59,7 @@ def cmd_fit(a) -> int:
 
 
 def _fit_flags(cfg, a):
-    """--direction, --pretrained-bwd and the low-resource flags onto the config (they win over --config and --set).
+    """--direction, --pretrained-bwd, --student and the low-resource flags onto the config (they win over --config and --set).
     A run whose user chose no direction gets its recipe's `default_direction` (distill: both), if it has one."""
     _check_number("--labels-per-class", a.labels_per_class, low=1)
     _check_number("--max-labels", a.max_labels, low=1)
@@ -71,6 +72,8 @@ def _fit_flags(cfg, a):
             raise UlmfitError(f"--pretrained-bwd is for --direction both; with --direction {cfg.direction} pass the "
                               f"language model as --pretrained")
         cfg.pretrained_bwd = a.pretrained_bwd
+    if getattr(a, "student", None) is not None:  # `fit` only (`distill` trains a student already)
+        cfg.student = a.student
     if a.labels_per_class is not None:
         cfg.data = replace(cfg.data, labels_per_class=a.labels_per_class, max_labels=None)
     if a.max_labels is not None:
@@ -330,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
                                       f"of the training texts fit one {TransformerTrainConfig.window}-piece "
                                       "window (short texts: tweets), else awd_lstm; the log and report.md say "
                                       "which and why")
+    f.add_argument("--student", choices=["auto", "on", "off"],
+                   help="with few labels and unlabelled text, also distil the model into a fast AWD-LSTM student "
+                        "over that text and keep the validated ensemble of the two (auto, the default: for a "
+                        f"transformer model with at most {FEW_LABELS:,} labelled rows; on: always; off: the model "
+                        "alone). The same as --set student=...")
     run_args(f, "a config.json to start from (e.g. from another model folder)", "override a config field",
              "continue an interrupted run in --out", "replace what --out holds")
     data_args(f)

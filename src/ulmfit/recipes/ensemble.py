@@ -225,8 +225,9 @@ def member_probs(model, classes: list[str], texts: list[str]) -> np.ndarray:
 def build_ensemble(members: Sequence[str | Path], valid: str | Path, out: str | Path, *, text_col: str = "text",
                    label_col: str = "label", encoding: str = "utf-8", grid: int = 10, overwrite: bool = False,
                    log: Callable[[str], None] = lambda m: None):
-    """Choose weights on `valid`, copy the members into `out` and write its marker; returns the loaded ensemble."""
-    from ulmfit.recipes.predictor import BUILD_PRECISION, Classifier
+    """Copy the members into `out`, choose weights on `valid` and write its marker (`write_ensemble`);
+    returns the loaded ensemble."""
+    from ulmfit.recipes.predictor import Classifier
 
     out = Path(out)
     if len(members) < 2:
@@ -236,37 +237,61 @@ def build_ensemble(members: Sequence[str | Path], valid: str | Path, out: str | 
             raise UlmfitError(f"ensemble: --out {out} is (or holds) the member {m}; choose another --out")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise UlmfitError(f"{out} already exists and is not empty; choose another --out, or pass --overwrite")
-    models = [Classifier(m, precision=BUILD_PRECISION) for m in members]  # the weights: the same on every CPU
-    classes = models[0].classes
-    for m, model in zip(members, models):
-        if set(model.classes) != set(classes):
-            raise UlmfitError(f"ensemble: {m} predicts classes {model.classes} but {members[0]} predicts {classes}; "
+    classes = [model_dir.read_marker(Path(m)).get("classes") for m in members]
+    for m, c in zip(members, classes):
+        if set(c or ()) != set(classes[0] or ()):
+            raise UlmfitError(f"ensemble: {m} predicts classes {c} but {members[0]} predicts {classes[0]}; "
                               f"members must share their classes")
     table = read_table(Path(valid), text_col=text_col, label_col=label_col, encoding=encoding)
-    unseen = sorted(set(l.strip() for l in table.labels) - set(classes))
+    with write_lock(out):  # built beside `out`, swapped in whole: an old ensemble stays intact until then
+        stage = staging_path(out)
+        shutil.rmtree(stage, ignore_errors=True)
+        try:
+            for i, m in enumerate(members):
+                shutil.copytree(m, stage / MEMBERS_DIR / f"m{i}", ignore=shutil.ignore_patterns("checkpoints"))
+            write_ensemble(stage, [str(Path(m).resolve()) for m in members], table.texts, table.labels, table.source,
+                           str(Path(valid).resolve()), grid=grid, log=log, names=[str(m) for m in members])
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)  # nothing half-built left beside `out`
+            raise
+        swap_in(stage, out)
+    return Classifier(out)
+
+
+def write_ensemble(out: Path, sources: Sequence[str], texts: Sequence[str], labels: Sequence[str], source: str,
+                   valid: str, *, grid: int = 10, log: Callable[[str], None] = lambda m: None,
+                   names: Sequence[str] | None = None, preamble: str = "") -> dict:
+    """The ensemble of the model folders already in `out`/members/m0, m1, ... (`sources`: where each came
+    from, recorded in the marker): weights chosen on the labelled rows `texts` / `labels` (`source` names
+    them in the report, `valid` in the marker), then calibration.json, valid_metrics.json, report.md
+    (`preamble` first) and the marker, last. `names`: the members as the log and the rule name them
+    (default `sources`). `ulmfit ensemble` copies its members in first; `fit`'s few-label path trains
+    them there (recipes/few_labels.py). Returns the validation metrics."""
+    from ulmfit.recipes.predictor import BUILD_PRECISION, Classifier
+
+    names = list(names or sources)
+    folders = [out / MEMBERS_DIR / f"m{i}" for i in range(len(sources))]
+    models = [Classifier(f, precision=BUILD_PRECISION) for f in folders]  # the weights: the same on every CPU
+    classes = models[0].classes
+    unseen = sorted(set(str(l).strip() for l in labels) - set(classes))
     if unseen:
-        raise UlmfitError(f"{table.source}: labels {unseen[:5]} are not classes of the members ({classes})")
-    y = np.array([classes.index(l.strip()) for l in table.labels], dtype=np.int64)
+        raise UlmfitError(f"{source}: labels {unseen[:5]} are not classes of the members ({classes})")
+    y = np.array([classes.index(str(l).strip()) for l in labels], dtype=np.int64)
     probs, biases = [], np.stack([model.bias_in(classes) for model in models])  # biases [k, C]
-    for m, model, b in zip(members, models, biases):
-        probs.append(member_probs(model, classes, table.texts))
+    for name, model, b in zip(names, models, biases):
+        probs.append(member_probs(model, classes, list(texts)))
         f1 = classification_metrics(y, decide(probs[-1], b), classes)["macro_f1"]
-        log(f"member {m}: validation macro-F1 {f1:.4f} (its decision rule), log-loss {log_loss(probs[-1], y):.4f}")
+        log(f"member {name}: validation macro-F1 {f1:.4f} (its decision rule), log-loss {log_loss(probs[-1], y):.4f}")
     weights, selection = choose_weights(probs, y, classes, grid, biases)
     log(selection_line(selection))
     log(f"weights {', '.join(f'{w:.2f}' for w in weights)} (validation macro-F1 {selection['macro_f1']:.4f}, "
         f"log-loss {selection['log_loss']:.4f})")
-    rule = decision_rule(weights, biases, members)
-
-    with write_lock(out):  # built beside `out`, swapped in whole: an old ensemble stays intact until then
-        stage = staging_path(out)
-        shutil.rmtree(stage, ignore_errors=True)
-        metrics = _write(stage, members, weights, selection, rule, probs, biases, y, classes, table.source, valid)
-        swap_in(stage, out)
+    rule = decision_rule(weights, biases, names)
+    metrics = _write(out, sources, weights, selection, rule, probs, biases, y, classes, source, valid, preamble)
     if rule:
         log(f"decision rule: {rule['source']} (bias {', '.join(f'{b:+.2f}' for b in rule['bias'])}): "
             f"validation macro-F1 {metrics['macro_f1']:.4f} with it")
-    return Classifier(out)
+    return metrics
 
 
 def decision_rule(weights: np.ndarray, biases: np.ndarray, members) -> dict | None:
@@ -283,14 +308,10 @@ def decision_rule(weights: np.ndarray, biases: np.ndarray, members) -> dict | No
             "source": source}
 
 
-def _write(out: Path, members, weights, selection: dict, rule: dict | None, probs, biases, y, classes, source: str,
-           valid) -> dict:
-    (out / MEMBERS_DIR).mkdir(parents=True, exist_ok=True)
-    entries = []
-    for i, (m, w) in enumerate(zip(members, weights)):
-        rel = f"{MEMBERS_DIR}/m{i}"
-        shutil.copytree(m, out / rel, ignore=shutil.ignore_patterns("checkpoints"))
-        entries.append({"path": rel, "weight": float(w), "source": str(Path(m).resolve())})
+def _write(out: Path, sources, weights, selection: dict, rule: dict | None, probs, biases, y, classes, source: str,
+           valid: str, preamble: str = "") -> dict:
+    entries = [{"path": f"{MEMBERS_DIR}/m{i}", "weight": float(w), "source": str(m)}
+               for i, (m, w) in enumerate(zip(sources, weights))]
     avg = weighted(probs, weights)
     if rule:
         atomic_write_json(out / CALIBRATION_FILE, rule)
@@ -304,7 +325,7 @@ def _write(out: Path, members, weights, selection: dict, rule: dict | None, prob
     rows = "\n".join(f"| {e['path']} ({e['source']}) | {e['weight']:.2f} | {metrics['by_member'][e['path']]['macro_f1']:.4f} |"
                      for e in entries)
     atomic_write_text(out / "report.md", (
-        f"# ulmfit ensemble report\n\nWeighted average of {len(entries)} classifiers' probabilities; weights chosen "
+        f"# ulmfit ensemble report\n\n{preamble}Weighted average of {len(entries)} classifiers' probabilities; weights chosen "
         f"on {source} ({len(y)} texts) by macro-F1 (ties: log-loss) over {selection['points']} grid points, the "
         f"blend kept only when it beats the best single member out of fold beyond noise.\n\n"
         f"{selection_line(selection)}.\n\n"
@@ -312,5 +333,5 @@ def _write(out: Path, members, weights, selection: dict, rule: dict | None, prob
         + f"| member | weight | validation macro-F1 |\n|---|---|---|\n{rows}\n| ensemble | | {metrics['macro_f1']:.4f} |\n\n"
         f"```\n{format_report(metrics, classes)}\n```\n"))
     model_dir.write_marker(out, "ensemble", classes=classes, members=entries,
-                           metric="macro_f1", valid=str(Path(valid).resolve()))
+                           metric="macro_f1", valid=valid)
     return metrics

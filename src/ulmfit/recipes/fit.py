@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ulmfit.errors import UlmfitError
 from ulmfit.fileio import atomic_write_json, atomic_write_text, make_dir
-from ulmfit.recipes import auto_backbone, model_dir, posthoc, registry
+from ulmfit.recipes import auto_backbone, few_labels, model_dir, posthoc, registry
 from ulmfit.recipes.config import FitConfig
 from ulmfit.recipes.prepare import load_fit_data
 from ulmfit.recipes.toolbox import Log, quiet
@@ -52,12 +52,21 @@ def _fit_into(out: Path, train, valid, text_col, label_col, unlabeled, pretraine
     cfg = auto_backbone.settle(cfg, resume)
     chosen = cfg.recipe != auto_backbone.AUTO  # else the training texts choose it, once read
     if chosen:
-        recipe, configs = _recipe_and_configs(out, cfg, resume)  # checks the pretrained LMs before reading any data
+        _recipe_and_configs(out, cfg, resume)  # checks the pretrained LMs before reading any data
     t0 = time.perf_counter()
     data = load_fit_data(train, valid, cfg.data, cfg.seed, log)
     if not chosen:
         cfg = auto_backbone.choose(cfg, data.train.texts, log)
-        recipe, configs = _recipe_and_configs(out, cfg, resume)
+    cfg = few_labels.resolve(cfg, len(data.train.labels), len(data.unlabeled), log)
+    if cfg.student == "on":
+        _fit_with_student(out, cfg, data, resume, log)
+    else:
+        _train_model(out, cfg, data, resume, log, t0)
+
+
+def _train_model(out: Path, cfg: FitConfig, data, resume: bool, log: Log, t0: float) -> None:
+    """One model (one recipe, one or two directions) into `out`, its data read: train, post-hoc, reports, marker."""
+    recipe, configs = _recipe_and_configs(out, cfg, resume)
     dirs = cfg.directions
     log(f"precision: {describe_precision(cfg.precision)}")
     configs = {d: posthoc.resolve_weighting(c, data, log if i == 0 else quiet) for i, (d, c) in enumerate(configs.items())}
@@ -78,6 +87,32 @@ def _fit_into(out: Path, train, valid, text_col, label_col, unlabeled, pretraine
     write_reports(out, metrics, data.classes, configs[dirs[0]], time.perf_counter() - t0)
     model_dir.write_marker(out, "classifier", **marker)
     model_dir.remove_checkpoints(out)
+
+
+def _fit_with_student(out: Path, cfg: FitConfig, data, resume: bool, log: Log) -> None:
+    """The few-label path (recipes/few_labels.py): the teacher into members/m0, its student into members/m1,
+    each resumed where it stopped (or kept, when whole), then the ensemble of the two into `out`, last."""
+    from ulmfit.recipes.ensemble import write_ensemble
+
+    atomic_write_json(out / "config.json", cfg.to_dict())  # the run's: what --resume reads
+    teacher, student = out / few_labels.TEACHER_DIR, out / few_labels.STUDENT_DIR
+    steps = ((teacher, few_labels.teacher_config(cfg), f"the {cfg.recipe} model (the teacher)"),
+             (student, few_labels.student_config(cfg, teacher), "its AWD-LSTM student (fwd + bwd)"))
+    for i, (folder, member_cfg, what) in enumerate(steps, 1):
+        if (folder / "ulmfit.json").exists() and not (folder / "checkpoints").exists():
+            log(f"few labels, step {i} of 3: {what} in {folder} is trained already: kept")
+            continue
+        again = resume and (folder / "config.json").exists()
+        log(f"few labels, step {i} of 3: {what} into {folder}{' (resumed)' if again else ''}")
+        make_dir(folder)
+        t0 = time.perf_counter()
+        _train_model(folder, FitConfig.load(folder / "config.json", resuming=True) if again else member_cfg,
+                     data, again, log, t0)
+    log("few labels, step 3 of 3: the ensemble of the two, weights chosen on the validation split")
+    n_lab, n_unl = len(data.train.labels), len(data.unlabeled)
+    write_ensemble(out, [f"{few_labels.TEACHER_DIR} (teacher)", f"{few_labels.STUDENT_DIR} (student)"], data.valid.texts,
+                   [data.classes[i] for i in data.valid.labels], data.valid.source, data.valid.source, log=log,
+                   names=["teacher", "student"], preamble=few_labels.preamble(cfg, n_lab, n_unl))
 
 
 def _recipe_and_configs(out: Path, cfg: FitConfig, resume: bool) -> tuple[registry.Recipe, dict[str, FitConfig]]:

@@ -102,10 +102,10 @@ def unlabeled_note(n_unlabeled: int, t) -> str | None:
         return None
     why = "the SiATL objective reads the labelled texts only" if t.objective == "siatl" else \
         "the masked-word step is off by default (transformer.mlm_epochs=0: it measured no gain)"
-    return (f"unlabelled text: {n_unlabeled:,} texts not used by this run ({why}). To put them to use, distil "
-            f"this model into the fast AWD-LSTM over them (`ulmfit distill --teacher MODEL --train ... --unlabeled "
-            f"...`); MODEL and its student averaged (`ulmfit ensemble MODEL STUDENT`) scored best with few labels "
-            f"(docs/BENCHMARKS.md)")
+    return (f"unlabelled text: {n_unlabeled:,} texts not read by this model ({why}). Its student reads them: `fit "
+            f"--student on` (the default with few labels: recipes/few_labels.py) distils the model into the fast "
+            f"AWD-LSTM over them and keeps the validated ensemble of the two; by hand, `ulmfit distill --teacher MODEL "
+            f"...` then `ulmfit ensemble MODEL STUDENT`")
 
 
 def finetune_mlm(backbone, text: WordPieceText, train_tok: list[list[int]], unlabeled: list[str], out: Path,

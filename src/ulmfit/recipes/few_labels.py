@@ -1,0 +1,120 @@
+"""`fit`'s few-label path: a transformer model, its AWD-LSTM student, and the validated ensemble of the two.
+
+A run with few labels and unlabelled text trains the model it would train anyway (the teacher, e.g. ULMFiT on
+MiniLM), distils it into a forward + backward AWD-LSTM student over the unlabelled text (`ulmfit distill`'s
+recipe, its defaults), and keeps the ensemble of the two by `ulmfit ensemble`'s rule (recipes/ensemble.py:
+the blend only when it beats the better member out of fold beyond noise, else that member alone). This is the
+path the log recommended (`ulmfit distill`, then `ulmfit ensemble`), now what `fit` does by itself (the
+`student` setting: auto / on / off). The model folder:
+```
+OUT/ulmfit.json, report.md, valid_metrics.json, calibration.json   the ensemble (recipes/ensemble.py)
+OUT/config.json        the run's config (student "on"): what --resume reads
+OUT/members/m0/        the teacher: an ordinary model folder (its own report.md, config.json, curves)
+OUT/members/m1/        the student: an ordinary model folder (recipe distill, direction both)
+```
+Each member trains like a run of its own and resumes where it stopped; the ensemble is written last.
+
+When "auto" takes the path (`decide`): the run trains the transformer recipe with the ULMFiT objective (the
+teacher measured), has unlabelled text, and has at most `FEW_LABELS` labelled training rows, in one process.
+The evidence (docs/BENCHMARKS.md; test macro-F1; ULMFiT on MiniLM as teacher, its fwd+bwd student):
+* the founding user's 40/55/5 tweets, 500 labels, 5 seeds (fourteenth session): the ensemble 0.6202 against
+  the MiniLM model's 0.6063 (medians; ahead on 5 of 5 seeds), the 5% class 0.3651 against 0.3165; both above
+  frozen MiniLM + balanced LR (0.5962 / 0.3370), which the MiniLM model alone is not on the 5% class. At
+  2,000 labels (seed 0) the rule kept the MiniLM model alone: no change, the student's cost paid for nothing.
+* the balanced tweets (eleventh session; ensembles then chosen by the argmax rule): 100 labels, median
+  0.6309 against the MiniLM model's 0.6191 (the rule kept the student alone on 2 of 3 seeds); 500 labels
+  level (0.6879 vs 0.6881); 2,000 labels 0.75 below (0.7263 vs 0.7338: a blend chosen on validation lost on
+  test). So the line lies between 500 (gain or level) and 2,000 (a loss): `FEW_LABELS` 1,000.
+* unlabelled text: measured with 21-29k unlabelled tweets beside 100-2,000 labels. Without it the student
+  learns from the gold rows and their perturbed copies only (issue 17: 3 copies help with all labels); with
+  few labels that was not measured, so "auto" needs unlabelled text.
+The cost (AMD EPYC, 2 threads, 500 labels, 21k unlabelled tweets): the student's two LMs and its classifier
+add about 12-20 min to the MiniLM model's training, and prediction runs the AWD-LSTM pair beside MiniLM
+(13-23x faster than MiniLM in bulk: about +5-8%) where both carry weight. `--student off` gives the
+teacher alone (as before); `ulmfit export` exports the members one by one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ulmfit.errors import UlmfitError
+from ulmfit.ranks import world_size
+
+SETTINGS = ("auto", "on", "off")
+FEW_LABELS = 1_000  # "auto" takes the path with at most this many labelled training rows (evidence above)
+TEACHER_DIR, STUDENT_DIR = "members/m0", "members/m1"  # recipes/ensemble.py's member folders
+TRANSFORMER = "transformer"  # the transformer recipe (recipes/transformer_config.py), the teacher measured
+
+
+def decide(cfg, n_labelled: int, n_unlabeled: int) -> tuple[bool, str]:
+    """Whether the run takes the few-label path, and why in words (one log line)."""
+    setting = cfg.student
+    if setting == "off":
+        return False, "student=off"
+    if cfg.recipe == "distill":
+        if setting == "on":
+            raise UlmfitError("student=on: a distill run trains a student already; set student=off (or leave it auto)")
+        return False, "a distill run is a student"
+    if n_unlabeled == 0:
+        if setting == "on":
+            raise UlmfitError("student=on needs unlabelled text to distil over: pass --unlabeled FILE (or --max-labels / "
+                              "--labels-per-class, whose other training rows become unlabelled text), or set "
+                              "--student off")
+        return False, "no unlabelled text"
+    if world_size() > 1:
+        if setting == "on":
+            raise UlmfitError("student=on does not run under torchrun (distillation trains in one process); "
+                              "set --student off, or run without torchrun")
+        return False, "torchrun (the path trains in one process)"
+    if setting == "on":
+        return True, "student=on"
+    if cfg.recipe != TRANSFORMER or cfg.transformer.objective != "ulmfit":
+        return False, f"the run trains the {cfg.recipe} recipe (the path was measured with a transformer teacher)"
+    if n_labelled > FEW_LABELS:
+        return False, f"{n_labelled:,} labelled training rows (> {FEW_LABELS:,}: the student did not help there)"
+    return True, f"{n_labelled:,} labelled training rows (<= {FEW_LABELS:,}) and {n_unlabeled:,} unlabelled texts"
+
+
+def resolve(cfg, n_labelled: int, n_unlabeled: int, log: Callable[[str], None]):
+    """`cfg` with `student` resolved to on or off (saved so, for --resume), and one log line saying which and why."""
+    on, why = decide(cfg, n_labelled, n_unlabeled)
+    if cfg.student == "auto":
+        if on:
+            log(f"few labels: {why}: this run also distils the model into a fast AWD-LSTM student over the unlabelled "
+                f"text and keeps the validated ensemble of the two (recipes/few_labels.py: on the 40/55/5 tweets at 500 "
+                f"labels +1.4 macro-F1, +4.9 on the 5% class; about 12-20 min more). --student off: the model alone")
+        elif n_unlabeled and why.startswith(f"{n_labelled:,}"):
+            log(f"few labels: no student ({why}); --student on distils one anyway")
+    cfg.student = "on" if on else "off"
+    return cfg
+
+
+def teacher_config(cfg):
+    """The teacher's run: the run's own config, trained as one model."""
+    from ulmfit.recipes.config import FitConfig
+
+    t = FitConfig.from_dict(cfg.to_dict())
+    t.student = "off"
+    return t
+
+
+def student_config(cfg, teacher: Path):
+    """The student's run: the run's config as `ulmfit distill --teacher TEACHER --direction both` (the
+    path measured: distill's defaults, the shipped LMs; `--set distill.*`, `clf.*`, `lm.*` reach it)."""
+    from dataclasses import replace
+
+    from ulmfit.recipes.config import FitConfig
+
+    s = FitConfig.from_dict(cfg.to_dict())
+    s.recipe, s.direction, s.auto_choice, s.student = "distill", "both", None, "off"
+    s.distill = replace(s.distill, teacher=str(Path(teacher).resolve()))
+    return s
+
+
+def preamble(cfg, n_labelled: int, n_unlabeled: int) -> str:
+    """The ensemble report's first paragraph: how `fit` built this folder."""
+    return (f"Built by `ulmfit fit`'s few-label path (student={cfg.student}; {n_labelled:,} labelled training rows, "
+            f"{n_unlabeled:,} unlabelled texts): {TEACHER_DIR} is the {cfg.recipe} model (its own report: "
+            f"{TEACHER_DIR}/report.md), {STUDENT_DIR} its forward + backward AWD-LSTM student distilled over the "
+            f"unlabelled texts ({STUDENT_DIR}/report.md). `--student off` trains the first alone.\n\n")
