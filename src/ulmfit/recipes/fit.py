@@ -30,7 +30,9 @@ def fit(train, valid=None, *, out: str | Path, text_col: str = "text", label_col
         resume: bool = False, overwrite: bool = False, log: Log = quiet):
     """Train a classifier end to end with the config's recipe and return the loaded model (see `ulmfit.load`).
     No recipe chosen (the default, "auto"): MiniLM for short texts when the transformers extra is
-    installed, else the AWD-LSTM (recipes/auto_backbone.py); `FitConfig(recipe="ulmfit")` pins the AWD-LSTM."""
+    installed, else the AWD-LSTM (recipes/auto_backbone.py); `FitConfig(recipe="ulmfit")` pins the AWD-LSTM.
+    With few labels and unlabelled text a transformer model comes with its distilled AWD-LSTM student and the
+    two's validated ensemble (recipes/few_labels.py); `FitConfig(student="off")` trains the model alone."""
     from ulmfit.recipes.predictor import Classifier
 
     out = Path(out)
@@ -99,7 +101,7 @@ def _fit_with_student(out: Path, cfg: FitConfig, data, resume: bool, log: Log) -
     steps = ((teacher, few_labels.teacher_config(cfg), f"the {cfg.recipe} model (the teacher)"),
              (student, few_labels.student_config(cfg, teacher), "its AWD-LSTM student (fwd + bwd)"))
     for i, (folder, member_cfg, what) in enumerate(steps, 1):
-        if (folder / "ulmfit.json").exists() and not (folder / "checkpoints").exists():
+        if model_dir.finished(folder):
             log(f"few labels, step {i} of 3: {what} in {folder} is trained already: kept")
             continue
         again = resume and (folder / "config.json").exists()
@@ -110,7 +112,7 @@ def _fit_with_student(out: Path, cfg: FitConfig, data, resume: bool, log: Log) -
                      data, again, log, t0)
     log("few labels, step 3 of 3: the ensemble of the two, weights chosen on the validation split")
     n_lab, n_unl = len(data.train.labels), len(data.unlabeled)
-    write_ensemble(out, [f"{few_labels.TEACHER_DIR} (teacher)", f"{few_labels.STUDENT_DIR} (student)"], data.valid.texts,
+    write_ensemble(out, ["the teacher, trained by this run", "its student, distilled by this run"], data.valid.texts,
                    [data.classes[i] for i in data.valid.labels], data.valid.source, data.valid.source, log=log,
                    names=["teacher", "student"], preamble=few_labels.preamble(cfg, n_lab, n_unl))
 

@@ -250,6 +250,11 @@ def load_classifier_model(folder: Path) -> TextClassifier:
     return load_weights_into(model, folder / "classifier.safetensors", "classifier_config.json").eval()
 
 
+def finished(folder: Path) -> bool:
+    """A model folder whose run completed: its marker is written and no checkpoints are left to resume from."""
+    return (folder / "ulmfit.json").exists() and not (folder / "checkpoints").exists()
+
+
 def resume_folder(out: str | Path) -> Path:
     """The folder an interrupted run of `--out out` lives in: the staging folder of an interrupted
     `--overwrite` (the old model stays in `out` until the new one is complete), else `out`.
@@ -260,7 +265,7 @@ def resume_folder(out: str | Path) -> Path:
     if not folder.is_dir() or not any(folder.iterdir()):
         raise UlmfitError(f"{out}: nothing to resume (the run was stopped before it wrote anything); "
                           "start it again without --resume")
-    if (folder / "ulmfit.json").exists() and not (folder / "checkpoints").exists():
+    if finished(folder):
         raise UlmfitError(f"{out}: the model is finished, nothing to resume; use it as it is, or pass --overwrite "
                           "(instead of --resume) to train it again")
     return folder
