@@ -28,6 +28,15 @@ def transformer_config(**kw) -> FitConfig:
     return FitConfig(recipe="transformer", **kw)
 
 
+def data(n_lab: int, n_unl: int, n_valid: int = 300):
+    """A FitData of the given sizes (3 classes; texts are not read by the rule)."""
+    from ulmfit.recipes.prepare import FitData, Labelled
+
+    labels = lambda n: np.arange(n) % 3
+    return FitData(Labelled([""] * n_lab, labels(n_lab), "train.csv"), Labelled([""] * n_valid, labels(n_valid), "valid.csv"),
+                   ["a", "b", "c"], [""] * n_unl)
+
+
 @pytest.mark.parametrize("setting, cfg_kw, n_lab, n_unl, taken", [
     ("auto", {}, 500, 20_000, True),  # the measured case
     ("auto", {}, few_labels.FEW_LABELS, 1, True),
@@ -40,18 +49,29 @@ def transformer_config(**kw) -> FitConfig:
 ])
 def test_the_rule(setting, cfg_kw, n_lab, n_unl, taken):
     cfg = FitConfig(**{"recipe": "transformer", **cfg_kw}, student=setting)
-    assert few_labels.decide(cfg, n_lab, n_unl)[0] is taken
+    assert few_labels.decide(cfg, data(n_lab, n_unl))[0] is taken
     lines = []
-    assert few_labels.resolve(cfg, n_lab, n_unl, lines.append).student == ("on" if taken else "off")  # saved resolved
+    assert few_labels.resolve(cfg, data(n_lab, n_unl), lines.append).student == ("on" if taken else "off")  # saved resolved
     if setting == "auto" and taken:
         assert len(lines) == 1 and "--student off" in lines[0]
 
 
-def test_the_rule_refuses_what_it_cannot_do_in_one_line():
+def test_the_rule_refuses_what_it_cannot_do_before_anything_trains():
     with pytest.raises(UlmfitError, match="needs unlabelled text.*--student off"):
-        few_labels.decide(transformer_config(student="on"), 500, 0)
+        few_labels.decide(transformer_config(student="on"), data(500, 0))
     with pytest.raises(UlmfitError, match="distill run trains a student already"):
-        few_labels.decide(FitConfig(recipe="distill", student="on"), 500, 100)
+        few_labels.decide(FitConfig(recipe="distill", student="on"), data(500, 100))
+    # the ensemble's weights are chosen out of fold on the validation rows: too few, and auto says why
+    with pytest.raises(UlmfitError, match="validation split has 9 rows.*at least 10"):
+        few_labels.decide(transformer_config(student="on"), data(500, 100, n_valid=9))
+    lines = []
+    assert few_labels.resolve(transformer_config(), data(500, 100, n_valid=9), lines.append).student == "off"
+    assert lines == ["few labels: no student (9 validation rows (the ensemble's weights need at least 10)); the model alone"]
+    # a cross-validated teacher trains on the validation rows: no held-out rows for the weights
+    cv_on = FitConfig(recipe="ulmfit", student="on")
+    cv_on.clf = replace(cv_on.clf, cv="on")
+    with pytest.raises(UlmfitError, match="cross-validation.*clf.cv=off"):
+        few_labels.decide(cv_on, data(500, 100))
     with pytest.raises(UlmfitError, match="student"):
         FitConfig(student="sometimes")
     # the student of the path is a fwd+bwd distill run of the same settings, its teacher the first member

@@ -437,7 +437,13 @@ def lm_config_wrong_type(env, t, mp):
     return ["generate", m, "--words", "2"], ["lm_config.json", "AWDLSTMConfig"]
 
 
-CASES += [marker_version_is_a_string, marker_not_utf8, lm_config_wrong_type, weights_file_as_resume_state, resume_state_of_another_model, model_folder_is_a_file, lm_folder_for_predict,
+def student_on_without_unlabelled_text(env, t, mp):
+    """`--student on` with nothing to distil over: refused once the data is read, before anything trains."""
+    return ["fit", "--train", env / "train.csv", "--valid", env / "valid.csv", "--out", t / "m", "--student", "on",
+            "--backbone", "awd_lstm", "--pretrained", "none"], ["student=on", "unlabelled text", "--student off"]
+
+
+CASES += [student_on_without_unlabelled_text, marker_version_is_a_string, marker_not_utf8, lm_config_wrong_type, weights_file_as_resume_state, resume_state_of_another_model, model_folder_is_a_file, lm_folder_for_predict,
           unknown_kind]
 
 

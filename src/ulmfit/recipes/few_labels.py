@@ -40,6 +40,7 @@ from typing import Callable
 
 from ulmfit.errors import UlmfitError
 from ulmfit.ranks import world_size
+from ulmfit.recipes import registry
 
 SETTINGS = ("auto", "on", "off")
 FEW_LABELS = 1_000  # "auto" takes the path with at most this many labelled training rows (evidence above)
@@ -47,26 +48,41 @@ TEACHER_DIR, STUDENT_DIR = "members/m0", "members/m1"  # recipes/ensemble.py's m
 TRANSFORMER = "transformer"  # the transformer recipe (recipes/transformer_config.py), the teacher measured
 
 
-def decide(cfg, n_labelled: int, n_unlabeled: int) -> tuple[bool, str]:
-    """Whether the run takes the few-label path, and why in words (one log line)."""
-    setting = cfg.student
+def decide(cfg, data) -> tuple[bool, str]:
+    """Whether the run (its config and its data, read: recipes/prepare.py `FitData`) takes the few-label
+    path, and why in words (one log line). Refused in one line, before anything trains, where "on" cannot
+    work; "auto" then says why not and trains the model alone."""
+    from ulmfit.recipes.ensemble import FOLDS
+    from ulmfit.train.crossval import use_cv
+
+    setting, n_labelled, n_unlabeled, n_valid = cfg.student, len(data.train.labels), len(data.unlabeled), len(data.valid.labels)
+    name = registry.get(cfg.recipe).section  # the run's recipe, resolved (`fit` calls this after auto_backbone)
+    section = getattr(cfg, name)
+    cv = hasattr(section, "cv") and use_cv(section.cv, data.valid.labels, len(data.classes), section.cv_below)
+    refusals = (  # (the reason "auto" gives, the line "on" raises)
+        (cfg.recipe == "distill", "a distill run is a student",
+         "student=on: a distill run trains a student already; set student=off (or leave it auto)"),
+        (n_unlabeled == 0, "no unlabelled text",
+         "student=on needs unlabelled text to distil over: pass --unlabeled FILE (or --max-labels / --labels-per-class, "
+         "whose other training rows become unlabelled text), or set --student off"),
+        (world_size() > 1, "torchrun (the path trains in one process)",
+         "student=on does not run under torchrun (distillation trains in one process); set --student off, or run "
+         "without torchrun"),
+        (n_valid < 2 * FOLDS, f"{n_valid} validation rows (the ensemble's weights need at least {2 * FOLDS})",
+         f"student=on: the validation split has {n_valid} rows and the ensemble's weights need at least {2 * FOLDS}; "
+         f"pass a larger --valid file, or set --student off"),
+        (cv, "the model is selected by cross-validation (its validation rows are training rows then)",
+         f"student=on: the model would be selected by cross-validation ({name}.cv), which trains "
+         f"on the validation rows the ensemble's weights are chosen on; set {name}.cv=off, pass a "
+         f"larger --valid file, or set --student off"),
+    )
     if setting == "off":
         return False, "student=off"
-    if cfg.recipe == "distill":
-        if setting == "on":
-            raise UlmfitError("student=on: a distill run trains a student already; set student=off (or leave it auto)")
-        return False, "a distill run is a student"
-    if n_unlabeled == 0:
-        if setting == "on":
-            raise UlmfitError("student=on needs unlabelled text to distil over: pass --unlabeled FILE (or --max-labels / "
-                              "--labels-per-class, whose other training rows become unlabelled text), or set "
-                              "--student off")
-        return False, "no unlabelled text"
-    if world_size() > 1:
-        if setting == "on":
-            raise UlmfitError("student=on does not run under torchrun (distillation trains in one process); "
-                              "set --student off, or run without torchrun")
-        return False, "torchrun (the path trains in one process)"
+    for refused, why, line in refusals:
+        if refused:
+            if setting == "on":
+                raise UlmfitError(line)
+            return False, why
     if setting == "on":
         return True, "student=on"
     if cfg.recipe != TRANSFORMER or cfg.transformer.objective != "ulmfit":
@@ -76,16 +92,16 @@ def decide(cfg, n_labelled: int, n_unlabeled: int) -> tuple[bool, str]:
     return True, f"{n_labelled:,} labelled training rows (<= {FEW_LABELS:,}) and {n_unlabeled:,} unlabelled texts"
 
 
-def resolve(cfg, n_labelled: int, n_unlabeled: int, log: Callable[[str], None]):
+def resolve(cfg, data, log: Callable[[str], None]):
     """`cfg` with `student` resolved to on or off (saved so, for --resume), and one log line saying which and why."""
-    on, why = decide(cfg, n_labelled, n_unlabeled)
+    on, why = decide(cfg, data)
     if cfg.student == "auto":
         if on:
             log(f"few labels: {why}: this run also distils the model into a fast AWD-LSTM student over the unlabelled "
                 f"text and keeps the validated ensemble of the two (recipes/few_labels.py: on the 40/55/5 tweets at 500 "
                 f"labels +1.4 macro-F1, +4.9 on the 5% class; about 12-20 min more). --student off: the model alone")
-        elif n_unlabeled and why.startswith(f"{n_labelled:,}"):
-            log(f"few labels: no student ({why}); --student on distils one anyway")
+        elif cfg.recipe == TRANSFORMER and len(data.unlabeled) and len(data.train.labels) <= FEW_LABELS:
+            log(f"few labels: no student ({why}); the model alone")
     cfg.student = "on" if on else "off"
     return cfg
 

@@ -59,7 +59,7 @@ def _fit_into(out: Path, train, valid, text_col, label_col, unlabeled, pretraine
     data = load_fit_data(train, valid, cfg.data, cfg.seed, log)
     if not chosen:
         cfg = auto_backbone.choose(cfg, data.train.texts, log)
-    cfg = few_labels.resolve(cfg, len(data.train.labels), len(data.unlabeled), log)
+    cfg = few_labels.resolve(cfg, data, log)
     if cfg.student == "on":
         _fit_with_student(out, cfg, data, resume, log)
     else:
