@@ -195,6 +195,13 @@ def test_ensemble_errors(two_models, tiny_data, tmp_path, capsys):
     other.write_text("text,label\nhello,x\nbye,y\n")
     with pytest.raises(UlmfitError, match="not classes of the members"):
         build_ensemble(two_models, other, tmp_path / "e")
+    assert not (tmp_path / "e").exists() and not list(tmp_path.glob("*staging*"))  # nothing half-built left
+    lm = tmp_path / "lm"
+    shutil.copytree(two_models[0], lm)
+    marker = json.loads((lm / "ulmfit.json").read_text())
+    (lm / "ulmfit.json").write_text(json.dumps({**marker, "kind": "lm"}))
+    with pytest.raises(UlmfitError, match="holds a lm model, not a classifier"):
+        build_ensemble([two_models[0], lm], tiny_data["valid"], tmp_path / "e")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "f").write_text("x")
     code = main(["ensemble", *map(str, two_models), "--valid", str(tiny_data["valid"]), "--out", str(tmp_path / "busy")])

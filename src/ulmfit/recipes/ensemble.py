@@ -237,9 +237,9 @@ def build_ensemble(members: Sequence[str | Path], valid: str | Path, out: str | 
             raise UlmfitError(f"ensemble: --out {out} is (or holds) the member {m}; choose another --out")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise UlmfitError(f"{out} already exists and is not empty; choose another --out, or pass --overwrite")
-    classes = [model_dir.read_marker(Path(m)).get("classes") for m in members]
+    classes = [model_dir.classifier_marker(m)["classes"] for m in members]
     for m, c in zip(members, classes):
-        if set(c or ()) != set(classes[0] or ()):
+        if set(c) != set(classes[0]):
             raise UlmfitError(f"ensemble: {m} predicts classes {c} but {members[0]} predicts {classes[0]}; "
                               f"members must share their classes")
     table = read_table(Path(valid), text_col=text_col, label_col=label_col, encoding=encoding)

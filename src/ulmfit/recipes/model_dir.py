@@ -250,6 +250,15 @@ def load_classifier_model(folder: Path) -> TextClassifier:
     return load_weights_into(model, folder / "classifier.safetensors", "classifier_config.json").eval()
 
 
+def classifier_marker(folder: str | Path) -> dict:
+    """`read_marker` of a folder that must hold a classifier (or an ensemble of them): anything else is one line."""
+    meta = read_marker(folder)
+    if meta.get("kind") not in ("classifier", "ensemble"):
+        raise UlmfitError(f"{folder}: holds a {meta.get('kind')} model, not a classifier; "
+                          f"use `ulmfit generate` with it, or train a classifier with `ulmfit fit`")
+    return meta
+
+
 def finished(folder: Path) -> bool:
     """A model folder whose run completed: its marker is written and no checkpoints are left to resume from."""
     return (folder / "ulmfit.json").exists() and not (folder / "checkpoints").exists()

@@ -205,10 +205,7 @@ class Classifier:
         self.folder = Path(folder)
         self.runtime = runtime
         loader = member_loader(runtime, threads, onnx_files, precision)
-        self.meta = model_dir.read_marker(self.folder)
-        if self.meta.get("kind") not in ("classifier", "ensemble"):
-            raise UlmfitError(f"{self.folder}: holds a {self.meta.get('kind')} model, not a classifier; "
-                              f"use `ulmfit generate` with it, or train a classifier with `ulmfit fit`")
+        self.meta = model_dir.classifier_marker(self.folder)
         self.classes: list[str] = list(self.meta["classes"])
         self.weights: dict[str, float] | None = None
         # calibration.json is read after the models, so that classes disagreeing with the head are reported as such
