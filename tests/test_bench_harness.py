@@ -166,3 +166,24 @@ def test_write_json_is_atomic_under_a_unique_name(tmp_path):
     common.write_json(target, {"a": 2})
     assert common.read_json(target) == {"a": 2}
     assert [p.name for p in target.parent.iterdir()] == ["out.json"]  # no temp file left behind
+
+
+def test_the_minilm_cell_is_the_model_alone_and_the_default_cell_whatever_fit_does(tmp_path, monkeypatch):
+    """ulmfit-minilm is the distill cells' teacher: the MiniLM model alone (`--student off`), never the
+    few-label ensemble; ulmfit-default passes no model choice at all, so it is what `fit` does by itself."""
+    import argparse
+
+    seen = {}
+    monkeypatch.setattr(accuracy, "train_and_score", lambda a, cmd, *rest: seen.setdefault("cmds", []).append(cmd) or {})
+    a = argparse.Namespace(quick=False, ulmfit_labels="harness", ulmfit_set=None, pretrained=None)
+    caps = {"max_labels": True, "direction_both": True, "direction": True, "siatl": True, "backbone": True, "student": True}
+    splits = {"train": tmp_path / "train.csv", "valid": tmp_path / "v.csv", "test": tmp_path / "t.csv"}
+    for method in ("ulmfit-minilm", "ulmfit-default"):
+        accuracy.run_ulmfit(method, None, a, caps, splits, tmp_path / "lab.csv", tmp_path / "rest.csv", 500, 0,
+                            tmp_path / method, print)
+    minilm, default = seen["cmds"]
+    assert minilm[minilm.index("--student") + 1] == "off" and minilm[minilm.index("--backbone") + 1] == "minilm"
+    assert "--student" not in default and "--backbone" not in default and "--unlabeled" in default
+    accuracy.run_ulmfit("ulmfit-minilm", None, a, {**caps, "student": False}, splits, tmp_path / "lab.csv", None, 500, 0,
+                        tmp_path / "old", print)
+    assert "--student" not in seen["cmds"][-1]  # a CLI from before the setting: the flag it does not know is not passed
