@@ -163,9 +163,9 @@ class FitConfig:
     # With few labels and unlabelled text, also distil the model into a fast AWD-LSTM student over that
     # text and keep the validated ensemble of the two (recipes/few_labels.py has the rule and the
     # evidence: on the 40/55/5 tweets at 500 labels +1.8 macro-F1 and +3.0 on the 5% class, 5-seed
-    # medians, for about 4x the training time). auto: when
-    # the run trains the transformer recipe with at most few_labels.FEW_LABELS labelled rows and has
-    # unlabelled text; on: whenever it has unlabelled text; off: the model alone. Saved resolved (on/off).
+    # medians, for about 4x the training time). auto: when the run trains the transformer recipe with at
+    # most few_labels.FEW_LABELS labelled rows and has unlabelled text; on: whenever it has unlabelled
+    # text; off: the model alone. Saved resolved (on/off).
     student: str = F.spec("auto", choices=("auto", "on", "off"))
     # "auto": the shipped general-en LM when installed, else from scratch; a shipped name; a
     # language-model folder; or None / "none" to train the LM from scratch on your text.
