@@ -11,7 +11,7 @@ from ulmfit.errors import UlmfitError
 from ulmfit.recipes import registry
 from ulmfit.recipes.auto_backbone import SHORT_SHARE, use_backbone
 from ulmfit.recipes.config import apply_overrides, override_key
-from ulmfit.recipes.few_labels import FEW_LABELS
+from ulmfit.recipes.few_labels import FEW_LABELS, SETTINGS as STUDENT_SETTINGS
 from ulmfit.recipes.transformer_config import TransformerTrainConfig
 
 
@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       f"of the training texts fit one {TransformerTrainConfig.window}-piece "
                                       "window (short texts: tweets), else awd_lstm; the log and report.md say "
                                       "which and why")
-    f.add_argument("--student", choices=["auto", "on", "off"],
+    f.add_argument("--student", choices=STUDENT_SETTINGS,
                    help="with few labels and unlabelled text, also distil the model into a fast AWD-LSTM student "
                         "over that text and keep the validated ensemble of the two (auto, the default: for a "
                         f"transformer model with at most {FEW_LABELS:,} labelled rows; on: always; off: the model "

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ulmfit.errors import UlmfitError
+from ulmfit.recipes import few_labels
 from ulmfit.recipes import fields as F
 from ulmfit.recipes import registry
 from ulmfit.train.precision import training_precision
@@ -166,7 +167,7 @@ class FitConfig:
     # medians, for about 4x the training time). auto: when the run trains the transformer recipe with at
     # most few_labels.FEW_LABELS labelled rows and has unlabelled text; on: whenever it has unlabelled
     # text; off: the model alone. Saved resolved (on/off).
-    student: str = F.spec("auto", choices=("auto", "on", "off"))
+    student: str = F.spec("auto", choices=few_labels.SETTINGS)
     # "auto": the shipped general-en LM when installed, else from scratch; a shipped name; a
     # language-model folder; or None / "none" to train the LM from scratch on your text.
     pretrained: str | None = "auto"

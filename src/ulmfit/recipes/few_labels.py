@@ -47,7 +47,7 @@ from ulmfit.errors import UlmfitError
 from ulmfit.ranks import world_size
 from ulmfit.recipes import registry
 
-SETTINGS = ("auto", "on", "off")
+SETTINGS = ("auto", "on", "off")  # the config field `student` (recipes/config.py) and `fit --student`
 FEW_LABELS = 1_000  # "auto" takes the path with at most this many labelled training rows (evidence above)
 TEACHER_DIR, STUDENT_DIR = "members/m0", "members/m1"  # recipes/ensemble.py's member folders
 TRANSFORMER = "transformer"  # the transformer recipe (recipes/transformer_config.py), the teacher measured
