@@ -126,6 +126,46 @@ def test_members_are_scored_and_mixed_by_their_own_decision_rules():
     assert decision_rule(np.array([0.5, 0.5]), np.zeros((2, 3)), ["A", "B"]) is None  # argmax members: no file
 
 
+def test_a_blend_is_calibrated_and_decides_as_before():
+    """Two calibrated members with independent errors: their average is under-confident (the issue-21
+    finding on the 40/55/5 tweets). `blend_calibration` scales it (plain T or BCTS, as a single model),
+    which lowers the calibration error on validation and on fresh rows, and carries the members' rule
+    onto the scaled probabilities: every label stays what the uncalibrated blend decided. A member kept
+    alone keeps its own rule untouched (already calibrated)."""
+    from ulmfit.recipes.ensemble import blend_calibration, decision_rule, weighted
+    from ulmfit.train.calibration import apply, ece, fit_temperature, scale
+
+    rng = np.random.default_rng(7)
+
+    def draw(n):
+        y = rng.choice(3, n, p=[0.55, 0.40, 0.05])
+        members = []
+        for _ in range(2):
+            z = 2.0 * np.eye(3)[y] + rng.normal(0.0, 1.2, (n, 3))
+            members.append(np.exp(z) / np.exp(z).sum(1, keepdims=True))
+        return y, members
+
+    y, (a, b) = draw(3000)
+    y_new, (a_new, b_new) = draw(3000)
+    temps = [fit_temperature(m, y) for m in (a, b)]  # each member calibrated on validation, as fit leaves it
+    a, b, a_new, b_new = scale(a, temps[0]), scale(b, temps[1]), scale(a_new, temps[0]), scale(b_new, temps[1])
+    biases = np.array([[0.0, 0.0, 1.0], [0.0, 0.2, 0.6]])  # the members' tuned rules (favouring the rare class)
+    w = np.array([0.5, 0.5])
+    rule = decision_rule(w, biases, ["A", "B"])
+    cal = blend_calibration(weighted([a, b], w), y, CLASSES, w, rule)
+    assert cal["temperature"] < 1.0  # sharpened: the average was under-confident
+    assert cal["valid"]["ece_after"] < cal["valid"]["ece_before"]
+    blend_new = weighted([a_new, b_new], w)
+    assert ece(apply(blend_new, cal)[0], y_new) < ece(apply(blend_new, rule)[0], y_new)  # also on rows it never saw
+    assert (apply(blend_new, cal)[1] == apply(blend_new, rule)[1]).all()  # the same labels
+    assert cal["members_bias"] == rule["bias"] and cal["decision_rule"] == "members"
+    plain = blend_calibration(weighted([a, b], w), y, CLASSES, w, None)  # argmax members: the blend's argmax
+    assert (apply(blend_new, plain)[1] == blend_new.argmax(1)).all() and plain["decision_rule"] == "none"
+    alone = np.array([1.0, 0.0])
+    assert blend_calibration(weighted([a, b], alone), y, CLASSES, alone, decision_rule(alone, biases, ["A", "B"])) \
+        == decision_rule(alone, biases, ["A", "B"])
+
+
 def test_weight_choice_is_deterministic_and_fast_enough_to_rerun():
     rng = np.random.default_rng(3)
     y = rng.integers(0, 3, 400)
@@ -284,3 +324,40 @@ def test_an_ensemble_that_keeps_one_member_predicts_exactly_that_member(two_mode
     assert recorded == alone
     # evaluate reports each member as it predicts alone, by its own rule
     assert ens.evaluate(valid["text"].tolist(), valid["label"].tolist())["by_direction"]["members/m1"]["macro_f1"] == alone
+
+
+@pytest.mark.slow
+def test_a_blended_ensemble_folder_hands_out_calibrated_probabilities(two_models, tiny_data, tmp_path, monkeypatch,
+                                                                       capsys):
+    """A blend (forced here: tiny models rarely earn one): calibration.json holds the blend's calibration;
+    the folder hands out the calibrated blend and decides exactly as the uncalibrated blend with the
+    members' weighted rules would; valid_metrics.json, evaluate and report.md agree on it."""
+    from ulmfit.recipes import ensemble
+    from ulmfit.train.calibration import apply, decide
+
+    real = ensemble.choose_weights
+
+    def blend(probs, y, classes, grid=10, biases=None):
+        w, sel = real(probs, y, classes, grid, biases)
+        return np.array([0.5, 0.5]), {**sel, "rule": "blend"}
+
+    monkeypatch.setattr(ensemble, "choose_weights", blend)
+    out = tmp_path / "ens"
+    build_ensemble(two_models, tiny_data["valid"], out)
+    ens = load(out, precision="fp32")
+    cal = json.loads((out / "calibration.json").read_text())
+    assert cal["temperature"] > 0 and cal["valid"]["nll_after"] <= cal["valid"]["nll_before"] + 1e-9  # fitted by NLL
+    texts = pd.read_csv(tiny_data["test"])["text"].tolist()
+    members = [load(m, precision="fp32") for m in two_models]
+    raw = sum(0.5 * m.predict_proba(texts)[:, [m.classes.index(c) for c in ens.classes]] for m in members)
+    np.testing.assert_allclose(ens.predict_proba_raw(texts), raw, atol=1e-6)
+    np.testing.assert_allclose(ens.predict_proba(texts), apply(raw, cal)[0], atol=1e-6)
+    rules = np.stack([m.bias_in(ens.classes) for m in members])
+    assert ens.predict(texts) == [ens.classes[i] for i in decide(raw, 0.5 * rules.sum(0))]  # labels as before
+    recorded = json.loads((out / "valid_metrics.json").read_text())
+    assert recorded["ece_after"] == cal["valid"]["ece_after"] and recorded["temperature"] == cal["temperature"]
+    assert main(["evaluate", str(out), "--data", str(tiny_data["valid"]), "--json", "--precision", "fp32"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["macro_f1"] == recorded["macro_f1"]
+    assert evaluated["ece_after"] == pytest.approx(cal["valid"]["ece_after"], abs=1e-6)
+    assert "Calibration of the blend" in (out / "report.md").read_text()

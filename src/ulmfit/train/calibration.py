@@ -386,9 +386,18 @@ def fit_posthoc(probs: np.ndarray, labels, classes: list[str], cfg, seed: int = 
         out["valid"]["macro_f1_rule"] = out["valid"]["macro_f1_argmax"]
     if shift is not None:  # the same decisions on the handed-out probabilities (docstring)
         out["tuned_bias"] = out["bias"]
-        r = np.zeros(k) if out["bias"] is None else np.asarray(out["bias"])
-        out["bias"] = [float(x) for x in r * t / t_out - np.asarray(shift)]
+        out["bias"] = handed_bias(out["bias"], t, t_out, shift, k)
     return out
+
+
+def handed_bias(rule, t_rule: float, t_out: float, shift, k: int) -> list[float] | None:
+    """The bias that decides on the handed-out probabilities softmax(log p / t_out + shift) exactly as
+    the rule `rule` decides on softmax(log p / t_rule): argmax(log p / t_rule + r) = argmax(log p / t_out
+    + r t_rule / t_out), so b = r t_rule / t_out - shift (None: no rule, no shift, the argmax)."""
+    if rule is None and shift is None:
+        return None
+    r = np.zeros(k) if rule is None else np.asarray(rule, dtype=np.float64)
+    return [float(x) for x in r * t_rule / t_out - (0.0 if shift is None else np.asarray(shift, dtype=np.float64))]
 
 
 def apply(probs: np.ndarray, calibration: dict | None) -> tuple[np.ndarray, np.ndarray]:
@@ -403,8 +412,9 @@ def apply(probs: np.ndarray, calibration: dict | None) -> tuple[np.ndarray, np.n
     return cal, decide(cal, calibration.get("bias"))
 
 
-def summary_lines(post: dict, classes: list[str]) -> list[str]:
-    """The report's lines on calibration and the decision rule."""
+def calibration_line(post: dict, classes: list[str]) -> str:
+    """The report's line on the calibration of a `fit_posthoc` result: which one, and the validation
+    ECE and NLL before -> after."""
     v = post["valid"]
     after = (f"expected calibration error on validation {v['ece_before']:.4f} -> {v['ece_after']:.4f} "
              f"(NLL {v['nll_before']:.4f} -> {v['nll_after']:.4f})")
@@ -414,12 +424,16 @@ def summary_lines(post: dict, classes: list[str]) -> list[str]:
           f"{cs['nll_bcts_wins']} of {cs['n']}; {cs['how']})") if cs else ""
     if post.get("calibration_bias"):
         c = ", ".join(f"{k} {x:+.2f}" for k, x in zip(classes, post["calibration_bias"]))
-        lines = [f"Bias-corrected temperature scaling (softmax(log p / T + c)): T = {post['temperature']:.3f}, c = {c}; "
-                 f"{after}; chosen over plain temperature scaling (T = {cs['plain_temperature']:.3f}, validation ECE "
-                 f"{v['ece_temperature']:.4f}, NLL {v['nll_temperature']:.4f}) by {vs}."]
-    else:
-        lines = [f"Temperature scaling: T = {post['temperature']:.3f}; {after}"
-                 + (f"; bias-corrected temperature scaling not kept: {vs}." if cs else ".")]
+        return (f"Bias-corrected temperature scaling (softmax(log p / T + c)): T = {post['temperature']:.3f}, c = {c}; "
+                f"{after}; chosen over plain temperature scaling (T = {cs['plain_temperature']:.3f}, validation ECE "
+                f"{v['ece_temperature']:.4f}, NLL {v['nll_temperature']:.4f}) by {vs}.")
+    return (f"Temperature scaling: T = {post['temperature']:.3f}; {after}"
+            + (f"; bias-corrected temperature scaling not kept: {vs}." if cs else "."))
+
+
+def summary_lines(post: dict, classes: list[str]) -> list[str]:
+    """The report's lines on calibration and the decision rule."""
+    lines, v = [calibration_line(post, classes)], post["valid"]
     bcts = bool(post.get("calibration_bias"))
     shifted = " of the temperature-scaled probabilities, the model's own (saved as bias = -c on the handed-out ones)" \
         if bcts else ""
