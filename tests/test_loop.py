@@ -162,6 +162,37 @@ def test_resume_inside_an_epoch_matches_uninterrupted_lm_run(tmp_path, monkeypat
     assert res.history[-1]["train_loss"] == pytest.approx(full_res.history[-1]["train_loss"], abs=1e-9)
 
 
+@pytest.mark.parametrize("checkpoint_s,resumed_at", [(0.0, "stage 0 epoch 1 batch 3"), (None, "stage 0 epoch 1"),
+                                                     (3600.0, "stage 0 epoch 1")])
+def test_long_epochs_checkpoint_by_time_and_resume_exactly(tmp_path, monkeypatch, checkpoint_s, resumed_at):
+    """Any model's epoch checkpoints once `checkpoint_s` seconds of it have passed (0: after every
+    step), without `checkpoint_every`; a crash resumes from there to the uninterrupted run's weights.
+    None or a long interval: only the epoch's end is saved, and the epoch is trained again."""
+    from ulmfit.data.lm_loader import LMLoader
+    from ulmfit.train.tasks import LMTask
+
+    docs = _lm_docs()
+    run = lambda folder, resume=False: _lm_run(docs, folder, 2, resume, checkpoint_every=None, checkpoint_s=checkpoint_s)
+    full, _ = run(tmp_path / "full")
+    real_loss, calls = LMTask.loss, {"n": 0}
+    n_steps = len(LMLoader(docs, bs=4, bptt=8, seed=1))
+
+    def crashing(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == n_steps + 4:  # step 4 of the second epoch
+            raise KeyboardInterrupt
+        return real_loss(self, model, batch)
+
+    monkeypatch.setattr(LMTask, "loss", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut")
+    monkeypatch.setattr(LMTask, "loss", real_loss)
+    resumed, res = run(tmp_path / "cut", resume=True)
+    assert res.resumed_from == resumed_at
+    for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
 def test_resumed_epoch_counts_the_time_before_the_interruption(tmp_path, monkeypatch):
     """An epoch resumed mid-way reports its whole duration (and tokens/s over it), not only the resumed part."""
     import time
@@ -202,8 +233,9 @@ def _lm_docs():
     return TokenDocs.from_arrays([np.r_[2, rng.integers(9, 40, rng.integers(5, 30))] for _ in range(60)])
 
 
-def _lm_run(docs, folder, epochs: int, resume: bool = False):
-    """A tiny LM trained `epochs` epochs, checkpointing every 2 steps; returns (model, PhaseResult)."""
+def _lm_run(docs, folder, epochs: int, resume: bool = False, **loop):
+    """A tiny LM trained `epochs` epochs, checkpointing every 2 steps (`loop`: other LoopConfig
+    values); returns (model, PhaseResult)."""
     from ulmfit.data.lm_loader import LMLoader
     from ulmfit.models.awd_lstm import PRESETS, AWDLSTMConfig, LanguageModel
     from ulmfit.train.tasks import LMTask
@@ -212,7 +244,7 @@ def _lm_run(docs, folder, epochs: int, resume: bool = False):
     lm = LanguageModel(AWDLSTMConfig(vocab_size=40, **PRESETS["tiny"]))
     groups = lm.layer_groups()
     opt = make_optimizer(param_groups(groups, 1e-2), "adamw")
-    cfg = LoopConfig(seed=3, patience=None, progress=False, checkpoint_every=2)
+    cfg = LoopConfig(**{"seed": 3, "patience": None, "progress": False, "checkpoint_every": 2, **loop})
     res = run_phase(lm, LMTask(), opt, groups, [Stage("all", epochs, 1e-2)], LMLoader(docs, bs=4, bptt=8, seed=1),
                     LMLoader(docs, bs=4, bptt=8, shuffle=False), PhaseFiles(folder, "lm"), cfg, resume=resume)
     return lm, res

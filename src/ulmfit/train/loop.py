@@ -5,7 +5,8 @@ A *phase* is a list of `Stage`s sharing one model, one `Stepper` (how weights ar
 early-stopping monitor. ULMFiT's gradual unfreezing (§3.3) is four stages: `freeze_to(-1)`, `-2`,
 `-3`, then all. After every epoch the loop writes one JSON line to the log, keeps the best weights
 by the monitored metric and checkpoints everything needed to resume (model, optimizer state,
-early-stopping counters, position, the task's carried state). Randomness is re-seeded from
+early-stopping counters, position, the task's carried state); long epochs also inside the epoch
+(`LoopConfig.checkpoint_every` steps, `checkpoint_s` seconds). Randomness is re-seeded from
 (seed, stage, epoch) at the start of every epoch, so a resumed run reproduces an uninterrupted one.
 
 What differs between kinds of training lives in two small objects (minGPT's trainer shape: one
@@ -66,6 +67,13 @@ class LoopConfig:
     progress: bool | None = None  # None: a bar only when stderr is a terminal (never in a parallel run's child: train/progress.py)
     heartbeat_s: float | None = 30.0  # without a bar: a progress line on stderr at most this often (None: never)
     checkpoint_every: int | None = None  # also checkpoint every N steps inside an epoch (long pretraining epochs)
+    # Also checkpoint inside an epoch once this many seconds of it have passed since its start or the
+    # last checkpoint, whatever the model: a kill loses at most about this much training. An epoch of
+    # ULMFiT on MiniLM over 4,708 e-mails read in windows takes 45-60 min on two CPU cores with a
+    # block unfrozen (docs/BENCHMARKS.md, SpamAssassin); saving its ~270 MB state takes about a second.
+    # One process only: under torchrun every rank must checkpoint at the same step (`checkpoint_every`).
+    # None: only at epoch ends and every `checkpoint_every` steps.
+    checkpoint_s: float | None = 600.0
     # The number of the phase's first epoch in seeds, loader orders and the log: 0, or 1 for SiATL,
     # whose schedules (gamma, unfreezing) count epochs from 1 as the paper does.
     first_epoch: int = 0
@@ -245,6 +253,8 @@ def run_phase(
             bar = tqdm(train_loader, desc=desc, disable=not show_bar, leave=False, dynamic_ncols=True)
             beat = Heartbeat(desc, steps_per_epoch, None if show_bar or cfg.progress is False or not distributed.is_main()  # [distributed]
                              else cfg.heartbeat_s, start=skip)
+            timed = cfg.checkpoint_s is not None and sync.world == 1  # [distributed] by steps only
+            last_save = time.perf_counter()
             for i, batch in enumerate(bar):
                 if i < skip:
                     continue
@@ -260,8 +270,10 @@ def run_phase(
                 if show_bar and i % 10 == 0:
                     bar.set_postfix(loss=f"{total_loss / n_batches:.3f}")
                 beat.update(i + 1, total_loss / n_batches, n_tokens)
-                if cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0 and i + 1 < steps_per_epoch:
-                    running = (total_loss, n_batches, n_tokens, time.perf_counter() - t0)
+                due = bool(cfg.checkpoint_every) and (i + 1) % cfg.checkpoint_every == 0
+                if (due or timed and time.perf_counter() - last_save >= cfg.checkpoint_s) and i + 1 < steps_per_epoch:
+                    last_save = time.perf_counter()
+                    running = (total_loss, n_batches, n_tokens, last_save - t0)
                     save_checkpoint(s, epoch, i + 1, {"rng": torch.get_rng_state(), "running": running,
                                                       # [distributed] every rank's carried state, one-process layout
                                                       "task": sync.gather_task_state(task.state_dict()) if hasattr(task, "state_dict") else None})
