@@ -159,6 +159,8 @@ def test_a_blend_is_calibrated_and_decides_as_before():
     assert ece(apply(blend_new, cal)[0], y_new) < ece(apply(blend_new, rule)[0], y_new)  # also on rows it never saw
     assert (apply(blend_new, cal)[1] == apply(blend_new, rule)[1]).all()  # the same labels
     assert cal["members_bias"] == rule["bias"] and cal["decision_rule"] == "members"
+    assert cal["valid"]["macro_f1_rule"] == pytest.approx(classification_metrics(y, apply(weighted([a, b], w), rule)[1],
+                                                                                 CLASSES)["macro_f1"])
     plain = blend_calibration(weighted([a, b], w), y, CLASSES, w, None)  # argmax members: the blend's argmax
     assert (apply(blend_new, plain)[1] == blend_new.argmax(1)).all() and plain["decision_rule"] == "none"
     alone = np.array([1.0, 0.0])

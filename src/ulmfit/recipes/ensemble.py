@@ -80,8 +80,8 @@ from ulmfit.fileio import atomic_write_json, atomic_write_text, staging_path, sw
 from ulmfit.recipes import model_dir
 from ulmfit.recipes.posthoc import CALIBRATION_FILE
 from ulmfit.recipes.config import ImbalanceConfig
-from ulmfit.train.calibration import (apply, calibration_line, decide, fit_posthoc, handed_bias, macro_f1_many,
-                                      scale)
+from ulmfit.train.calibration import (apply, calibration_line, decide, fit_posthoc, handed_bias, macro_f1,
+                                      macro_f1_many, scale)
 from ulmfit.train.metrics import classification_metrics, format_report
 
 MAX_POINTS = 5000  # grid points scored at most (each is one [n, C] weighted sum + macro-F1 per fold)
@@ -338,6 +338,7 @@ def blend_calibration(avg: np.ndarray, y: np.ndarray, classes: list[str], weight
                 bias=handed_bias(members if rule else None, 1.0, post["temperature"], post["calibration_bias"],
                                  len(classes)),
                 source=rule["source"] if rule else "the blend's argmax")
+    post["valid"]["macro_f1_rule"] = macro_f1(y, apply(avg, post)[1], len(classes))  # the members' rule, not re-tuned
     return post
 
 
