@@ -130,50 +130,25 @@ def test_each_epoch_is_logged_as_json_line(tmp_path):
     assert {"phase", "stage", "train_loss", "valid_loss", "seconds"} <= set(recs[0])
 
 
-def test_resume_inside_an_epoch_matches_uninterrupted_lm_run(tmp_path, monkeypatch):
-    """Long pretraining epochs checkpoint every N steps; a crash mid-epoch resumes bit-exactly,
-    including the LSTM state carried between batches and the dropout RNG."""
+@pytest.mark.parametrize("loop,resumed_at", [
+    ({}, "stage 0 epoch 1 batch 2"),  # every 2 steps (`checkpoint_every`, long pretraining epochs)
+    ({"checkpoint_every": None, "checkpoint_s": 0.0}, "stage 0 epoch 1 batch 3"),  # by time: here after every step
+    ({"checkpoint_every": None, "checkpoint_s": None}, "stage 0 epoch 1"),  # epoch ends only
+    ({"checkpoint_every": None, "checkpoint_s": 3600.0}, "stage 0 epoch 1")])  # not yet due
+def test_resume_inside_an_epoch_matches_uninterrupted_lm_run(tmp_path, monkeypatch, loop, resumed_at):
+    """An epoch checkpoints every `checkpoint_every` steps, and (any model, one process) once
+    `checkpoint_s` seconds of it have passed; a crash mid-epoch resumes from the last checkpoint
+    bit-exactly, including the LSTM state carried between batches and the dropout RNG. Without a
+    checkpoint inside the epoch, the epoch is trained again from its start, to the same weights."""
     from ulmfit.data.lm_loader import LMLoader
     from ulmfit.train.tasks import LMTask
 
     docs = _lm_docs()
 
     def lm_run(folder, resume=False):
-        return _lm_run(docs, folder, 2, resume)
+        return _lm_run(docs, folder, 2, resume, **loop)
 
     full, full_res = lm_run(tmp_path / "full")
-    real_loss, calls = LMTask.loss, {"n": 0}
-    n_steps = len(LMLoader(docs, bs=4, bptt=8, seed=1))
-
-    def crashing(self, model, batch):
-        calls["n"] += 1
-        if calls["n"] == n_steps + 4:  # step 4 of the second epoch: checkpointed after step 2
-            raise KeyboardInterrupt
-        return real_loss(self, model, batch)
-
-    monkeypatch.setattr(LMTask, "loss", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        lm_run(tmp_path / "cut")
-    monkeypatch.setattr(LMTask, "loss", real_loss)
-    resumed, res = lm_run(tmp_path / "cut", resume=True)
-    assert res.resumed_from == "stage 0 epoch 1 batch 2"
-    for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
-        assert torch.equal(a, b), k
-    assert res.history[-1]["train_loss"] == pytest.approx(full_res.history[-1]["train_loss"], abs=1e-9)
-
-
-@pytest.mark.parametrize("checkpoint_s,resumed_at", [(0.0, "stage 0 epoch 1 batch 3"), (None, "stage 0 epoch 1"),
-                                                     (3600.0, "stage 0 epoch 1")])
-def test_long_epochs_checkpoint_by_time_and_resume_exactly(tmp_path, monkeypatch, checkpoint_s, resumed_at):
-    """Any model's epoch checkpoints once `checkpoint_s` seconds of it have passed (0: after every
-    step), without `checkpoint_every`; a crash resumes from there to the uninterrupted run's weights.
-    None or a long interval: only the epoch's end is saved, and the epoch is trained again."""
-    from ulmfit.data.lm_loader import LMLoader
-    from ulmfit.train.tasks import LMTask
-
-    docs = _lm_docs()
-    run = lambda folder, resume=False: _lm_run(docs, folder, 2, resume, checkpoint_every=None, checkpoint_s=checkpoint_s)
-    full, _ = run(tmp_path / "full")
     real_loss, calls = LMTask.loss, {"n": 0}
     n_steps = len(LMLoader(docs, bs=4, bptt=8, seed=1))
 
@@ -185,12 +160,13 @@ def test_long_epochs_checkpoint_by_time_and_resume_exactly(tmp_path, monkeypatch
 
     monkeypatch.setattr(LMTask, "loss", crashing)
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "cut")
+        lm_run(tmp_path / "cut")
     monkeypatch.setattr(LMTask, "loss", real_loss)
-    resumed, res = run(tmp_path / "cut", resume=True)
+    resumed, res = lm_run(tmp_path / "cut", resume=True)
     assert res.resumed_from == resumed_at
     for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), k
+    assert res.history[-1]["train_loss"] == pytest.approx(full_res.history[-1]["train_loss"], abs=1e-9)
 
 
 def test_resumed_epoch_counts_the_time_before_the_interruption(tmp_path, monkeypatch):
