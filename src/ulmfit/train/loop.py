@@ -70,7 +70,7 @@ class LoopConfig:
     # Also checkpoint inside an epoch once this many seconds of it have passed since its start or the
     # last checkpoint, whatever the model: a kill loses at most about this much training. An epoch of
     # ULMFiT on MiniLM over 4,708 e-mails read in windows takes 45-60 min on two CPU cores with a
-    # block unfrozen (docs/BENCHMARKS.md, SpamAssassin); its checkpoint (weights and AdamW state) is ~170 MB.
+    # block unfrozen (docs/BENCHMARKS.md, SpamAssassin); its checkpoint (weights and AdamW state) is 170-320 MB.
     # One process only: under torchrun every rank must checkpoint at the same step (`checkpoint_every`).
     # None: only at epoch ends and every `checkpoint_every` steps.
     checkpoint_s: float | None = 600.0
