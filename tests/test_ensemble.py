@@ -14,7 +14,7 @@ import pytest
 from conftest import tiny_fit_config
 from ulmfit.cli import main
 from ulmfit.errors import UlmfitError
-from ulmfit.recipes.ensemble import build_ensemble, choose_weights, grid_for, simplex_grid
+from ulmfit.recipes.ensemble import build_ensemble, choose_weights, fixed_weights, grid_for, simplex_grid
 from ulmfit.recipes.fit import fit
 from ulmfit.recipes.predictor import load
 from ulmfit.train.metrics import classification_metrics
@@ -182,6 +182,16 @@ def test_too_small_a_validation_split_is_one_clear_error():
         choose_weights([np.eye(3)[y], np.eye(3)[y]], y, CLASSES)
 
 
+def test_fixed_weights_are_parsed_and_scaled():
+    assert fixed_weights("equal", 3).tolist() == pytest.approx([1 / 3] * 3)
+    assert fixed_weights(" Equal ", 2).tolist() == [0.5, 0.5]
+    assert fixed_weights("3,1", 2).tolist() == [0.75, 0.25]
+    assert fixed_weights("0,2", 2).tolist() == [0.0, 1.0]
+    for bad in ("0.5", "1,2,3", "-1,2", "0,0", "a,b", "nan,1", "1,,1"):
+        with pytest.raises(UlmfitError, match="--weights .*one per model folder"):
+            fixed_weights(bad, 2)
+
+
 @pytest.fixture
 def two_models(tiny_data, tmp_path):
     """Two tiny AWD-LSTM classifiers that differ (seeds), trained on the tiny data."""
@@ -225,6 +235,26 @@ def test_ensemble_folder_averages_with_its_weights_and_moves(two_models, tiny_da
     assert set(metrics["by_direction"]) == {"members/m0", "members/m1"}
     assert main(["predict", str(moved), "--data", str(tiny_data["test"]), "--out", str(tmp_path / "p.csv")]) == 0
     assert (tmp_path / "p.csv").read_text().count("\n") == 46
+
+
+@pytest.mark.slow
+def test_fixed_weights_average_the_members_as_given(two_models, tiny_data, tmp_path, capsys):
+    out = tmp_path / "ens"
+    args = ["ensemble", *map(str, two_models), "--valid", str(tiny_data["valid"]), "--out", str(out)]
+    assert main(args + ["--weights", "1,2,3"]) == 2  # one number per folder, said before anything is copied
+    assert "--weights 1,2,3: give 'equal' or 2 non-negative numbers" in capsys.readouterr().err and not out.exists()
+    assert main(args + ["--weights", "equal"]) == 0
+    assert "rule: fixed weights (--weights equal)" in capsys.readouterr().err
+    marker = json.loads((out / "ulmfit.json").read_text())
+    assert [m["weight"] for m in marker["members"]] == [0.5, 0.5]
+    texts = ["Great flight thanks", "the gate was awful", "monday schedule boston"]
+    raw = sum(0.5 * load(m).predict_proba(texts) for m in two_models)  # before the blend's own calibration
+    np.testing.assert_allclose(load(out).predict_proba_raw(texts), raw, atol=1e-6)
+    recorded = json.loads((out / "valid_metrics.json").read_text())
+    assert recorded["selection"]["rule"] == "fixed" and recorded["weights"] == [0.5, 0.5]
+    assert "weights given (--weights equal)" in (out / "report.md").read_text()
+    assert main(["evaluate", str(out), "--data", str(tiny_data["valid"]), "--json", "--precision", "fp32"]) == 0
+    assert json.loads(capsys.readouterr().out)["macro_f1"] == recorded["macro_f1"]
 
 
 @pytest.mark.slow

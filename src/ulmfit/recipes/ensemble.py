@@ -46,6 +46,15 @@ macro-F1 0.7434 against the MiniLM member's 0.7360, and lost to that member on t
    rule blended: test ECE 0.036 / 0.041 / 0.035 / 0.042 -> 0.021 / 0.033 / 0.021 / 0.041, NLL lower on
    all four, no label changed (docs/BENCHMARKS.md).
 
+Fixed weights (`--weights equal` or `--weights 0.5,0.5`, `fixed_weights`) skip the choice: the members are
+averaged with the given weights, and the validation split only calibrates the blend (step 4) and scores it.
+That is the plain average of a deep ensemble (Lakshminarayanan et al. 2017): members of one kind trained
+with different seeds, of equal strength by construction, where the rule above, built for members of
+unequal strength, keeps one of them unless a blend's gain clears the bootstrap's noise on validation.
+Two MiniLM models at 2,000 tweet labels (seeds 0 and 1, the second trained with another seed on the same
+labels): the rule kept one member on both; equal weights scored +0.27 and +1.16 on test over the first
+model (docs/BENCHMARKS.md).
+
 Shrinking the chosen weights toward equal weights was considered and not used: with members of
 unequal strength (on the tweets the MiniLM member is 6-8 points of macro-F1 above the AWD-LSTM ones)
 equal weights are the wrong anchor; the conservative anchor is the best member, which step 2 falls
@@ -208,6 +217,8 @@ def choose_weights(probs: Sequence[np.ndarray], y: np.ndarray, classes: list[str
 
 def selection_line(info: dict) -> str:
     """One sentence on which rule decided and why (the log and report.md)."""
+    if info["rule"] == "fixed":
+        return f"rule: fixed weights (--weights {info['given']}), not chosen on the validation split"
     o = info["out_of_fold"]
     why = (f"out-of-fold macro-F1 blend {o['blend_macro_f1']:.4f} vs best member {o['best_member_macro_f1']:.4f} "
            f"(gain {o['gain']:+.4f}, positive in {o['gain_positive_share']:.0%} of {o['bootstrap']} paired bootstrap "
@@ -216,6 +227,29 @@ def selection_line(info: dict) -> str:
         return f"rule: blend (the best of {info['points']} grid points) kept: {why}"
     blend = ", ".join(f"{v:.2f}" for v in info["blend_weights"])
     return f"rule: best member (member {info['best_member']} alone; the blend would be {blend}): {why}"
+
+
+def fixed_weights(spec: str, k: int) -> np.ndarray:
+    """`--weights`: "equal" (1/k each) or k comma-separated non-negative numbers (scaled to sum to 1)."""
+    if spec.strip().lower() == "equal":
+        return np.full(k, 1.0 / k)
+    try:
+        w = np.array([float(v) for v in spec.split(",")], dtype=np.float64)
+    except ValueError:
+        w = np.array([np.nan])
+    if len(w) != k or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise UlmfitError(f"--weights {spec}: give 'equal' or {k} non-negative numbers separated by commas (one per "
+                          f"model folder, in their order, not all zero), e.g. --weights {','.join(['1'] * k)}")
+    return w / w.sum()
+
+
+def fixed_selection(weights: np.ndarray, probs: Sequence[np.ndarray], y: np.ndarray, classes: list[str],
+                    biases: np.ndarray, spec: str) -> dict:
+    """The selection record of fixed weights (`fixed_weights`), in `choose_weights`' shape."""
+    preds, nll = point_predictions(probs, y, weights[None], biases)
+    return {"rule": "fixed", "given": spec, "points": 1, "macro_f1": float(macro_f1_many(y, preds, len(classes))[0]),
+            "log_loss": float(nll.mean()), "blend_weights": [float(v) for v in weights],
+            "best_member": int(np.argmax(weights))}
 
 
 def weighted(probs: Sequence[np.ndarray], w: Sequence[float]) -> np.ndarray:
@@ -234,14 +268,16 @@ def member_probs(model, classes: list[str], texts: list[str]) -> np.ndarray:
 
 def build_ensemble(members: Sequence[str | Path], valid: str | Path, out: str | Path, *, text_col: str = "text",
                    label_col: str = "label", encoding: str = "utf-8", grid: int = 10, overwrite: bool = False,
-                   log: Callable[[str], None] = lambda m: None):
-    """Copy the members into `out`, choose weights on `valid` and write its marker (`write_ensemble`);
-    returns the loaded ensemble."""
+                   weights: str | None = None, log: Callable[[str], None] = lambda m: None):
+    """Copy the members into `out`, choose weights on `valid` (or take `weights`, `fixed_weights`' spec) and
+    write its marker (`write_ensemble`); returns the loaded ensemble."""
     from ulmfit.recipes.predictor import Classifier
 
     out = Path(out)
     if len(members) < 2:
         raise UlmfitError(f"ensemble: give at least two model folders, got {len(members)}")
+    if weights is not None:
+        fixed_weights(weights, len(members))  # a wrong --weights is refused before anything is copied
     for m in members:
         if Path(m).resolve() == out.resolve() or out.resolve() in Path(m).resolve().parents:
             raise UlmfitError(f"ensemble: --out {out} is (or holds) the member {m}; choose another --out")
@@ -260,7 +296,8 @@ def build_ensemble(members: Sequence[str | Path], valid: str | Path, out: str | 
             for i, m in enumerate(members):
                 shutil.copytree(m, stage / MEMBERS_DIR / f"m{i}", ignore=shutil.ignore_patterns("checkpoints"))
             write_ensemble(stage, [str(Path(m).resolve()) for m in members], table.texts, table.labels, table.source,
-                           str(Path(valid).resolve()), grid=grid, log=log, names=[str(m) for m in members])
+                           str(Path(valid).resolve()), grid=grid, log=log, names=[str(m) for m in members],
+                           weights=weights)
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)  # nothing half-built left beside `out`
             raise
@@ -270,12 +307,13 @@ def build_ensemble(members: Sequence[str | Path], valid: str | Path, out: str | 
 
 def write_ensemble(out: Path, sources: Sequence[str], texts: Sequence[str], labels: Sequence[str], source: str,
                    valid: str, *, grid: int = 10, log: Callable[[str], None] = lambda m: None,
-                   names: Sequence[str] | None = None, preamble: str = "") -> dict:
+                   names: Sequence[str] | None = None, preamble: str = "", weights: str | None = None) -> dict:
     """The ensemble of the model folders already in `out`/members/m0, m1, ... (`sources`: where each came
     from, recorded in the marker): weights chosen on the labelled rows `texts` / `labels` (`source` names
     them in the report, `valid` in the marker), then calibration.json, valid_metrics.json, report.md
     (`preamble` first) and the marker, last. `names`: the members as the log and the rule name them
-    (default `sources`). `ulmfit ensemble` copies its members in first; `fit`'s few-label path trains
+    (default `sources`). `weights`: fixed weights (`fixed_weights`' spec) instead of the rule's choice.
+    `ulmfit ensemble` copies its members in first; `fit`'s few-label path trains
     them there (recipes/few_labels.py). Returns the validation metrics."""
     from ulmfit.recipes.predictor import BUILD_PRECISION, Classifier
 
@@ -292,7 +330,11 @@ def write_ensemble(out: Path, sources: Sequence[str], texts: Sequence[str], labe
         probs.append(member_probs(model, classes, list(texts)))
         f1 = classification_metrics(y, decide(probs[-1], b), classes)["macro_f1"]
         log(f"member {name}: validation macro-F1 {f1:.4f} (its decision rule), log-loss {log_loss(probs[-1], y):.4f}")
-    weights, selection = choose_weights(probs, y, classes, grid, biases)
+    if weights is None:
+        weights, selection = choose_weights(probs, y, classes, grid, biases)
+    else:
+        spec, weights = weights, fixed_weights(weights, len(probs))
+        selection = fixed_selection(weights, probs, y, classes, biases, spec)
     log(selection_line(selection))
     log(f"weights {', '.join(f'{w:.2f}' for w in weights)} (validation macro-F1 {selection['macro_f1']:.4f}, "
         f"log-loss {selection['log_loss']:.4f})")
@@ -362,10 +404,12 @@ def _write(out: Path, sources, weights, selection: dict, rule: dict | None, prob
     rows = "\n".join(f"| {e['path']} ({e['source']}) | {e['weight']:.2f} | {metrics['by_member'][e['path']]['macro_f1']:.4f} |"
                      for e in entries)
     atomic_write_text(out / "report.md", (
-        f"# ulmfit ensemble report\n\n{preamble}Weighted average of {len(entries)} classifiers' probabilities; weights chosen "
-        f"on {source} ({len(y)} texts) by macro-F1 (ties: log-loss) over {selection['points']} grid points, the "
-        f"blend kept only when it beats the best single member out of fold beyond noise.\n\n"
-        f"{selection_line(selection)}.\n\n"
+        f"# ulmfit ensemble report\n\n{preamble}Weighted average of {len(entries)} classifiers' probabilities; "
+        + (f"weights given (--weights {selection['given']}), scored on {source} ({len(y)} texts).\n\n"
+           if selection["rule"] == "fixed" else
+           f"weights chosen on {source} ({len(y)} texts) by macro-F1 (ties: log-loss) over {selection['points']} grid "
+           f"points, the blend kept only when it beats the best single member out of fold beyond noise.\n\n")
+        + f"{selection_line(selection)}.\n\n"
         + (f"Calibration of the blend: {calibration_line(rule, classes)}\n\n" if rule and "valid" in rule else "")
         + (f"Decision rule: {rule['source']} (bias {[round(b, 4) for b in rule['members_bias']]} on the blend; "
            f"calibration.json).\n\n" if rule and rule["decision_rule"] == "members" else "")
