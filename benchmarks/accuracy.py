@@ -22,6 +22,9 @@ Methods (peers run in their own venvs, benchmarks/setup_peers.sh; JSON files in 
   ulmfit-minilm    `ulmfit fit --backbone minilm --student off`: the ULMFiT recipe on all-MiniLM-L6-v2
                    (masked-word fine-tuning on the text at hand, then the classifier with gradual unfreezing),
                    the model alone (without --student off a few-label run adds its student and the ensemble)
+  ulmfit-minilm-2  the same trained with seed 100+SEED on the same label sample: a second member for a deep
+                   ensemble (`--methods ulmfit-minilm,ulmfit-minilm-2,distill,ensemble --ensemble-of
+                   ulmfit-minilm,ulmfit-minilm-2,distill --ensemble-weights equal`)
   ulmfit-default   `ulmfit fit` with no model choice at all (no --backbone, --pretrained, --direction): what
                    a new user gets; the data chooses the model (recipes/auto_backbone.py), the cell records
                    which ("recipe", "auto_choice", "student": with few labels and unlabelled text the
@@ -50,7 +53,8 @@ Methods (peers run in their own venvs, benchmarks/setup_peers.sh; JSON files in 
                    ulmfit-minilm, distill: the best MiniLM and AWD-LSTM models) of the same data set, budget and seed, weights
                    chosen on the validation split, then `ulmfit evaluate --json`; needs those cells run
                    first with --keep-models (list ensemble after them in --methods). train_s is the sum
-                   of the members' train_s plus the weight search.
+                   of the members' train_s plus the weight search. --ensemble-weights equal (or W1,W2,...)
+                   passes `ulmfit ensemble --weights`: fixed weights instead of the validated choice
 Only the ULMFiT methods (ours and fastai's) see the rest of the training split (unlabelled) as
 language-model text; that is ULMFiT's point. By default the harness passes our sample as --train
 and the rest as --unlabeled, so ULMFiT trains on exactly the labels the peers get;
@@ -93,11 +97,11 @@ from common import (OUR_CLI, PEER_PY, RESULTS, machine_info, macro_f1_accuracy, 
                     per_class_f1, read_json, run_measured, table, tail, write_json)
 
 METHODS = ["ulmfit-fwd", "ulmfit-fwd-before", "ulmfit-fwd-novalid", "ulmfit-fwd-novalid-cvoff", "ulmfit-both", "ulmfit-bwd", "siatl", "siatl-before", "ulmfit-minilm",
-           "ulmfit-default",
+           "ulmfit-minilm-2", "ulmfit-default",
            "tfidf", "tfidf-balanced", "minilm-frozen", "minilm-frozen-balanced", "minilm-finetune", "setfit", "fastai",
            "distill", "ensemble"]  # distill and ensemble last: they read the kept folders of cells run before them
 ULMFIT_METHODS = {"ulmfit-fwd", "ulmfit-fwd-before", "ulmfit-fwd-novalid", "ulmfit-fwd-novalid-cvoff", "ulmfit-both", "ulmfit-bwd", "siatl", "siatl-before", "ulmfit-minilm",
-                  "ulmfit-default"}
+                  "ulmfit-minilm-2", "ulmfit-default"}
 # The best MiniLM model and the best AWD-LSTM one (issue 16): the MiniLM model's own distilled fwd+bwd
 # student (issue 17), within a point of its teacher up to 500 labels where undistilled ULMFiT fwd+bwd is
 # 4-5 points below it (docs/BENCHMARKS.md, "the MiniLM model and its distilled AWD-LSTM student").
@@ -250,13 +254,15 @@ def cli_caps() -> dict[str, bool]:
 
 def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log) -> dict:
     need = {"ulmfit-both": "direction_both", "ulmfit-bwd": "direction", "siatl": "siatl", "siatl-before": "siatl",
-            "ulmfit-minilm": "backbone"}.get(method)
+            "ulmfit-minilm": "backbone", "ulmfit-minilm-2": "backbone"}.get(method)
     if need and not caps[need]:
         flag = {"direction_both": "--direction both", "direction": "--direction", "siatl": "--recipe siatl",
                 "backbone": "--backbone"}[need]
         return {"status": "unavailable", "reason": f"`ulmfit fit` has no {flag} yet"}
     out = cdir / "model"
-    cmd = [str(OUR_CLI), "fit", "--out", str(out), "--seed", str(seed), "--overwrite"]
+    # ulmfit-minilm-2: another training seed on the same label sample (the sample is the harness's, drawn by `seed`)
+    cmd = [str(OUR_CLI), "fit", "--out", str(out), "--seed", str(100 + seed if method == "ulmfit-minilm-2" else seed),
+           "--overwrite"]
     if "-novalid" not in method:
         cmd += ["--valid", str(splits["valid"])]
     if budget != "full" and a.ulmfit_labels == "cli":
@@ -277,7 +283,7 @@ def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log
         cmd += ["--set", "clf.cv=off"]
     if method.endswith("-before"):
         cmd += [x for s in BEFORE_ISSUE_21 for x in ("--set", s)]
-    if method == "ulmfit-minilm":  # its own pretrained encoder: --pretrained (an AWD-LSTM LM) does not apply
+    if method in ("ulmfit-minilm", "ulmfit-minilm-2"):  # its own pretrained encoder: --pretrained (an AWD-LSTM LM) does not apply
         cmd += ["--backbone", "minilm"] + (QUICK_TRANSFORMER if a.quick else [])
         cmd += ["--student", "off"] if caps["student"] else []  # the MiniLM model alone (distill, ensemble: below)
     elif method == "ulmfit-default":  # no model choice at all (--pretrained would be one): the data chooses
@@ -357,7 +363,8 @@ def run_ensemble(a, splits, ds, budget, seed, work_tag: Path, cell_root: Path, c
         folders.append(folder)
         member_cells.append(read_json(cell))
     out = cdir / "model"
-    cmd = [str(OUR_CLI), "ensemble", *map(str, folders), "--valid", str(splits["valid"]), "--out", str(out), "--overwrite"]
+    cmd = [str(OUR_CLI), "ensemble", *map(str, folders), "--valid", str(splits["valid"]), "--out", str(out), "--overwrite",
+           *(["--weights", a.ensemble_weights] if a.ensemble_weights else [])]
     ens, failed = run_step(a, cmd, cdir / "ensemble.log")
     if failed:
         return failed
@@ -594,6 +601,8 @@ def main() -> None:
     p.add_argument("--keep-models", action="store_true", help="keep the trained model folders")
     p.add_argument("--ensemble-of", default=ENSEMBLE_OF, help="the cells the ensemble method averages (comma list of "
                    "methods, each run before it with --keep-models)")
+    p.add_argument("--ensemble-weights", default=None, help="ensemble: fixed weights for `ulmfit ensemble --weights` "
+                   "('equal' or one number per --ensemble-of cell); default: chosen on validation")
     p.add_argument("--redo", action="store_true", help="rerun cells that already have a result")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     p.add_argument("--summary-only", action="store_true", help="run no cell: summarise and plot the finished ones")

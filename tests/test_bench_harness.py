@@ -187,3 +187,37 @@ def test_the_minilm_cell_is_the_model_alone_and_the_default_cell_whatever_fit_do
     accuracy.run_ulmfit("ulmfit-minilm", None, a, {**caps, "student": False}, splits, tmp_path / "lab.csv", None, 500, 0,
                         tmp_path / "old", print)
     assert "--student" not in seen["cmds"][-1]  # a CLI from before the setting: the flag it does not know is not passed
+
+
+def test_the_second_minilm_cell_differs_only_in_its_training_seed_and_fixed_weights_reach_the_ensemble(tmp_path, monkeypatch):
+    """ulmfit-minilm-2 is ulmfit-minilm on the same label sample with seed 100+SEED (a deep ensemble's second
+    member); --ensemble-weights is passed to `ulmfit ensemble --weights`, and left out when not given."""
+    import argparse
+
+    seen = {}
+    monkeypatch.setattr(accuracy, "train_and_score", lambda a, cmd, *rest: seen.setdefault("cmds", []).append(cmd) or {})
+    a = argparse.Namespace(quick=False, ulmfit_labels="harness", ulmfit_set=None, pretrained=None)
+    caps = {"max_labels": True, "direction_both": True, "direction": True, "siatl": True, "backbone": True, "student": True}
+    splits = {"train": tmp_path / "train.csv", "valid": tmp_path / "v.csv", "test": tmp_path / "t.csv"}
+    for method in ("ulmfit-minilm", "ulmfit-minilm-2"):
+        accuracy.run_ulmfit(method, None, a, caps, splits, tmp_path / "lab.csv", tmp_path / "rest.csv", 500, 3,
+                            tmp_path / method, print)
+    first, second = seen["cmds"]
+    assert first[first.index("--seed") + 1] == "3" and second[second.index("--seed") + 1] == "103"
+    drop = lambda cmd: [x for i, x in enumerate(cmd) if x != "--seed" and (i == 0 or cmd[i - 1] != "--seed")]
+    assert drop(first)[4:] == drop(second)[4:]  # the same data, backbone and settings; only --out and --seed differ
+    assert accuracy.METHODS.index("ulmfit-minilm-2") < accuracy.METHODS.index("ensemble")
+
+    steps = []
+    monkeypatch.setattr(accuracy, "run_step", lambda a, cmd, log: steps.append(cmd) or ({}, {"status": "failed"}))
+    work_tag, cell_root = tmp_path / "work" / "accuracy", tmp_path / "accuracy"
+    cell_root.mkdir()
+    for m in ("ulmfit-minilm", "ulmfit-minilm-2"):
+        (work_tag / f"toy__{m}__500__s0" / "model").mkdir(parents=True)
+        (work_tag / f"toy__{m}__500__s0" / "model" / "ulmfit.json").write_text("{}")
+        (cell_root / f"toy__{m}__500__s0.json").write_text("{}")
+    for weights in ("equal", None):
+        a = argparse.Namespace(ensemble_of="ulmfit-minilm,ulmfit-minilm-2", ensemble_weights=weights, cell_timeout=60,
+                               keep_models=True)
+        accuracy.run_ensemble(a, splits, "toy", 500, 0, work_tag, cell_root, tmp_path / "cell")
+    assert steps[0][-2:] == ["--weights", "equal"] and "--weights" not in steps[1]
