@@ -168,25 +168,30 @@ def test_write_json_is_atomic_under_a_unique_name(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["out.json"]  # no temp file left behind
 
 
+def fit_commands(tmp_path, monkeypatch, methods, seed=0, student=True, rest="rest.csv") -> list[list[str]]:
+    """The `ulmfit fit` command line each ULMFiT method's cell would run (nothing runs)."""
+    import argparse
+
+    cmds = []
+    monkeypatch.setattr(accuracy, "train_and_score", lambda a, cmd, *more: cmds.append(cmd) or {})
+    a = argparse.Namespace(quick=False, ulmfit_labels="harness", ulmfit_set=None, pretrained=None)
+    caps = {"max_labels": True, "direction_both": True, "direction": True, "siatl": True, "backbone": True,
+            "student": student}
+    splits = {"train": tmp_path / "train.csv", "valid": tmp_path / "v.csv", "test": tmp_path / "t.csv"}
+    for method in methods:
+        accuracy.run_ulmfit(method, None, a, caps, splits, tmp_path / "lab.csv", rest and tmp_path / rest, 500, seed,
+                            tmp_path / method, print)
+    return cmds
+
+
 def test_the_minilm_cell_is_the_model_alone_and_the_default_cell_whatever_fit_does(tmp_path, monkeypatch):
     """ulmfit-minilm is the distill cells' teacher: the MiniLM model alone (`--student off`), never the
     few-label ensemble; ulmfit-default passes no model choice at all, so it is what `fit` does by itself."""
-    import argparse
-
-    seen = {}
-    monkeypatch.setattr(accuracy, "train_and_score", lambda a, cmd, *rest: seen.setdefault("cmds", []).append(cmd) or {})
-    a = argparse.Namespace(quick=False, ulmfit_labels="harness", ulmfit_set=None, pretrained=None)
-    caps = {"max_labels": True, "direction_both": True, "direction": True, "siatl": True, "backbone": True, "student": True}
-    splits = {"train": tmp_path / "train.csv", "valid": tmp_path / "v.csv", "test": tmp_path / "t.csv"}
-    for method in ("ulmfit-minilm", "ulmfit-default"):
-        accuracy.run_ulmfit(method, None, a, caps, splits, tmp_path / "lab.csv", tmp_path / "rest.csv", 500, 0,
-                            tmp_path / method, print)
-    minilm, default = seen["cmds"]
+    minilm, default = fit_commands(tmp_path, monkeypatch, ("ulmfit-minilm", "ulmfit-default"))
     assert minilm[minilm.index("--student") + 1] == "off" and minilm[minilm.index("--backbone") + 1] == "minilm"
     assert "--student" not in default and "--backbone" not in default and "--unlabeled" in default
-    accuracy.run_ulmfit("ulmfit-minilm", None, a, {**caps, "student": False}, splits, tmp_path / "lab.csv", None, 500, 0,
-                        tmp_path / "old", print)
-    assert "--student" not in seen["cmds"][-1]  # a CLI from before the setting: the flag it does not know is not passed
+    old, = fit_commands(tmp_path, monkeypatch, ("ulmfit-minilm",), student=False, rest=None)
+    assert "--student" not in old  # a CLI from before the setting: the flag it does not know is not passed
 
 
 def test_the_second_minilm_cell_differs_only_in_its_training_seed_and_fixed_weights_reach_the_ensemble(tmp_path, monkeypatch):
@@ -194,15 +199,7 @@ def test_the_second_minilm_cell_differs_only_in_its_training_seed_and_fixed_weig
     member); --ensemble-weights is passed to `ulmfit ensemble --weights`, and left out when not given."""
     import argparse
 
-    seen = {}
-    monkeypatch.setattr(accuracy, "train_and_score", lambda a, cmd, *rest: seen.setdefault("cmds", []).append(cmd) or {})
-    a = argparse.Namespace(quick=False, ulmfit_labels="harness", ulmfit_set=None, pretrained=None)
-    caps = {"max_labels": True, "direction_both": True, "direction": True, "siatl": True, "backbone": True, "student": True}
-    splits = {"train": tmp_path / "train.csv", "valid": tmp_path / "v.csv", "test": tmp_path / "t.csv"}
-    for method in ("ulmfit-minilm", "ulmfit-minilm-2"):
-        accuracy.run_ulmfit(method, None, a, caps, splits, tmp_path / "lab.csv", tmp_path / "rest.csv", 500, 3,
-                            tmp_path / method, print)
-    first, second = seen["cmds"]
+    first, second = fit_commands(tmp_path, monkeypatch, ("ulmfit-minilm", "ulmfit-minilm-2"), seed=3)
     assert first[first.index("--seed") + 1] == "3" and second[second.index("--seed") + 1] == "103"
     drop = lambda cmd: [x for i, x in enumerate(cmd) if x != "--seed" and (i == 0 or cmd[i - 1] != "--seed")]
     assert drop(first)[4:] == drop(second)[4:]  # the same data, backbone and settings; only --out and --seed differ
@@ -219,5 +216,5 @@ def test_the_second_minilm_cell_differs_only_in_its_training_seed_and_fixed_weig
     for weights in ("equal", None):
         a = argparse.Namespace(ensemble_of="ulmfit-minilm,ulmfit-minilm-2", ensemble_weights=weights, cell_timeout=60,
                                keep_models=True)
-        accuracy.run_ensemble(a, splits, "toy", 500, 0, work_tag, cell_root, tmp_path / "cell")
+        accuracy.run_ensemble(a, {"valid": tmp_path / "v.csv"}, "toy", 500, 0, work_tag, cell_root, tmp_path / "cell")
     assert steps[0][-2:] == ["--weights", "equal"] and "--weights" not in steps[1]
