@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -164,8 +165,9 @@ def _run(args, procs=1, check=True, **env):
         if procs > 1 else [sys.executable]
     r = subprocess.run(launcher + [HELPER] + [str(a) for a in args], env=_env(**env), capture_output=True,
                        text=True, timeout=600)
-    if check:
-        assert r.returncode == 0, r.stderr[-3000:]
+    if check:  # a rank's one-line error first: the tail is mostly the other ranks' collective tracebacks
+        errors = [line for line in r.stderr.splitlines() if re.match(r"(\[rank\d+\]:\s*)?error: ", line)]
+        assert r.returncode == 0, "\n".join(errors + ["..."]) + r.stderr[-3000:]
     return r
 
 
