@@ -265,7 +265,7 @@ def cmd_ensemble(a) -> int:
     from ulmfit.recipes.ensemble import build_ensemble
 
     model = build_ensemble(a.models, a.valid, a.out, text_col=a.text_col, label_col=a.label_col, encoding=a.encoding,
-                           grid=a.grid, overwrite=a.overwrite, weights=a.weights, log=log)
+                           grid=a.grid, overwrite=a.overwrite, fixed=a.weights, log=log)
     log(f"ensemble saved to {model.folder} (report: {model.folder / 'report.md'})")
     return 0
 

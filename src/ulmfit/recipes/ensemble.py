@@ -244,13 +244,14 @@ def fixed_weights(spec: str, k: int) -> np.ndarray:
     return w / w.sum()
 
 
-def fixed_selection(weights: np.ndarray, probs: Sequence[np.ndarray], y: np.ndarray, classes: list[str],
-                    biases: np.ndarray, spec: str) -> dict:
-    """The selection record of fixed weights (`fixed_weights`), in `choose_weights`' shape."""
+def fixed_selection(spec: str, probs: Sequence[np.ndarray], y: np.ndarray, classes: list[str],
+                    biases: np.ndarray) -> tuple[np.ndarray, dict]:
+    """`choose_weights`' counterpart for fixed weights (`fixed_weights`' spec): (weights, the selection record)."""
+    weights = fixed_weights(spec, len(probs))
     preds, nll = point_predictions(probs, y, weights[None], biases)
-    return {"rule": "fixed", "given": spec, "points": 1, "macro_f1": float(macro_f1_many(y, preds, len(classes))[0]),
-            "log_loss": float(nll.mean()), "blend_weights": [float(v) for v in weights],
-            "best_member": int(np.argmax(weights))}
+    return weights, {"rule": "fixed", "given": spec, "points": 1, "log_loss": float(nll.mean()),
+                     "macro_f1": float(macro_f1_many(y, preds, len(classes))[0]),
+                     "blend_weights": [float(v) for v in weights], "best_member": int(np.argmax(weights))}
 
 
 def weighted(probs: Sequence[np.ndarray], w: Sequence[float]) -> np.ndarray:
@@ -269,16 +270,16 @@ def member_probs(model, classes: list[str], texts: list[str]) -> np.ndarray:
 
 def build_ensemble(members: Sequence[str | Path], valid: str | Path, out: str | Path, *, text_col: str = "text",
                    label_col: str = "label", encoding: str = "utf-8", grid: int = 10, overwrite: bool = False,
-                   weights: str | None = None, log: Callable[[str], None] = lambda m: None):
-    """Copy the members into `out`, choose weights on `valid` (or take `weights`, `fixed_weights`' spec) and
+                   fixed: str | None = None, log: Callable[[str], None] = lambda m: None):
+    """Copy the members into `out`, choose weights on `valid` (or take `fixed`, `fixed_weights`' spec) and
     write its marker (`write_ensemble`); returns the loaded ensemble."""
     from ulmfit.recipes.predictor import Classifier
 
     out = Path(out)
     if len(members) < 2:
         raise UlmfitError(f"ensemble: give at least two model folders, got {len(members)}")
-    if weights is not None:
-        fixed_weights(weights, len(members))  # a wrong --weights is refused before anything is copied
+    if fixed is not None:
+        fixed_weights(fixed, len(members))  # a wrong --weights is refused before anything is copied
     for m in members:
         if Path(m).resolve() == out.resolve() or out.resolve() in Path(m).resolve().parents:
             raise UlmfitError(f"ensemble: --out {out} is (or holds) the member {m}; choose another --out")
@@ -298,7 +299,7 @@ def build_ensemble(members: Sequence[str | Path], valid: str | Path, out: str | 
                 shutil.copytree(m, stage / MEMBERS_DIR / f"m{i}", ignore=shutil.ignore_patterns("checkpoints"))
             write_ensemble(stage, [str(Path(m).resolve()) for m in members], table.texts, table.labels, table.source,
                            str(Path(valid).resolve()), grid=grid, log=log, names=[str(m) for m in members],
-                           weights=weights)
+                           fixed=fixed)
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)  # nothing half-built left beside `out`
             raise
@@ -308,12 +309,12 @@ def build_ensemble(members: Sequence[str | Path], valid: str | Path, out: str | 
 
 def write_ensemble(out: Path, sources: Sequence[str], texts: Sequence[str], labels: Sequence[str], source: str,
                    valid: str, *, grid: int = 10, log: Callable[[str], None] = lambda m: None,
-                   names: Sequence[str] | None = None, preamble: str = "", weights: str | None = None) -> dict:
+                   names: Sequence[str] | None = None, preamble: str = "", fixed: str | None = None) -> dict:
     """The ensemble of the model folders already in `out`/members/m0, m1, ... (`sources`: where each came
     from, recorded in the marker): weights chosen on the labelled rows `texts` / `labels` (`source` names
     them in the report, `valid` in the marker), then calibration.json, valid_metrics.json, report.md
     (`preamble` first) and the marker, last. `names`: the members as the log and the rule name them
-    (default `sources`). `weights`: fixed weights (`fixed_weights`' spec) instead of the rule's choice.
+    (default `sources`). `fixed`: fixed weights (`fixed_weights`' spec) instead of the rule's choice.
     `ulmfit ensemble` copies its members in first; `fit`'s few-label path trains
     them there (recipes/few_labels.py). Returns the validation metrics."""
     from ulmfit.recipes.predictor import BUILD_PRECISION, Classifier
@@ -331,11 +332,8 @@ def write_ensemble(out: Path, sources: Sequence[str], texts: Sequence[str], labe
         probs.append(member_probs(model, classes, list(texts)))
         f1 = classification_metrics(y, decide(probs[-1], b), classes)["macro_f1"]
         log(f"member {name}: validation macro-F1 {f1:.4f} (its decision rule), log-loss {log_loss(probs[-1], y):.4f}")
-    if weights is None:
-        weights, selection = choose_weights(probs, y, classes, grid, biases)
-    else:
-        spec, weights = weights, fixed_weights(weights, len(probs))
-        selection = fixed_selection(weights, probs, y, classes, biases, spec)
+    weights, selection = (choose_weights(probs, y, classes, grid, biases) if fixed is None
+                          else fixed_selection(fixed, probs, y, classes, biases))
     log(selection_line(selection))
     log(f"weights {', '.join(f'{w:.2f}' for w in weights)} (validation macro-F1 {selection['macro_f1']:.4f}, "
         f"log-loss {selection['log_loss']:.4f})")
