@@ -107,6 +107,8 @@ ULMFIT_METHODS = {"ulmfit-fwd", "ulmfit-fwd-before", "ulmfit-fwd-novalid", "ulmf
 # 4-5 points below it (docs/BENCHMARKS.md, "the MiniLM model and its distilled AWD-LSTM student").
 ENSEMBLE_OF = "ulmfit-minilm,distill"
 TEACHER = "ulmfit-minilm"  # the cell whose kept model folder the distill method distils
+MINILM_METHODS = ("ulmfit-minilm", "ulmfit-minilm-2")  # ULMFiT on MiniLM; the second trains with seed SECOND_SEED + SEED
+SECOND_SEED = 100  # on the harness's label sample of SEED: another training seed, never another sample
 # "-before": the recipe with issue 21's defaults switched off (no class weighting, no tuned decision
 # rule, no temperature scaling), i.e. the defaults before that change; same training otherwise.
 BEFORE_ISSUE_21 = ["clf.class_weights=none", "siatl.class_weights=none", "imbalance.decision_rule=none",
@@ -254,15 +256,14 @@ def cli_caps() -> dict[str, bool]:
 
 def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log) -> dict:
     need = {"ulmfit-both": "direction_both", "ulmfit-bwd": "direction", "siatl": "siatl", "siatl-before": "siatl",
-            "ulmfit-minilm": "backbone", "ulmfit-minilm-2": "backbone"}.get(method)
+            **dict.fromkeys(MINILM_METHODS, "backbone")}.get(method)
     if need and not caps[need]:
         flag = {"direction_both": "--direction both", "direction": "--direction", "siatl": "--recipe siatl",
                 "backbone": "--backbone"}[need]
         return {"status": "unavailable", "reason": f"`ulmfit fit` has no {flag} yet"}
     out = cdir / "model"
-    # ulmfit-minilm-2: another training seed on the same label sample (the sample is the harness's, drawn by `seed`)
-    cmd = [str(OUR_CLI), "fit", "--out", str(out), "--seed", str(100 + seed if method == "ulmfit-minilm-2" else seed),
-           "--overwrite"]
+    train_seed = SECOND_SEED + seed if method == "ulmfit-minilm-2" else seed
+    cmd = [str(OUR_CLI), "fit", "--out", str(out), "--seed", str(train_seed), "--overwrite"]
     if "-novalid" not in method:
         cmd += ["--valid", str(splits["valid"])]
     if budget != "full" and a.ulmfit_labels == "cli":
@@ -283,7 +284,7 @@ def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log
         cmd += ["--set", "clf.cv=off"]
     if method.endswith("-before"):
         cmd += [x for s in BEFORE_ISSUE_21 for x in ("--set", s)]
-    if method in ("ulmfit-minilm", "ulmfit-minilm-2"):  # its own pretrained encoder: --pretrained (an AWD-LSTM LM) does not apply
+    if method in MINILM_METHODS:  # its own pretrained encoder: --pretrained (an AWD-LSTM LM) does not apply
         cmd += ["--backbone", "minilm"] + (QUICK_TRANSFORMER if a.quick else [])
         cmd += ["--student", "off"] if caps["student"] else []  # the MiniLM model alone (distill, ensemble: below)
     elif method == "ulmfit-default":  # no model choice at all (--pretrained would be one): the data chooses
@@ -378,6 +379,7 @@ def run_ensemble(a, splits, ds, budget, seed, work_tag: Path, cell_root: Path, c
             "train_s": round(sum(c["train_s"] for c in member_cells) + ens["wall_s"], 2), "ensemble_s": ens["wall_s"],
             "wall_s": round(ens["wall_s"] + ev["wall_s"], 2), "peak_rss_mb": ens["peak_rss_mb"], "predict_s": ev["wall_s"],
             "predict_peak_rss_mb": ev["peak_rss_mb"], "command": cmd, "weights": weights,
+            "fixed_weights": a.ensemble_weights,  # None: chosen on validation (a variant needs its own --out or --redo)
             "details": {"evaluate": {k: metrics[k] for k in metrics if k in ("per_class", "n", "by_direction")},
                         "members": {m: c["macro_f1"] for m, c in zip(members, member_cells)}}}
 
@@ -602,7 +604,8 @@ def main() -> None:
     p.add_argument("--ensemble-of", default=ENSEMBLE_OF, help="the cells the ensemble method averages (comma list of "
                    "methods, each run before it with --keep-models)")
     p.add_argument("--ensemble-weights", default=None, help="ensemble: fixed weights for `ulmfit ensemble --weights` "
-                   "('equal' or one number per --ensemble-of cell); default: chosen on validation")
+                   "('equal' or one number per --ensemble-of cell); default: chosen on validation. The cell's name does not "
+                   "say which: run a variant into its own --out (or with --redo)")
     p.add_argument("--redo", action="store_true", help="rerun cells that already have a result")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     p.add_argument("--summary-only", action="store_true", help="run no cell: summarise and plot the finished ones")
