@@ -171,6 +171,8 @@ def write_reports(out: Path, metrics: dict, classes: list[str], cfg: FitConfig, 
     pretrained = "; ".join(f"{d} {model_dir.resolve_pretrained(cfg.pretrained_for(d), d) or 'none'}" for d in dirs)
     if hasattr(cfg.recipe_section, "backbone"):  # a recipe on its own pretrained encoder (the transformer's)
         pretrained = f"transformer backbone {cfg.recipe_section.backbone}"
+    elif not registry.get(cfg.recipe).pretrained_lm:  # a recipe that reads no language model (TF-IDF)
+        pretrained = "none"
     what = {"fwd": "forward", "bwd": "backward (documents read reversed)"}
     model = " + ".join(what[d] for d in dirs) + (", class probabilities averaged" if len(dirs) > 1 else "")
     chosen = (f"Backbone chosen automatically (nothing in the run chose the model; --backbone chooses it): "

@@ -37,7 +37,7 @@ AUTO = "auto"
 
 # The modules whose import registers the shipped recipes (each registers itself, torch-free).
 BUILTIN_MODULES = ("ulmfit.recipes.ulmfit_config", "ulmfit.recipes.siatl_config", "ulmfit.recipes.transformer_config",
-                   "ulmfit.recipes.distill_config")
+                   "ulmfit.recipes.distill_config", "ulmfit.recipes.tfidf_config")
 
 
 @dataclass
@@ -76,6 +76,7 @@ class Recipe:
     report: Callable[[dict], str] | None = None  # more markdown for report.md from the run's validation metrics
     summary: str = ""
     lstm: bool = True  # its model has an LSTM: training in bf16 needs the CPU's bf16 LSTM kernel (train/precision.py)
+    pretrained_lm: bool = True  # it starts from an AWD-LSTM language model (--pretrained); False: it reads none
 
 
 _RECIPES: dict[str, Recipe] = {}
