@@ -25,6 +25,7 @@ Methods (peers run in their own venvs, benchmarks/setup_peers.sh; JSON files in 
   ulmfit-minilm-2  the same trained with seed 100+SEED on the same label sample: a second member for a deep
                    ensemble (`--methods ulmfit-minilm,ulmfit-minilm-2,distill,ensemble --ensemble-of
                    ulmfit-minilm,ulmfit-minilm-2,distill --ensemble-weights equal`)
+  ulmfit-both-2    ulmfit-both trained with seed 100+SEED on the same label sample (a deep ensemble's second AWD-LSTM pair)
   ulmfit-default   `ulmfit fit` with no model choice at all (no --backbone, --pretrained, --direction): what
                    a new user gets; the data chooses the model (recipes/auto_backbone.py), the cell records
                    which ("recipe", "auto_choice", "student": with few labels and unlabelled text the
@@ -38,6 +39,8 @@ Methods (peers run in their own venvs, benchmarks/setup_peers.sh; JSON files in 
   ulmfit-fwd-novalid-cvoff   the same with clf.cv=off: selection on the 10% hold-out
   tfidf            TF-IDF 1-2 grams + logistic regression, C on valid (ulmfit.recipes.baselines)
   tfidf-balanced   the same with class_weight="balanced" (inverse-frequency weights)
+  tfidf-model      `ulmfit fit --recipe tfidf`: the same fit as a model folder (calibrated, with the post-hoc
+                   decision rule like every recipe of ours), an ensemble member (`--ensemble-of ulmfit-both,tfidf-model`)
   minilm-frozen    all-MiniLM-L6-v2 sentence embeddings + logistic regression, C on valid
   minilm-frozen-balanced   the same with class_weight="balanced"
   minilm-finetune  all-MiniLM-L6-v2 fine-tuned end to end (bounded epochs/steps: see peers/minilm.py)
@@ -96,11 +99,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (OUR_CLI, PEER_PY, RESULTS, machine_info, macro_f1_accuracy, package_versions,  # noqa: E402
                     per_class_f1, read_json, run_measured, table, tail, write_json)
 
-METHODS = ["ulmfit-fwd", "ulmfit-fwd-before", "ulmfit-fwd-novalid", "ulmfit-fwd-novalid-cvoff", "ulmfit-both", "ulmfit-bwd", "siatl", "siatl-before", "ulmfit-minilm",
+METHODS = ["ulmfit-fwd", "ulmfit-fwd-before", "ulmfit-fwd-novalid", "ulmfit-fwd-novalid-cvoff", "ulmfit-both", "ulmfit-both-2", "ulmfit-bwd", "siatl", "siatl-before", "ulmfit-minilm",
            "ulmfit-minilm-2", "ulmfit-default",
-           "tfidf", "tfidf-balanced", "minilm-frozen", "minilm-frozen-balanced", "minilm-finetune", "setfit", "fastai",
+           "tfidf", "tfidf-balanced", "tfidf-model", "minilm-frozen", "minilm-frozen-balanced", "minilm-finetune", "setfit", "fastai",
            "distill", "ensemble"]  # distill and ensemble last: they read the kept folders of cells run before them
-ULMFIT_METHODS = {"ulmfit-fwd", "ulmfit-fwd-before", "ulmfit-fwd-novalid", "ulmfit-fwd-novalid-cvoff", "ulmfit-both", "ulmfit-bwd", "siatl", "siatl-before", "ulmfit-minilm",
+ULMFIT_METHODS = {"ulmfit-fwd", "ulmfit-fwd-before", "ulmfit-fwd-novalid", "ulmfit-fwd-novalid-cvoff", "ulmfit-both", "ulmfit-both-2", "ulmfit-bwd", "siatl", "siatl-before", "ulmfit-minilm",
                   "ulmfit-minilm-2", "ulmfit-default"}
 # The best MiniLM model and the best AWD-LSTM one (issue 16): the MiniLM model's own distilled fwd+bwd
 # student (issue 17), within a point of its teacher up to 500 labels where undistilled ULMFiT fwd+bwd is
@@ -255,14 +258,14 @@ def cli_caps() -> dict[str, bool]:
 
 
 def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log) -> dict:
-    need = {"ulmfit-both": "direction_both", "ulmfit-bwd": "direction", "siatl": "siatl", "siatl-before": "siatl",
+    need = {"ulmfit-both": "direction_both", "ulmfit-both-2": "direction_both", "ulmfit-bwd": "direction", "siatl": "siatl", "siatl-before": "siatl",
             **dict.fromkeys(MINILM_METHODS, "backbone")}.get(method)
     if need and not caps[need]:
         flag = {"direction_both": "--direction both", "direction": "--direction", "siatl": "--recipe siatl",
                 "backbone": "--backbone"}[need]
         return {"status": "unavailable", "reason": f"`ulmfit fit` has no {flag} yet"}
     out = cdir / "model"
-    train_seed = SECOND_SEED + seed if method == "ulmfit-minilm-2" else seed
+    train_seed = SECOND_SEED + seed if method.endswith("-2") else seed  # ulmfit-minilm-2, ulmfit-both-2
     cmd = [str(OUR_CLI), "fit", "--out", str(out), "--seed", str(train_seed), "--overwrite"]
     if "-novalid" not in method:
         cmd += ["--valid", str(splits["valid"])]
@@ -272,7 +275,7 @@ def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log
         cmd += ["--train", str(splits["train"]), "--max-labels", str(budget)]
     else:
         cmd += ["--train", str(lab)] + (["--unlabeled", str(rest)] if rest is not None else [])
-    if method == "ulmfit-both":
+    if method in ("ulmfit-both", "ulmfit-both-2"):
         cmd += ["--direction", "both"]
     elif method in ("ulmfit-fwd", "ulmfit-fwd-before", "ulmfit-fwd-novalid", "ulmfit-fwd-novalid-cvoff") and caps["direction"]:
         cmd += ["--direction", "fwd"]
@@ -304,6 +307,15 @@ def run_ulmfit(method, cell, a, caps, splits, lab, rest, budget, seed, cdir, log
     # the recipe fit ran, and why when it chose it (ulmfit-default)
     return train_and_score(a, cmd, out, splits, cdir, "fit.log",
                            lambda out: {k: read_json(out / "config.json").get(k) for k in ("recipe", "auto_choice", "student")})
+
+
+def run_tfidf_model(a, splits, lab, seed, cdir) -> dict:
+    """`ulmfit fit --recipe tfidf` on the budget's labels (it reads no unlabelled text)."""
+    out = cdir / "model"
+    cmd = [str(OUR_CLI), "fit", "--recipe", "tfidf", "--train", str(lab), "--valid", str(splits["valid"]),
+           "--out", str(out), "--seed", str(seed), "--overwrite"]
+    return train_and_score(a, cmd, out, splits, cdir, "fit.log",
+                           lambda out: {"C": read_json(out / "valid_metrics.json")["tfidf"]["C"]})
 
 
 def train_and_score(a, cmd: list[str], out: Path, splits: dict, cdir: Path, log_name: str, extra=None) -> dict:
@@ -657,6 +669,8 @@ def main() -> None:
                             r = run_ensemble(a, splits, ds, budget, seed, work / tag, cell_root, cdir)
                         elif method == "distill":
                             r = run_distill(a, splits, ds, budget, seed, lab, rest, work, work / tag, cdir)
+                        elif method == "tfidf-model":
+                            r = run_tfidf_model(a, splits, lab, seed, cdir)
                         elif method in ULMFIT_METHODS:
                             r = run_ulmfit(method, cell_id, a, caps, splits, lab, rest, budget, seed, cdir, print)
                         else:
