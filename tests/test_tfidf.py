@@ -75,6 +75,13 @@ def test_fit_reload_predict_equals_the_baseline(tiny_data, tmp_path):
     assert metrics["macro_f1"] > 0.8  # the tiny set's class words separate it
 
 
+def test_unlabelled_text_is_said_to_be_unused(tiny_data, tmp_path):
+    lines = []
+    fit(tiny_data["train"], tiny_data["valid"], out=tmp_path / "tf", config=tfidf_config(), unlabeled=[tiny_data["test"]],
+        log=lines.append)
+    assert any("unlabelled texts are not used" in l for l in lines)
+
+
 def test_selection_metric_and_class_weights_reach_the_fit(tiny_data, tmp_path):
     cfg = tfidf_config(Cs=(0.01, 100.0), metric="valid_loss", class_weights="balanced")
     fit(tiny_data["train"], tiny_data["valid"], out=tmp_path / "tf", config=cfg)

@@ -90,6 +90,9 @@ def fit_recipe(run: Run) -> dict:
     if rule == "adjusted":
         log("tfidf.class_weights=adjusted has no logistic-regression form: the classes are not weighted "
             "(the tuned decision rule after training still serves the rare classes)")
+    if len(data.unlabeled):
+        log(f"tf-idf reads labelled texts only: the {len(data.unlabeled):,} unlabelled texts are not used (the ULMFiT "
+            f"recipes fine-tune their language model on them; `ulmfit distill` can teach a student over them)")
     sign = 1.0 if better(t.metric) == "max" else -1.0
 
     def score(clf, x_valid) -> float:
