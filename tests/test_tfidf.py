@@ -90,6 +90,13 @@ def test_selection_metric_and_class_weights_reach_the_fit(tiny_data, tmp_path):
     assert json.loads((tmp_path / "tf" / "config.json").read_text())["tfidf"]["metric"] == "valid_loss"
 
 
+def test_max_iter_reaches_the_solver(tiny_data, tmp_path):
+    from sklearn.exceptions import ConvergenceWarning
+
+    with pytest.warns(ConvergenceWarning):  # one lbfgs iteration cannot converge
+        fit(tiny_data["train"], tiny_data["valid"], out=tmp_path / "tf", config=tfidf_config(max_iter=1))
+
+
 def test_a_tfidf_member_joins_an_ensemble_that_reloads_elsewhere(tiny_data, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     fit(tiny_data["train"], tiny_data["valid"], out=a, config=tfidf_config(ngram_max=1))

@@ -25,7 +25,7 @@ def vectorizer(ngram_max: int = 2, min_df: int = 2, max_features: int | None = N
 
 def fit_tfidf_logreg(train_texts, train_labels, valid_texts, valid_labels, Cs: Sequence[float] = CS,
                      class_weight=None, seed: int = 0, log=None, vec: TfidfVectorizer | None = None,
-                     score: Callable | None = None, score_name: str = "macro-F1"):
+                     score: Callable | None = None, score_name: str = "macro-F1", max_iter: int = 2000):
     """Fit on train for each C, keep the best on valid; returns (fitted vectorizer, fitted classifier, info).
     `score(classifier, x_valid)` -> a number, larger is better (default: macro-F1 of the argmax), named
     `score_name` in the log.
@@ -37,7 +37,7 @@ def fit_tfidf_logreg(train_texts, train_labels, valid_texts, valid_labels, Cs: S
     best = None
     # Each C starts from the previous C's solution (Cs ascending, warm_start): the same convex optimum in
     # fewer iterations (measured in docs/BENCHMARKS.md, "The demo"); the best fit is kept as a copy.
-    clf = LogisticRegression(max_iter=2000, class_weight=class_weight, random_state=seed, warm_start=True)
+    clf = LogisticRegression(max_iter=max_iter, class_weight=class_weight, random_state=seed, warm_start=True)
     for c in sorted(Cs):
         clf.set_params(C=c)
         clf.fit(x_train, train_labels)

@@ -108,7 +108,7 @@ def read_marker(folder: str | Path) -> dict:
     marker = folder / "ulmfit.json"
     if not marker.exists():
         raise UlmfitError(f"{folder}: not a ulmfit model folder (no ulmfit.json); pass the --out folder of `ulmfit fit`")
-    meta = _read_json(marker)
+    meta = read_json(marker)
     if meta.get("format") != FORMAT:
         raise UlmfitError(f"{marker}: not a ulmfit model marker (format={meta.get('format')!r})")
     if meta.get("version") != VERSION:
@@ -139,7 +139,7 @@ def read_marker(folder: str | Path) -> dict:
 def read_config(path: Path, cls, key: str | None = None):
     """A config dataclass from a JSON file (or its `key` section): an unknown field, a wrong type or
     an impossible value is one line naming the file and the field."""
-    d = _read_json(path)
+    d = read_json(path)
     if key is not None:
         d = d.get(key)
         if not isinstance(d, dict):
@@ -329,7 +329,7 @@ def load_backbone(folder: Path, prefix: str = "backbone"):
     the loader from the backbone registry."""
     from ulmfit.models.backbone import get_backbone
 
-    d = _read_json(folder / f"{prefix}.json")
+    d = read_json(folder / f"{prefix}.json")
     try:
         spec = get_backbone(d["kind"])
         backbone = spec.from_config(d["config"])
@@ -346,7 +346,7 @@ def remove_checkpoints(folder: Path) -> None:
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     if not path.exists():
         raise UlmfitError(f"{path.parent}: incomplete model folder ({path.name} missing); retrain or restore it")
     try:

@@ -15,7 +15,6 @@ The class probabilities are softmax(tfidf(text) @ coef.T + intercept). A two-cla
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -103,7 +102,8 @@ def fit_recipe(run: Run) -> dict:
     vec, clf, info = fit_tfidf_logreg(
         data.train.texts, data.train.labels, data.valid.texts, data.valid.labels, Cs=t.Cs,
         class_weight=None if weights is None else {i: float(w) for i, w in enumerate(weights)}, seed=cfg.seed,
-        log=log, vec=vectorizer(t.ngram_max, t.min_df, t.max_features), score=score, score_name=t.metric)
+        log=log, vec=vectorizer(t.ngram_max, t.min_df, t.max_features), score=score, score_name=t.metric,
+        max_iter=t.max_iter)
     coef, intercept = logit_params(clf, k)
     save_tfidf(out, vec, coef, intercept, info["C"])
     log(f"tf-idf + logistic regression: {info['features']:,} features, C={info['C']} kept "
@@ -128,20 +128,18 @@ def load_tfidf(folder: Path) -> tuple[TfidfModel, TfidfReading]:
     """The model of a folder `save_tfidf` wrote, checked: terms, idf and weights must agree in size."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from ulmfit.recipes.model_dir import read_marker
+    from ulmfit.recipes.model_dir import read_json, read_marker
 
     folder = Path(folder)
     path = folder / CONFIG_FILE
-    if not path.exists():
-        raise UlmfitError(f"{folder}: incomplete model folder ({CONFIG_FILE} missing); retrain or restore it")
+    d = read_json(path)  # missing, not JSON, not an object: one line (the folder validator's reader)
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
         terms, ngram_max = d["terms"], int(d["ngram_max"])
         reading = TfidfReading(ngram_max, bool(d["lowercase"]), bool(d["sublinear_tf"]), str(d["token_pattern"]),
                                len(terms))
         if not (isinstance(terms, list) and all(isinstance(s, str) for s in terms) and len(set(terms)) == len(terms)):
             raise ValueError("'terms' must be a list of distinct strings")
-    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise UlmfitError(f"{path}: corrupt ({type(e).__name__}: {e}); retrain or restore the model folder") from None
     w = load_weights(folder / WEIGHTS_FILE)
     n_classes = len(read_marker(folder).get("classes") or []) or None
