@@ -225,6 +225,13 @@ def prepare(ds: str, paths: dict[str, Path], quick: bool, work: Path) -> dict[st
     return out
 
 
+def sample_mask(labels, budget: int, seed: int) -> np.ndarray:
+    """True for the training rows of a budget's labelled sample; the rest is passed as unlabelled text."""
+    mask = np.zeros(len(labels), bool)
+    mask[stratified_sample(labels, budget, seed)] = True
+    return mask
+
+
 def budget_files(ds: str, splits: dict[str, Path], budget, seed: int, work: Path, quick: bool) -> tuple[Path, Path | None, int]:
     """(labelled train CSV, unlabelled rest CSV or None, number of labels) for one budget and seed."""
     if budget == "full":
@@ -233,9 +240,7 @@ def budget_files(ds: str, splits: dict[str, Path], budget, seed: int, work: Path
     lab, rest = d / "train.csv", d / "unlabeled.csv"
     if not (lab.exists() and rest.exists()):
         df = read_split(splits["train"])
-        idx = stratified_sample(df["label"].to_numpy(), int(budget), seed)
-        mask = np.zeros(len(df), bool)
-        mask[idx] = True
+        mask = sample_mask(df["label"].to_numpy(), int(budget), seed)
         d.mkdir(parents=True, exist_ok=True)
         df[mask].to_csv(lab, index=False)
         df[~mask][["text"]].to_csv(rest, index=False)
