@@ -149,6 +149,74 @@ def test_gradient_sum_equals_the_global_batch_gradient(tmp_path):
     torch.testing.assert_close(got["running_mean"], model[1].running_mean, rtol=1e-5, atol=1e-6)
 
 
+def _best_worker(rank, world, port, folder, out):
+    """One phase of run_phase on `world` ranks, then rank 0 frees the best weights as a finished
+    cross-validation fold does (recipes/selection.py); rank 1 reads them a second late."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import time
+
+    from test_loop import Batches, Net, RegressionTask
+    from ulmfit.fileio import remove
+    from ulmfit.train import distributed, loop
+    from ulmfit.train.optim import make_optimizer, param_groups
+
+    class Shards(Batches):
+        def shard(self, r, world, training=True):
+            part = Batches()
+            part.data = self.data[r::world]
+            return part
+
+    if rank == 1:  # a slow reader: past exists(), not yet read
+        real = loop.load_weights
+        loop.load_weights = lambda path: (time.sleep(1.0), real(path))[1]
+    torch.manual_seed(123)
+    model = Net()
+    groups = model.layer_groups()
+    opt = make_optimizer(param_groups(groups, 1e-2), "adamw")
+    files = loop.PhaseFiles(Path(folder), "cv0")
+    loop.run_phase(model, RegressionTask(), opt, groups, [loop.Stage("all", 2, 1e-2)], Shards(), Batches(seed=1),
+                   files, loop.LoopConfig(seed=0, patience=None, progress=False))
+    remove(files.checkpoint)
+    remove(files.best)
+    torch.save({k: v.clone() for k, v in model.state_dict().items()}, f"{out}.{rank}")
+    distributed.barrier()
+    distributed.shutdown()
+
+
+@pytest.mark.slow
+def test_every_rank_reads_the_best_weights_before_rank_0_removes_them(tmp_path):
+    """The race of a 2-process `fit` with cross-validated selection: rank 0 freed a fold's best
+    weights (cv0-best.safetensors) while rank 1 was about to load them."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "weights.pt"
+    mp.spawn(_best_worker, args=(2, port, str(tmp_path / "run"), str(out)), nprocs=2, join=True)
+    w0, w1 = torch.load(f"{out}.0"), torch.load(f"{out}.1")
+    assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)  # both hold the best epoch's
+    assert not (tmp_path / "run" / "checkpoints" / "cv0-best.safetensors").exists()
+
+
+def test_only_rank_0_removes_files(tmp_path, monkeypatch):
+    from ulmfit.fileio import remove
+
+    f = tmp_path / "cv0-best.safetensors"
+    f.write_bytes(b"x")
+    monkeypatch.setenv("RANK", "1")
+    remove(f)
+    assert f.exists()
+    monkeypatch.setenv("RANK", "0")
+    remove(f)
+    remove(f)  # already gone: nothing to do
+    assert not f.exists()
+
+
 # ----------------------------------------------------------------------------- torchrun end to end
 
 def _env(**extra) -> dict:

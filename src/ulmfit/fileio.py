@@ -12,8 +12,8 @@ Importable from every layer (it needs only the standard library, NumPy and ``ulm
 tensors are written through :func:`atomic_write_bytes` by ``train/checkpoint.py``.
 
 In a data-parallel run (``torchrun``, ``train/distributed.py``) only rank 0 writes: on the other
-ranks (:func:`is_main_process` false) the writers, the append, the write lock and the swap do
-nothing, so N processes running the same recipe leave one set of files.
+ranks (:func:`is_main_process` false) the writers, the append, :func:`remove`, the write lock and the
+swap do nothing, so N processes running the same recipe leave one set of files.
 """
 from __future__ import annotations
 
@@ -219,6 +219,15 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Delete the file ``path`` if it is there. Like the writers, only rank 0 does: a file rank 0
+    wrote is rank 0's to remove, and only after a barrier past the other ranks' last read of it."""
+    if not is_main_process():  # [distributed] ranks > 0 remove nothing
+        return
+    with mapped(path, "remove"):
+        Path(path).unlink(missing_ok=True)
 
 
 # --- one writer per folder, and replacing a folder whole ------------------------------------------

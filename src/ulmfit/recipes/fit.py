@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ulmfit.errors import UlmfitError
-from ulmfit.fileio import atomic_write_json, atomic_write_text, make_dir
+from ulmfit.fileio import atomic_write_json, atomic_write_text, make_dir, remove
 from ulmfit.recipes import auto_backbone, few_labels, model_dir, posthoc, registry
 from ulmfit.recipes.config import FitConfig
 from ulmfit.recipes.prepare import load_fit_data
@@ -84,7 +84,7 @@ def _train_model(out: Path, cfg: FitConfig, data, resume: bool, log: Log, t0: fl
     try:
         metrics = posthoc.finish(out, data, configs[dirs[0]], metrics, log)  # calibration.json, constant baseline
     except BaseException:
-        (out / "ulmfit.json").unlink(missing_ok=True)  # not complete: --resume finishes it
+        remove(out / "ulmfit.json")  # not complete: --resume finishes it
         raise
     write_reports(out, metrics, data.classes, configs[dirs[0]], time.perf_counter() - t0)
     model_dir.write_marker(out, "classifier", **marker)

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from ulmfit.fileio import atomic_write_json
+from ulmfit.fileio import atomic_write_json, remove
 from ulmfit.recipes.posthoc import CV_FILE
 from ulmfit.train.crossval import choose_epoch, n_folds, spread, stratified_folds
 from ulmfit.train.loop import PhaseFiles, PhaseResult
@@ -62,8 +62,8 @@ def cross_validate(out: Path, labels: np.ndarray, classes: list[str], *, folds: 
                "epochs": [r["epoch"] for r in history], "stages": [r["stage"] for r in history],
                "probs": [r["probs"] for r in history]}
         atomic_write_json(done, rec)
-        files.checkpoint.unlink(missing_ok=True)  # the record holds what is needed: free the fold's weights
-        files.best.unlink(missing_ok=True)
+        remove(files.checkpoint)  # the record holds what is needed: free the fold's weights
+        remove(files.best)
         records.append(rec)
         log(f"fold {f + 1}/{k}: {len(tr)} training / {len(held)} held-out rows; {metric} by epoch "
             + " ".join(f"{v:.3f}" for v in rec["curve"]))

@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from ulmfit.errors import UlmfitError
-from ulmfit.fileio import append_jsonl
+from ulmfit.fileio import append_jsonl, remove
 from ulmfit.train import distributed
 from ulmfit.train.checkpoint import load_state, load_weights, rewrite_phase_log, save_state, save_weights
 from ulmfit.train.freeze import freeze_to
@@ -210,7 +210,7 @@ def run_phase(
         result.resumed_from = f"stage {pos['stage']} epoch {pos['epoch']}" + (f" batch {pos['batch']}" if pos["batch"] else "")
         _fire(hooks, "on_resume", result)
     else:
-        files.best.unlink(missing_ok=True)  # a stale best from an earlier run must not be restored
+        remove(files.best)  # a stale best from an earlier run must not be restored
         _rewrite_log(files, [])  # lines of this phase with no checkpoint behind them (a kill in the first write)
     show_bar = progress.show_bar(cfg.progress) and distributed.is_main()  # [distributed]
     device = next(model.parameters()).device.type
@@ -315,6 +315,7 @@ def run_phase(
     result.best_value, result.best_epoch = early.best, early.best_epoch
     if files.best.exists():
         model.load_state_dict(load_weights(files.best))
+    sync.barrier()  # [distributed] every rank holds the best weights before rank 0 may remove the file (a CV fold's)
     model.eval()
     return result
 
