@@ -168,6 +168,47 @@ def test_a_blend_is_calibrated_and_decides_as_before():
         == decision_rule(alone, biases, ["A", "B"])
 
 
+def test_the_equal_anchor_keeps_the_plain_average_of_members_validation_cannot_tell_apart():
+    """Two members of one strength whose errors mostly coincide (the e-mail's AWD-LSTM pair and MiniLM
+    model: 8 and 13 validation errors of 588): no blend beats the better one beyond noise, so the "best
+    member" anchor keeps one member alone, and no member beats the plain average, so the "equal" anchor
+    keeps that. A member that clearly beats the average (a noise partner) is kept by both anchors."""
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 300)
+    shared = rng.normal(0.0, 1.0, (len(y), 3))  # the errors both make
+
+    def correlated():
+        z = 1.5 * np.eye(3)[y] + shared + rng.normal(0.0, 0.2, (len(y), 3))
+        return np.exp(z) / np.exp(z).sum(1, keepdims=True)
+
+    probs = [correlated(), correlated()]
+    w, sel = choose_weights(probs, y, CLASSES, anchor="best member")
+    assert sel["rule"] == "best member" and sorted(w.tolist()) == [0.0, 1.0]
+    w, sel = choose_weights(probs, y, CLASSES, anchor="equal")
+    assert sel["rule"] == "equal" and w.tolist() == [0.5, 0.5] and sel["anchor"] == "equal"
+    o = sel["out_of_fold"]
+    assert o["gain_positive_share"] < o["confidence"] and {"equal_macro_f1", "best_member_macro_f1"} <= set(o)
+    noise = rng.dirichlet(np.ones(3), len(y))
+    for anchor in ("best member", "equal"):
+        w, sel = choose_weights([noise, member(y, rng, strength=2.0)], y, CLASSES, anchor=anchor)
+        assert sel["rule"] == "best member" and w.tolist() == [0.0, 1.0], anchor
+
+
+def test_the_equal_point_is_exact_when_it_is_off_the_grid():
+    """1/3 is not a multiple of 1/10: three members of one strength get exactly 1/3 each."""
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 3, 300)
+    shared = rng.normal(0.0, 1.0, (len(y), 3))
+    probs = []
+    for _ in range(3):
+        z = 1.5 * np.eye(3)[y] + shared + rng.normal(0.0, 0.2, (len(y), 3))
+        probs.append(np.exp(z) / np.exp(z).sum(1, keepdims=True))
+    w, sel = choose_weights(probs, y, CLASSES, anchor="equal")
+    assert sel["rule"] == "equal" and w.tolist() == [1 / 3] * 3 and sel["points"] == 66
+    with pytest.raises(ValueError, match="anchor"):
+        choose_weights(probs, y, CLASSES, anchor="median")
+
+
 def test_weight_choice_is_deterministic_and_fast_enough_to_rerun():
     rng = np.random.default_rng(3)
     y = rng.integers(0, 3, 400)
@@ -235,6 +276,22 @@ def test_ensemble_folder_averages_with_its_weights_and_moves(two_models, tiny_da
     assert set(metrics["by_direction"]) == {"members/m0", "members/m1"}
     assert main(["predict", str(moved), "--data", str(tiny_data["test"]), "--out", str(tmp_path / "p.csv")]) == 0
     assert (tmp_path / "p.csv").read_text().count("\n") == 46
+
+
+@pytest.mark.slow
+def test_the_anchor_is_chosen_on_the_command_line(two_models, tiny_data, tmp_path, capsys):
+    out = tmp_path / "ens"
+    args = ["ensemble", *map(str, two_models), "--valid", str(tiny_data["valid"]), "--out", str(out)]
+    assert main(args + ["--anchor", "median"]) == 2 and not out.exists()
+    assert "--anchor median: choose one of best-member, equal, best-member-or-equal" in capsys.readouterr().err
+    assert main(args + ["--anchor", "equal", "--weights", "equal"]) == 2 and not out.exists()
+    assert "pass one of the two" in capsys.readouterr().err
+    assert main(args + ["--anchor", "best-member-or-equal"]) == 0
+    selection = json.loads((out / "valid_metrics.json").read_text())["selection"]
+    o = selection["out_of_fold"]
+    kept = "equal" if o["equal_macro_f1"] >= o["best_member_macro_f1"] else "best member"  # the better out of fold
+    assert selection["anchor"] == kept and selection["challenger"] == "blend"
+    assert selection["rule"] in (kept, "blend") and f"vs {kept} " in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -335,7 +392,7 @@ def test_an_ensemble_that_keeps_one_member_predicts_exactly_that_member(two_mode
 
     real = ensemble.choose_weights
 
-    def keep_the_second(probs, y, classes, grid=10, biases=None):
+    def keep_the_second(probs, y, classes, grid=10, biases=None, anchor=None):
         w, sel = real(probs, y, classes, grid, biases)
         return np.array([0.0, 1.0]), {**sel, "rule": "best member", "best_member": 1}
 
@@ -369,7 +426,7 @@ def test_a_blended_ensemble_folder_hands_out_calibrated_probabilities(two_models
 
     real = ensemble.choose_weights
 
-    def blend(probs, y, classes, grid=10, biases=None):
+    def blend(probs, y, classes, grid=10, biases=None, anchor=None):
         w, sel = real(probs, y, classes, grid, biases)
         return np.array([0.5, 0.5]), {**sel, "rule": "blend"}
 

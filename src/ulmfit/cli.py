@@ -265,7 +265,8 @@ def cmd_ensemble(a) -> int:
     from ulmfit.recipes.ensemble import build_ensemble
 
     model = build_ensemble(a.models, a.valid, a.out, text_col=a.text_col, label_col=a.label_col, encoding=a.encoding,
-                           grid=a.grid, overwrite=a.overwrite, fixed=a.weights, log=log)
+                           grid=a.grid, overwrite=a.overwrite, fixed=a.weights,
+                           anchor=a.anchor.replace("-", " ") if a.anchor else None, log=log)
     log(f"ensemble saved to {model.folder} (report: {model.folder / 'report.md'})")
     return 0
 
@@ -416,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--grid", type=int, default=10, help="weights are multiples of 1/GRID (default 10)")
     en.add_argument("--weights", help="fixed weights instead of the validated choice: 'equal' (a plain average, e.g. of "
                                       "one recipe trained with several seeds) or one number per model, e.g. 0.7,0.3")
+    en.add_argument("--anchor", help="what the validated choice keeps unless a blend (or a member) beats it beyond noise: "
+                                     "best-member (default), best-member-or-equal (the plain average where it scores at "
+                                     "least as well out of fold: members of about one strength), or equal")
     en.add_argument("--overwrite", action="store_true")
     data_args(en, defaults=True)
     en.set_defaults(func=cmd_ensemble)

@@ -101,6 +101,8 @@ FOLDS = 5  # each choice sees 4/5 of the validation rows; a held-out fifth keeps
 REPEATS = 10  # reshuffles of the folds, so the out-of-fold score does not hinge on one partition
 BOOTSTRAP = 1000  # paired resamples of the validation rows for the gain's noise (the 5% tail: 50 draws)
 CONFIDENCE = 0.95  # the blend is kept when its gain over the best member is positive in >= 95% of resamples
+ANCHORS = ("best member", "equal", "best member or equal")
+ANCHOR = "best member"  # what the rule keeps unless a challenger beats it beyond noise (docstring, step 2)
 SEED = 0  # folds use seeds SEED..SEED+REPEATS-1, the bootstrap SEED: the same inputs give the same weights
 POINT_CHUNK = 512  # grid points averaged at a time ([chunk, n, C] float64): bounded memory at MAX_POINTS
 
@@ -185,33 +187,48 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, y: np.ndarray, C: int) -> np.
 
 
 def choose_weights(probs: Sequence[np.ndarray], y: np.ndarray, classes: list[str], grid: int = 10,
-                   biases: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
-    """The weights by the module's rule: the best grid point ("blend") when its out-of-fold gain over
-    the best single member is positive beyond the bootstrap's noise, else weight 1 on the best member.
+                   biases: np.ndarray | None = None, anchor: str | None = None) -> tuple[np.ndarray, dict]:
+    """The weights by the module's rule: the `anchor` ("best member": weight 1 on the best single member;
+    "equal": the plain average; None: `ANCHOR`) unless a challenger's out-of-fold gain over it is positive
+    beyond the bootstrap's noise. The challenger of "best member" is the best grid point ("blend"); that of
+    "equal" is the better of "blend" and "best member" out of fold.
     `biases` [k, C]: the members' decision rules (`Classifier.bias_in`; None: argmax members).
     Returns (weights, the selection record for valid_metrics.json)."""
+    anchor = ANCHOR if anchor is None else anchor
+    if anchor not in ANCHORS:
+        raise ValueError(f"choose_weights: anchor {anchor!r}, expected one of {ANCHORS}")
     y = np.asarray(y, dtype=np.int64)
     if len(y) < 2 * FOLDS:
         raise UlmfitError(f"ensemble: the validation file has {len(y)} labelled rows; choosing weights out of fold "
                           f"needs at least {2 * FOLDS}; pass a larger --valid file")
     k, C = len(probs), len(classes)
-    points = simplex_grid(k, grid_for(k, grid))
+    grid_points = simplex_grid(k, grid_for(k, grid))
+    equal = np.flatnonzero(np.isclose(grid_points, 1.0 / k).all(1))
+    points = grid_points if len(equal) else np.vstack([grid_points, np.full(k, 1.0 / k)])  # 1/3 is off a grid of tenths
     dist = np.abs(points - 1.0 / k).sum(1)
-    rules = {"blend": np.arange(len(points)), "best member": np.flatnonzero(points.max(1) == 1.0)}
+    rules = {"blend": np.arange(len(grid_points)), "best member": np.flatnonzero(points.max(1) == 1.0),
+             "equal": equal if len(equal) else np.array([len(points) - 1])}
     preds, nll = point_predictions(probs, y, points, biases)
     oof, n_fold = out_of_fold(preds, nll, y, C, dist, rules)
     score = {name: float(macro_f1_many(y, p, C).mean()) for name, p in oof.items()}
-    gains = paired_bootstrap(oof["blend"], oof["best member"], y, C)
-    gain, share = score["blend"] - score["best member"], float(np.mean(gains > 0))
-    rule = "blend" if gain > 0 and share >= CONFIDENCE else "best member"
+    if anchor == "best member or equal":  # the better of the two out of fold (a tie: equal, which chose nothing)
+        anchor = "equal" if score["equal"] >= score["best member"] else "best member"
+        challenger = "blend"
+    else:
+        challenger = "blend" if anchor == "best member" else max(("blend", "best member"), key=lambda r: score[r])
+    gains = paired_bootstrap(oof[challenger], oof[anchor], y, C)
+    gain, share = score[challenger] - score[anchor], float(np.mean(gains > 0))
+    rule = challenger if gain > 0 and share >= CONFIDENCE else anchor
     f1_all, nll_all = macro_f1_many(y, preds, C, np.ones((1, len(y)))), nll.mean(1)[None]
     best = {name: int(pick(f1_all, nll_all, dist, allowed)[0]) for name, allowed in rules.items()}
     return points[best[rule]], {
-        "rule": rule, "points": len(points), "macro_f1": float(f1_all[0, best[rule]]),
+        "rule": rule, "anchor": anchor, "challenger": challenger, "points": len(grid_points),
+        "macro_f1": float(f1_all[0, best[rule]]),
         "log_loss": float(nll_all[0, best[rule]]), "blend_weights": [float(v) for v in points[best["blend"]]],
         "best_member": int(np.argmax(points[best["best member"]])),
         "out_of_fold": {"folds": n_fold, "repeats": REPEATS, "blend_macro_f1": score["blend"],
-                        "best_member_macro_f1": score["best member"], "gain": gain, "gain_positive_share": share,
+                        "best_member_macro_f1": score["best member"], "equal_macro_f1": score["equal"],
+                        "gain": gain, "gain_positive_share": share,
                         "bootstrap": BOOTSTRAP, "confidence": CONFIDENCE,
                         "gain_5th_percentile": float(np.quantile(gains, 1 - CONFIDENCE))}}
 
@@ -221,12 +238,16 @@ def selection_line(info: dict) -> str:
     if info["rule"] == "fixed":
         return f"rule: fixed weights (--weights {info['given']}), not chosen on the validation split"
     o = info["out_of_fold"]
-    why = (f"out-of-fold macro-F1 blend {o['blend_macro_f1']:.4f} vs best member {o['best_member_macro_f1']:.4f} "
-           f"(gain {o['gain']:+.4f}, positive in {o['gain_positive_share']:.0%} of {o['bootstrap']} paired bootstrap "
-           f"resamples, {o['confidence']:.0%} needed; {o['folds']}-fold x {o['repeats']} repeats)")
-    if info["rule"] == "blend":
-        return f"rule: blend (the best of {info['points']} grid points) kept: {why}"
+    anchor, challenger = info.get("anchor", "best member"), info.get("challenger", "blend")
+    why = (f"out-of-fold macro-F1 {challenger} {o[challenger.replace(' ', '_') + '_macro_f1']:.4f} vs {anchor} "
+           f"{o[anchor.replace(' ', '_') + '_macro_f1']:.4f} (gain {o['gain']:+.4f}, positive in "
+           f"{o['gain_positive_share']:.0%} of {o['bootstrap']} paired bootstrap resamples, {o['confidence']:.0%} "
+           f"needed; {o['folds']}-fold x {o['repeats']} repeats)")
     blend = ", ".join(f"{v:.2f}" for v in info["blend_weights"])
+    if info["rule"] == "blend":
+        return f"rule: blend (the best of {info['points']} grid points: {blend}) kept: {why}"
+    if info["rule"] == "equal":
+        return f"rule: equal weights (no rule beat the plain average beyond noise): {why}"
     return f"rule: best member (member {info['best_member']} alone; the blend would be {blend}): {why}"
 
 
@@ -270,9 +291,9 @@ def member_probs(model, classes: list[str], texts: list[str]) -> np.ndarray:
 
 def build_ensemble(members: Sequence[str | Path], valid: str | Path, out: str | Path, *, text_col: str = "text",
                    label_col: str = "label", encoding: str = "utf-8", grid: int = 10, overwrite: bool = False,
-                   fixed: str | None = None, log: Callable[[str], None] = lambda m: None):
-    """Copy the members into `out`, choose weights on `valid` (or take `fixed`, `fixed_weights`' spec) and
-    write its marker (`write_ensemble`); returns the loaded ensemble."""
+                   fixed: str | None = None, anchor: str | None = None, log: Callable[[str], None] = lambda m: None):
+    """Copy the members into `out`, choose weights on `valid` (`choose_weights` with `anchor`; or take `fixed`,
+    `fixed_weights`' spec) and write its marker (`write_ensemble`); returns the loaded ensemble."""
     from ulmfit.recipes.predictor import Classifier
 
     out = Path(out)
@@ -280,6 +301,10 @@ def build_ensemble(members: Sequence[str | Path], valid: str | Path, out: str | 
         raise UlmfitError(f"ensemble: give at least two model folders, got {len(members)}")
     if fixed is not None:
         fixed_weights(fixed, len(members))  # a wrong --weights is refused before anything is copied
+        if anchor is not None:
+            raise UlmfitError("ensemble: --weights fixes the weights and --anchor chooses them; pass one of the two")
+    if anchor is not None and anchor not in ANCHORS:
+        raise UlmfitError(f"ensemble: --anchor {anchor}: choose one of {', '.join(a.replace(' ', '-') for a in ANCHORS)}")
     for m in members:
         if Path(m).resolve() == out.resolve() or out.resolve() in Path(m).resolve().parents:
             raise UlmfitError(f"ensemble: --out {out} is (or holds) the member {m}; choose another --out")
@@ -299,7 +324,7 @@ def build_ensemble(members: Sequence[str | Path], valid: str | Path, out: str | 
                 shutil.copytree(m, stage / MEMBERS_DIR / f"m{i}", ignore=shutil.ignore_patterns("checkpoints"))
             write_ensemble(stage, [str(Path(m).resolve()) for m in members], table.texts, table.labels, table.source,
                            str(Path(valid).resolve()), grid=grid, log=log, names=[str(m) for m in members],
-                           fixed=fixed)
+                           fixed=fixed, anchor=anchor)
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)  # nothing half-built left beside `out`
             raise
@@ -309,12 +334,14 @@ def build_ensemble(members: Sequence[str | Path], valid: str | Path, out: str | 
 
 def write_ensemble(out: Path, sources: Sequence[str], texts: Sequence[str], labels: Sequence[str], source: str,
                    valid: str, *, grid: int = 10, log: Callable[[str], None] = lambda m: None,
-                   names: Sequence[str] | None = None, preamble: str = "", fixed: str | None = None) -> dict:
+                   names: Sequence[str] | None = None, preamble: str = "", fixed: str | None = None,
+                   anchor: str | None = None) -> dict:
     """The ensemble of the model folders already in `out`/members/m0, m1, ... (`sources`: where each came
     from, recorded in the marker): weights chosen on the labelled rows `texts` / `labels` (`source` names
     them in the report, `valid` in the marker), then calibration.json, valid_metrics.json, report.md
     (`preamble` first) and the marker, last. `names`: the members as the log and the rule name them
-    (default `sources`). `fixed`: fixed weights (`fixed_weights`' spec) instead of the rule's choice.
+    (default `sources`). `fixed`: fixed weights (`fixed_weights`' spec) instead of the rule's choice;
+    `anchor`: the rule's fallback (`choose_weights`; None: `ANCHOR`).
     `ulmfit ensemble` copies its members in first; `fit`'s few-label path trains
     them there (recipes/few_labels.py). Returns the validation metrics."""
     from ulmfit.recipes.predictor import BUILD_PRECISION, Classifier
@@ -332,7 +359,7 @@ def write_ensemble(out: Path, sources: Sequence[str], texts: Sequence[str], labe
         probs.append(member_probs(model, classes, list(texts)))
         f1 = classification_metrics(y, decide(probs[-1], b), classes)["macro_f1"]
         log(f"member {name}: validation macro-F1 {f1:.4f} (its decision rule), log-loss {log_loss(probs[-1], y):.4f}")
-    weights, selection = (choose_weights(probs, y, classes, grid, biases) if fixed is None
+    weights, selection = (choose_weights(probs, y, classes, grid, biases, anchor) if fixed is None
                           else fixed_selection(fixed, probs, y, classes, biases))
     log(selection_line(selection))
     log(f"weights {', '.join(f'{w:.2f}' for w in weights)} (validation macro-F1 {selection['macro_f1']:.4f}, "
