@@ -56,9 +56,19 @@ trained with another seed on the same labels) and their distilled AWD-LSTM stude
 scored a test median of 0.7435 against 0.7338 for one MiniLM model and 0.7376 for this rule's choice
 among the same three (ahead on every seed); the rule kept one member on 2 of 3 seeds.
 
+The fallback of step 2 is the `anchor` (`choose_weights`, `ulmfit ensemble --anchor`): "best member"
+(`ANCHOR`, the default, as above); "equal", the plain average unless the better of the blend and the best
+member beats it out of fold beyond noise; "best member or equal", whichever of the two scores higher out of
+fold (a tie goes to the average, which chose nothing), unless the blend beats it beyond noise. The three
+side by side on 11 ensembles, scored on labelled training rows outside each label sample that no member
+trained on (benchmarks/ensemble_rules.py; docs/BENCHMARKS.md, twenty-first session): "best member or
+equal" against the default, macro-F1 on those rows, +0.09 to +0.78 on 7 (e-mail, 3 seeds; two of three
+few-label runs at 40/55/5), level on 2, -0.44 and -0.47 on 2 (100 tweet labels; the third few-label run),
+and 0 on the test splits' median. No anchor wins everywhere, so the default stays; the others serve members
+of about one strength, where validation cannot rank them.
 Shrinking the chosen weights toward equal weights was considered and not used: with members of
 unequal strength (on the tweets the MiniLM member is 6-8 points of macro-F1 above the AWD-LSTM ones)
-equal weights are the wrong anchor; the conservative anchor is the best member, which step 2 falls
+equal weights are the wrong anchor of a shrinkage; the conservative anchor is the best member, which step 2 falls
 back to. Everything is numpy on [points, rows] arrays (`macro_f1_many` scores every point on every
 fold at once): 3 members x 2,500 rows take well under a second. Which rule decided and the
 out-of-fold figures go to valid_metrics.json ("selection"), report.md and the log.
