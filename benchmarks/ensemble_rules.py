@@ -8,7 +8,8 @@ the validation split, and what they score on labelled files no member trained on
 Rules (recipes/ensemble.py `choose_weights`): "anchor best member" (the default since the tenth session:
 the best single member unless the best grid point beats it out of fold beyond the bootstrap's noise),
 "anchor equal" (the plain average unless the better of that blend and the best member beats it beyond
-noise), and "equal" (`--weights equal`, no choice). Each member's probabilities are computed once per file
+noise), "anchor best member or equal" (the better of those two out of fold unless the blend beats it beyond
+noise) and "equal" (`--weights equal`, no choice). Each member's probabilities are computed once per file
 and cached (--cache, keyed by folder and file): the validation split in `BUILD_PRECISION` as
 `ulmfit ensemble` computes it, the scored files in the precision `ulmfit evaluate` uses. The labels a weight
 vector gives are those the built ensemble predicts (`point_predictions`: the members' decision rules weighted

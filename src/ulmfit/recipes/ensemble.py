@@ -110,7 +110,7 @@ MEMBERS_DIR = "members"
 FOLDS = 5  # each choice sees 4/5 of the validation rows; a held-out fifth keeps every class present
 REPEATS = 10  # reshuffles of the folds, so the out-of-fold score does not hinge on one partition
 BOOTSTRAP = 1000  # paired resamples of the validation rows for the gain's noise (the 5% tail: 50 draws)
-CONFIDENCE = 0.95  # the blend is kept when its gain over the best member is positive in >= 95% of resamples
+CONFIDENCE = 0.95  # a challenger (the blend) is kept when its gain over the anchor is positive in >= 95% of resamples
 ANCHORS = ("best member", "equal", "best member or equal")
 ANCHOR = "best member"  # what the rule keeps unless a challenger beats it beyond noise (docstring, step 2)
 SEED = 0  # folds use seeds SEED..SEED+REPEATS-1, the bootstrap SEED: the same inputs give the same weights
