@@ -7,6 +7,7 @@
 set -e
 cd "$(dirname "$0")/../../.."
 OUT=benchmarks/results/s21-ensemble-rules/rules.jsonl
+rm -f $OUT  # every line written again below
 R=${REST_DIR:-runs/s21-rest}
 mkdir -p $R
 PYTHONPATH=src:benchmarks .venv/bin/python - "$R" <<'PY'
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 from accuracy import read_split, sample_mask  # the harness's own label samples
 from ulmfit.data.fetch_lib import cache_dir
-for ds, budget, seeds in (("spam", 2000, (0, 1, 2)), ("tweets", 2000, (0,)), ("tweets", 100, (0,)), ("tweets-40-55-5", 500, (6, 1, 5))):
+for ds, budget, seeds in (("spam", 2000, (0, 1, 2)), ("tweets", 2000, (0,)), ("tweets", 100, (0, 1)), ("tweets-40-55-5", 500, (6, 1, 5))):
     train = read_split(cache_dir() / ds / "v1" / "train.csv")
     for s in seeds:
         out = Path(sys.argv[1]) / f"{ {'tweets-40-55-5': 'imb'}.get(ds, ds)}-rest-{budget}-s{s}.csv"
@@ -42,3 +43,8 @@ for s in 6 1 5; do
   PYTHONPATH=src .venv/bin/python benchmarks/ensemble_rules.py --tag imb-500-s$s --members M=$M/members/m0 S=$M/members/m1 \
     --valid $I/valid.csv --score test=$I/test.csv rest=$R/imb-rest-500-s$s.csv --combos MS --json $OUT
 done
+# tweets, 100 labels, seed 1: M in s21-tweets, A in s21-tweets-b (two harness runs side by side)
+PYTHONPATH=src .venv/bin/python benchmarks/ensemble_rules.py --tag tweets-100-s1 \
+  --members A=benchmarks/results/s21-tweets-b/work/accuracy/tweets__ulmfit-both__100__s1/model \
+  M=benchmarks/results/s21-tweets/work/accuracy/tweets__ulmfit-minilm__100__s1/model --valid $T/valid.csv \
+  --score test=$T/test.csv rest=$R/tweets-rest-100-s1.csv --combos AM --json $OUT

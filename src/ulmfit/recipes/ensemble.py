@@ -60,10 +60,10 @@ The fallback of step 2 is the `anchor` (`choose_weights`, `ulmfit ensemble --anc
 (`ANCHOR`, the default, as above); "equal", the plain average unless the better of the blend and the best
 member beats it out of fold beyond noise; "best member or equal", whichever of the two scores higher out of
 fold (a tie goes to the average, which chose nothing), unless the blend beats it beyond noise. The three
-side by side on 11 ensembles, scored on labelled training rows outside each label sample that no member
+side by side on 12 ensembles, scored on labelled training rows outside each label sample that no member
 trained on (benchmarks/ensemble_rules.py; docs/BENCHMARKS.md, twenty-first session): "best member or
 equal" against the default, macro-F1 on those rows, +0.09 to +0.78 on 7 (e-mail, 3 seeds; two of three
-few-label runs at 40/55/5), level on 2, -0.44 and -0.47 on 2 (100 tweet labels; the third few-label run),
+few-label runs at 40/55/5), level on 3, -0.44 and -0.47 on 2 (100 tweet labels; the third few-label run),
 and 0 on the test splits' median. No anchor wins everywhere, so the default stays; the others serve members
 of about one strength, where validation cannot rank them.
 Shrinking the chosen weights toward equal weights was considered and not used: with members of
