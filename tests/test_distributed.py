@@ -84,10 +84,23 @@ def test_classifier_shares_are_disjoint_and_cover_each_global_batch():
 
 # ----------------------------------------------------------------------------- gradients (2 processes)
 
-def _grad_worker(rank, world, port, out):
+def _as_rank(rank, world, port):
+    """A spawned test process as torchrun would start it: rank `rank` of `world`, one thread."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _grad_worker(rank, world, port, out):
+    _as_rank(rank, world, port)
     from ulmfit.train import distributed
     from ulmfit.train.tasks import ClassifierTask, ClassLoss
 
@@ -121,15 +134,10 @@ def _grad_worker(rank, world, port, out):
 
 @pytest.mark.slow
 def test_gradient_sum_equals_the_global_batch_gradient(tmp_path):
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "rank0.pt"
-    mp.spawn(_grad_worker, args=(2, port, str(out)), nprocs=2, join=True)
+    mp.spawn(_grad_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
     got = torch.load(out, weights_only=False)
 
     torch.manual_seed(0)
@@ -152,9 +160,7 @@ def test_gradient_sum_equals_the_global_batch_gradient(tmp_path):
 def _best_worker(rank, world, port, folder, out):
     """One phase of run_phase on `world` ranks, then rank 0 frees the best weights as a finished
     cross-validation fold does (recipes/selection.py); rank 1 reads them a second late."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
+    _as_rank(rank, world, port)
     import time
 
     from test_loop import Batches, Net, RegressionTask
@@ -189,15 +195,10 @@ def _best_worker(rank, world, port, folder, out):
 def test_every_rank_reads_the_best_weights_before_rank_0_removes_them(tmp_path):
     """The race of a 2-process `fit` with cross-validated selection: rank 0 freed a fold's best
     weights (cv0-best.safetensors) while rank 1 was about to load them."""
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "weights.pt"
-    mp.spawn(_best_worker, args=(2, port, str(tmp_path / "run"), str(out)), nprocs=2, join=True)
+    mp.spawn(_best_worker, args=(2, _free_port(), str(tmp_path / "run"), str(out)), nprocs=2, join=True)
     w0, w1 = torch.load(f"{out}.0"), torch.load(f"{out}.1")
     assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)  # both hold the best epoch's
     assert not (tmp_path / "run" / "checkpoints" / "cv0-best.safetensors").exists()

@@ -44,6 +44,17 @@ def member(y, rng, strength=1.5, k=3):
     return e / e.sum(1, keepdims=True)
 
 
+def correlated_members(y, rng, k, sd):
+    """k members of one strength whose errors mostly coincide: one shared N(0, 1) noise (drawn first), plus
+    N(0, sd) of each member's own."""
+    shared = rng.normal(0.0, 1.0, (len(y), 3))
+    out = []
+    for _ in range(k):
+        z = 1.5 * np.eye(3)[y] + shared + rng.normal(0.0, sd, (len(y), 3))
+        out.append(np.exp(z) / np.exp(z).sum(1, keepdims=True))
+    return out
+
+
 def f1_of(y, p):
     return classification_metrics(y, p.argmax(1), CLASSES)["macro_f1"]
 
@@ -175,13 +186,7 @@ def test_the_equal_anchor_keeps_the_plain_average_of_members_validation_cannot_t
     keeps that. A member that clearly beats the average (a noise partner) is kept by both anchors."""
     rng = np.random.default_rng(5)
     y = rng.integers(0, 3, 300)
-    shared = rng.normal(0.0, 1.0, (len(y), 3))  # the errors both make
-
-    def correlated():
-        z = 1.5 * np.eye(3)[y] + shared + rng.normal(0.0, 0.2, (len(y), 3))
-        return np.exp(z) / np.exp(z).sum(1, keepdims=True)
-
-    probs = [correlated(), correlated()]
+    probs = correlated_members(y, rng, 2, sd=0.2)
     w, sel = choose_weights(probs, y, CLASSES, anchor="best member")
     assert sel["rule"] == "best member" and sorted(w.tolist()) == [0.0, 1.0]
     w, sel = choose_weights(probs, y, CLASSES, anchor="equal")
@@ -198,11 +203,7 @@ def test_the_equal_point_is_exact_when_it_is_off_the_grid():
     """1/3 is not a multiple of 1/10: three members of one strength get exactly 1/3 each."""
     rng = np.random.default_rng(6)
     y = rng.integers(0, 3, 300)
-    shared = rng.normal(0.0, 1.0, (len(y), 3))
-    probs = []
-    for _ in range(3):
-        z = 1.5 * np.eye(3)[y] + shared + rng.normal(0.0, 0.2, (len(y), 3))
-        probs.append(np.exp(z) / np.exp(z).sum(1, keepdims=True))
+    probs = correlated_members(y, rng, 3, sd=0.2)
     w, sel = choose_weights(probs, y, CLASSES, anchor="equal")
     assert sel["rule"] == "equal" and w.tolist() == [1 / 3] * 3 and sel["points"] == 66
     with pytest.raises(ValueError, match="anchor"):
