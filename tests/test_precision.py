@@ -14,7 +14,7 @@ def cpu_flag(monkeypatch):
     def set_flag(flag):
         monkeypatch.setattr(P, "native_bf16_cpu", lambda: flag)
         if flag:  # such a CPU trains the LSTM in bf16
-            monkeypatch.setattr(P, "cpu_bf16_lstm_ok", lambda: True)
+            monkeypatch.setattr(P, "bf16_lstm_ok", lambda device="cpu": True)
     return set_flag
 
 
@@ -87,7 +87,7 @@ def test_lm_trains_under_each_precision(cpu_flag, tmp_path):
 
     rng = np.random.default_rng(0)
     docs = TokenDocs.from_arrays([np.tile(rng.integers(4, 40, 50), 8)])
-    if not P.cpu_bf16_lstm_ok():  # an AVX2-only CPU: an explicit bf16 is refused in one line, before any step
+    if not P.bf16_lstm_ok():  # an AVX2-only CPU: an explicit bf16 is refused in one line, before any step
         model = LanguageModel(AWDLSTMConfig.preset("tiny", vocab_size=40))
         groups = model.layer_groups()
         with pytest.raises(UlmfitError, match="precision=bf16: this CPU cannot train the LSTM in bf16"):
@@ -95,7 +95,7 @@ def test_lm_trains_under_each_precision(cpu_flag, tmp_path):
                       [Stage("all", 1, 1e-2)], LMLoader(docs, bs=4, bptt=10), LMLoader(docs, bs=4, bptt=10),
                       PhaseFiles(tmp_path / "refused", "lm"), LoopConfig(precision="bf16", progress=False))
         assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").rglob("*.jsonl"))
-    for prec in ("fp32", "bf16") if P.cpu_bf16_lstm_ok() else ("fp32",):
+    for prec in ("fp32", "bf16") if P.bf16_lstm_ok() else ("fp32",):
         torch.manual_seed(0)
         model = LanguageModel(AWDLSTMConfig.preset("tiny", vocab_size=40))
         groups = model.layer_groups()
@@ -118,7 +118,7 @@ def test_explicit_bf16_is_refused_only_for_a_model_with_an_lstm_on_a_cpu_without
     from ulmfit.train.loop import LoopConfig, run_phase
 
     monkeypatch.setattr(P, "native_bf16_cpu", lambda: None)
-    monkeypatch.setattr(P, "cpu_bf16_lstm_ok", lambda: False)
+    monkeypatch.setattr(P, "bf16_lstm_ok", lambda device="cpu": False)
     with pytest.raises(UlmfitError, match="cannot train the LSTM in bf16"):
         P.training_precision("bf16")
     assert P.training_precision("bf16", lstm=False) == "bf16"
@@ -144,3 +144,20 @@ def test_explicit_bf16_is_refused_only_for_a_model_with_an_lstm_on_a_cpu_without
     with pytest.raises(UlmfitError, match="cannot train the LSTM in bf16"):
         fit(WithLstm(), tmp_path / "lstm")
     assert fit(Net(), tmp_path / "net").history  # no LSTM: trains in bf16
+
+
+def test_a_gpu_that_cannot_train_the_lstm_in_bf16_trains_it_in_fp32_on_auto(monkeypatch):
+    """CUDA's `auto` is bf16 where the GPU supports it, but PyTorch's CUDA LSTM has had bf16 gaps
+    (outside cuDNN): where the probe fails, `auto` is fp32 for the AWD-LSTM and an explicit bf16 is one
+    line; the transformer (no LSTM) keeps bf16."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(P, "bf16_lstm_ok", lambda device="cpu": device != "cuda")
+    assert P.training_precision("auto", "cuda") == "fp32"
+    assert P.training_precision("auto", "cuda", lstm=False) == "bf16"
+    with pytest.raises(UlmfitError, match="precision=bf16: this GPU's PyTorch cannot train the LSTM in bf16; use"):
+        P.training_precision("bf16", "cuda")
+    monkeypatch.setattr(P, "bf16_lstm_ok", lambda device="cpu": True)
+    assert P.training_precision("auto", "cuda") == "bf16"

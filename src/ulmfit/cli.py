@@ -298,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--seed", type=int)
         sp.add_argument("--resume", action="store_true", help=resume_help)
         sp.add_argument("--overwrite", action="store_true", help=overwrite_help)
+        device_arg(sp)
+
+    def device_arg(sp):
+        sp.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                        help="where training runs: auto (default: a CUDA GPU when torch sees one, else the CPU), "
+                             "cpu, or cuda; prediction runs on the CPU (train/device.py)")
 
     def precision_arg(sp):
         sp.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
@@ -384,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
     lm.add_argument("--resume", action="store_true")
     lm.add_argument("--overwrite", action="store_true")
+    device_arg(lm)
     lm.add_argument("--keep-epochs", action="store_true",
                     help="also keep every epoch's LM in OUT/epochs/ (to compare the epochs; see docs/GUIDE.md)")
     data_args(lm, label=False)
@@ -473,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a PretrainConfig field")
     pt.add_argument("--resume", action="store_true")
     pt.add_argument("--overwrite", action="store_true")
+    device_arg(pt)
     pt.set_defaults(func=cmd_pretrain)
 
     fi = sub.add_parser("import-fastai", help="convert fastai AWD-LSTM weights (e.g. WT103) into a ulmfit LM folder")
@@ -513,6 +521,11 @@ def main(argv: list[str] | None = None) -> int:
         if world_size() > 1 and a.command not in DISTRIBUTED_COMMANDS:
             raise UlmfitError(f"`ulmfit {a.command}` does not run under torchrun; only "
                               f"{', '.join(DISTRIBUTED_COMMANDS)} do (predict: use --workers N)")
+        if getattr(a, "device", None):
+            from ulmfit.train import device
+
+            device.use(a.device)  # the environment, so a run's child processes train there too
+            device.training_device()  # --device cuda without a GPU: one line now, before any work
         return a.func(a)
     except UlmfitError as e:
         print(f"error: {e}", file=sys.stderr)

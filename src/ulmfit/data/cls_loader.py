@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import numpy as np
@@ -34,6 +34,12 @@ class ClsBatch:
     lengths: torch.Tensor  # int64 [B]
     labels: torch.Tensor | None  # int64 [B]
     index: torch.Tensor  # int64 [B]: row b is document index[b] of the loader's docs
+
+    def to(self, device) -> "ClsBatch":
+        """The batch with the model's inputs and labels on `device` (train/device.py); `index` stays on
+        the CPU, where it addresses host arrays (the loader's rows, a teacher's soft targets)."""
+        return replace(self, ids=self.ids.to(device, non_blocking=True), lengths=self.lengths.to(device),
+                       labels=None if self.labels is None else self.labels.to(device, non_blocking=True))
 
 
 class ClassificationLoader:

@@ -21,6 +21,7 @@ from ulmfit.errors import UlmfitError
 from ulmfit.recipes import few_labels
 from ulmfit.recipes import fields as F
 from ulmfit.recipes import registry
+from ulmfit.train.device import training_device
 from ulmfit.train.precision import training_precision
 
 DIRECTIONS = ("fwd", "bwd", "both")
@@ -286,7 +287,7 @@ class FitConfig:
         out.lm = replace(self.lm, lr=lm_lr)
         out.sections = sections
         recipe = registry.recipes().get(self.recipe)  # None while "auto" has not chosen: checked as an LSTM
-        out.precision = training_precision(self.precision, lstm=recipe is None or recipe.lstm)
+        out.precision = training_precision(self.precision, training_device().type, lstm=recipe is None or recipe.lstm)
         return out
 
     def to_dict(self) -> dict:

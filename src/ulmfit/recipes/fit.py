@@ -22,6 +22,7 @@ from ulmfit.recipes.toolbox import Log, quiet
 from ulmfit.train import distributed
 from ulmfit.train.metrics import format_report
 from ulmfit.train.plots import plot_history
+from ulmfit.train import device
 from ulmfit.train.precision import describe_precision
 
 
@@ -70,7 +71,7 @@ def _train_model(out: Path, cfg: FitConfig, data, resume: bool, log: Log, t0: fl
     """One model (one recipe, one or two directions) into `out`, its data read: train, post-hoc, reports, marker."""
     recipe, configs = _recipe_and_configs(out, cfg, resume)
     dirs = cfg.directions
-    log(f"precision: {describe_precision(cfg.precision)}")
+    log(f"device: {device.describe()}; precision: {describe_precision(cfg.precision, device.training_device().type)}")
     configs = {d: posthoc.resolve_weighting(c, data, log if i == 0 else quiet) for i, (d, c) in enumerate(configs.items())}
     configs = {d: posthoc.resolve_selection(c, data, log if i == 0 else quiet) for i, (d, c) in enumerate(configs.items())}
     for d, c in configs.items():

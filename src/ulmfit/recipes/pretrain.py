@@ -37,6 +37,7 @@ from ulmfit.train.checkpoint import save_weights
 from ulmfit.train.loop import LoopConfig, PhaseFiles, Stage, run_phase
 from ulmfit.train.optim import make_optimizer, param_groups
 from ulmfit.train.plots import plot_history
+from ulmfit.train.device import describe as describe_device, training_device
 from ulmfit.train.precision import describe_precision, training_precision
 from ulmfit.train.tasks import LMTask
 
@@ -137,7 +138,7 @@ def write_model_card(out: Path, cfg: PretrainConfig, lm_cfg: AWDLSTMConfig, stat
 - Sources: {sources or 'see the corpus stats.json'}.
 - Result: validation perplexity {stats['valid_perplexity']:.1f}, next-token accuracy {stats['valid_accuracy']:.3f}.
 - Training: bs {cfg.bs}, bptt {cfg.bptt} (variable), AdamW, {cfg.schedule} lr {cfg.lr}, drop_mult {cfg.drop_mult}, {cfg.precision}; {stats['tokens_per_s']:,.0f} tokens/s; {seconds / 60:.0f} min of training.
-- Hardware: {platform.machine()} CPU, {_threads()}, no GPU; Python {sys.version.split()[0]}, torch {torch.__version__}.
+- Hardware: {platform.machine()} CPU, {_threads()}, {'no GPU' if training_device().type == 'cpu' else 'trained on ' + describe_device()}; Python {sys.version.split()[0]}, torch {torch.__version__}.
 - Weights: `lm.safetensors` in float16 (loaded as float32).
 
 Reproduce:
@@ -173,7 +174,7 @@ def _check_resumed_direction(out: Path, cfg: PretrainConfig, resume: bool) -> No
 
 
 def _sizing_note(cfg: PretrainConfig, seconds: float) -> str:
-    if torch.cuda.is_available() or cfg.preset == "paper":
+    if training_device().type == "cuda" or cfg.preset == "paper":
         return "Trained at the paper's size; more epochs over a larger corpus would still lower the perplexity."
     return (f"This size was chosen for what {_threads()} of a CPU can do in about {seconds / 60:.0f} minutes, "
             f"with no GPU at hand; a GPU run of the `paper` preset over the whole corpus for several epochs "
@@ -196,8 +197,9 @@ def pretrain(corpus: str | Path, out: str | Path, cfg: PretrainConfig, resume: b
 
 def _pretrain_into(corpus: Path, out: Path, cfg: PretrainConfig, resume: bool, log: Log) -> None:
     """The run into `out` (the model folder, or the staging folder of an --overwrite)."""
-    how = describe_precision(cfg.precision)
-    cfg = replace(cfg, precision=training_precision(cfg.precision))  # the resolved value is what is saved
+    where = training_device().type
+    how = f"{describe_device()}, {describe_precision(cfg.precision, where)}"
+    cfg = replace(cfg, precision=training_precision(cfg.precision, where))  # the resolved value is what is saved
     tokenizer = Tokenizer(TokenizerConfig())
     data_dir = out / "data"
     with distributed.main_first():  # [distributed] rank 0 numericalises; the other ranks load what it wrote
@@ -215,7 +217,7 @@ def _pretrain_into(corpus: Path, out: Path, cfg: PretrainConfig, resume: bool, l
                            **output_layer(cfg, len(vocab)))
     lm = LanguageModel(lm_cfg)
     n_train = train_docs.n_tokens
-    log(f"precision: {how}")
+    log(f"device and precision: {how}")
     log(f"pretraining {cfg.preset} LM ({sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M parameters) on "
         f"{n_train:,} tokens, validating on {valid_docs.n_tokens:,}; {cfg.epochs} epoch(s), bs {cfg.bs}, bptt {cfg.bptt}")
     train_loader = LMLoader(train_docs, bs=cfg.bs, bptt=cfg.bptt, shuffle=True, variable_bptt=True, seed=cfg.seed)

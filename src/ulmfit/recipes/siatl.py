@@ -81,12 +81,12 @@ def evaluate(model: SiatlClassifier, loader: ClassificationLoader, classes: list
     probs = np.zeros((len(loader.docs), len(classes)), dtype=np.float32)
     lm_sum, lm_n = 0.0, 0
     for batch in loader:
-        with autocast(precision):
+        with autocast(precision, batch.ids.device.type):
             logits, lm_logits = model.forward_with_lm(batch.ids, batch.lengths)
             n = int((batch.lengths.clamp(max=lm_logits.size(1)) - 1).sum())
             lm_sum += float(next_token_loss(lm_logits, batch.ids, batch.lengths)) * n
         lm_n += n
-        probs[batch.index.numpy()] = torch.softmax(logits.float(), -1).numpy()
+        probs[batch.index.numpy()] = torch.softmax(logits.float(), -1).cpu().numpy()
     return {**score_probs(probs, loader.labels, classes), "valid_lm_loss": lm_sum / max(lm_n, 1)}, probs
 
 
@@ -122,7 +122,8 @@ class SiatlTask:
         task_loss = self.class_loss(logits, batch.labels)
         unl_loss = torch.zeros(())
         if self.stream is not None:
-            x, y, fresh = next(self.stream)
+            x, y, fresh = next(self.stream)  # the LM loader's batch, moved to the model's device
+            x, y = x.to(batch.ids.device), y.to(batch.ids.device)
             ulogits, self.lm_state = model.language_model(x, None if fresh else detach_state(self.lm_state))
             unl_loss = F.cross_entropy(ulogits.reshape(-1, ulogits.size(-1)).float(), y.reshape(-1))
         for key, value in (("train_task_loss", task_loss), ("train_lm_loss", lm_loss),

@@ -80,5 +80,5 @@ class DistillTask(ClassifierTask):
 
     def loss(self, model, batch) -> torch.Tensor:
         logits = model(batch.ids, batch.lengths)
-        teacher = torch.from_numpy(np.asarray(self.soft_targets[batch.index.numpy()], dtype=np.float32))
+        teacher = torch.from_numpy(np.asarray(self.soft_targets[batch.index.numpy()], dtype=np.float32)).to(logits.device)
         return distillation_loss(logits, batch.labels, teacher, self.temperature, self.alpha, self.class_loss)

@@ -36,6 +36,7 @@ from ulmfit.errors import UlmfitError
 from ulmfit.fileio import append_jsonl, remove
 from ulmfit.train import distributed
 from ulmfit.train.checkpoint import load_state, load_weights, rewrite_phase_log, save_state, save_weights
+from ulmfit.train.device import on_device, rng_state, set_rng_state, to_device, training_device
 from ulmfit.train.freeze import freeze_to
 from ulmfit.train.metrics import EarlyStopping
 from ulmfit.train.optim import discriminative_lrs, set_lr_mom
@@ -175,7 +176,8 @@ def run_phase(
     callbacks: tuple = (),
     meta: dict | None = None,
 ) -> PhaseResult:
-    """Train `model` through `stages`; on return the model holds the best weights seen.
+    """Train `model` through `stages` on the training device (train/device.py); on return the model
+    holds the best weights seen, on the CPU.
 
     `optimizer`: a torch optimizer over `layer_groups` (wrapped in a `GroupStepper`), or a stepper.
     `meta`: stored with the checkpoint and handed back on resume as `result.resumed_meta` (a recipe
@@ -185,8 +187,13 @@ def run_phase(
     stepper = GroupStepper(optimizer, layer_groups, cfg) if isinstance(optimizer, torch.optim.Optimizer) else optimizer
     hooks = (task, *callbacks)
     early = EarlyStopping(cfg.monitor, patience=cfg.patience)
+    # The phase's device (train/device.py): the model moves there in place (the optimizer's parameters
+    # are the same objects) and back to the CPU at the end; batches move as they are read.
+    dev = training_device()
+    model.to(dev)
     sync = distributed.PhaseSync(model, train_loader, valid_loader)  # [distributed] no-op in one process
     train_loader, valid_loader = sync.train_loader, sync.valid_loader  # [distributed] this rank's share
+    train_loader, valid_loader = on_device(train_loader, dev), on_device(valid_loader, dev)
     result = PhaseResult()
     pos = {"stage": 0, "epoch": 0, "global_epoch": cfg.first_epoch, "batch": 0}
     ckpt, stopped = None, False
@@ -213,7 +220,7 @@ def run_phase(
         remove(files.best)  # a stale best from an earlier run must not be restored
         _rewrite_log(files, [])  # lines of this phase with no checkpoint behind them (a kill in the first write)
     show_bar = progress.show_bar(cfg.progress) and distributed.is_main()  # [distributed]
-    device = next(model.parameters()).device.type
+    device = dev.type
     precision = training_precision(cfg.precision, device, lstm=any(isinstance(m, torch.nn.LSTM) for m in model.modules()))
     global_epoch = pos["global_epoch"]
 
@@ -246,8 +253,9 @@ def run_phase(
                 total_loss, n_batches, n_tokens, *elapsed = ckpt["running"]
                 t0 -= elapsed[0] if elapsed else 0.0
                 torch.set_rng_state(ckpt["rng"])
-                if hasattr(task, "load_state_dict"):
-                    task.load_state_dict(sync.local_task_state(ckpt["task"]))  # [distributed] this rank's rows
+                set_rng_state(ckpt.get("cuda_rng"), dev)  # a GPU run's dropout masks (none saved by a CPU run)
+                if hasattr(task, "load_state_dict"):  # [distributed] this rank's rows
+                    task.load_state_dict(to_device(sync.local_task_state(ckpt["task"]), dev))
             ckpt = None
             desc = f"{files.prefix} {stage.name} {epoch + 1}/{stage.epochs}"
             bar = tqdm(train_loader, desc=desc, disable=not show_bar, leave=False, dynamic_ncols=True)
@@ -274,7 +282,9 @@ def run_phase(
                 if (due or timed and time.perf_counter() - last_save >= cfg.checkpoint_s) and i + 1 < steps_per_epoch:
                     last_save = time.perf_counter()
                     running = (total_loss, n_batches, n_tokens, last_save - t0)
+                    gpu_rng = rng_state(dev)
                     save_checkpoint(s, epoch, i + 1, {"rng": torch.get_rng_state(), "running": running,
+                                                      **({} if gpu_rng is None else {"cuda_rng": gpu_rng}),
                                                       # [distributed] every rank's carried state, one-process layout
                                                       "task": sync.gather_task_state(task.state_dict()) if hasattr(task, "state_dict") else None})
             train_seconds = time.perf_counter() - t0
@@ -316,6 +326,7 @@ def run_phase(
     if files.best.exists():
         model.load_state_dict(load_weights(files.best))
     sync.barrier()  # [distributed] every rank holds the best weights before rank 0 may remove the file (a CV fold's)
+    model.to("cpu")  # what follows the phase (saving, calibration, prediction) is CPU code
     model.eval()
     return result
 

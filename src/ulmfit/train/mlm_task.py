@@ -27,7 +27,7 @@ class MaskedLMTask:
     def evaluate(self, model, loader) -> dict:
         model.eval()
         backbone = model.backbone
-        gen = torch.Generator().manual_seed(self.valid_seed)
+        gen = torch.Generator(next(model.parameters()).device).manual_seed(self.valid_seed)  # the masks' device
         total_loss, correct, total = 0.0, 0, 0
         for batch in loader:
             inputs, targets = backbone.mask_tokens(batch.ids, batch.lengths, gen)

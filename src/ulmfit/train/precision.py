@@ -75,16 +75,20 @@ def describe_precision(precision: str, device: str = "cpu") -> str:
     return f"{resolved} (auto: {why})"
 
 
-@lru_cache(maxsize=1)
-def cpu_bf16_lstm_ok() -> bool:
-    """Whether this CPU can run an LSTM under bf16 autocast. oneDNN has no bf16 LSTM kernel on a CPU
-    without AVX-512 (seen on an AVX2-only AMD EPYC: "could not create a primitive descriptor for the
-    LSTM forward propagation primitive"), so one tiny forward pass asks, once per process."""
+@lru_cache(maxsize=None)
+def bf16_lstm_ok(device: str = "cpu") -> bool:
+    """Whether this machine can train an LSTM under bf16 autocast on `device` ("cpu", "cuda"). oneDNN
+    has no bf16 LSTM kernel on a CPU without AVX-512 (seen on an AVX2-only AMD EPYC: "could not create
+    a primitive descriptor for the LSTM forward propagation primitive"), and PyTorch's CUDA LSTM has
+    had bf16 gaps outside cuDNN (pytorch/pytorch#88136, #116925), so one tiny forward and backward pass
+    asks, once per process and device."""
     import torch
 
     try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            torch.nn.LSTM(4, 4, batch_first=True)(torch.zeros(1, 2, 4))
+        lstm = torch.nn.LSTM(4, 4, batch_first=True).to(device)
+        with torch.autocast(device, dtype=torch.bfloat16):
+            out = lstm(torch.zeros(1, 2, 4, device=device))[0]
+        out.float().sum().backward()
         return True
     except RuntimeError:
         return False
@@ -92,14 +96,18 @@ def cpu_bf16_lstm_ok() -> bool:
 
 def training_precision(precision: str, device: str = "cpu", lstm: bool = True) -> str:
     """`resolve_precision` for a training run, called once at its start (the config's resolution, the
-    loop's phase start): an explicit bf16 for a model with an LSTM (`lstm`), on a CPU that cannot run
-    the LSTM in bf16, is refused in one line before any work (`auto` is fp32 there: no native bf16).
-    A model without one (the transformer backbone) trains in bf16 on any CPU, slowly where it is not
-    native. Prediction's bf16 (bf16 weights, no autocast) runs on such a CPU and does not come here."""
+    loop's phase start). For a model with an LSTM (`lstm`) on a device that cannot train it in bf16,
+    `auto` is fp32 and an explicit bf16 is refused in one line before any work. A model without one
+    (the transformer backbone) trains in bf16 on any CPU, slowly where it is not native. Prediction's
+    bf16 (bf16 weights, no autocast) runs on such a CPU and does not come here."""
     resolved = resolve_precision(precision, device)
-    if lstm and resolved == "bf16" and device == "cpu" and not cpu_bf16_lstm_ok():
-        raise UlmfitError("precision=bf16: this CPU cannot train the LSTM in bf16 (no bf16 LSTM kernel "
-                          "without AVX-512); use precision=auto (fp32 here) or fp32")
+    if lstm and resolved == "bf16" and not bf16_lstm_ok(device):
+        if precision == "auto":
+            return "fp32"
+        where = "this CPU" if device == "cpu" else "this GPU's PyTorch"
+        why = " (no bf16 LSTM kernel without AVX-512)" if device == "cpu" else ""
+        raise UlmfitError(f"precision=bf16: {where} cannot train the LSTM in bf16{why}; use precision=auto "
+                          "(fp32 here) or fp32")
     return resolved
 
 

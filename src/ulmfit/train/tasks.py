@@ -133,7 +133,7 @@ class ClassifierTask:
         model.eval()
         probs = np.zeros((len(loader.docs), len(self.class_names)), dtype=np.float32)
         for batch in loader:
-            probs[batch.index.numpy()] = torch.softmax(model(batch.ids, batch.lengths).float(), -1).numpy()
+            probs[batch.index.numpy()] = torch.softmax(model(batch.ids, batch.lengths).float(), -1).cpu().numpy()
         return probs
 
     @torch.no_grad()
