@@ -55,7 +55,7 @@ class RegressionTask:
     def evaluate(self, model, loader):
         model.eval()
         with torch.no_grad():
-            loss = sum(self.loss(model, b).item() for b in loader.data) / len(loader.data)
+            loss = sum(self.loss(model, b).item() for b in loader) / len(loader)  # the loop's loader: on its device
         value = self.scripted[self.calls] if self.scripted else loss
         self.calls += 1
         return {"valid_loss": value}

@@ -10,7 +10,10 @@ from ulmfit.train import precision as P
 
 @pytest.fixture
 def cpu_flag(monkeypatch):
-    """Pretend the CPU has (or lacks) a native-bf16 feature."""
+    """Pretend the CPU has (or lacks) a native-bf16 feature; training on the CPU (train/device.py), also
+    where a GPU is present."""
+    monkeypatch.setenv("ULMFIT_DEVICE", "cpu")
+
     def set_flag(flag):
         monkeypatch.setattr(P, "native_bf16_cpu", lambda: flag)
         if flag:  # such a CPU trains the LSTM in bf16
@@ -117,6 +120,7 @@ def test_explicit_bf16_is_refused_only_for_a_model_with_an_lstm_on_a_cpu_without
     from ulmfit.recipes.config import FitConfig
     from ulmfit.train.loop import LoopConfig, run_phase
 
+    monkeypatch.setenv("ULMFIT_DEVICE", "cpu")  # a CPU's kernels, also where a GPU is present
     monkeypatch.setattr(P, "native_bf16_cpu", lambda: None)
     monkeypatch.setattr(P, "bf16_lstm_ok", lambda device="cpu": False)
     with pytest.raises(UlmfitError, match="cannot train the LSTM in bf16"):

@@ -19,7 +19,6 @@ host-side fields, such as the row index that addresses numpy arrays, stay on the
 from __future__ import annotations
 
 import os
-import torch
 
 from ulmfit.errors import UlmfitError
 
