@@ -36,10 +36,27 @@ def test_auto_is_the_gpu_when_torch_sees_one_and_the_cpu_otherwise(setting, monk
     setting("auto")
     assert D.training_device() == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)  # torchrun's LOCAL_RANK (train/distributed.py)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert D.training_device() == torch.device("cuda", 0)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # torchrun's second process on this machine: the second GPU
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert D.training_device() == torch.device("cuda", 1)
     setting("cpu")
     assert D.training_device() == torch.device("cpu")  # a GPU present, the CPU chosen
+
+
+def test_more_processes_than_gpus_train_on_the_cpu_or_are_refused(setting, monkeypatch):
+    """NCCL allows no two ranks on one GPU (seen: `set_device(1)` on a one-GPU machine, "invalid device
+    ordinal"): with fewer GPUs than torchrun's processes on the machine, auto is the CPU on every rank."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert D.training_device() == torch.device("cpu")
+    setting("cuda")
+    with pytest.raises(UlmfitError, match=r"torchrun runs 2 processes on this machine and torch sees 1 GPU\(s\), "
+                                          r"one per process; pass --nproc_per_node 1, or --device cpu"):
+        D.training_device()
 
 
 def test_cuda_without_a_gpu_and_unknown_values_are_one_line_errors(setting, monkeypatch):

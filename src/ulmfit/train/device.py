@@ -8,7 +8,8 @@ the environment variable ULMFIT_DEVICE (`auto` when unset), which `ulmfit ... --
 - auto (default): CUDA when torch sees a GPU, else the CPU;
 - cpu: the CPU even where a GPU is present;
 - cuda: the GPU, refused in one line where torch sees none. Under torchrun each rank uses
-  cuda:LOCAL_RANK (train/distributed.py sets it as the current device).
+  cuda:LOCAL_RANK, one GPU per process (NCCL allows no two ranks on one GPU): with fewer GPUs than
+  processes on the machine, `auto` is the CPU (gloo) and `cuda` is refused in one line.
 
 Only `run_phase` (train/loop.py) places anything: the model goes to the device for the phase and
 comes back to the CPU, best weights loaded, when the phase ends, so everything outside the loop
@@ -38,16 +39,25 @@ def check(setting: str) -> str:
 
 
 def training_device() -> "torch.device":
-    """The device a training phase runs on, from ULMFIT_DEVICE (see the module's docstring)."""
+    """The device a training phase runs on, from ULMFIT_DEVICE (see the module's docstring). Under
+    torchrun each process of a machine needs a GPU of its own (NCCL refuses two ranks on one GPU):
+    with fewer GPUs than processes `auto` is the CPU (gloo), and `cuda` is refused."""
     import torch  # here, not at the top: the CLI reads this module without training
 
     setting = check(os.environ.get(ENV, "auto").strip() or "auto")
-    if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
+    if setting == "cpu":
         return torch.device("cpu")
-    if not torch.cuda.is_available():
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's processes on this machine
+    if setting == "auto" and gpus < local:
+        return torch.device("cpu")
+    if gpus == 0:
         raise UlmfitError("--device cuda: torch sees no CUDA GPU here (a CPU-only torch, or no driver); "
                           "use --device auto or cpu")
-    return torch.device("cuda", torch.cuda.current_device())
+    if gpus < local:
+        raise UlmfitError(f"--device cuda: torchrun runs {local} processes on this machine and torch sees {gpus} "
+                          f"GPU(s), one per process; pass --nproc_per_node {gpus}, or --device cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def describe() -> str:

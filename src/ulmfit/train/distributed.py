@@ -37,8 +37,9 @@ What N processes change (and what they do not):
   every epoch (and every `checkpoint_every` steps), with the carried hidden state of all ranks
   gathered into the one-process layout, so `--resume` works after any rank died (every rank loads
   them) and even with another number of processes of the same global batch.
-- Backend: gloo on CPUs; with CUDA, "cpu:gloo,cuda:nccl" so CUDA tensors go through NCCL. The
-  training loop keeps models on the CPU today; on a GPU machine this file needs no change.
+- Backend: gloo when training on the CPU; on GPUs (train/device.py: one per process, cuda:LOCAL_RANK)
+  "cpu:gloo,cuda:nccl", so the gradients and the carried state go through NCCL and the CPU-side
+  figures through gloo.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ulmfit.errors import UlmfitError
+from ulmfit.train.device import training_device
 from ulmfit.ranks import is_main, rank, world_size  # noqa: F401 (re-export: one place, torch-free)
 
 TIMEOUT_MINUTES = 180  # a collective may wait this long (rank 0 numericalises a large corpus alone)
@@ -63,8 +65,9 @@ def setup() -> bool:
     if not dist.is_available():
         raise UlmfitError("this PyTorch build has no torch.distributed; run without torchrun")
     if not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        device = training_device()  # cuda:LOCAL_RANK, or the CPU (also with fewer GPUs than processes)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
             backend = "cpu:gloo,cuda:nccl"
         else:
             backend = "gloo"
