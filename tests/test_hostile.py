@@ -290,6 +290,19 @@ def bad_csv_quoting(env, t, mp):
     return _fit_on(env, t, "d.csv", 'text,label\n"unclosed "quote" here,pos\n'), ["d.csv"]
 
 
+def device_setting_garbage(env, t, mp):
+    mp.setenv("ULMFIT_DEVICE", "gpu")
+    return _fit_on(env, t, "d.csv", "text,label\na,pos\nb,neg\n"), ["ULMFIT_DEVICE='gpu'", "auto, cpu, cuda"]
+
+
+def device_cuda_without_a_gpu(env, t, mp):
+    import torch
+
+    mp.setenv("ULMFIT_DEVICE", "auto")  # recorded, so the CLI's `--device cuda` is undone after the case
+    mp.setattr(torch.cuda, "is_available", lambda: False)
+    return _fit_on(env, t, "d.csv", "text,label\na,pos\nb,neg\n", ["--device", "cuda"]), ["--device cuda", "no CUDA GPU"]
+
+
 def unknown_encoding(env, t, mp):
     return _fit_on(env, t, "d.csv", "text,label\na,pos\n", ["--encoding", "klingon"]), ["d.csv", "klingon"]
 
@@ -376,7 +389,8 @@ CASES = [out_under_a_file, out_is_a_file, out_dangling_symlink, predict_out_is_a
          another_models_classifier, truncated_weights, tokenizer_unknown_field, directions_garbage,
          header_equal_after_trimming, duplicate_header, row_with_extra_field, first_row_with_extra_field,
          jsonl_nested_deep, nan_label_csv, nan_label_jsonl, empty_class_folder, byte_ff_in_csv,
-         byte_ff_in_pretraining_shard, bad_csv_quoting, unknown_encoding,
+         byte_ff_in_pretraining_shard, bad_csv_quoting, unknown_encoding, device_setting_garbage,
+         device_cuda_without_a_gpu,
          words_zero, samples_zero, labels_per_class_zero, lr_find_iters_zero,
          resume_finished_model, resume_nothing_written, resume_missing_folder, resume_before_config,
          second_writer, second_writer_overwrite, overwrite_with_bad_data, refit_without_overwrite, import_fastai_into_interrupted_run]

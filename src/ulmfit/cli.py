@@ -521,11 +521,13 @@ def main(argv: list[str] | None = None) -> int:
         if world_size() > 1 and a.command not in DISTRIBUTED_COMMANDS:
             raise UlmfitError(f"`ulmfit {a.command}` does not run under torchrun; only "
                               f"{', '.join(DISTRIBUTED_COMMANDS)} do (predict: use --workers N)")
-        if getattr(a, "device", None):
+        if hasattr(a, "device"):  # a training command: where it trains, checked before any work
             from ulmfit.train import device
 
-            device.use(a.device)  # the environment, so a run's child processes train there too
-            device.training_device()  # --device cuda without a GPU: one line now, before any work
+            if a.device:
+                device.use(a.device)  # the environment, so a run's child processes train there too
+            if device.setting() == "cuda":  # (ULMFIT_DEVICE garbage: one line here, torch not imported)
+                device.training_device()  # no GPU: one line now, not after reading the data
         return a.func(a)
     except UlmfitError as e:
         print(f"error: {e}", file=sys.stderr)

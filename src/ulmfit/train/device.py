@@ -34,8 +34,14 @@ def use(setting: str) -> None:
 
 def check(setting: str) -> str:
     if setting not in DEVICES:
-        raise UlmfitError(f"{ENV}={setting!r}: the training device must be one of {', '.join(DEVICES)}")
+        raise UlmfitError(f"{ENV}={setting!r}: the training device must be one of {', '.join(DEVICES)}; "
+                          f"use one of them (or unset {ENV} for auto)")
     return setting
+
+
+def setting() -> str:
+    """This process's setting, checked (without importing torch): auto, cpu or cuda."""
+    return check(os.environ.get(ENV, "auto").strip() or "auto")
 
 
 def training_device() -> "torch.device":
@@ -44,12 +50,12 @@ def training_device() -> "torch.device":
     with fewer GPUs than processes `auto` is the CPU (gloo), and `cuda` is refused."""
     import torch  # here, not at the top: the CLI reads this module without training
 
-    setting = check(os.environ.get(ENV, "auto").strip() or "auto")
-    if setting == "cpu":
+    chosen = setting()
+    if chosen == "cpu":
         return torch.device("cpu")
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's processes on this machine
-    if setting == "auto" and gpus < local:
+    if chosen == "auto" and gpus < local:
         return torch.device("cpu")
     if gpus == 0:
         raise UlmfitError("--device cuda: torch sees no CUDA GPU here (a CPU-only torch, or no driver); "
