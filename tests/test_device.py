@@ -227,3 +227,31 @@ def test_distillation_trains_its_student_on_the_gpu(data, setting, tmp_path):
     assert any(line.startswith("device: cuda") for line in logs), logs[:5]
     texts = pd.read_csv(data / "valid.csv").text.tolist()
     assert student.predict_proba(texts).shape == (30, 3)
+
+
+@cuda
+def test_lr_find_sweeps_on_the_gpu_and_leaves_the_model_as_it_was_on_the_cpu(setting, monkeypatch):
+    from test_loop import _lm_docs
+
+    from ulmfit.data.lm_loader import LMLoader
+    from ulmfit.models.awd_lstm import PRESETS, AWDLSTMConfig, LanguageModel
+    from ulmfit.train.lr_find import lr_find
+    from ulmfit.train.optim import make_optimizer, param_groups
+    from ulmfit.train.tasks import LMTask
+
+    setting("cuda")
+    seen, real_loss = set(), LMTask.loss
+
+    def watched(self, model, batch):
+        seen.add(batch[0].device.type)
+        return real_loss(self, model, batch)
+
+    monkeypatch.setattr(LMTask, "loss", watched)
+    torch.manual_seed(0)
+    lm = LanguageModel(AWDLSTMConfig(vocab_size=40, **PRESETS["tiny"]))
+    before = {k: v.clone() for k, v in lm.state_dict().items()}
+    groups = lm.layer_groups()
+    result = lr_find(lm, LMLoader(_lm_docs(), bs=4, bptt=8, seed=1), LMTask().loss,
+                     lambda: make_optimizer(param_groups(groups, 1e-3), "adamw"), num_it=20, clip=0.25)
+    assert seen == {"cuda"} and len(result.lrs) > 5
+    assert all(v.device.type == "cpu" and torch.equal(v, before[k]) for k, v in lm.state_dict().items())

@@ -499,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     lf.add_argument("--config")
     lf.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
     lf.add_argument("--iters", type=int, default=100)
+    device_arg(lf)
     data_args(lf)
     lf.set_defaults(func=cmd_lr_find)
     return p

@@ -16,6 +16,7 @@ from ulmfit.recipes.toolbox import scratch_lm
 from ulmfit.recipes.ulmfit import classifier_from_lm
 from ulmfit.text.tokenize import Tokenizer, TokenizerConfig
 from ulmfit.text.vocab import Vocab
+from ulmfit.train.device import describe as describe_device
 from ulmfit.train.freeze import freeze_to
 from ulmfit.train.lr_find import lr_find
 from ulmfit.train.optim import make_optimizer, param_groups
@@ -48,7 +49,7 @@ def lr_find_run(train, out, cfg: FitConfig, *, text_col: str = "text", label_col
         groups = model.layer_groups()
         batches = LMLoader(vocab.encode_many(tokens), bs=cfg.lm.bs, bptt=cfg.lm.bptt, shuffle=True, seed=cfg.seed)
         task, what = LMTask(cfg.lm.alpha, cfg.lm.beta), f"language model ({cfg.lm.preset} preset, from scratch)"
-    log(f"lr-find on the {what}: {iters} steps")
+    log(f"lr-find on the {what}: {iters} steps on {describe_device()}")
     result = lr_find(model, batches, task.loss, lambda: make_optimizer(param_groups(groups, 1e-3), cfg.optimizer),
                      num_it=iters, clip=0.25)
     out = Path(out)

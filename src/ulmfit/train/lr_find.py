@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ulmfit.train.device import on_device, training_device
+
 SMOOTH_BETA = 0.98  # fastai's loss smoothing
 DIVERGE_FACTOR = 4.0  # stop when the smoothed loss exceeds 4x the best (fastai)
 SKIP_START, SKIP_END = 10, 5  # points ignored by the steepest-descent suggestion (fastai)
@@ -150,9 +152,12 @@ def lr_find(
     parameters, or an optimizer (its state is restored afterwards). With discriminative groups
     the top group follows the sweep and the others keep their ratio to it, so the suggestion is
     the top group's lr. ``batches`` is iterated again when it runs out. ``clip``: optional
-    gradient-norm clipping, as in training.
+    gradient-norm clipping, as in training. It runs on the training device (train/device.py) as
+    `run_phase` does: the model there for the sweep and back on the CPU after it.
     """
     lrs_plan = _exp_lrs(start_lr, end_lr, num_it)
+    dev = training_device()
+    model.to(dev)  # before the optimizer is built: its parameters are the same objects wherever they are
     model_state = copy.deepcopy(model.state_dict())
     requires_grad = [p.requires_grad for p in model.parameters()]
     was_training = model.training
@@ -160,8 +165,9 @@ def lr_find(
     optimizer = optimizer_factory if given else optimizer_factory()
     opt_state = copy.deepcopy(optimizer.state_dict()) if given else None
     try:
-        lrs, losses, raw = _run(model, batches, loss_fn, optimizer, lrs_plan, stop_div, clip)
+        lrs, losses, raw = _run(model, on_device(batches, dev), loss_fn, optimizer, lrs_plan, stop_div, clip)
     finally:
+        model.to("cpu")
         model.load_state_dict(model_state)
         for p, flag in zip(model.parameters(), requires_grad):
             p.requires_grad_(flag)
