@@ -76,20 +76,28 @@ def describe() -> str:
     return f"{d} ({torch.cuda.get_device_name(d)})"
 
 
-def to_device(obj, device: torch.device):
-    """`obj` with its tensors on `device`: a tensor, a tuple or list of them, an object with its own
-    `to(device)` (a batch: data/cls_loader.py `ClsBatch`), or a dict of them; anything else as it is."""
+def map_tensors(obj, fn):
+    """`obj` with `fn` applied to every tensor in it: a tensor, or dicts, lists and tuples of them
+    (anything else as it is). Also how distributed.py gathers and splits a task's carried state."""
     import torch
 
     if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(to_device(x, device) for x in obj)
+        return fn(obj)
     if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if callable(getattr(obj, "to", None)):
-        return obj.to(device)
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(map_tensors(v, fn) for v in obj)
     return obj
+
+
+def to_device(obj, device):
+    """`obj` with its tensors on `device`: a batch with its own `to(device)` (data/cls_loader.py
+    `ClsBatch`), or what `map_tensors` walks (an LM batch (x, y), a task's carried state)."""
+    import torch
+
+    if callable(getattr(obj, "to", None)) and not isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    return map_tensors(obj, lambda t: t.to(device, non_blocking=True))
 
 
 class OnDevice:

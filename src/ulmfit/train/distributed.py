@@ -52,7 +52,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ulmfit.errors import UlmfitError
-from ulmfit.train.device import training_device
+from ulmfit.train.device import map_tensors, training_device
 from ulmfit.ranks import is_main, rank, world_size  # noqa: F401 (re-export: one place, torch-free)
 
 TIMEOUT_MINUTES = 180  # a collective may wait this long (rank 0 numericalises a large corpus alone)
@@ -253,14 +253,14 @@ class PhaseSync:
         in the one-process layout. Collective: every rank calls it; only rank 0 saves it."""
         if self.world == 1 or state is None:
             return state
-        return _map_tensors(state, self._gather_rows)
+        return map_tensors(state, self._gather_rows)
 
     def local_task_state(self, state):
         """This rank's rows of a state saved by `gather_task_state`."""
         if self.world == 1 or state is None:
             return state
         start, stop = self.train_loader.row0, self.train_loader.row0 + self.train_loader.n_rows
-        return _map_tensors(state, lambda t: t[:, start:stop].clone() if t.dim() >= 2 else t)
+        return map_tensors(state, lambda t: t[:, start:stop].clone() if t.dim() >= 2 else t)
 
     def _gather_rows(self, t: torch.Tensor) -> torch.Tensor:
         if t.dim() < 2:
@@ -279,16 +279,6 @@ def _shard(loader, r: int, world: int, training: bool):
         raise UlmfitError(f"{type(loader).__name__} cannot be split across {world} processes; "
                           f"run this command without torchrun")
     return loader.shard(r, world, training=training)
-
-
-def _map_tensors(obj, fn):
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if isinstance(obj, dict):
-        return {k: _map_tensors(v, fn) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_map_tensors(v, fn) for v in obj)
-    return obj
 
 
 __all__ = ["world_size", "rank", "is_main", "setup", "shutdown", "barrier", "main_first", "PhaseSync",
