@@ -52,8 +52,8 @@ import torch.distributed as dist
 from torch import nn
 
 from ulmfit.errors import UlmfitError
-from ulmfit.train.device import map_tensors, training_device
 from ulmfit.ranks import is_main, rank, world_size  # noqa: F401 (re-export: one place, torch-free)
+from ulmfit.train.device import map_tensors, training_device
 
 TIMEOUT_MINUTES = 180  # a collective may wait this long (rank 0 numericalises a large corpus alone)
 
