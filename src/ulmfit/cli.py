@@ -13,6 +13,7 @@ from ulmfit.recipes.auto_backbone import SHORT_SHARE, use_backbone
 from ulmfit.recipes.config import apply_overrides, override_key
 from ulmfit.recipes.few_labels import FEW_LABELS, SETTINGS as STUDENT_SETTINGS
 from ulmfit.recipes.transformer_config import TransformerTrainConfig
+from ulmfit.train import device
 
 
 def log(msg: str) -> None:
@@ -301,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         device_arg(sp)
 
     def device_arg(sp):
-        sp.add_argument("--device", choices=["auto", "cpu", "cuda"],
+        sp.add_argument("--device", choices=device.DEVICES,
                         help="where training runs: auto (default: a CUDA GPU when torch sees one, else the CPU), "
                              "cpu, or cuda; prediction runs on the CPU (train/device.py)")
 
@@ -523,8 +524,6 @@ def main(argv: list[str] | None = None) -> int:
             raise UlmfitError(f"`ulmfit {a.command}` does not run under torchrun; only "
                               f"{', '.join(DISTRIBUTED_COMMANDS)} do (predict: use --workers N)")
         if hasattr(a, "device"):  # a training command: where it trains, checked before any work
-            from ulmfit.train import device
-
             if a.device:
                 device.use(a.device)  # the environment, so a run's child processes train there too
             if device.setting() == "cuda":  # (ULMFIT_DEVICE garbage: one line here, torch not imported)

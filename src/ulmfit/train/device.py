@@ -115,6 +115,8 @@ class OnDevice:
         return len(self.loader)
 
     def __getattr__(self, name):
+        if name == "loader":  # not set yet (a copy being built): no lookup through itself
+            raise AttributeError(name)
         return getattr(self.loader, name)
 
 
