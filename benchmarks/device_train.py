@@ -9,7 +9,8 @@ the splits travel with the command.
 1. LM training throughput: `ulmfit pretrain` over the training texts (one per line), presets `small`
    and `paper` (fastai's 400/1152/3), bs 32, bptt 70, one epoch over a token budget (--cpu-tokens on
    the CPU, --gpu-tokens on the GPU: the figure is a rate), fp32 and `auto` (bf16 autocast where the
-   hardware computes it natively), `--device cpu` (torch's default threads) and `--device cuda`.
+   hardware computes it natively), `--device cpu` (torch's default threads) and `--device cuda` (at each
+   of --gpu-bs: a GPU is bound by the step's fixed cost at bs 32).
    Figure: the history's train_tokens_per_s (the training phase only). Rounds alternate the set-ups
    (A B C ... A B C), the table gives every round and the median.
 2. With --fit (run first): `ulmfit fit` as the accuracy harness runs ulmfit-both (fwd+bwd on the shipped
@@ -47,17 +48,18 @@ def corpus_of(data: Path, work: Path) -> Path:
     return shards.parent
 
 
-def pretrain_run(corpus: Path, out: Path, preset: str, device: str, precision: str, tokens: int, logs: Path) -> dict:
-    name = f"pretrain-{preset}-{device}-{precision}"
+def pretrain_run(corpus: Path, out: Path, preset: str, device: str, precision: str, tokens: int, bs: int,
+                 logs: Path) -> dict:
+    name = f"pretrain-{preset}-{device}-{precision}-bs{bs}"
     cmd = [PY, "-m", "ulmfit", "pretrain", "--corpus", str(corpus), "--out", str(out), "--overwrite", "--preset", preset,
-           "--device", device, "--set", f"max_train_tokens={tokens}", "--set", "epochs=1", "--set", "bs=32",
+           "--device", device, "--set", f"max_train_tokens={tokens}", "--set", "epochs=1", "--set", f"bs={bs}",
            "--set", "bptt=70", "--set", "checkpoint_every=1000000", "--set", f"precision={precision}"]
     r = run_measured(cmd, logs / f"{name}.log", timeout=1800)
     if r["rc"] != 0:
         raise SystemExit(f"{name} failed:\n{tail(logs / f'{name}.log')}")
     last = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines() if line.strip()][-1]
     card = json.loads((out / "pretrain_config.json").read_text())
-    return {"preset": preset, "device": device, "precision": precision, "resolved": card.get("precision"),
+    return {"preset": preset, "device": device, "precision": precision, "bs": bs, "resolved": card.get("precision"),
             "tokens": tokens, "tokens_per_s": last["train_tokens_per_s"], "train_s": last["seconds"],
             "valid_loss": round(last["valid_loss"], 4), "wall_s": r["wall_s"], "peak_rss_mb": r["peak_rss_mb"]}
 
@@ -86,6 +88,7 @@ def main() -> None:
     p.add_argument("--cpu-tokens", type=int, default=100_000)
     p.add_argument("--gpu-tokens", type=int, default=1_000_000)
     p.add_argument("--setups", default="all", help="comma-separated indices into SETUPS, or all")
+    p.add_argument("--gpu-bs", default="32", help="comma-separated batch sizes for the GPU set-ups (the CPU's: 32)")
     p.add_argument("--fit", action="store_true", help="also the all-label ulmfit-both fit on the GPU")
     p.add_argument("--json", type=Path, default=RESULTS / "device_train.json")
     a = p.parse_args()
@@ -99,18 +102,19 @@ def main() -> None:
         result["fit"] = fit_run(a.data, work, logs)
         write_json(a.json, result)
         print(json.dumps(result["fit"]), flush=True)
+    runs = [(p, d, q, bs) for p, d, q in setups for bs in ([int(b) for b in a.gpu_bs.split(",")] if d == "cuda" else [32])]
     rows = []
-    for k in range(a.rounds):
-        for i, (preset, dev, prec) in enumerate(setups):
+    for k in range(a.rounds):  # each round runs every set-up once: a load change hits them alike
+        for i, (preset, dev, prec, bs) in enumerate(runs):
             tokens = a.gpu_tokens if dev == "cuda" else a.cpu_tokens // (4 if preset == "paper" else 1)
-            rows.append(pretrain_run(corpus, work / f"lm{i}", preset, dev, prec, tokens, logs) | {"round": k})
+            rows.append(pretrain_run(corpus, work / f"lm{i}", preset, dev, prec, tokens, bs, logs) | {"round": k})
             print(json.dumps(rows[-1]), flush=True)
-    median = {f"{p} {d} {q}": statistics.median(r["tokens_per_s"] for r in rows
-                                                 if (r["preset"], r["device"], r["precision"]) == (p, d, q))
-              for p, d, q in setups}
+    median = {f"{p} {d} {q} bs{bs}": statistics.median(r["tokens_per_s"] for r in rows
+                                                        if (r["preset"], r["device"], r["precision"], r["bs"]) == (p, d, q, bs))
+              for p, d, q, bs in runs}
     result |= {"training": rows, "median_tokens_per_s": median}
     write_json(a.json, result)
-    print(table(rows, ["round", "preset", "device", "precision", "resolved", "tokens", "tokens_per_s", "train_s",
+    print(table(rows, ["round", "preset", "device", "precision", "bs", "resolved", "tokens", "tokens_per_s", "train_s",
                        "valid_loss", "wall_s", "peak_rss_mb"]))
     print(json.dumps(median, indent=2), flush=True)
 
