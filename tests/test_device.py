@@ -184,14 +184,11 @@ def _gpu_config(recipe: str, tmp_path):
     elif recipe == "siatl":
         cfg.recipe = "siatl"
         cfg.siatl = replace(cfg.siatl, task_hidden=8, bs=16, epochs=2, max_doc_tokens=16, min_steps_per_epoch=0)
-    elif recipe == "transformer":
+    elif recipe == "transformer":  # test_transformer's tiny MiniLM stand-in and its settings
+        from test_transformer import fit_config
         from tiny_bert import make_tiny_bert
 
-        cfg.recipe = "transformer"
-        cfg.transformer = replace(cfg.transformer, backbone=str(make_tiny_bert(tmp_path / "bert")), window=16,
-                                  overlap=4, blocks_per_group=1, mlm_bs=16, mlm_epochs=1, epochs=(1, 1, 2), bs=16,
-                                  lrs=(1e-2, 2e-3, 2e-3),
-                                  min_steps_per_epoch=4, min_last_stage_steps=0)
+        cfg = fit_config(make_tiny_bert(tmp_path / "bert"))
     return cfg
 
 

@@ -160,6 +160,7 @@ def test_a_gpu_that_cannot_train_the_lstm_in_bf16_trains_it_in_fp32_on_auto(monk
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     monkeypatch.setattr(P, "bf16_lstm_ok", lambda device="cpu": device != "cuda")
     assert P.training_precision("auto", "cuda") == "fp32"
+    assert P.describe_precision("auto", "cuda", lstm=True) == "fp32 (auto: this GPU cannot train the LSTM in bf16)"
     assert P.training_precision("auto", "cuda", lstm=False) == "bf16"
     with pytest.raises(UlmfitError, match="precision=bf16: this GPU's PyTorch cannot train the LSTM in bf16; use"):
         P.training_precision("bf16", "cuda")

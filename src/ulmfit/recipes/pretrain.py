@@ -198,7 +198,7 @@ def pretrain(corpus: str | Path, out: str | Path, cfg: PretrainConfig, resume: b
 def _pretrain_into(corpus: Path, out: Path, cfg: PretrainConfig, resume: bool, log: Log) -> None:
     """The run into `out` (the model folder, or the staging folder of an --overwrite)."""
     where = training_device().type
-    how = f"{describe_device()}, {describe_precision(cfg.precision, where)}"
+    how = f"{describe_device()}, {describe_precision(cfg.precision, where, lstm=True)}"
     cfg = replace(cfg, precision=training_precision(cfg.precision, where))  # the resolved value is what is saved
     tokenizer = Tokenizer(TokenizerConfig())
     data_dir = out / "data"

@@ -62,12 +62,15 @@ def resolve_precision(precision: str, device: str = "cpu") -> str:
     return "bf16" if native_bf16_cpu() else "fp32"
 
 
-def describe_precision(precision: str, device: str = "cpu") -> str:
-    """One phrase for the log, e.g. "bf16 (auto: this CPU has avx512_bf16)"."""
-    resolved = resolve_precision(precision, device)
+def describe_precision(precision: str, device: str = "cpu", lstm: bool = False) -> str:
+    """One phrase for the log, e.g. "bf16 (auto: this CPU has avx512_bf16)"; with `lstm`, what a
+    training run of an LSTM gets (`training_precision`: auto falls back to fp32 where it cannot)."""
+    resolved = training_precision(precision, device, lstm) if lstm else resolve_precision(precision, device)
     if precision != "auto":
         return resolved
-    if device == "cuda":
+    if resolved != resolve_precision(precision, device):
+        why = f"this {'GPU' if device == 'cuda' else 'CPU'} cannot train the LSTM in bf16"
+    elif device == "cuda":
         why = "the GPU supports bf16" if resolved == "bf16" else "the GPU lacks bf16"
     else:
         flag = native_bf16_cpu()
