@@ -258,6 +258,12 @@ def jsonl_nested_deep(env, t, mp):
         ["d.jsonl", "line 2", "nested"]
 
 
+def jsonl_text_is_a_list(env, t, mp):
+    """A list of tokens where the text belongs: refused, not read as its JSON source '["a", "b"]'."""
+    return _fit_on(env, t, "d.jsonl", '{"text": "a", "label": "pos"}\n{"text": ["b", "c"], "label": "neg"}\n'), \
+        ["d.jsonl", "line 2", "'text'", "nested JSON array"]
+
+
 def nan_label_csv(env, t, mp):
     return _fit_on(env, t, "d.csv", "text,label\na,pos\nb,NaN\nc,neg\n"), ["d.csv", "line 3", "missing label"]
 
@@ -388,7 +394,7 @@ CASES = [out_under_a_file, out_is_a_file, out_dangling_symlink, predict_out_is_a
          lm_config_disagrees_with_weights, vocab_longer_than_embedding, vocab_shorter_than_embedding,
          another_models_classifier, truncated_weights, tokenizer_unknown_field, directions_garbage,
          header_equal_after_trimming, duplicate_header, row_with_extra_field, first_row_with_extra_field,
-         jsonl_nested_deep, nan_label_csv, nan_label_jsonl, empty_class_folder, byte_ff_in_csv,
+         jsonl_nested_deep, jsonl_text_is_a_list, nan_label_csv, nan_label_jsonl, empty_class_folder, byte_ff_in_csv,
          byte_ff_in_pretraining_shard, bad_csv_quoting, unknown_encoding, device_setting_garbage,
          device_cuda_without_a_gpu,
          words_zero, samples_zero, labels_per_class_zero, lr_find_iters_zero,

@@ -114,6 +114,23 @@ def test_malformed_json_line(tmp_path):
         read_table(p)
 
 
+def test_a_nested_text_or_label_is_refused_naming_the_line(tmp_path):
+    """A JSON array or object where a text or a label belongs is one error naming the line and the field
+    (never its JSON source read as text); in a column nobody reads it is harmless."""
+    from ulmfit.data.readers import iter_text_chunks
+
+    rows = [{"text": "a", "label": "x", "meta": {"k": [1]}}, {"text": ["b", "c"], "label": "y", "meta": None}]
+    p = write(tmp_path / "d.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(UlmfitError, match=r"line 2 \(row 2\): field 'text' is a nested JSON array, not text"):
+        read_table(p, label_col="label")
+    with pytest.raises(UlmfitError, match=r"line 2: field 'text' is a nested JSON array"):
+        list(iter_text_chunks(p, "text", rows=10))
+    p = write(tmp_path / "e.jsonl", json.dumps({"text": "a", "label": {"name": "x"}, "meta": [1]}) + "\n")
+    with pytest.raises(UlmfitError, match=r"line 1 \(row 1\): field 'label' is a nested JSON object"):
+        read_table(p, label_col="label")
+    assert read_table(p).texts == ["a"]  # the nested label and meta are not read
+
+
 def test_bad_csv_and_suffix(tmp_path):
     with pytest.raises(UlmfitError, match="cannot parse"):
         read_table(write(tmp_path / "d.csv", 'text\n"unclosed\n'))

@@ -11,7 +11,7 @@ import difflib
 import io
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -39,6 +39,9 @@ class _Records:
     columns: dict[str, list[str]]
     n: int
     where: Callable[[int], str]  # e.g. "line 4 (row 3)" or "pos/a.txt"; only called for messages
+    # JSONL: per column, the first record whose value is a JSON array or object (read as "") and that
+    # value: refused when the column is read as the texts or the labels (`_column`), unused otherwise
+    nested: dict[str, tuple[int, list | dict]] = field(default_factory=dict)
 
 
 def read_table(path, text_col: str = "text", label_col: str | None = None,
@@ -161,12 +164,19 @@ def _json_object(line: str, lineno: int, path: Path) -> dict:
 
 
 def _field(obj: dict, key: str, lineno: int, path: Path) -> str:
-    """One field of a JSONL object as a string (absent: empty)."""
-    try:
-        return _as_str(obj.get(key))
-    except (RecursionError, ValueError):
-        raise UlmfitError(f"{path}: line {lineno}: field {key!r} is nested too deeply to read; "
-                          "give it a plain string or number") from None
+    """One field of a JSONL object that is read as text or a label, as a string (absent: empty)."""
+    v = obj.get(key)
+    if isinstance(v, (list, dict)):
+        raise _nested_error(path, f"line {lineno}", key, v)
+    return _as_str(v)
+
+
+def _nested_error(path: Path, where: str, key: str, v) -> UlmfitError:
+    """A text or label given as a JSON array or object: never read as its JSON source (a list of tokens
+    would become '["a", "b"]', brackets and quotes included, and train without a word of warning)."""
+    kind = "array" if isinstance(v, list) else "object"
+    return UlmfitError(f"{path}: {where}: field {key!r} is a nested JSON {kind}, not text; give it as one string "
+                       f"or a number (a list of tokens or sentences: join it into one text first)")
 
 
 def _jsonl_chunks(f, path: Path, text_col: str, rows: int) -> Iterator[list[str]]:
@@ -302,12 +312,16 @@ def _parse_jsonl(text: str, path: Path) -> _Records:
         rows.append(_json_object(line, lineno, path))
         lines.append(lineno)
     names = list(dict.fromkeys(k for r in rows for k in r))  # keys in order of first appearance
-    columns = {}
+    columns, nested = {}, {}
     for k in names:
         columns[k] = []
         for i, r in enumerate(rows):
-            columns[k].append(_field(r, k, lines[i], path))
-    return _Records(columns, len(rows), lambda i: f"line {lines[i]} (row {i + 1})")
+            v = r.get(k)
+            if isinstance(v, (list, dict)):
+                nested.setdefault(k, (i, v))
+                v = None
+            columns[k].append(_as_str(v))
+    return _Records(columns, len(rows), lambda i: f"line {lines[i]} (row {i + 1})", nested)
 
 
 def _read_class_folders(path: Path, encoding: str) -> _Records:
@@ -343,6 +357,9 @@ def _decode(raw: bytes, encoding: str, path: Path) -> str:
 
 
 def _column(recs: _Records, name: str, path: Path) -> list[str]:
+    if name in recs.nested:
+        i, v = recs.nested[name]
+        raise _nested_error(path, recs.where(i), name, v)
     if name in recs.columns:
         return recs.columns[name]
     available = list(recs.columns)
@@ -368,4 +385,4 @@ def _as_str(v) -> str:
         return "true" if v else "false"
     if isinstance(v, float):
         return str(int(v)) if v.is_integer() else str(v)
-    return v if isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+    return v if isinstance(v, str) else str(v)
