@@ -383,16 +383,21 @@ def test_output_lists_leave_the_collector_as_found():
     cycle.self = cycle
     ref = weakref.ref(cycle)
     del cycle
+    # Python 3.12 freezes a few hundred objects of its own at start-up (3.11 and 3.13: none); they are
+    # frozen objects like a program's, so there the lists are not promoted and the objects stay frozen
+    frozen_at_start = gc.get_freeze_count()
     out = tok.tokenize_many(texts, n_workers=1)
-    assert gc.isenabled() and out == expected
-    oldest = {id(o) for o in gc.get_objects(generation=2)}  # not left to young passes to walk
-    assert all(id(toks) in oldest for toks in out)
-    assert ref() is None  # the program's young cyclic garbage was collected, not promoted
+    assert gc.isenabled() and out == expected and gc.get_freeze_count() == frozen_at_start
+    if not frozen_at_start:
+        oldest = {id(o) for o in gc.get_objects(generation=2)}  # not left to young passes to walk
+        assert all(id(toks) in oldest for toks in out)
+        assert ref() is None  # the program's young cyclic garbage was collected, not promoted
     mine = ["a program's own object"]
     gc.freeze()  # a program's own frozen objects (e.g. before forking servers) stay frozen
     try:
+        frozen = gc.get_freeze_count()
         assert tok.tokenize_many(texts, n_workers=1) == expected
-        assert gc.get_freeze_count() > 0 and not any(o is mine for o in gc.get_objects())
+        assert gc.get_freeze_count() == frozen > 0 and not any(o is mine for o in gc.get_objects())
     finally:
         gc.unfreeze()
     assert any(o is mine for o in gc.get_objects())
