@@ -39,9 +39,9 @@ class _Records:
     columns: dict[str, list[str]]
     n: int
     where: Callable[[int], str]  # e.g. "line 4 (row 3)" or "pos/a.txt"; only called for messages
-    # JSONL: per column, the first record whose value is a JSON array or object (read as "") and that
-    # value: refused when the column is read as the texts or the labels (`_column`), unused otherwise
-    nested: dict[str, tuple[int, list | dict]] = field(default_factory=dict)
+    # JSONL: per column, the first record whose value is a JSON array or object (read as "") and its kind:
+    # refused when the column is read as the texts or the labels (`_column`), unused otherwise
+    nested: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
 def read_table(path, text_col: str = "text", label_col: str | None = None,
@@ -166,15 +166,19 @@ def _json_object(line: str, lineno: int, path: Path) -> dict:
 def _field(obj: dict, key: str, lineno: int, path: Path) -> str:
     """One field of a JSONL object that is read as text or a label, as a string (absent: empty)."""
     v = obj.get(key)
-    if isinstance(v, (list, dict)):
-        raise _nested_error(path, f"line {lineno}", key, v)
+    if kind := _nested_kind(v):
+        raise _nested_error(path, f"line {lineno}", key, kind)
     return _as_str(v)
 
 
-def _nested_error(path: Path, where: str, key: str, v) -> UlmfitError:
+def _nested_kind(v) -> str | None:
+    """"array" or "object" for a nested JSON value, else None."""
+    return "array" if isinstance(v, list) else "object" if isinstance(v, dict) else None
+
+
+def _nested_error(path: Path, where: str, key: str, kind: str) -> UlmfitError:
     """A text or label given as a JSON array or object: never read as its JSON source (a list of tokens
     would become '["a", "b"]', brackets and quotes included, and train without a word of warning)."""
-    kind = "array" if isinstance(v, list) else "object"
     return UlmfitError(f"{path}: {where}: field {key!r} is a nested JSON {kind}, not text; give it as one string "
                        f"or a number (a list of tokens or sentences: join it into one text first)")
 
@@ -317,8 +321,8 @@ def _parse_jsonl(text: str, path: Path) -> _Records:
         columns[k] = []
         for i, r in enumerate(rows):
             v = r.get(k)
-            if isinstance(v, (list, dict)):
-                nested.setdefault(k, (i, v))
+            if kind := _nested_kind(v):
+                nested.setdefault(k, (i, kind))
                 v = None
             columns[k].append(_as_str(v))
     return _Records(columns, len(rows), lambda i: f"line {lines[i]} (row {i + 1})", nested)
@@ -358,8 +362,8 @@ def _decode(raw: bytes, encoding: str, path: Path) -> str:
 
 def _column(recs: _Records, name: str, path: Path) -> list[str]:
     if name in recs.nested:
-        i, v = recs.nested[name]
-        raise _nested_error(path, recs.where(i), name, v)
+        i, kind = recs.nested[name]
+        raise _nested_error(path, recs.where(i), name, kind)
     if name in recs.columns:
         return recs.columns[name]
     available = list(recs.columns)
