@@ -446,6 +446,23 @@ def test_distill_refuses_what_it_cannot_do(teacher, tmp_path, capsys):
     assert "distill.alpha" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag, value, rule", [("--augment", "-2", "must be >= 0"), ("--temperature", "0", "must be > 0"),
+                                               ("--threshold", "1", "must be >= 0 and < 1")])
+def test_a_distill_flag_out_of_range_is_named_as_typed(flag, value, rule, tmp_path, capsys):
+    """distill's own flags become distill.* settings; a bad one is reported as the flag the user typed
+    (not as a --set they never wrote), before any file is read; the same value through --set says --set."""
+    base = ["distill", "--teacher", str(tmp_path / "t"), "--train", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o")]
+    field = f"distill.{flag[2:]}"
+    assert main(base + [flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {flag} ") and f"{field}=" in err and rule in err
+    assert "--set" not in err and "none.csv" not in err
+    assert main(base + ["--set", f"{field}={value}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --set '{field}={value}': {field}=") and rule in err
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.slow
 def test_interrupted_distillation_resumes_to_the_uninterrupted_student(teacher, tmp_path, monkeypatch):
     """Stopped in round 2's classifier after one epoch; --resume skips round 1 and the finished epoch

@@ -47,7 +47,7 @@ def cmd_fit(a) -> int:
         cfg.seed = cfg.seed if a.seed is None else a.seed
         if a.pretrained is not None:
             cfg.pretrained = a.pretrained
-        cfg = _fit_flags(apply_overrides(cfg, a.set), a)
+        cfg = _fit_flags(apply_overrides(cfg, a.set, getattr(a, "typed_as", None)), a)
         train, valid = a.train or cfg.data.train, a.valid or cfg.data.valid
     if not train:
         raise UlmfitError("no training data: pass --train FILE (a CSV/TSV/JSONL file, or a folder per class)")
@@ -96,7 +96,8 @@ def cmd_distill(a) -> int:
     a.recipe, a.backbone = "distill", None
     flags = {"teacher": str(Path(a.teacher).resolve()) if a.teacher else None, "temperature": a.temperature,
              "alpha": a.alpha, "rounds": a.rounds, "threshold": a.threshold, "augment": a.augment}
-    a.set = (a.set or []) + [f"distill.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    typed = {f"distill.{k}={json.dumps(v)}": f"--{k} {v}" for k, v in flags.items() if v is not None}
+    a.set, a.typed_as = (a.set or []) + list(typed), typed
     return cmd_fit(a)
 
 

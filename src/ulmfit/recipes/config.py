@@ -338,9 +338,11 @@ def override_key(item: str) -> tuple[str, str]:
     return tuple(key.split(".", 1)) if "." in key else ("fit", key)
 
 
-def apply_overrides(cfg, assignments: list[str]):
+def apply_overrides(cfg, assignments: list[str], typed_as: dict[str, str] | None = None):
     """`--set lm.epochs=3 --set clf.lrs=[0.01,0.005]`: values parsed as JSON, else kept as strings;
-    each checked as the config is rebuilt (one line naming field, value and what is allowed)."""
+    each checked as the config is rebuilt (one line naming field, value and what is allowed).
+    `typed_as` maps an assignment a command built from one of its own flags to that flag as the user
+    typed it (`ulmfit distill --temperature 0`), so that its error names the flag, not a `--set`."""
     for item in assignments or []:
         if "=" not in item:
             raise UlmfitError(f"--set {item!r}: expected SECTION.FIELD=VALUE, e.g. --set lm.epochs=3")
@@ -362,7 +364,7 @@ def apply_overrides(cfg, assignments: list[str]):
         try:
             new = replace(target, **{name: value})
         except UlmfitError as e:
-            raise UlmfitError(f"--set {item!r}: {e}") from e
+            raise UlmfitError(f"{(typed_as or {}).get(item) or f'--set {item!r}'}: {e}") from e
         if section == "fit":
             cfg = new
         else:
