@@ -47,7 +47,7 @@ def cmd_fit(a) -> int:
         cfg.seed = cfg.seed if a.seed is None else a.seed
         if a.pretrained is not None:
             cfg.pretrained = a.pretrained
-        cfg = _fit_flags(apply_overrides(cfg, a.set, getattr(a, "typed_as", None)), a)
+        cfg = _fit_flags(apply_overrides(cfg, a.set, a.typed_as), a)
         train, valid = a.train or cfg.data.train, a.valid or cfg.data.valid
     if not train:
         raise UlmfitError("no training data: pass --train FILE (a CSV/TSV/JSONL file, or a folder per class)")
@@ -300,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--seed", type=int)
         sp.add_argument("--resume", action="store_true", help=resume_help)
         sp.add_argument("--overwrite", action="store_true", help=overwrite_help)
+        sp.set_defaults(typed_as=None)  # distill: its flags' assignments -> the flags as typed (cmd_distill)
         device_arg(sp)
 
     def device_arg(sp):

@@ -5,7 +5,7 @@
 # twenty-fourth session's `student.sh 12 aug12-dm025 runs/s24` and `student.sh 9 aug9-dm025-s1 runs/s24 1` (RUNS,
 # the third argument, defaults to runs/s23; SEED, the fourth, to 0: the student's seed and its copies').
 COPIES=$1 NAME=$2 RUNS=${3:-runs/s23} SEED=${4:-0}
-cd /work/main
+cd "$(dirname "$0")/../../.."   # the repository root
 R=benchmarks/results/s22-full
 date -u
 OMP_NUM_THREADS=2 .venv/bin/ulmfit distill --teacher $R/work/accuracy/tweets__ulmfit-minilm__full__s0/model \
