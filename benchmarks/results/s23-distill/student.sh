@@ -6,7 +6,7 @@
 # the third argument, defaults to runs/s23; SEED, the fourth, to 0: the student's seed and its copies').
 COPIES=$1 NAME=$2 RUNS=${3:-runs/s23} SEED=${4:-0}
 cd "$(dirname "$0")/../../.."   # the repository root
-R=benchmarks/results/s22-full
+R=${R:-benchmarks/results/s22-full}   # the teacher's and student LMs' harness folder (env R: another)
 date -u
 OMP_NUM_THREADS=2 .venv/bin/ulmfit distill --teacher $R/work/accuracy/tweets__ulmfit-minilm__full__s0/model \
   --train ~/.cache/ulmfit/tweets/v1/train.csv --valid ~/.cache/ulmfit/tweets/v1/valid.csv \
