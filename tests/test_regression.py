@@ -4,10 +4,12 @@ tests/fixtures/regression.json holds, for ULMFiT forward, ULMFiT both and SiATL,
 metrics, every epoch's logged losses and a SHA-256 of every saved weight tensor, recorded on main
 before `train/loop.py` took over SiATL's loop and the recipes moved behind the registry. The
 comparison is exact: the same operations in the same order give the same bits on one kind of CPU
-kernels. The figures are kept per kind (`torch.backends.cpu.get_cpu_capability()`): "AVX512" holds the
-reference figures (recorded on AVX-512 machines); "AVX2" was recorded by the eighth session's code on an
-AVX2-only AMD EPYC, where the same code gives other bits (so it guards later changes there, not the
-refactor). A kind with no figures is skipped with the command that records them.
+kernels. The figures are kept per kind (`cpu_kind()`: `torch.backends.cpu.get_cpu_capability()`, with
+"+AMX" where the CPU has AMX tiles, whose machines take other fp32 kernel paths): "AVX512" holds the
+reference figures (recorded on AVX-512 machines without AMX, e.g. the AMD EPYC); "AVX2" was recorded by the
+eighth session's code on an AVX2-only AMD EPYC and "AVX512+AMX" by the twenty-fifth session's on an Intel
+Xeon with AMX, where the same code gives other bits (so they guard later changes there, not the refactor).
+A kind with no figures is skipped with the command that records them.
 Regenerate (only for an intended change of results): `ULMFIT_REGEN=1 pytest tests/test_regression.py`.
 """
 from __future__ import annotations
@@ -65,6 +67,12 @@ def _summary(out: Path) -> dict:
             "weights": {str(p.relative_to(out)): _tensor_digest(p) for p in sorted(out.rglob("*.safetensors"))}}
 
 
+def cpu_kind() -> str:
+    """The kind of CPU kernels the stored figures are kept under (see the module's docstring)."""
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return torch.backends.cpu.get_cpu_capability() + ("+AMX" if amx else "")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("run", RUNS)
 def test_fixed_seed_fit_is_unchanged(run, tmp_path, monkeypatch):
@@ -80,7 +88,7 @@ def test_fixed_seed_fit_is_unchanged(run, tmp_path, monkeypatch):
     fit(train, valid, out=tmp_path / "m", unlabeled=[unl], config=_config(run))
     got = _summary(tmp_path / "m")
     stored = json.loads(FIXTURE.read_text()) if FIXTURE.exists() else {}
-    kind = torch.backends.cpu.get_cpu_capability()
+    kind = cpu_kind()
     if os.environ.get("ULMFIT_REGEN"):
         stored.setdefault(kind, {})[run] = got
         FIXTURE.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
