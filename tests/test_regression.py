@@ -5,7 +5,7 @@ metrics, every epoch's logged losses and a SHA-256 of every saved weight tensor,
 before `train/loop.py` took over SiATL's loop and the recipes moved behind the registry. The
 comparison is exact: the same operations in the same order give the same bits on one kind of CPU
 kernels. The figures are kept per kind (`cpu_kind()`: `torch.backends.cpu.get_cpu_capability()`, with
-"+AMX" where the CPU has AMX tiles, whose machines take other fp32 kernel paths): "AVX512" holds the
+"+AMX" where the CPU has AMX (`native_bf16_cpu()` is "amx_bf16"), whose machines take other fp32 kernel paths): "AVX512" holds the
 reference figures (recorded on AVX-512 machines without AMX, e.g. the AMD EPYC); "AVX2" was recorded by the
 eighth session's code on an AVX2-only AMD EPYC and "AVX512+AMX" by the twenty-fifth session's on an Intel
 Xeon with AMX, where the same code gives other bits (so they guard later changes there, not the refactor).
@@ -69,8 +69,9 @@ def _summary(out: Path) -> dict:
 
 def cpu_kind() -> str:
     """The kind of CPU kernels the stored figures are kept under (see the module's docstring)."""
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return torch.backends.cpu.get_cpu_capability() + ("+AMX" if amx else "")
+    from ulmfit.train.precision import native_bf16_cpu
+
+    return torch.backends.cpu.get_cpu_capability() + ("+AMX" if native_bf16_cpu() == "amx_bf16" else "")
 
 
 @pytest.mark.slow

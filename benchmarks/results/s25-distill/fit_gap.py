@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path[:0] = [str(ROOT / "src")]
@@ -26,6 +27,7 @@ from ulmfit.data.augment import augment  # noqa: E402
 from ulmfit.recipes.config import DataConfig  # noqa: E402
 from ulmfit.recipes.prepare import load_fit_data  # noqa: E402
 from ulmfit.recipes.teacher import texts_hash  # noqa: E402
+from ulmfit.train.distill import PROB_FLOOR, teacher_at_temperature  # noqa: E402
 from ulmfit.train.metrics import classification_metrics  # noqa: E402
 
 run, train, valid = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -54,19 +56,17 @@ inv = np.argsort(order)
 T = d["temperature"]
 
 
-def soft(p: np.ndarray) -> np.ndarray:  # probabilities softened at T, as the distillation loss sees them
-    z = np.log(np.clip(p, 1e-12, 1)) / T
-    z -= z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
+def soft(p: np.ndarray) -> np.ndarray:  # probabilities at T, as the distillation loss softens the teacher's
+    return teacher_at_temperature(torch.from_numpy(np.asarray(p, np.float32)), T).double().numpy()
 
 
 def row(name: str, texts: list[str], p_t: np.ndarray, gold: np.ndarray | None) -> dict:
     p_s = np.asarray(student.predict_proba_raw(texts))[:, inv]
     st, tt = soft(p_s), soft(p_t)
+    log_s, log_t = np.log(np.clip(st, PROB_FLOOR, 1)), np.log(np.clip(tt, PROB_FLOOR, 1))
     out = {"set": name, "n": len(texts), "agreement": round(float((p_s.argmax(1) == p_t.argmax(1)).mean()), 4),
-           "soft_ce": round(float(-(tt * np.log(np.clip(st, 1e-12, 1))).sum(1).mean()), 4),
-           "soft_kl": round(float((tt * (np.log(np.clip(tt, 1e-12, 1)) - np.log(np.clip(st, 1e-12, 1)))).sum(1).mean()), 4)}
+           "soft_ce": round(float(-(tt * log_s).sum(1).mean()), 4),
+           "soft_kl": round(float((tt * (log_t - log_s)).sum(1).mean()), 4)}
     if gold is not None:
         out["student_macro_f1"] = round(classification_metrics(gold, p_s.argmax(1), classes)["macro_f1"], 4)
         out["teacher_macro_f1"] = round(classification_metrics(gold, p_t.argmax(1), classes)["macro_f1"], 4)
