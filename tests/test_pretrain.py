@@ -83,6 +83,32 @@ def test_fit_from_pretrained_transfers_vocabulary(tmp_path, tiny_data, tiny_conf
     assert json.loads((tmp_path / "clf" / "config.json").read_text())["pretrained"] == str(lm_dir)
 
 
+def test_finetune_keeps_rare_words_the_pretrained_lm_knows(tmp_path):
+    """lm.known_min_freq: a word the target text uses once is kept when the pretrained LM has it, and
+    starts from its pretrained row; an unknown word used once is not; unset, min_freq rules all."""
+    from ulmfit.recipes.config import LMTrainConfig
+    from ulmfit.recipes.ulmfit import finetune_lm
+    from ulmfit.text.tokenize import Tokenizer
+
+    lm_dir = pretrain(make_corpus(tmp_path / "corpus"), tmp_path / "lm", tiny_cfg(epochs=1), log=lambda m: None)
+    pre_lm, _, pre_vocab = model_dir.load_lm(lm_dir)
+    tok = Tokenizer()
+    texts = ["the ship sailed to the harbour ."] * 4 + ["a storm came .", "zyzzyva ."]  # "storm" and "zyzzyva" once
+    tokens = tok.tokenize_many(texts)
+    cfg = dict(epochs=0, frozen_epochs=0, bs=2, bptt=4, min_freq=3, softmax="full")
+
+    def vocab_of(out, **kw):
+        finetune_lm(tokens, tmp_path / out, LMTrainConfig(**cfg, **kw), tokenizer=tok, pretrained=str(lm_dir))
+        return model_dir.load_lm(tmp_path / out)
+
+    _, _, plain = vocab_of("plain")
+    assert "storm" not in plain and "harbour" in plain
+    lm, _, kept = vocab_of("known", known_min_freq=1)
+    assert "storm" in kept and "zyzzyva" not in kept and set(plain.itos[9:]) <= set(kept.itos)
+    emb, pre_emb = lm.encoder.embedding.weight, pre_lm.encoder.embedding.weight
+    assert torch.equal(emb[kept.stoi["storm"]], pre_emb[pre_vocab.stoi["storm"]])  # its pretrained row
+
+
 def test_vocab_transfer_copies_shared_rows_and_means_new_ones():
     from ulmfit.models.vocab_transfer import transfer_vocab
 

@@ -22,6 +22,20 @@ def test_build_orders_by_count_then_alphabet_and_pads_to_8():
     assert Vocab.build(DOCS, min_freq=2) == v  # deterministic
 
 
+def test_build_keeps_known_words_from_their_own_floor():
+    # counts: a 4, b 3, c 2, e 3, d 1; "d" and "c" are known (a pretrained LM's words), "zz" is not in the text
+    v = Vocab.build(DOCS, min_freq=3, known={"d", "c", "zz"}, known_min_freq=1)
+    assert v.itos[9:14] == ["a", "b", "e", "c", "d"]  # by count: the known rare words come last
+    assert "zz" not in v  # only words of the text
+    assert Vocab.build(DOCS, min_freq=3, known={"d", "c"}) == Vocab.build(DOCS, min_freq=3)  # no floor: min_freq
+    v = Vocab.build(DOCS, min_freq=3, known={"d", "c"}, known_min_freq=2)
+    assert "c" in v and "d" not in v
+    # max_vocab cuts the rarest first, known or not
+    docs = [[f"w{i}"] * (10 - i) for i in range(8)] + [["rare"]]
+    v = Vocab.build(docs, min_freq=3, max_vocab=16, known={"rare"}, known_min_freq=1)
+    assert v.itos[9:] == [f"w{i}" for i in range(7)]
+
+
 def test_build_max_vocab_includes_specials_and_padding():
     docs = [[f"w{i:03d}"] * (1000 - i) for i in range(100)]
     for max_vocab in (16, 24, 30, 60000):

@@ -67,6 +67,9 @@ class LMTrainConfig:
     wd: float = F.weight_decay(0.1)
     schedule: str = F.schedule()  # or "stlr" (ULMFiT §3.2)
     min_freq: int = F.spec(3, ge=1)  # fastai's default
+    # A word the pretrained LM already has is kept from this many occurrences in your text (its row
+    # starts from the pretrained embedding; a new word's from their mean). None: min_freq, like any word.
+    known_min_freq: int | None = F.spec(None, ge=1)
     max_vocab: int = F.spec(30000, ge=10)
     max_train_tokens: int | None = F.max_train_tokens()
     valid_frac: float = F.spec(0.05, gt=0, lt=1)  # documents held out for perplexity and early stopping

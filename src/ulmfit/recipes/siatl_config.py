@@ -100,7 +100,7 @@ def _fit(run: Run) -> dict:
     """SiATL (recipes/siatl.py) on the pretrained LM mapped to this run's vocabulary, not fine-tuned."""
     from ulmfit.recipes import model_dir
     siatl = importlib.import_module("ulmfit.recipes.siatl")  # its train_siatl, or cv_siatl when cross-validating
-    from ulmfit.recipes.toolbox import LMResult, language_model, seed_all, tokens_for
+    from ulmfit.recipes.toolbox import LMResult, language_model, seed_all, target_vocab, tokens_for
     from ulmfit.text.vocab import Vocab
 
     cfg, out, data = run.configs["fwd"], run.out, run.data
@@ -108,7 +108,7 @@ def _fit(run: Run) -> dict:
     pretrained = model_dir.resolve_pretrained(cfg.pretrained, "fwd")
     tokens = tokens_for(pretrained, data, {}, run.log)
     vocab = (Vocab.load(out / "vocab.json") if run.resume and (out / "vocab.json").exists()
-             else Vocab.build(tokens.lm, min_freq=cfg.lm.min_freq, max_vocab=cfg.lm.max_vocab))
+             else target_vocab(tokens.lm, cfg.lm, pretrained))
     model_dir.save_text_pipeline(out, tokens.tokenizer.config, vocab)
     lm, lm_cfg = language_model(pretrained, vocab, replace(cfg.lm, drop_mult=cfg.siatl.drop_mult, softmax="full"),
                                  run.log)  # SiATL has its own full tied decoder: an adaptive LM is converted (toolbox.py)

@@ -123,6 +123,14 @@ def subsample_tokens(docs: TokenDocs, max_tokens: int | None, seed: int) -> Toke
     return docs.subset(np.sort(keep))
 
 
+def target_vocab(token_lists: list[list[str]], cfg: LMTrainConfig, pretrained: Path | None) -> Vocab:
+    """The run's vocabulary, from its own text: `Vocab.build` with `lm.min_freq` and `lm.max_vocab`,
+    the pretrained LM's words kept from `lm.known_min_freq` occurrences when that is set."""
+    known = (model_dir.load_text_pipeline(pretrained)[1].itos
+             if pretrained is not None and cfg.known_min_freq is not None else ())
+    return Vocab.build(token_lists, cfg.min_freq, cfg.max_vocab, known, cfg.known_min_freq)
+
+
 def language_model(pretrained: Path | None, vocab: Vocab, cfg: LMTrainConfig, log: Log) -> tuple[LanguageModel, AWDLSTMConfig]:
     """The run's starting LM on `vocab`: the pretrained one (folder `pretrained`) with its rows
     mapped onto `vocab`, or a new one of size `cfg.preset` when `pretrained` is None."""

@@ -29,7 +29,7 @@ from ulmfit.recipes.config import ImbalanceConfig, LMTrainConfig
 from ulmfit.recipes.prepare import Labelled
 from ulmfit.recipes.registry import Run
 from ulmfit.recipes.toolbox import (LMResult, Log, language_model, quiet, scratch_lm, seed_all, subsample_tokens,
-                                    tokens_for)
+                                    target_vocab, tokens_for)
 from ulmfit.fileio import atomic_write_json
 from ulmfit.recipes.ulmfit_config import ClassifierTrainConfig
 from ulmfit.text.tokenize import Tokenizer
@@ -62,7 +62,7 @@ def finetune_lm(token_lists: list[list[str]], out: Path, cfg: LMTrainConfig, *, 
     seed_all(seed)
     pretrained = model_dir.resolve_pretrained(pretrained)
     if vocab is None:
-        vocab = Vocab.build(token_lists, min_freq=cfg.min_freq, max_vocab=cfg.max_vocab)
+        vocab = target_vocab(token_lists, cfg, pretrained)
     model_dir.save_text_pipeline(out, tokenizer.config, vocab)
     lm, lm_cfg = language_model(pretrained, vocab, cfg, log)
 

@@ -6,7 +6,7 @@ import os
 from collections import Counter
 from itertools import chain, repeat
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 import numpy as np
 
@@ -33,9 +33,13 @@ class Vocab:
             raise UlmfitError(f"vocab has the token {dup!r} more than once")
 
     @classmethod
-    def build(cls, token_lists: Iterable[Sequence[str]], min_freq: int = 3, max_vocab: int = 60000) -> "Vocab":
+    def build(cls, token_lists: Iterable[Sequence[str]], min_freq: int = 3, max_vocab: int = 60000,
+              known: Collection[str] = (), known_min_freq: int | None = None) -> "Vocab":
         """Special tokens, then tokens seen at least `min_freq` times by descending count (ties
-        alphabetical, so the result is deterministic), at most `max_vocab` entries in all.
+        alphabetical, so the result is deterministic), at most `max_vocab` entries in all. Tokens in
+        `known` (a pretrained LM's words) are kept from `known_min_freq` occurrences instead (None:
+        `min_freq`, like every other token): their rows start from the pretrained embeddings, not
+        from the mean of them, so a word the text uses once or twice still starts with a meaning.
 
         The size is padded up to a multiple of 8 with unused `xxfake0`, `xxfake1`, ... tokens, as
         fastai does: embedding and softmax matrices with a multiple-of-8 dimension multiply faster.
@@ -44,10 +48,11 @@ class Vocab:
         counts = Counter()
         for toks in token_lists:
             counts.update(toks)
-        return cls.from_counts(counts, min_freq, max_vocab)
+        return cls.from_counts(counts, min_freq, max_vocab, known, known_min_freq)
 
     @classmethod
-    def from_counts(cls, counts: Counter, min_freq: int = 3, max_vocab: int = 60000) -> "Vocab":
+    def from_counts(cls, counts: Counter, min_freq: int = 3, max_vocab: int = 60000,
+                    known: Collection[str] = (), known_min_freq: int | None = None) -> "Vocab":
         """The rule of `build` on token counts gathered elsewhere (`ulmfit pretrain` counts a corpus
         in a streaming pass). The one place the vocabulary rule lives."""
         if max_vocab < 16:
@@ -55,7 +60,9 @@ class Vocab:
         counts = Counter(counts)
         for s in SPECIAL_TOKENS:
             counts.pop(s, None)
-        words = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
+        known = frozenset(known) if known_min_freq is not None else frozenset()
+        words = sorted((w for w, c in counts.items() if c >= min_freq or (w in known and c >= known_min_freq)),
+                       key=lambda w: (-counts[w], w))
         n = min(len(SPECIAL_TOKENS) + len(words), max_vocab)
         if -(-n // 8) * 8 > max_vocab:
             n = max_vocab // 8 * 8
