@@ -89,21 +89,23 @@ def test_finetune_keeps_rare_words_the_pretrained_lm_knows(tmp_path):
     from ulmfit.recipes.config import LMTrainConfig
     from ulmfit.recipes.ulmfit import finetune_lm
     from ulmfit.text.tokenize import Tokenizer
+    from ulmfit.text.vocab import Vocab
 
     lm_dir = pretrain(make_corpus(tmp_path / "corpus"), tmp_path / "lm", tiny_cfg(epochs=1), log=lambda m: None)
     pre_lm, _, pre_vocab = model_dir.load_lm(lm_dir)
     tok = Tokenizer()
     texts = ["the ship sailed to the harbour ."] * 4 + ["a storm came .", "zyzzyva ."]  # "storm" and "zyzzyva" once
     tokens = tok.tokenize_many(texts)
-    cfg = dict(epochs=0, frozen_epochs=0, bs=2, bptt=4, min_freq=3, softmax="full")
+    cfg = dict(epochs=0, frozen_epochs=0, bs=2, bptt=4, lr=1e-2, min_freq=3, softmax="full")
 
     def vocab_of(out, **kw):
-        finetune_lm(tokens, tmp_path / out, LMTrainConfig(**cfg, **kw), tokenizer=tok, pretrained=str(lm_dir))
-        return model_dir.load_lm(tmp_path / out)
+        res = finetune_lm(tokens, tmp_path / out, LMTrainConfig(**cfg, **kw), tokenizer=tok, pretrained=str(lm_dir))
+        assert Vocab.load(tmp_path / out / "vocab.json") == res.vocab  # the folder's, as the classifier reads it
+        return res.lm, res.vocab
 
-    _, _, plain = vocab_of("plain")
+    _, plain = vocab_of("plain")
     assert "storm" not in plain and "harbour" in plain
-    lm, _, kept = vocab_of("known", known_min_freq=1)
+    lm, kept = vocab_of("known", known_min_freq=1)
     assert "storm" in kept and "zyzzyva" not in kept and set(plain.itos[9:]) <= set(kept.itos)
     emb, pre_emb = lm.encoder.embedding.weight, pre_lm.encoder.embedding.weight
     assert torch.equal(emb[kept.stoi["storm"]], pre_emb[pre_vocab.stoi["storm"]])  # its pretrained row
