@@ -68,7 +68,9 @@ class LMTrainConfig:
     schedule: str = F.schedule()  # or "stlr" (ULMFiT §3.2)
     min_freq: int = F.spec(3, ge=1)  # fastai's default
     # A word the pretrained LM already has is kept from this many occurrences in your text (its row
-    # starts from the pretrained embedding; a new word's from their mean). None: min_freq, like any word.
+    # starts from the pretrained embedding; a new word's from their mean): a floor below min_freq for
+    # those words (above it, nothing changes). None: min_freq, like any word. Measured on a distilled
+    # student only (docs/BENCHMARKS.md, issue 17's "Twenty-sixth session"), hence off.
     known_min_freq: int | None = F.spec(None, ge=1)
     max_vocab: int = F.spec(30000, ge=10)
     max_train_tokens: int | None = F.max_train_tokens()
