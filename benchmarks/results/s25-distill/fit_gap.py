@@ -6,8 +6,9 @@ agreement with the teacher's argmax, the soft-target cross-entropy and KL at the
 macro-F1 against gold where there is gold, on
 - the gold training texts and a seeded sample of the perturbed copies (what the student trained on), and
 - the validation texts (held out from both).
-The teacher's probabilities come from the run's own caches (`teacher/`, `teacher/augment/`), each checked
-against the texts rebuilt here (`load_fit_data` and `augment` with the run's settings) by `texts_hash`.
+The teacher's probabilities come from the run's own caches (`teacher/`, `teacher/augment/`), read through
+`teacher_probabilities` as the run read them (the teacher, texts, classes and chunking checked; the texts rebuilt
+here with `load_fit_data` and `augment` and the run's settings).
 Student probabilities are the finished folder's own (`predict_proba_raw`: fwd+bwd averaged, before the
 temperature scaling fitted after training; what the distillation loss trained), agreement on their argmax. One
 JSON object on stdout.
@@ -26,7 +27,7 @@ import ulmfit  # noqa: E402
 from ulmfit.data.augment import augment  # noqa: E402
 from ulmfit.recipes.config import DataConfig  # noqa: E402
 from ulmfit.recipes.prepare import load_fit_data  # noqa: E402
-from ulmfit.recipes.teacher import texts_hash  # noqa: E402
+from ulmfit.recipes.teacher import teacher_probabilities  # noqa: E402
 from ulmfit.train.distill import PROB_FLOOR, teacher_at_temperature  # noqa: E402
 from ulmfit.train.metrics import classification_metrics  # noqa: E402
 
@@ -38,10 +39,9 @@ data = load_fit_data(train, valid, DataConfig(), seed, lambda m: None)
 classes = data.classes
 
 
-def cached(folder: Path, texts: list[str]) -> np.ndarray:
-    meta = json.loads((folder / "teacher_probs.json").read_text())
-    assert meta["texts_hash"] == texts_hash(texts) and meta["classes"] == classes, f"{folder}: not these texts"
-    return np.load(folder / "teacher_probs.npy")
+def cached(folder: Path, texts: list[str]) -> np.ndarray:  # the run's cache, checked as `ulmfit distill` checks it
+    return np.asarray(teacher_probabilities(d["teacher"], texts, folder, classes, chunk_size=d["chunk_size"],
+                                            progress=False, log=lambda m: print(m, file=sys.stderr)))
 
 
 gold_and_valid = data.train.texts + data.valid.texts

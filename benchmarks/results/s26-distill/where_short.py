@@ -6,7 +6,7 @@ in tokens, the student's and the teacher's accuracy against gold and their agree
 If the missing words were what the student lacks, its shortfall would grow with their number; a larger vocabulary
 (a lower `lm.min_freq`, or keeping the rare words the pretrained LM knows) would then be the lever.
 
-The teacher's probabilities come from the run's own cache (`teacher/`, checked by `texts_hash`), the student's are
+The teacher's probabilities come from the run's own cache (`teacher/`, through `teacher_probabilities`), the student's are
 the folder's own (`predict_proba_raw`: fwd+bwd averaged, as fit_gap.py). One JSON line per group on stdout.
 
 Usage: where_short.py RUN TRAIN.csv VALID.csv"""
@@ -22,15 +22,16 @@ import ulmfit  # noqa: E402
 from ulmfit.recipes.config import DataConfig  # noqa: E402
 from ulmfit.recipes.model_dir import load_text_pipeline  # noqa: E402
 from ulmfit.recipes.prepare import load_fit_data  # noqa: E402
-from ulmfit.recipes.teacher import texts_hash  # noqa: E402
+from ulmfit.recipes.teacher import teacher_probabilities  # noqa: E402
 
 run, train, valid = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 cfg = json.loads((run / "config.json").read_text())
 data = load_fit_data(train, valid, DataConfig(), cfg["seed"], lambda m: None)
 classes, n = data.classes, len(data.train.texts)
-meta = json.loads((run / "teacher" / "teacher_probs.json").read_text())
-assert meta["texts_hash"] == texts_hash(data.train.texts + data.valid.texts), f"{run}/teacher: not these texts"
-p_teacher = np.load(run / "teacher" / "teacher_probs.npy")[n:]
+d = cfg["distill"]  # the run's teacher cache, read and checked as `ulmfit distill` reads it
+p_teacher = np.asarray(teacher_probabilities(d["teacher"], data.train.texts + data.valid.texts, run / "teacher", classes,
+                                             chunk_size=d["chunk_size"], progress=False,
+                                             log=lambda m: print(m, file=sys.stderr)))[n:]
 student = ulmfit.load(run)
 inv = np.argsort([classes.index(c) for c in student.classes])  # the student's columns in the run's class order
 p_student = np.asarray(student.predict_proba_raw(data.valid.texts))[:, inv]
