@@ -90,6 +90,40 @@ def test_backward_classifier_batches_are_reversed_and_right_padded(tmp_path, mon
             assert (row[n:] == PAD_ID).all()  # padding still on the right
 
 
+@pytest.mark.parametrize("factor", [2.6, 1.5])
+def test_classifier_groups_train_at_the_configured_discriminative_factor(tmp_path, monkeypatch, factor):
+    """`clf.lr_factor` reaches both the optimizer and the loop: in every stage each unfrozen group runs at the
+    rate of the group above it divided by the factor (ULMFiT §3.2)."""
+    from dataclasses import replace
+
+    from ulmfit.recipes.prepare import Labelled
+
+    tokens = token_lists()
+    vocab = Vocab.build(tokens, min_freq=1)
+    cfg = tiny_fit_config()
+    lm, lm_cfg = recipe.scratch_lm(vocab, cfg.lm)
+    seen = []
+    real = recipe.run_phase
+
+    def spy(model, task, opt, groups, stages, *a, **kw):
+        class Rates:  # after every epoch: the rate of each unfrozen layer group, lowest first
+            def on_epoch_end(self, record):
+                seen.append([lr for _, lr in sorted({g["layer"]: g["lr"] for g in opt.param_groups
+                                                     if g["params"][0].requires_grad}.items())])
+        kw["callbacks"] = tuple(kw.get("callbacks", ())) + (Rates(),)
+        return real(model, task, opt, groups, stages, *a, **kw)
+
+    monkeypatch.setattr(recipe, "run_phase", spy)
+    data = Labelled([" ".join(t) for t in tokens], np.arange(len(tokens)) % 3, "t")
+    clf = replace(cfg.clf, epochs=(1, 1, 1), lrs=(3e-2, 2e-2, 1e-2), lr_factor=factor, schedule="constant")
+    recipe.train_classifier(recipe.LMResult(lm, lm_cfg, Tokenizer(TokenizerConfig()), vocab, []), data, data,
+                            ["a", "b", "c"], tmp_path, clf, train_tokens=tokens, valid_tokens=tokens)
+    assert [len(r) for r in seen][:2] == [1, 2] and len(seen[-1]) >= 4  # head; then one group more; then all
+    for rates in seen[1:]:
+        ratios = [hi / lo for lo, hi in zip(rates, rates[1:])]
+        assert ratios and ratios == pytest.approx([factor] * len(ratios))
+
+
 def test_backward_member_predicts_on_reversed_documents():
     from ulmfit.recipes.predictor import Member
 

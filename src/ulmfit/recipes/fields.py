@@ -158,6 +158,12 @@ def stage_epochs(default: tuple[int, ...]):
     return spec(default, ge=0)
 
 
+def lr_factor(default: float):
+    """Discriminative fine-tuning (ULMFiT §3.2): each layer group below the top trains at the rate of the
+    group above it divided by this factor (the paper's 2.6)."""
+    return spec(default, gt=0)
+
+
 def lin_sizes(default: tuple[int, ...] = (50,)):
     """Hidden sizes of the classifier head's linear blocks (ULMFiT §3.3)."""
     return spec(default, ge=1)

@@ -53,7 +53,7 @@ class TransformerTrainConfig:
     # From 2,000 labels (125 steps an epoch) the stage keeps its `epochs`: larger runs cost what they
     # did. Selection on validation and early stopping still apply. 0: exactly `epochs`.
     min_last_stage_steps: int = F.spec(250, ge=0)
-    lr_factor: float = F.spec(1.5, gt=0)  # ULMFiT's 2.6 over 5 groups leaves the embeddings at lr/46; 1.5 gives lr/5
+    lr_factor: float = F.lr_factor(1.5)  # ULMFiT's 2.6 over 5 groups leaves the embeddings at lr/46; 1.5 gives lr/5
     bs: int = F.batch_size(16)  # CPU: 16 tweets x 128 pieces is a quick step, and few labels need many steps
     clip: float | None = F.clip(1.0)  # BERT fine-tuning's gradient-norm clip
     drop_mult: float = F.drop_mult(0.5)  # the head's dropouts, as the AWD-LSTM classifier's (0.4 * 0.5 on the pooled features)

@@ -189,9 +189,9 @@ def _train(lm: LMResult, train_tokens, train_labels: np.ndarray, valid_tokens, v
     task = (ClassifierTask(classes, class_loss, keep_probs=keep_probs) if soft is None
             else DistillTask(classes, soft.probs, soft.temperature, soft.alpha, class_loss))
     groups = model.layer_groups()
-    opt = make_optimizer(param_groups(groups, cfg.lrs[0], weight_decay=cfg.wd), kind=optimizer)
+    opt = make_optimizer(param_groups(groups, cfg.lrs[0], factor=cfg.lr_factor, weight_decay=cfg.wd), kind=optimizer)
     loop_cfg = LoopConfig(monitor=cfg.metric, patience=cfg.patience if patience == "cfg" else patience, seed=seed,
-                          precision=precision, select_epoch=select_epoch)
+                          precision=precision, select_epoch=select_epoch, lr_factor=cfg.lr_factor)
     result = run_phase(model, task, opt, groups, gradual_unfreezing(cfg), train_loader, valid_loader, files, loop_cfg,
                        resume=resume)
     return model, result, None if valid_loader is None else task.predict(model, valid_loader)
