@@ -37,6 +37,20 @@ def token_lists(n=20):
     return Tokenizer(TokenizerConfig()).tokenize_many(make_rows(n, 0)["text"].tolist())
 
 
+def train_tiny_classifier(out, clf=None, **kw):
+    """`train_classifier` on 20 tiny rows from a scratch LM (the rows as train and valid); returns (tokens, vocab)."""
+    from ulmfit.recipes.prepare import Labelled
+
+    tokens = token_lists()
+    vocab = Vocab.build(tokens, min_freq=1)
+    cfg = tiny_fit_config()
+    lm, lm_cfg = recipe.scratch_lm(vocab, cfg.lm)
+    data = Labelled([" ".join(t) for t in tokens], np.arange(len(tokens)) % 3, "t")
+    recipe.train_classifier(recipe.LMResult(lm, lm_cfg, Tokenizer(TokenizerConfig()), vocab, []), data, data,
+                            ["a", "b", "c"], out, clf or cfg.clf, train_tokens=tokens, valid_tokens=tokens, **kw)
+    return tokens, vocab
+
+
 def test_backward_lm_reads_each_document_reversed(tmp_path, monkeypatch):
     tokens = token_lists()
     vocab = Vocab.build(tokens, min_freq=1)
@@ -57,12 +71,6 @@ def test_backward_lm_reads_each_document_reversed(tmp_path, monkeypatch):
 
 
 def test_backward_classifier_batches_are_reversed_and_right_padded(tmp_path, monkeypatch):
-    from ulmfit.recipes.prepare import Labelled
-
-    tokens = token_lists()
-    vocab = Vocab.build(tokens, min_freq=1)
-    cfg = tiny_fit_config()
-    lm, lm_cfg = recipe.scratch_lm(vocab, cfg.lm)
     loaders = []
     real = recipe.ClassificationLoader
 
@@ -75,11 +83,10 @@ def test_backward_classifier_batches_are_reversed_and_right_padded(tmp_path, mon
 
     monkeypatch.setattr(recipe, "ClassificationLoader", capture)
     monkeypatch.setattr(recipe, "run_phase", stop)
-    data = Labelled([" ".join(t) for t in tokens], np.arange(len(tokens)) % 3, "t")
     with pytest.raises(Stop):
-        recipe.train_classifier(recipe.LMResult(lm, lm_cfg, Tokenizer(TokenizerConfig()), vocab, []), data, data,
-                                ["a", "b", "c"], tmp_path, cfg.clf, train_tokens=tokens, valid_tokens=tokens,
-                                direction="bwd")
+        train_tiny_classifier(tmp_path, direction="bwd")
+    tokens = token_lists()
+    vocab = Vocab.build(tokens, min_freq=1)
     forward = [vocab.numericalize(t) for t in tokens]
     for loader in loaders:
         batch = next(iter(loader))
@@ -96,12 +103,6 @@ def test_classifier_groups_train_at_the_configured_discriminative_factor(tmp_pat
     rate of the group above it divided by the factor (ULMFiT §3.2)."""
     from dataclasses import replace
 
-    from ulmfit.recipes.prepare import Labelled
-
-    tokens = token_lists()
-    vocab = Vocab.build(tokens, min_freq=1)
-    cfg = tiny_fit_config()
-    lm, lm_cfg = recipe.scratch_lm(vocab, cfg.lm)
     seen = []
     real = recipe.run_phase
 
@@ -114,10 +115,8 @@ def test_classifier_groups_train_at_the_configured_discriminative_factor(tmp_pat
         return real(model, task, opt, groups, stages, *a, **kw)
 
     monkeypatch.setattr(recipe, "run_phase", spy)
-    data = Labelled([" ".join(t) for t in tokens], np.arange(len(tokens)) % 3, "t")
-    clf = replace(cfg.clf, epochs=(1, 1, 1), lrs=(3e-2, 2e-2, 1e-2), lr_factor=factor, schedule="constant")
-    recipe.train_classifier(recipe.LMResult(lm, lm_cfg, Tokenizer(TokenizerConfig()), vocab, []), data, data,
-                            ["a", "b", "c"], tmp_path, clf, train_tokens=tokens, valid_tokens=tokens)
+    clf = replace(tiny_fit_config().clf, epochs=(1, 1, 1), lrs=(3e-2, 2e-2, 1e-2), lr_factor=factor, schedule="constant")
+    train_tiny_classifier(tmp_path, clf)
     assert [len(r) for r in seen][:2] == [1, 2] and len(seen[-1]) >= 4  # head; then one group more; then all
     for rates in seen[1:]:
         ratios = [hi / lo for lo, hi in zip(rates, rates[1:])]
