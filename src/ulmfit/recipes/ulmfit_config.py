@@ -28,7 +28,9 @@ class ClassifierTrainConfig:
     # None: fastai's book rates (2e-2, 1e-2, 5e-3, 1e-3) on a pretrained encoder; from scratch the
     # encoder has more to learn, so the last two stages keep higher rates (2e-2, 1e-2, 1e-2, 5e-3).
     lrs: tuple[float, ...] | None = F.stage_lrs(None)
-    # The paper's 2.6 over the AWD-LSTM's 5 groups leaves the embeddings at lr / 46.
+    # Discriminative rates: the paper's 2.6 over the AWD-LSTM's 5 groups leaves the embeddings at lr / 46. A distilled
+    # student on 281k soft-labelled rows fit its teacher better at 1.5 (docs/BENCHMARKS.md, issue 17's 27th session);
+    # unmeasured with a few thousand labels, so the default stays the paper's.
     lr_factor: float = F.lr_factor(2.6)
     epochs: tuple[int, ...] = F.stage_epochs((1, 1, 1, 3))
     schedule: str = F.schedule()
