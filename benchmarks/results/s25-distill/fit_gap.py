@@ -51,8 +51,7 @@ copies, _ = augment(data.train.texts, d["augment"], seed)
 p_copies = cached(run / "teacher" / "augment", copies)
 pick = np.sort(np.random.default_rng([seed, 25]).choice(len(copies), size=min(sample, len(copies)), replace=False))
 student = ulmfit.load(run)
-order = [classes.index(c) for c in student.classes]  # the student's columns in the run's class order
-inv = np.argsort(order)
+cols = [student.classes.index(c) for c in classes]  # the student's columns in the run's class order
 T = d["temperature"]
 
 
@@ -61,7 +60,7 @@ def soft(p: np.ndarray) -> np.ndarray:  # probabilities at T, as the distillatio
 
 
 def row(name: str, texts: list[str], p_t: np.ndarray, gold: np.ndarray | None) -> dict:
-    p_s = np.asarray(student.predict_proba_raw(texts))[:, inv]
+    p_s = np.asarray(student.predict_proba_raw(texts))[:, cols]
     st, tt = soft(p_s), soft(p_t)
     log_s, log_t = np.log(np.clip(st, PROB_FLOOR, 1)), np.log(np.clip(tt, PROB_FLOOR, 1))
     out = {"set": name, "n": len(texts), "agreement": round(float((p_s.argmax(1) == p_t.argmax(1)).mean()), 4),

@@ -33,8 +33,8 @@ p_teacher = np.asarray(teacher_probabilities(d["teacher"], data.train.texts + da
                                              chunk_size=d["chunk_size"], progress=False,
                                              log=lambda m: print(m, file=sys.stderr)))[n:]
 student = ulmfit.load(run)
-inv = np.argsort([classes.index(c) for c in student.classes])  # the student's columns in the run's class order
-p_student = np.asarray(student.predict_proba_raw(data.valid.texts))[:, inv]
+cols = [student.classes.index(c) for c in classes]  # the student's columns in the run's class order
+p_student = np.asarray(student.predict_proba_raw(data.valid.texts))[:, cols]
 
 tokenizer, vocab = load_text_pipeline(run)
 known = set(vocab.itos)
