@@ -15,7 +15,8 @@ and cached (--cache, keyed by folder and file): the validation split in `BUILD_P
 vector gives are those the built ensemble predicts (`point_predictions`: the members' decision rules weighted
 like their probabilities; a single member's own decision at a corner; the blend's calibration changes no
 label). Prints a table and appends one JSON line per (combination, rule, file) to --json (with the F1 of the
-file's rarest class).
+file's rarest class); with --rows, each one's right/wrong per row to an .npz (keys "COMBO|RULE|FILE") for
+paired tests (benchmarks/results/s28-spam/paired_rules.py).
 """
 from __future__ import annotations
 
@@ -62,6 +63,8 @@ def main() -> None:
     ap.add_argument("--combos", default=None, help="comma list of member-letter combinations (default: all members)")
     ap.add_argument("--cache", type=Path, default=ROOT / "runs" / "ensemble-rules-cache")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--rows", type=Path, default=None,
+                    help="an .npz to write each (combination, rule, file)'s right/wrong per row to (paired tests)")
     a = ap.parse_args()
 
     members = dict(m.split("=", 1) for m in a.members)
@@ -75,7 +78,7 @@ def main() -> None:
                               a.cache, classes)
              for k in folders for n, p in files.items()}
     combos = a.combos.split(",") if a.combos else ["".join(folders)]
-    rows = []
+    rows, right = [], {}
     for combo in combos:
         ks = list(combo)
         b = np.stack([biases[k] for k in ks])
@@ -92,6 +95,7 @@ def main() -> None:
             for n in files:
                 pred = point_predictions([probs[(k, n)] for k in ks], y[n], w[None], b)[0][0]
                 m = classification_metrics(y[n], pred, classes)
+                right[f"{combo}|{rule}|{n}"] = pred == y[n]
                 row = {"tag": a.tag, "combo": combo, "rule": rule, "file": n, "n": len(y[n]),
                        "weights": [round(float(v), 3) for v in w], "chosen": sel.get("rule"),
                        "macro_f1": round(m["macro_f1"], 4), "accuracy": round(m["accuracy"], 4),
@@ -110,6 +114,9 @@ def main() -> None:
             r0 = rs[names[0]]
             print(f"| {combo} {rule} | {r0['chosen']} ({', '.join(f'{v:.2f}' for v in r0['weights'])}) | "
                   + " | ".join(f"{rs[n]['macro_f1']:.4f} ({rs[n]['errors']})" for n in names) + " |")
+    if a.rows:
+        a.rows.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(a.rows, **right)
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         with open(a.json, "a") as fh:
