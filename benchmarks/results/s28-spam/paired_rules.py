@@ -5,15 +5,14 @@ exact two-sided McNemar p-value; then the seeds pooled (on "rest" different seed
 
 Usage: paired_rules.py COMBO RULE NPZ...   e.g. paired_rules.py AM equal rows-500-s0.npz rows-500-s1.npz"""
 import sys
-from math import comb
 
 import numpy as np
+from scipy.stats import binomtest
 
 
 def mcnemar(b: int, c: int) -> float:
-    n = b + c
-    tail = sum(comb(n, i) for i in range(0, min(b, c) + 1)) / 2 ** n if n else 0.5
-    return min(1.0, 2 * tail)
+    """Exact McNemar: the two-sided binomial test of b successes in b + c at one half."""
+    return binomtest(b, b + c, 0.5).pvalue if b + c else 1.0
 
 
 combo, rule, files = sys.argv[1], sys.argv[2], sys.argv[3:]
