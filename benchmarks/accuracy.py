@@ -225,11 +225,12 @@ def prepare(ds: str, paths: dict[str, Path], quick: bool, work: Path) -> dict[st
     return out
 
 
-def sample_mask(labels, budget: int, seed: int) -> np.ndarray:
-    """True for the training rows of a budget's labelled sample; the rest is passed as unlabelled text."""
-    mask = np.zeros(len(labels), bool)
-    mask[stratified_sample(labels, budget, seed)] = True
-    return mask
+def split_sample(df: pd.DataFrame, budget: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the budget's labelled sample, the rest) of a training split. The harness passes the rest's text as
+    unlabelled; with its labels it is a held-out set no model trained on (benchmarks/ensemble_rules.py's "rest")."""
+    mask = np.zeros(len(df), bool)
+    mask[stratified_sample(df["label"].to_numpy(), budget, seed)] = True
+    return df[mask], df[~mask]
 
 
 def budget_files(ds: str, splits: dict[str, Path], budget, seed: int, work: Path, quick: bool) -> tuple[Path, Path | None, int]:
@@ -239,11 +240,10 @@ def budget_files(ds: str, splits: dict[str, Path], budget, seed: int, work: Path
     d = work / ds / ("quick" if quick else "samples") / f"n{budget}-s{seed}"
     lab, rest = d / "train.csv", d / "unlabeled.csv"
     if not (lab.exists() and rest.exists()):
-        df = read_split(splits["train"])
-        mask = sample_mask(df["label"].to_numpy(), int(budget), seed)
+        labelled, unlabelled = split_sample(read_split(splits["train"]), int(budget), seed)
         d.mkdir(parents=True, exist_ok=True)
-        df[mask].to_csv(lab, index=False)
-        df[~mask][["text"]].to_csv(rest, index=False)
+        labelled.to_csv(lab, index=False)
+        unlabelled[["text"]].to_csv(rest, index=False)
     return lab, rest, int(budget)
 
 

@@ -25,7 +25,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
-from accuracy import read_split, sample_mask  # noqa: E402
+from accuracy import read_split, split_sample  # noqa: E402
 from ulmfit.recipes import predictor  # noqa: E402
 from ulmfit.fileio import staging_path  # noqa: E402
 from ulmfit.recipes.ensemble import MEMBERS_DIR, build_ensemble  # noqa: E402
@@ -39,7 +39,7 @@ members = {"A": W / f"spam__ulmfit-both__{B}__s{seed}/model", "M": W / f"spam__u
 
 # the rest of the training split, labelled: the rows accuracy.budget_files passed as --unlabeled
 train = read_split(V / "train.csv")
-rest = train[~sample_mask(train["label"].to_numpy(), B, seed)]
+rest = split_sample(train, B, seed)[1]
 unlabelled = pd.read_csv(cells / f"work/spam/samples/n{B}-s{seed}/unlabeled.csv")
 assert list(unlabelled["text"]) == list(rest["text"]), "the rest does not match the harness's unlabelled file"
 files = {"valid": read_split(V / "valid.csv"), "test": read_split(V / "test.csv"), "rest": rest}

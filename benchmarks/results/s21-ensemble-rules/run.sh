@@ -2,7 +2,7 @@
 # Issue 16, twenty-first session: the ensemble's weight rules on the kept member folders (benchmarks/ensemble_rules.py).
 # E-mail, 2,000 labels, seeds 0-2 (members of benchmarks/results/s19-spam and s20-spam); tweets, seed 0, 100 and
 # 2,000 labels (benchmarks/results/s21-tweets). "rest": the training rows outside each label sample, labelled
-# (the text the harness passed as --unlabeled), written to $REST_DIR by accuracy.sample_mask (below); the few-label
+# (the text the harness passed as --unlabeled), written to $REST_DIR by accuracy.split_sample (below); the few-label
 # runs are the tweets-40-55-5 cells at the end.
 set -e
 cd "$(dirname "$0")/../../.."
@@ -13,14 +13,14 @@ mkdir -p $R
 PYTHONPATH=src:benchmarks .venv/bin/python - "$R" <<'PY'
 import sys
 from pathlib import Path
-from accuracy import read_split, sample_mask  # the harness's own label samples
+from accuracy import read_split, split_sample  # the harness's own label samples
 from ulmfit.data.fetch_lib import cache_dir
 for ds, budget, seeds in (("spam", 2000, (0, 1, 2)), ("tweets", 2000, (0,)), ("tweets", 100, (0, 1)), ("tweets-40-55-5", 500, (6, 1, 5))):
     train = read_split(cache_dir() / ds / "v1" / "train.csv")
     for s in seeds:
         out = Path(sys.argv[1]) / f"{ {'tweets-40-55-5': 'imb'}.get(ds, ds)}-rest-{budget}-s{s}.csv"
         if not out.exists():
-            train[~sample_mask(train["label"].to_numpy(), budget, s)].to_csv(out, index=False)
+            split_sample(train, budget, s)[1].to_csv(out, index=False)
 PY
 S=~/.cache/ulmfit/spam/v1; T=~/.cache/ulmfit/tweets/v1
 for s in 0 1 2; do

@@ -13,13 +13,13 @@ mkdir -p $R
 PYTHONPATH=src:benchmarks .venv/bin/python - "$R" "$@" <<'PY'
 import sys
 from pathlib import Path
-from accuracy import read_split, sample_mask  # the harness's own label samples
+from accuracy import read_split, split_sample  # the harness's own label samples
 from ulmfit.data.fetch_lib import cache_dir
 train = read_split(cache_dir() / "spam" / "v1" / "train.csv")
 for s in sys.argv[2:]:
     out = Path(sys.argv[1]) / f"spam-rest-500-s{s}.csv"
     if not out.exists():
-        train[~sample_mask(train["label"].to_numpy(), 500, int(s))].to_csv(out, index=False)
+        split_sample(train, 500, int(s))[1].to_csv(out, index=False)
 PY
 S=~/.cache/ulmfit/spam/v1
 for s in "$@"; do
