@@ -5,10 +5,12 @@ the validation split, and what they score on labelled files no member trained on
         --members A=DIR M=DIR --valid VALID.csv --score test=TEST.csv [rest=REST.csv] \
         [--combos AM,AMT] --json benchmarks/results/ensemble_rules.jsonl
 
-Rules (recipes/ensemble.py `choose_weights`): "anchor best member" (the default since the tenth session:
-the best single member unless the best grid point beats it out of fold beyond the bootstrap's noise),
+Rules (recipes/ensemble.py `choose_weights`): "anchor best member" (the default from the tenth to the
+twenty-eighth session: the best single member unless the best grid point beats it out of fold beyond the bootstrap's noise),
 "anchor equal" (the plain average unless the better of that blend and the best member beats it beyond
 noise), "anchor best member or equal" (the better of those two out of fold unless the blend beats it beyond
+noise), "anchor top average" (the default since the twenty-ninth session: the plain average of the members
+validation cannot tell from the best, unless the better of the blend and the best member beats it beyond
 noise) and "equal" (`--weights equal`, no choice). Each member's probabilities are computed once per file
 and cached (--cache, keyed by folder and file): the validation split in `BUILD_PRECISION` as
 `ulmfit ensemble` computes it, the scored files in the precision `ulmfit evaluate` uses. The labels a weight
@@ -36,7 +38,7 @@ from ulmfit.recipes import predictor  # noqa: E402
 from ulmfit.recipes.ensemble import choose_weights, member_probs, point_predictions  # noqa: E402
 from ulmfit.train.metrics import classification_metrics  # noqa: E402
 
-RULES = ("anchor best member", "anchor equal", "anchor best member or equal", "equal")
+RULES = ("anchor best member", "anchor equal", "anchor best member or equal", "anchor top average", "equal")
 
 
 def probs_of(folder: Path, path: Path, precision: str, cache: Path, classes: list[str]) -> np.ndarray:
@@ -104,6 +106,9 @@ def main() -> None:
                 if "out_of_fold" in sel:
                     o = sel["out_of_fold"]
                     row["oof"] = {k: round(v, 4) for k, v in o.items() if k.endswith("macro_f1") or k.startswith("gain")}
+                if "top_members" in sel:
+                    row["top_members"] = [ks[j] for j in sel["top_members"]]
+                    row["best_beats_share"] = [round(v, 3) for v in sel["best_beats_share"]]
                 rows.append(row)
     names = [n for n in files]
     print(f"| {a.tag} | chosen (weights) | " + " | ".join(f"{n} macro-F1 (errors)" for n in names) + " |")

@@ -14,9 +14,11 @@ import pytest
 from conftest import tiny_fit_config
 from ulmfit.cli import main
 from ulmfit.errors import UlmfitError
-from ulmfit.recipes.ensemble import build_ensemble, choose_weights, fixed_weights, grid_for, simplex_grid
+from ulmfit.recipes.ensemble import (build_ensemble, choose_weights, fixed_weights, grid_for, selection_line,
+                                     simplex_grid)
 from ulmfit.recipes.fit import fit
 from ulmfit.recipes.predictor import load
+from ulmfit.train.calibration import apply
 from ulmfit.train.metrics import classification_metrics
 
 CLASSES = ["a", "b", "c"]
@@ -60,10 +62,14 @@ def f1_of(y, p):
 
 
 def test_complementary_members_get_a_real_mix():
+    """Two members of one strength with independent errors and a guesser: the default fallback averages the
+    two and leaves the guesser out; against the "best member" fallback the best grid point wins out of fold."""
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 600)
     probs = [member(y, rng), member(y, rng), rng.dirichlet(np.ones(3), len(y))]  # two independent members + noise
     w, sel = choose_weights(probs, y, CLASSES)
+    assert sel["rule"] == "top average" and w.tolist() == [0.5, 0.5, 0.0] and sorted(sel["top_members"]) == [0, 1]
+    w, sel = choose_weights(probs, y, CLASSES, anchor="best member")
     assert sel["rule"] == "blend" and sel["points"] == 66 and w.sum() == pytest.approx(1.0)
     assert w[0] >= 0.2 and w[1] >= 0.2  # both contribute
     o = sel["out_of_fold"]
@@ -110,7 +116,7 @@ def test_members_are_scored_and_mixed_by_their_own_decision_rules():
     has no rule and a weaker signal. Scored by argmax, B wins; by what each decides, A does, and the
     ensemble's saved rule reproduces A's decisions exactly."""
     from ulmfit.recipes.ensemble import decision_rule
-    from ulmfit.train.calibration import apply, decide
+    from ulmfit.train.calibration import decide
 
     rng = np.random.default_rng(4)
     y = rng.choice(3, 2000, p=[0.55, 0.40, 0.05])
@@ -144,7 +150,7 @@ def test_a_blend_is_calibrated_and_decides_as_before():
     onto the scaled probabilities: every label stays what the uncalibrated blend decided. A member kept
     alone keeps its own rule untouched (already calibrated)."""
     from ulmfit.recipes.ensemble import blend_calibration, decision_rule, weighted
-    from ulmfit.train.calibration import apply, ece, fit_temperature, scale
+    from ulmfit.train.calibration import ece, fit_temperature, scale
 
     rng = np.random.default_rng(7)
 
@@ -197,6 +203,26 @@ def test_the_equal_anchor_keeps_the_plain_average_of_members_validation_cannot_t
     for anchor in ("best member", "equal"):
         w, sel = choose_weights([noise, member(y, rng, strength=2.0)], y, CLASSES, anchor=anchor)
         assert sel["rule"] == "best member" and w.tolist() == [0.0, 1.0], anchor
+
+
+def test_the_top_average_anchor_averages_the_members_validation_cannot_tell_from_the_best():
+    """Three members of one strength whose errors mostly coincide and one that guesses (a member clearly
+    behind, like a TF-IDF model beside two neural ones): the "top average" anchor drops the guesser and
+    averages the other three, 1/3 each (off the grid of tenths, so added exactly), where "equal" would
+    give the guesser a quarter. With one member clearly ahead of the rest it is the "best member" anchor."""
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 3, 300)
+    tied = correlated_members(y, rng, 3, sd=0.2)
+    guesser = rng.dirichlet(np.ones(3), len(y))
+    w, sel = choose_weights([tied[0], tied[1], guesser, tied[2]], y, CLASSES, anchor="top average")
+    assert sel["rule"] == "top average" and sel["anchor"] == "top average" and w.tolist() == [1 / 3, 1 / 3, 0.0, 1 / 3]
+    assert sorted(sel["top_members"]) == [0, 1, 3] and sel["best_beats_share"][2] >= sel["out_of_fold"]["confidence"]
+    assert max(s for j, s in enumerate(sel["best_beats_share"]) if j != 2) < sel["out_of_fold"]["confidence"]
+    line = selection_line(sel)
+    assert "top_average_macro_f1" in sel["out_of_fold"] and f"average of members {', '.join(map(str, sel['top_members']))}" \
+        in line and "the others are behind it beyond noise" in line
+    w, sel = choose_weights([guesser, member(y, rng, strength=2.0)], y, CLASSES, anchor="top average")
+    assert sel["anchor"] == "best member" and sel["top_members"] == [1] and w.tolist() == [0.0, 1.0]
 
 
 def test_the_equal_point_is_exact_when_it_is_off_the_grid():
@@ -258,9 +284,11 @@ def test_ensemble_folder_averages_with_its_weights_and_moves(two_models, tiny_da
     assert marker["kind"] == "ensemble" and sum(weights) == pytest.approx(1.0)
     texts = ["Great flight thanks", "the gate was awful", "monday schedule boston"]
     direct = sum(w * load(m).predict_proba(texts) for w, m in zip(weights, two_models))
+    if max(weights) < 1:  # a blend hands out its calibrated probabilities (blend_calibration)
+        direct = apply(direct, json.loads((out / "calibration.json").read_text()))[0]
     np.testing.assert_allclose(load(out).predict_proba(texts), direct, atol=1e-6)
     recorded = json.loads((out / "valid_metrics.json").read_text())  # chosen on what the loaded ensemble predicts
-    assert recorded["selection"]["rule"] in ("blend", "best member") and recorded["weights"] == weights
+    assert recorded["selection"]["rule"] in ("blend", "best member", "top average") and recorded["weights"] == weights
     assert recorded["selection"]["out_of_fold"]["repeats"] == 10 and "rule: " in (out / "report.md").read_text()
     # the recorded figure is exactly what evaluating the folder gives, at the precision it was built with
     assert main(["evaluate", str(out), "--data", str(tiny_data["valid"]), "--json", "--precision", "fp32"]) == 0
@@ -423,7 +451,7 @@ def test_a_blended_ensemble_folder_hands_out_calibrated_probabilities(two_models
     the folder hands out the calibrated blend and decides exactly as the uncalibrated blend with the
     members' weighted rules would; valid_metrics.json, evaluate and report.md agree on it."""
     from ulmfit.recipes import ensemble
-    from ulmfit.train.calibration import apply, decide
+    from ulmfit.train.calibration import decide
 
     real = ensemble.choose_weights
 

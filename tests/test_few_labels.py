@@ -148,14 +148,17 @@ def test_few_labels_fit_is_its_teacher_student_and_ensemble_and_equals_the_comma
     assert "few-label path" in (out / "report.md").read_text() and (out / "members/m0/report.md").exists()
     assert not list(out.rglob("checkpoints"))
 
-    # by hand: the model alone, `ulmfit distill` from it, `ulmfit ensemble` of the two
+    # by hand: the model alone, `ulmfit distill` from it, `ulmfit ensemble --anchor best-member` of the two
     assert run_fit(few, tmp_path / "t", "--student", "off") == 0
     assert json.loads((tmp_path / "t" / "ulmfit.json").read_text())["kind"] == "classifier"
     assert main([str(a) for a in ["distill", "--teacher", tmp_path / "t", "--train", few / "train.csv", "--valid",
                                   few / "valid.csv", "--unlabeled", few / "unl.csv", "--config", few / "cfg.json",
                                   "--direction", "both",
                                   "--out", tmp_path / "s"]]) == 0
-    build_ensemble([tmp_path / "t", tmp_path / "s"], few / "valid.csv", tmp_path / "e")
+    build_ensemble([tmp_path / "t", tmp_path / "s"], few / "valid.csv", tmp_path / "e", anchor="best member")
+    # the path's rule falls back to the teacher (few_labels.ENSEMBLE_ANCHOR), not to `ulmfit ensemble`'s default
+    selection = json.loads((out / "valid_metrics.json").read_text())["selection"]
+    assert selection["anchor"] == "best member" and "top_members" not in selection
     texts = pd.read_csv(few / "valid.csv").text.tolist() + ["great flight thanks", "awful rude crew"]
     path, by_hand = ulmfit.load(out), ulmfit.load(tmp_path / "e")
     np.testing.assert_allclose(path.predict_proba(texts), by_hand.predict_proba(texts), atol=1e-6)

@@ -427,9 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--grid", type=int, default=10, help="weights are multiples of 1/GRID (default 10)")
     en.add_argument("--weights", help="fixed weights instead of the validated choice: 'equal' (a plain average, e.g. of "
                                       "one recipe trained with several seeds) or one number per model, e.g. 0.7,0.3")
-    en.add_argument("--anchor", help="what the validated choice keeps unless a blend (or a member) beats it beyond noise: "
-                                     "best-member (default), best-member-or-equal (the plain average where it scores at "
-                                     "least as well out of fold: members of about one strength), or equal")
+    en.add_argument("--anchor", help="what the validated choice keeps unless a blend (or the best member) beats it beyond "
+                                     "noise: top-average (default: the plain average of the members validation cannot "
+                                     "tell from the best), best-member, equal (all members), or best-member-or-equal")
     en.add_argument("--overwrite", action="store_true")
     data_args(en, defaults=True)
     en.set_defaults(func=cmd_ensemble)

@@ -25,16 +25,18 @@ noise. At 2,000 tweet labels (seed 0) it gave fwd 0.2 / bwd 0.3 / MiniLM 0.5 wit
 macro-F1 0.7434 against the MiniLM member's 0.7360, and lost to that member on the test split
 (0.7215 vs 0.7254). So the choice itself is validated, out of fold, and the blend must earn its place:
 
-1. Out of fold (`FOLDS`-fold stratified, `REPEATS` reshuffles, fixed seeds): for each fold both
-   rules pick their point on the other folds, and that point predicts the held-out fold. Every
+1. Out of fold (`FOLDS`-fold stratified, `REPEATS` reshuffles, fixed seeds): for each fold every
+   rule picks its point on the other folds, and that point predicts the held-out fold. Every
    validation row then has an out-of-fold prediction per repeat and rule, made by a choice that did
    not see it; each rule's out-of-fold macro-F1 (mean over the repeats) is what the rule is worth on
    new rows, its own selection noise included.
-2. The gain, blend minus best member, is tested by a paired bootstrap over the validation rows
-   (`BOOTSTRAP` resamples, the same rows for both rules): the blend is kept only when the gain is
-   positive in at least `CONFIDENCE` of the resamples (a one-sided test at 5%); otherwise the
-   ensemble puts weight 1 on the best single member (chosen on all rows), the safe default, since
-   with unequal members a mix has to show it beats the strongest one.
+2. The fallback (the `anchor`, `ANCHOR` by default: "top average") is settled first, on all the rows:
+   the plain average of the members validation cannot tell from the best one. Each member is scored by
+   its own decision; one the best member beats in at least `CONFIDENCE` of paired bootstrap resamples of
+   the rows (`BOOTSTRAP`, a one-sided test at 5%) is behind and left out (`top_members`). Members of one
+   strength are averaged; a member clearly ahead of all others is the fallback alone. The challenger,
+   the better of "blend" and "best member" out of fold, replaces the fallback only when its gain is
+   positive in at least `CONFIDENCE` of paired resamples (the same rows for both rules).
 3. The kept rule then picks its point on all the validation rows: those are the weights, and the
    weighted members' rules the ensemble's. When they keep one member alone, the ensemble predicts
    exactly what the member predicts (its probabilities are already calibrated).
@@ -49,30 +51,32 @@ macro-F1 0.7434 against the MiniLM member's 0.7360, and lost to that member on t
 Fixed weights (`--weights equal` or `--weights 0.5,0.5`, `fixed_weights`) skip the choice: the members are
 averaged with the given weights, and the validation split only calibrates the blend (step 4) and scores it.
 That is the plain average of a deep ensemble (Lakshminarayanan et al. 2017): members of one kind trained
-with different seeds, of equal strength by construction, where the rule above, built for members of
-unequal strength, keeps one of them unless a blend's gain clears the bootstrap's noise on validation.
-At 2,000 tweet labels (3 seeds; docs/BENCHMARKS.md, seventeenth session) two MiniLM models (the second
-trained with another seed on the same labels) and their distilled AWD-LSTM student, averaged equally,
-scored a test median of 0.7435 against 0.7338 for one MiniLM model and 0.7376 for this rule's choice
-among the same three (ahead on every seed); the rule kept one member on 2 of 3 seeds.
+with different seeds, of equal strength by construction. At 2,000 tweet labels (3 seeds; docs/BENCHMARKS.md,
+seventeenth session) two MiniLM models (the second trained with another seed on the same labels) and their
+distilled AWD-LSTM student, averaged equally, scored a test median of 0.7435 against 0.7338 for one MiniLM
+model and 0.7376 for the rule's choice with the "best member" fallback of the day (ahead on every seed; that
+rule kept one member on 2 of 3 seeds; the "top average" fallback below was not measured on them).
 
-The fallback of step 2 is the `anchor` (`choose_weights`, `ulmfit ensemble --anchor`): "best member"
-(`ANCHOR`, the default, as above); "equal", the plain average unless the better of the blend and the best
-member beats it out of fold beyond noise; "best member or equal", whichever of the two scores higher out of
-fold (a tie goes to the average, which chose nothing), unless the blend beats it beyond noise. The three
-side by side on 12 ensembles, scored on labelled training rows outside each label sample that no member
-trained on (benchmarks/ensemble_rules.py; docs/BENCHMARKS.md, twenty-first session): "best member or
-equal" against the default, macro-F1 on those rows, +0.09 to +0.78 on 7 (e-mail, 3 seeds; two of three
-few-label runs at 40/55/5), level on 3, -0.44 and -0.47 on 2 (100 tweet labels; the third few-label run),
-and 0 on the test splits' median. Six more (e-mail at 500 labels, 3 seeds, A + M and A + M + T; twenty-eighth
-session): "equal" ahead of the default on all six (+0.43 to +1.00), "best member or equal" on one; over the 18,
-"equal" is ahead on 14, level on 1, behind on 3 (-0.37 to -0.47), median +0.35. No anchor wins everywhere (and
-on the 40/55/5 runs the average lowered the 5% class's F1 every time), so the default stays; the others serve
-members of about one strength, where validation cannot rank them.
+The fallback of step 2 is the `anchor` (`choose_weights`, `ulmfit ensemble --anchor`). "Top average" (`ANCHOR`,
+the default since the twenty-ninth session) as above. "Best member", the default before it and what `fit`'s
+few-label path keeps (recipes/few_labels.py: a teacher and its own student), weight 1 on the best single member
+unless the best grid point beats it. "Equal", the plain average of all members. "Best member or equal",
+whichever of those two scores higher out of fold. Why the default moved (docs/BENCHMARKS.md, twenty-first,
+twenty-eighth and twenty-ninth sessions; scored on labelled training rows outside each label sample that no
+member trained on, "rest", benchmarks/ensemble_rules.py): members of one strength that read the text
+differently (the e-mail's AWD-LSTM pair and MiniLM model, a few validation e-mails apart) gain from their
+average on held-out rows nearly every time (over 18 member sets the plain average was ahead of "best member"
+on 14, median +0.35 macro-F1), a gain the "best member" fallback throws away because the bootstrap cannot
+show it on ~600 validation rows. Its three losses were members of unequal strength: MiniLM 5 points above
+the AWD-LSTM pair at 100 tweet labels (-0.44), a TF-IDF member in a trio (-0.37), a teacher and its own
+student (-0.47). "Top average" keeps the gain and the guard: on the 500-label e-mail (3 seeds, A + M and
+A + M + T) it averaged A and M every time and left the TF-IDF member out every time (+0.48 to +0.85 on rest
+against "best member"); at 100 tweet labels it found the AWD-LSTM pair behind (in 100% of resamples) and
+kept MiniLM, where the plain average lost 0.34 on rest.
 Shrinking the chosen weights toward equal weights was considered and not used: with members of
 unequal strength (on the tweets the MiniLM member is 6-8 points of macro-F1 above the AWD-LSTM ones)
-equal weights are the wrong anchor of a shrinkage; the conservative anchor is the best member, which step 2 falls
-back to. Everything is numpy on [points, rows] arrays (`macro_f1_many` scores every point on every
+equal weights are the wrong anchor of a shrinkage; step 2's fallback averages only the members validation
+cannot tell from the best. Everything is numpy on [points, rows] arrays (`macro_f1_many` scores every point on every
 fold at once): 3 members x 2,500 rows take well under a second. Which rule decided and the
 out-of-fold figures go to valid_metrics.json ("selection"), report.md and the log.
 
@@ -114,8 +118,8 @@ FOLDS = 5  # each choice sees 4/5 of the validation rows; a held-out fifth keeps
 REPEATS = 10  # reshuffles of the folds, so the out-of-fold score does not hinge on one partition
 BOOTSTRAP = 1000  # paired resamples of the validation rows for the gain's noise (the 5% tail: 50 draws)
 CONFIDENCE = 0.95  # a challenger (the blend) is kept when its gain over the anchor is positive in >= 95% of resamples
-ANCHORS = ("best member", "equal", "best member or equal")
-ANCHOR = "best member"  # what the rule keeps unless a challenger beats it beyond noise (docstring, step 2)
+ANCHORS = ("best member", "equal", "best member or equal", "top average")
+ANCHOR = "top average"  # what the rule keeps unless a challenger beats it beyond noise (docstring, step 2)
 SEED = 0  # folds use seeds SEED..SEED+REPEATS-1, the bootstrap SEED: the same inputs give the same weights
 POINT_CHUNK = 512  # grid points averaged at a time ([chunk, n, C] float64): bounded memory at MAX_POINTS
 
@@ -199,12 +203,23 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, y: np.ndarray, C: int) -> np.
     return macro_f1_many(y, a, C, draws).mean(1) - macro_f1_many(y, b, C, draws).mean(1)
 
 
+def top_members(preds: np.ndarray, y: np.ndarray, C: int, best: int) -> tuple[list[int], list[float]]:
+    """The members validation cannot tell from the best one (`best`), each scored by its own decision
+    (`preds` [k, n]): member j is behind when the best member's macro-F1 beats j's in at least `CONFIDENCE`
+    of the paired bootstrap resamples. Returns (the members not behind, best first; each member's share of
+    resamples the best beats it in, 0 for the best itself)."""
+    shares = [0.0 if j == best else float(np.mean(paired_bootstrap(preds[best][None], preds[j][None], y, C) > 0))
+              for j in range(len(preds))]
+    return [best] + [j for j in range(len(preds)) if j != best and shares[j] < CONFIDENCE], shares
+
+
 def choose_weights(probs: Sequence[np.ndarray], y: np.ndarray, classes: list[str], grid: int = 10,
                    biases: np.ndarray | None = None, anchor: str | None = None) -> tuple[np.ndarray, dict]:
     """The weights by the module's rule: the `anchor` ("best member": weight 1 on the best single member;
-    "equal": the plain average; None: `ANCHOR`) unless a challenger's out-of-fold gain over it is positive
+    "equal": the plain average; "top average": the plain average of the members validation cannot tell
+    from the best, `top_members`; None: `ANCHOR`) unless a challenger's out-of-fold gain over it is positive
     beyond the bootstrap's noise. The challenger of "best member" is the best grid point ("blend"); that of
-    "equal" is the better of "blend" and "best member" out of fold.
+    "equal" and "top average" is the better of "blend" and "best member" out of fold.
     `biases` [k, C]: the members' decision rules (`Classifier.bias_in`; None: argmax members).
     Returns (weights, the selection record for valid_metrics.json)."""
     anchor = ANCHOR if anchor is None else anchor
@@ -216,11 +231,25 @@ def choose_weights(probs: Sequence[np.ndarray], y: np.ndarray, classes: list[str
                           f"needs at least {2 * FOLDS}; pass a larger --valid file")
     k, C = len(probs), len(classes)
     grid_points = simplex_grid(k, grid_for(k, grid))
-    equal = np.flatnonzero(np.isclose(grid_points, 1.0 / k).all(1))
-    points = grid_points if len(equal) else np.vstack([grid_points, np.full(k, 1.0 / k)])  # 1/3 is off a grid of tenths
+    top, behind = None, None
+    if anchor == "top average":  # which members to average is settled on all rows before the rules are scored
+        corner_preds, corner_nll = point_predictions(probs, y, np.eye(k), biases)
+        leader = int(pick(macro_f1_many(y, corner_preds, C)[None], corner_nll.mean(1)[None], np.zeros(k),
+                          np.arange(k))[0])  # the best member as the "best member" rule picks it
+        top, behind = top_members(corner_preds, y, C, leader)
+        if len(top) == 1:
+            anchor = "best member"  # every other member is behind the best beyond noise
+    extra = [np.full(k, 1.0 / k)]  # 1/3 is off a grid of tenths; so is 1/3 on three of four members
+    if top is not None and 1 < len(top) < k:
+        extra.append(np.isin(np.arange(k), top) / len(top))
+    extra = [w for w in extra if not np.isclose(grid_points, w).all(1).any()]
+    points = np.vstack([grid_points, *extra]) if extra else grid_points
     dist = np.abs(points - 1.0 / k).sum(1)
+    at = lambda w: np.flatnonzero(np.isclose(points, w).all(1))[:1]  # noqa: E731 (the index of one point)
     rules = {"blend": np.arange(len(grid_points)), "best member": np.flatnonzero(points.max(1) == 1.0),
-             "equal": equal if len(equal) else np.array([len(points) - 1])}
+             "equal": at(np.full(k, 1.0 / k))}
+    if anchor == "top average":
+        rules["top average"] = at(np.isin(np.arange(k), top) / len(top))
     preds, nll = point_predictions(probs, y, points, biases)
     oof, n_fold = out_of_fold(preds, nll, y, C, dist, rules)
     score = {name: float(macro_f1_many(y, p, C).mean()) for name, p in oof.items()}
@@ -234,16 +263,20 @@ def choose_weights(probs: Sequence[np.ndarray], y: np.ndarray, classes: list[str
     rule = challenger if gain > 0 and share >= CONFIDENCE else anchor
     f1_all, nll_all = macro_f1_many(y, preds, C, np.ones((1, len(y)))), nll.mean(1)[None]
     best = {name: int(pick(f1_all, nll_all, dist, allowed)[0]) for name, allowed in rules.items()}
-    return points[best[rule]], {
+    record = {
         "rule": rule, "anchor": anchor, "challenger": challenger, "points": len(grid_points),
         "macro_f1": float(f1_all[0, best[rule]]),
         "log_loss": float(nll_all[0, best[rule]]), "blend_weights": [float(v) for v in points[best["blend"]]],
         "best_member": int(np.argmax(points[best["best member"]])),
         "out_of_fold": {"folds": n_fold, "repeats": REPEATS, "blend_macro_f1": score["blend"],
                         "best_member_macro_f1": score["best member"], "equal_macro_f1": score["equal"],
+                        **({"top_average_macro_f1": score["top average"]} if "top average" in score else {}),
                         "gain": gain, "gain_positive_share": share,
                         "bootstrap": BOOTSTRAP, "confidence": CONFIDENCE,
                         "gain_5th_percentile": float(np.quantile(gains, 1 - CONFIDENCE))}}
+    if top is not None:  # the members the "top average" anchor averages, and how clearly the best beats each
+        record.update(top_members=top, best_beats_share=behind)
+    return points[best[rule]], record
 
 
 def selection_line(info: dict) -> str:
@@ -261,6 +294,11 @@ def selection_line(info: dict) -> str:
         return f"rule: blend (the best of {info['points']} grid points: {blend}) kept: {why}"
     if info["rule"] == "equal":
         return f"rule: equal weights (no rule beat the plain average beyond noise): {why}"
+    if info["rule"] == "top average":
+        top, k = info["top_members"], len(info["best_beats_share"])
+        rest = "the others are behind it beyond noise" if len(top) < k else "none is behind it beyond noise"
+        return (f"rule: the plain average of members {', '.join(map(str, top))} (validation cannot tell them from "
+                f"the best; {rest}), as no rule beat it beyond noise: {why}")
     return f"rule: best member (member {info['best_member']} alone; the blend would be {blend}): {why}"
 
 
@@ -447,7 +485,8 @@ def _write(out: Path, sources, weights, selection: dict, rule: dict | None, prob
         + (f"weights given (--weights {selection['given']}), scored on {source} ({len(y)} texts).\n\n"
            if selection["rule"] == "fixed" else
            f"weights chosen on {source} ({len(y)} texts) by macro-F1 (ties: log-loss) over {selection['points']} grid "
-           f"points, the blend kept only when it beats the best single member out of fold beyond noise.\n\n")
+           f"points, the blend kept only when it beats the rule's fallback ({selection['anchor']}) out of fold beyond "
+           f"noise.\n\n")
         + f"{selection_line(selection)}.\n\n"
         + (f"Calibration of the blend: {calibration_line(rule, classes)}\n\n" if rule and "valid" in rule else "")
         + (f"Decision rule: {rule['source']} (bias {[round(b, 4) for b in rule['members_bias']]} on the blend; "

@@ -115,7 +115,8 @@ def _fit_with_student(out: Path, cfg: FitConfig, data, resume: bool, log: Log) -
     n_lab, n_unl = len(data.train.labels), len(data.unlabeled)
     write_ensemble(out, ["the teacher, trained by this run", "its student, distilled by this run"], data.valid.texts,
                    [data.classes[i] for i in data.valid.labels], data.valid.source, data.valid.source, log=log,
-                   names=["teacher", "student"], preamble=few_labels.preamble(cfg, n_lab, n_unl))
+                   names=["teacher", "student"], preamble=few_labels.preamble(cfg, n_lab, n_unl),
+                   anchor=few_labels.ENSEMBLE_ANCHOR)
 
 
 def _recipe_and_configs(out: Path, cfg: FitConfig, resume: bool) -> tuple[registry.Recipe, dict[str, FitConfig]]:
