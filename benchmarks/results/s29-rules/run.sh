@@ -1,0 +1,42 @@
+#!/bin/bash
+# Issue 16, twenty-ninth session: the "top average" anchor beside the other weight rules (benchmarks/ensemble_rules.py),
+# scored on the test split and on "rest" (the labelled training rows outside each label sample, which no member
+# trained on; written by the harness's accuracy.split_sample). Usage: run.sh SET... where SET is one of
+#   spam-500-S    e-mail, 500 labels, seed S: the twenty-eighth session's members (A, M, T)
+#   spam-100-S    e-mail, 100 labels, seed S: this session's members (runs/s28-spam-100*, runs/s29-spam-100*)
+#   tweets-B-S    tweets, B labels, seed S: this session's members (runs/s29-tweets; 100 and 2,000, seed 0)
+# Each member's probabilities are cached (runs/ensemble-rules-cache), so a set scores again in seconds.
+set -e
+cd "$(dirname "$0")/../../.."
+OUT=benchmarks/results/s29-rules/rules.jsonl
+E=~/.cache/ulmfit/spam/v1; T=~/.cache/ulmfit/tweets/v1
+for set in "$@"; do
+  IFS=- read -r ds budget seed <<< "$set"
+  data=$([ $ds = spam ] && echo $E || echo $T)
+  case $set in
+    spam-500-*)
+      M=benchmarks/results/$([ $seed = 0 ] && echo s28-spam-e || echo s28-spam)/work/accuracy/spam__ulmfit-minilm__500__s$seed/model
+      W=benchmarks/results/s28-spam-b/work/accuracy
+      members="A=$W/spam__ulmfit-both__500__s$seed/model M=$M T=$W/spam__tfidf-model__500__s$seed/model"; combos=AM,AMT ;;
+    spam-100-*)
+      # MiniLM (M) seed 0 resumed in runs/s28-spam-100, seeds 1 and 2 side by side in runs/s29-spam-100m and -100m2;
+      # the AWD-LSTM pair (A) seed 0 in runs/s28-spam-100b, 1-2 in runs/s29-spam-100b with every TF-IDF model (T)
+      M=runs/$(case $seed in 0) echo s28-spam-100;; 1) echo s29-spam-100m;; *) echo s29-spam-100m2;; esac)
+      W=runs/$([ $seed = 0 ] && echo s28-spam-100b || echo s29-spam-100b); X=runs/s29-spam-100b
+      members="A=$W/work/accuracy/spam__ulmfit-both__100__s$seed/model M=$M/work/accuracy/spam__ulmfit-minilm__100__s$seed/model"
+      members="$members T=$X/work/accuracy/spam__tfidf-model__100__s$seed/model"; combos=AM,AMT ;;
+    tweets-*)
+      W=runs/s29-tweets/work/accuracy
+      members="A=$W/tweets__ulmfit-both__${budget}__s$seed/model M=$W/tweets__ulmfit-minilm__${budget}__s$seed/model"; combos=AM ;;
+    *) echo "run.sh: unknown set $set" >&2; exit 2 ;;
+  esac
+  # the 500-label e-mail sets keep the twenty-eighth session's rest files (its cached probabilities are keyed by path)
+  R=$([ $ds-$budget = spam-500 ] && echo runs/s28-rest || echo runs/s29-rest)
+  rest=$R/$ds-rest-$budget-s$seed.csv
+  mkdir -p $R
+  PYTHONPATH=src:benchmarks .venv/bin/python -c "
+from accuracy import read_split, split_sample  # the harness's own label samples
+split_sample(read_split('$data/train.csv'), $budget, $seed)[1].to_csv('$rest', index=False)"
+  PYTHONPATH=src .venv/bin/python benchmarks/ensemble_rules.py --tag $set --members $members --valid $data/valid.csv \
+    --score test=$data/test.csv rest=$rest --combos $combos --json $OUT --rows benchmarks/results/s29-rules/rows-$set.npz
+done
