@@ -4,7 +4,8 @@
 # trained on; written by the harness's accuracy.split_sample). Usage: run.sh SET... where SET is one of
 #   spam-500-S    e-mail, 500 labels, seed S: the twenty-eighth session's members (A, M, T)
 #   spam-100-S    e-mail, 100 labels, seed S: this session's members (runs/s28-spam-100*, runs/s29-spam-100*)
-#   spam-2000-S   e-mail, 2,000 labels, seed S: this session's members (runs/s29-spam-2000m, -2000b; seed 0)
+#   spam-2000-S   e-mail, 2,000 labels, seed S: seed 0 this session's members (runs/s29-spam-2000m, -2000b), seeds 1-2
+#                 the thirtieth session's (runs/s30-spam-2000m1, -2000b1, -2000m2, -2000b2)
 #   tweets-B-S    tweets, B labels, seed S: this session's members (runs/s29-tweets; 100, 500 and 2,000, seed 0)
 # Each member's probabilities are cached (runs/ensemble-rules-cache), so a set scores again in seconds.
 set -e
@@ -27,7 +28,11 @@ for set in "$@"; do
       members="A=$W/work/accuracy/spam__ulmfit-both__100__s$seed/model M=$M/work/accuracy/spam__ulmfit-minilm__100__s$seed/model"
       members="$members T=$X/work/accuracy/spam__tfidf-model__100__s$seed/model"; combos=AM,AMT ;;
     spam-2000-*)
-      M=runs/s29-spam-2000m/work/accuracy/spam__ulmfit-minilm__2000__s$seed/model; W=runs/s29-spam-2000b/work/accuracy
+      # seed 0 in runs/s29-spam-2000m and -2000b (twenty-ninth session, Intel); seeds 1 and 2 in runs/s30-spam-2000mS and
+      # -2000bS (thirtieth session, AMD EPYC: one MiniLM cell, then the AWD-LSTM pair and the TF-IDF model, per seed)
+      base=$([ $seed = 0 ] && echo s29-spam-2000 || echo s30-spam-2000)
+      sfx=$([ $seed = 0 ] || echo $seed)
+      M=runs/${base}m$sfx/work/accuracy/spam__ulmfit-minilm__2000__s$seed/model; W=runs/${base}b$sfx/work/accuracy
       members="A=$W/spam__ulmfit-both__2000__s$seed/model M=$M T=$W/spam__tfidf-model__2000__s$seed/model"; combos=AM,AMT ;;
     tweets-*)
       W=runs/s29-tweets/work/accuracy
