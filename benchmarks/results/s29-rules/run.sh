@@ -6,7 +6,8 @@
 #   spam-100-S    e-mail, 100 labels, seed S: this session's members (runs/s28-spam-100*, runs/s29-spam-100*)
 #   spam-2000-S   e-mail, 2,000 labels, seed S: seed 0 this session's members (runs/s29-spam-2000m, -2000b), seeds 1-2
 #                 the thirtieth session's (runs/s30-spam-2000m1, -2000b1, -2000m2, -2000b2)
-#   tweets-B-S    tweets, B labels, seed S: this session's members (runs/s29-tweets; 100, 500 and 2,000, seed 0)
+#   tweets-B-S    tweets, B labels, seed S: this session's members (runs/s29-tweets; 100, 500 and 2,000, seed 0); seed 1 at
+#                 100 and 500 the thirtieth session's (runs/s30-tweets-a, -m)
 # Each member's probabilities are cached (runs/ensemble-rules-cache), so a set scores again in seconds.
 set -e
 cd "$(dirname "$0")/../../.."
@@ -35,8 +36,10 @@ for set in "$@"; do
       M=runs/${base}m$sfx/work/accuracy/spam__ulmfit-minilm__2000__s$seed/model; W=runs/${base}b$sfx/work/accuracy
       members="A=$W/spam__ulmfit-both__2000__s$seed/model M=$M T=$W/spam__tfidf-model__2000__s$seed/model"; combos=AM,AMT ;;
     tweets-*)
-      W=runs/s29-tweets/work/accuracy
-      members="A=$W/tweets__ulmfit-both__${budget}__s$seed/model M=$W/tweets__ulmfit-minilm__${budget}__s$seed/model"; combos=AM ;;
+      # seed 0 in runs/s29-tweets (twenty-ninth session); seed 1 in runs/s30-tweets-a and -m (thirtieth session, side by side)
+      WA=runs/$([ $seed = 0 ] && echo s29-tweets || echo s30-tweets-a)/work/accuracy
+      WM=runs/$([ $seed = 0 ] && echo s29-tweets || echo s30-tweets-m)/work/accuracy
+      members="A=$WA/tweets__ulmfit-both__${budget}__s$seed/model M=$WM/tweets__ulmfit-minilm__${budget}__s$seed/model"; combos=AM ;;
     *) echo "run.sh: unknown set $set" >&2; exit 2 ;;
   esac
   # the 500-label e-mail sets keep the twenty-eighth session's rest files (its cached probabilities are keyed by path)
