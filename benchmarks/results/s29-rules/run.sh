@@ -31,14 +31,13 @@ for set in "$@"; do
     spam-2000-*)
       # seed 0 in runs/s29-spam-2000m and -2000b (twenty-ninth session, Intel); seeds 1 and 2 in runs/s30-spam-2000mS and
       # -2000bS (thirtieth session, AMD EPYC: one MiniLM cell, then the AWD-LSTM pair and the TF-IDF model, per seed)
-      base=$([ $seed = 0 ] && echo s29-spam-2000 || echo s30-spam-2000)
-      sfx=$([ $seed = 0 ] || echo $seed)
-      M=runs/${base}m$sfx/work/accuracy/spam__ulmfit-minilm__2000__s$seed/model; W=runs/${base}b$sfx/work/accuracy
+      case $seed in 0) M=runs/s29-spam-2000m B=runs/s29-spam-2000b;; *) M=runs/s30-spam-2000m$seed B=runs/s30-spam-2000b$seed;; esac
+      M=$M/work/accuracy/spam__ulmfit-minilm__2000__s$seed/model; W=$B/work/accuracy
       members="A=$W/spam__ulmfit-both__2000__s$seed/model M=$M T=$W/spam__tfidf-model__2000__s$seed/model"; combos=AM,AMT ;;
     tweets-*)
       # seed 0 in runs/s29-tweets (twenty-ninth session); seed 1 in runs/s30-tweets-a and -m (thirtieth session, side by side)
-      WA=runs/$([ $seed = 0 ] && echo s29-tweets || echo s30-tweets-a)/work/accuracy
-      WM=runs/$([ $seed = 0 ] && echo s29-tweets || echo s30-tweets-m)/work/accuracy
+      case $seed in 0) WA=runs/s29-tweets WM=runs/s29-tweets;; *) WA=runs/s30-tweets-a WM=runs/s30-tweets-m;; esac
+      WA=$WA/work/accuracy; WM=$WM/work/accuracy
       members="A=$WA/tweets__ulmfit-both__${budget}__s$seed/model M=$WM/tweets__ulmfit-minilm__${budget}__s$seed/model"; combos=AM ;;
     *) echo "run.sh: unknown set $set" >&2; exit 2 ;;
   esac
