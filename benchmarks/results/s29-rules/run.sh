@@ -6,8 +6,13 @@
 #   spam-100-S    e-mail, 100 labels, seed S: this session's members (runs/s28-spam-100*, runs/s29-spam-100*)
 #   spam-2000-S   e-mail, 2,000 labels, seed S: seed 0 this session's members (runs/s29-spam-2000m, -2000b), seeds 1-2
 #                 the thirtieth session's (runs/s30-spam-2000m1, -2000b1, -2000m2, -2000b2)
+#   spam-full-S   e-mail, all 4,708 labels, seed S (no rest: every labelled row trained): the thirty-first session's
+#                 members (runs/s31-spam-fullmS, -fullbS)
 #   tweets-B-S    tweets, B labels, seed S: this session's members (runs/s29-tweets; 100, 500 and 2,000, seed 0); seed 1 at
 #                 100 and 500 the thirtieth session's (runs/s30-tweets-a, -m)
+#   tweets3-2000-S  tweets, 2,000 labels, seed 1: the seventeenth session's member set (two MiniLM models M and B, B trained
+#                 with seed 100+S, and the fwd+bwd student D of M) beside the AWD-LSTM pair A; B and D trained in the
+#                 thirty-first session (B into runs/s31-tweets-b, D into runs/s30-tweets-m beside its teacher M)
 # Each member's probabilities are cached (runs/ensemble-rules-cache), so a set scores again in seconds.
 set -e
 cd "$(dirname "$0")/../../.."
@@ -34,6 +39,15 @@ for set in "$@"; do
       case $seed in 0) M=runs/s29-spam-2000m B=runs/s29-spam-2000b;; *) M=runs/s30-spam-2000m$seed B=runs/s30-spam-2000b$seed;; esac
       M=$M/work/accuracy/spam__ulmfit-minilm__2000__s$seed/model; W=$B/work/accuracy
       members="A=$W/spam__ulmfit-both__2000__s$seed/model M=$M T=$W/spam__tfidf-model__2000__s$seed/model"; combos=AM,AMT ;;
+    spam-full-*)
+      # the thirty-first session (AMD EPYC): MiniLM (M) in runs/s31-spam-fullmS, the AWD-LSTM pair (A) and TF-IDF (T) in -fullbS
+      M=runs/s31-spam-fullm$seed/work/accuracy/spam__ulmfit-minilm__full__s$seed/model; W=runs/s31-spam-fullb$seed/work/accuracy
+      members="A=$W/spam__ulmfit-both__full__s$seed/model M=$M T=$W/spam__tfidf-model__full__s$seed/model"; combos=AM,AMT ;;
+    tweets3-2000-*)
+      WA=runs/s30-tweets-a/work/accuracy; WM=runs/s30-tweets-m/work/accuracy
+      members="A=$WA/tweets__ulmfit-both__2000__s$seed/model M=$WM/tweets__ulmfit-minilm__2000__s$seed/model"
+      members="$members B=runs/s31-tweets-b/work/accuracy/tweets__ulmfit-minilm-2__2000__s$seed/model D=$WM/tweets__distill__2000__s$seed/model"
+      combos=MB,MBD,AMB,AMBD ;;
     tweets-*)
       # seed 0 in runs/s29-tweets (twenty-ninth session); seed 1 in runs/s30-tweets-a and -m (thirtieth session, side by side)
       case $seed in 0) WA=runs/s29-tweets WM=runs/s29-tweets;; *) WA=runs/s30-tweets-a WM=runs/s30-tweets-m;; esac
@@ -41,13 +55,17 @@ for set in "$@"; do
       members="A=$WA/tweets__ulmfit-both__${budget}__s$seed/model M=$WM/tweets__ulmfit-minilm__${budget}__s$seed/model"; combos=AM ;;
     *) echo "run.sh: unknown set $set" >&2; exit 2 ;;
   esac
-  # the 500-label e-mail sets keep the twenty-eighth session's rest files (its cached probabilities are keyed by path)
-  R=$([ $ds-$budget = spam-500 ] && echo runs/s28-rest || echo runs/s29-rest)
-  rest=$R/$ds-rest-$budget-s$seed.csv
-  mkdir -p $R
-  PYTHONPATH=src:benchmarks .venv/bin/python -c "
+  score="test=$data/test.csv"
+  if [ $budget != full ]; then  # with all labels no labelled row is left out of training: test only
+    # the 500-label e-mail sets keep the twenty-eighth session's rest files (its cached probabilities are keyed by path)
+    R=$([ $ds-$budget = spam-500 ] && echo runs/s28-rest || echo runs/s29-rest)
+    rest=$R/${ds%3}-rest-$budget-s$seed.csv  # tweets3: the tweets' own rest file (cached probabilities are keyed by path)
+    mkdir -p $R
+    PYTHONPATH=src:benchmarks .venv/bin/python -c "
 from accuracy import read_split, split_sample  # the harness's own label samples
 split_sample(read_split('$data/train.csv'), $budget, $seed)[1].to_csv('$rest', index=False)"
+    score="$score rest=$rest"
+  fi
   PYTHONPATH=src .venv/bin/python benchmarks/ensemble_rules.py --tag $set --members $members --valid $data/valid.csv \
-    --score test=$data/test.csv rest=$rest --combos $combos --json $OUT --rows benchmarks/results/s29-rules/rows-$set.npz
+    --score $score --combos $combos --json $OUT --rows benchmarks/results/s29-rules/rows-$set.npz
 done
