@@ -9,10 +9,10 @@
 #   spam-full-S   e-mail, all 4,708 labels, seed S (no rest: every labelled row trained): the thirty-first session's
 #                 members (runs/s31-spam-fullmS, -fullbS)
 #   tweets-B-S    tweets, B labels, seed S: this session's members (runs/s29-tweets; 100, 500 and 2,000, seed 0); seed 1 at
-#                 100 and 500 the thirtieth session's (runs/s30-tweets-a, -m)
-#   tweets3-2000-S  tweets, 2,000 labels, seed 1: the seventeenth session's member set (two MiniLM models M and B, B trained
+#                 100, 500 and 2,000 the thirtieth session's, seed 2 at 2,000 the thirty-first's (runs/s30-tweets-a, -m)
+#   tweets3-2000-S  tweets, 2,000 labels, seeds 1 and 2: the seventeenth session's member set (two MiniLM models M and B, B trained
 #                 with seed 100+S, and the fwd+bwd student D of M) beside the AWD-LSTM pair A; B and D trained in the
-#                 thirty-first session (B into runs/s31-tweets-b, D into runs/s30-tweets-m beside its teacher M)
+#                 thirty-first session (B into runs/s31-tweets-b, D into runs/s30-tweets-m beside its teacher M; for seed 2 M and A too)
 # Each member's probabilities are cached (runs/ensemble-rules-cache), so a set scores again in seconds.
 set -e
 cd "$(dirname "$0")/../../.."
