@@ -49,7 +49,7 @@ for set in "$@"; do
       members="$members B=runs/s31-tweets-b/work/accuracy/tweets__ulmfit-minilm-2__2000__s$seed/model D=$WM/tweets__distill__2000__s$seed/model"
       combos=MB,MBD,AMB,AMBD ;;
     tweets-*)
-      # seed 0 in runs/s29-tweets (twenty-ninth session); seed 1 in runs/s30-tweets-a and -m (thirtieth session, side by side)
+      # seed 0 in runs/s29-tweets (twenty-ninth session); seeds 1 and 2 in runs/s30-tweets-a and -m (thirtieth and thirty-first)
       case $seed in 0) WA=runs/s29-tweets WM=runs/s29-tweets;; *) WA=runs/s30-tweets-a WM=runs/s30-tweets-m;; esac
       WA=$WA/work/accuracy; WM=$WM/work/accuracy
       members="A=$WA/tweets__ulmfit-both__${budget}__s$seed/model M=$WM/tweets__ulmfit-minilm__${budget}__s$seed/model"; combos=AM ;;
