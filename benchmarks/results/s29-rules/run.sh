@@ -20,7 +20,8 @@ OUT=benchmarks/results/s29-rules/rules.jsonl
 E=~/.cache/ulmfit/spam/v1; T=~/.cache/ulmfit/tweets/v1
 for set in "$@"; do
   IFS=- read -r ds budget seed <<< "$set"
-  data=$([ $ds = spam ] && echo $E || echo $T)
+  corpus=${ds%3}  # tweets3: the tweets' data and rest files (cached probabilities are keyed by path)
+  data=$([ $corpus = spam ] && echo $E || echo $T)
   case $set in
     spam-500-*)
       M=benchmarks/results/$([ $seed = 0 ] && echo s28-spam-e || echo s28-spam)/work/accuracy/spam__ulmfit-minilm__500__s$seed/model
@@ -43,23 +44,22 @@ for set in "$@"; do
       # the thirty-first session (AMD EPYC): MiniLM (M) in runs/s31-spam-fullmS, the AWD-LSTM pair (A) and TF-IDF (T) in -fullbS
       M=runs/s31-spam-fullm$seed/work/accuracy/spam__ulmfit-minilm__full__s$seed/model; W=runs/s31-spam-fullb$seed/work/accuracy
       members="A=$W/spam__ulmfit-both__full__s$seed/model M=$M T=$W/spam__tfidf-model__full__s$seed/model"; combos=AM,AMT ;;
-    tweets3-2000-*)
-      WA=runs/s30-tweets-a/work/accuracy; WM=runs/s30-tweets-m/work/accuracy
-      members="A=$WA/tweets__ulmfit-both__2000__s$seed/model M=$WM/tweets__ulmfit-minilm__2000__s$seed/model"
-      members="$members B=runs/s31-tweets-b/work/accuracy/tweets__ulmfit-minilm-2__2000__s$seed/model D=$WM/tweets__distill__2000__s$seed/model"
-      combos=MB,MBD,AMB,AMBD ;;
-    tweets-*)
+    tweets-*|tweets3-2000-[12])
       # seed 0 in runs/s29-tweets (twenty-ninth session); seeds 1 and 2 in runs/s30-tweets-a and -m (thirtieth and thirty-first)
       case $seed in 0) WA=runs/s29-tweets WM=runs/s29-tweets;; *) WA=runs/s30-tweets-a WM=runs/s30-tweets-m;; esac
       WA=$WA/work/accuracy; WM=$WM/work/accuracy
-      members="A=$WA/tweets__ulmfit-both__${budget}__s$seed/model M=$WM/tweets__ulmfit-minilm__${budget}__s$seed/model"; combos=AM ;;
+      members="A=$WA/tweets__ulmfit-both__${budget}__s$seed/model M=$WM/tweets__ulmfit-minilm__${budget}__s$seed/model"; combos=AM
+      if [ $ds = tweets3 ]; then  # beside A and M: B (runs/s31-tweets-b) and M's student D (next to M)
+        B=runs/s31-tweets-b/work/accuracy/tweets__ulmfit-minilm-2__${budget}__s$seed/model
+        members="$members B=$B D=$WM/tweets__distill__${budget}__s$seed/model"; combos=MB,MBD,AMB,AMBD
+      fi ;;
     *) echo "run.sh: unknown set $set" >&2; exit 2 ;;
   esac
   score="test=$data/test.csv"
   if [ $budget != full ]; then  # with all labels no labelled row is left out of training: test only
     # the 500-label e-mail sets keep the twenty-eighth session's rest files (its cached probabilities are keyed by path)
     R=$([ $ds-$budget = spam-500 ] && echo runs/s28-rest || echo runs/s29-rest)
-    rest=$R/${ds%3}-rest-$budget-s$seed.csv  # tweets3: the tweets' own rest file (cached probabilities are keyed by path)
+    rest=$R/$corpus-rest-$budget-s$seed.csv
     mkdir -p $R
     PYTHONPATH=src:benchmarks .venv/bin/python -c "
 from accuracy import read_split, split_sample  # the harness's own label samples
