@@ -6,13 +6,14 @@
 #   spam-100-S    e-mail, 100 labels, seed S: this session's members (runs/s28-spam-100*, runs/s29-spam-100*)
 #   spam-2000-S   e-mail, 2,000 labels, seed S: seed 0 this session's members (runs/s29-spam-2000m, -2000b), seeds 1-2
 #                 the thirtieth session's (runs/s30-spam-2000m1, -2000b1, -2000m2, -2000b2)
-#   spam-full-S   e-mail, all 4,708 labels, seed S (no rest: every labelled row trained): the thirty-first session's
-#                 members (runs/s31-spam-fullmS, -fullbS)
+#   spam-full-S   e-mail, all 4,708 labels, seeds 1-2 (no rest: every labelled row trained): seed 1 the thirty-first
+#                 session's members (runs/s31-spam-fullm1, -fullb1), seed 2 the thirty-second's (runs/s32-spam-fullm2, -fullb2)
 #   tweets-B-S    tweets, B labels, seed S: this session's members (runs/s29-tweets; 100, 500 and 2,000, seed 0); seed 1 at
 #                 100, 500 and 2,000 the thirtieth session's, seed 2 at 2,000 the thirty-first's (runs/s30-tweets-a, -m)
-#   tweets3-2000-S  tweets, 2,000 labels, seeds 1 and 2: the seventeenth session's member set (two MiniLM models M and B, B trained
+#   tweets3-2000-S  tweets, 2,000 labels, seeds 0-2: the seventeenth session's member set (two MiniLM models M and B, B trained
 #                 with seed 100+S, and the fwd+bwd student D of M) beside the AWD-LSTM pair A; B and D trained in the
-#                 thirty-first session (B into runs/s31-tweets-b, D into runs/s30-tweets-m beside its teacher M; for seed 2 M and A too)
+#                 thirty-first session (B into runs/s31-tweets-b, D into runs/s30-tweets-m beside its teacher M; for seed 2 M and A too),
+#                 seed 0 in the thirty-second (all four again: A into runs/s30-tweets-a, M and D into -m, B into runs/s31-tweets-b)
 # Each member's probabilities are cached (runs/ensemble-rules-cache), so a set scores again in seconds.
 set -e
 cd "$(dirname "$0")/../../.."
@@ -41,12 +42,14 @@ for set in "$@"; do
       M=$M/work/accuracy/spam__ulmfit-minilm__2000__s$seed/model; W=$B/work/accuracy
       members="A=$W/spam__ulmfit-both__2000__s$seed/model M=$M T=$W/spam__tfidf-model__2000__s$seed/model"; combos=AM,AMT ;;
     spam-full-*)
-      # the thirty-first session (AMD EPYC): MiniLM (M) in runs/s31-spam-fullmS, the AWD-LSTM pair (A) and TF-IDF (T) in -fullbS
-      M=runs/s31-spam-fullm$seed/work/accuracy/spam__ulmfit-minilm__full__s$seed/model; W=runs/s31-spam-fullb$seed/work/accuracy
+      # the thirty-first (seed 1) and thirty-second (seed 2) sessions, AMD EPYC: MiniLM (M) in runs/sNN-spam-fullmS, the
+      # AWD-LSTM pair (A) and TF-IDF (T) in -fullbS
+      case $seed in 1) R=runs/s31;; 2) R=runs/s32;; *) echo "run.sh: unknown set $set" >&2; exit 2;; esac
+      M=$R-spam-fullm$seed/work/accuracy/spam__ulmfit-minilm__full__s$seed/model; W=$R-spam-fullb$seed/work/accuracy
       members="A=$W/spam__ulmfit-both__full__s$seed/model M=$M T=$W/spam__tfidf-model__full__s$seed/model"; combos=AM,AMT ;;
-    tweets-*|tweets3-2000-[12])
-      # seed 0 in runs/s29-tweets (twenty-ninth session); seeds 1 and 2 in runs/s30-tweets-a and -m (thirtieth and thirty-first)
-      case $seed in 0) WA=runs/s29-tweets WM=runs/s29-tweets;; *) WA=runs/s30-tweets-a WM=runs/s30-tweets-m;; esac
+    tweets-*|tweets3-2000-[012])
+      # tweets seed 0 in runs/s29-tweets (twenty-ninth session); every other in runs/s30-tweets-a and -m (thirtieth to thirty-second)
+      case $ds-$seed in tweets-0) WA=runs/s29-tweets WM=runs/s29-tweets;; *) WA=runs/s30-tweets-a WM=runs/s30-tweets-m;; esac
       WA=$WA/work/accuracy; WM=$WM/work/accuracy
       members="A=$WA/tweets__ulmfit-both__${budget}__s$seed/model M=$WM/tweets__ulmfit-minilm__${budget}__s$seed/model"; combos=AM
       if [ $ds = tweets3 ]; then  # beside A and M: B (runs/s31-tweets-b) and M's student D (next to M)
