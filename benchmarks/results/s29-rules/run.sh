@@ -41,10 +41,10 @@ for set in "$@"; do
       case $seed in 0) M=runs/s29-spam-2000m B=runs/s29-spam-2000b;; *) M=runs/s30-spam-2000m$seed B=runs/s30-spam-2000b$seed;; esac
       M=$M/work/accuracy/spam__ulmfit-minilm__2000__s$seed/model; W=$B/work/accuracy
       members="A=$W/spam__ulmfit-both__2000__s$seed/model M=$M T=$W/spam__tfidf-model__2000__s$seed/model"; combos=AM,AMT ;;
-    spam-full-*)
+    spam-full-[12])
       # the thirty-first (seed 1) and thirty-second (seed 2) sessions, AMD EPYC: MiniLM (M) in runs/sNN-spam-fullmS, the
       # AWD-LSTM pair (A) and TF-IDF (T) in -fullbS
-      case $seed in 1) R=runs/s31;; 2) R=runs/s32;; *) echo "run.sh: unknown set $set" >&2; exit 2;; esac
+      R=runs/s3$seed
       M=$R-spam-fullm$seed/work/accuracy/spam__ulmfit-minilm__full__s$seed/model; W=$R-spam-fullb$seed/work/accuracy
       members="A=$W/spam__ulmfit-both__full__s$seed/model M=$M T=$W/spam__tfidf-model__full__s$seed/model"; combos=AM,AMT ;;
     tweets-*|tweets3-2000-[012])
