@@ -4,9 +4,9 @@ recipes/ensemble.py `top_members` leaves a member out when the best member on va
 CONFIDENCE (95%) of paired bootstrap resamples: a one-sided test at 5%. But the leader is itself picked on
 those rows, so between two members of one strength the test drops one about twice as often as 5% (either may
 come out ahead). A two-sided test (97.5%) corrects that. From each set's recorded `best_beats_share` this
-prints which members the anchor would average at each confidence, and what that average (the "equal" rule
-of the combination holding just those members, or the member alone) scored on test and rest, where
-rules.jsonl has that combination; "n/a" where it does not.
+prints which members the anchor would average at that confidence beside those the recorded default averaged
+(`top_members`), and what each average (the "equal" rule of the combination holding just those members, or
+the member alone) scored on test and rest, where rules.jsonl has that combination; "n/a" where it does not.
 
     python3 benchmarks/results/s29-rules/leader_test.py [--confidence 0.975]
 """
@@ -37,8 +37,8 @@ def main() -> None:
             r = d.get((tag, c, "equal", f)) if c else None
         return r["macro_f1"] if r else None
 
-    print(f"| set | members | leader beats each (share) | averaged at 0.95 | at {a.confidence} | test 0.95 / {a.confidence} "
-          f"| rest 0.95 / {a.confidence} |")
+    print(f"| set | members | leader beats each (share) | averaged by the default | at {a.confidence} | "
+          f"test default / {a.confidence} | rest default / {a.confidence} |")
     print("|---|---|---|---|---|---|---|")
     tally = {"same": 0, "ahead": 0, "behind": 0, "level": 0, "n/a": 0}
     for tag, combo in sorted(combos):
@@ -46,23 +46,19 @@ def main() -> None:
         if not r or "best_beats_share" not in r:
             continue
         shares = r["best_beats_share"]
-        at95 = [k for k, s in zip(combo, shares) if s < 0.95]
+        default = [k for k in combo if k in r["top_members"]]  # what the recorded default averaged, in combo order
         at_c = [k for k, s in zip(combo, shares) if s < a.confidence]
-        cells = []
-        for f in ("test", "rest"):
-            x, y = score(tag, combo, at95, f), score(tag, combo, at_c, f)
-            cells.append("-" if (tag, combo, "equal", f) not in d else
-                         f"{x:.4f} / {y:.4f}" if x is not None and y is not None else "n/a")
-        if at95 == at_c:
-            tally["same"] += 1
-        else:
-            x, y = score(tag, combo, at95, "rest") or score(tag, combo, at95, "test"), \
-                score(tag, combo, at_c, "rest") or score(tag, combo, at_c, "test")
-            tally["n/a" if x is None or y is None else "ahead" if y > x else "behind" if y < x else "level"] += 1
-        print(f"| {tag} | {combo} | {', '.join(f'{k} {s:.3f}' for k, s in zip(combo, shares))} | {''.join(at95)} | "
+        files = [f for f in ("test", "rest") if (tag, combo, "equal", f) in d]
+        vals = {f: (score(tag, combo, default, f), score(tag, combo, at_c, f)) for f in files}
+        cells = ["-" if f not in vals else "n/a" if None in vals[f] else f"{vals[f][0]:.4f} / {vals[f][1]:.4f}"
+                 for f in ("test", "rest")]
+        x, y = vals[files[-1]]  # rest where scored, else test
+        tally["same" if default == at_c else "n/a" if None in (x, y) else
+              "ahead" if y > x else "behind" if y < x else "level"] += 1
+        print(f"| {tag} | {combo} | {', '.join(f'{k} {s:.3f}' for k, s in zip(combo, shares))} | {''.join(default)} | "
               f"{''.join(at_c)} | {cells[0]} | {cells[1]} |")
-    print(f"\nat {a.confidence} against 0.95 (rest where scored, else test): " + ", ".join(f"{k} {v}" for k, v in tally.items()))
-
+    print(f"\nat {a.confidence} against the default (rest where scored, else test): "
+          + ", ".join(f"{k} {v}" for k, v in tally.items()))
 
 if __name__ == "__main__":
     main()

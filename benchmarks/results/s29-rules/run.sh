@@ -44,8 +44,7 @@ for set in "$@"; do
     spam-full-[12])
       # the thirty-first (seed 1) and thirty-second (seed 2) sessions, AMD EPYC: MiniLM (M) in runs/sNN-spam-fullmS, the
       # AWD-LSTM pair (A) and TF-IDF (T) in -fullbS
-      R=runs/s3$seed
-      M=$R-spam-fullm$seed/work/accuracy/spam__ulmfit-minilm__full__s$seed/model; W=$R-spam-fullb$seed/work/accuracy
+      M=runs/s3$seed-spam-fullm$seed/work/accuracy/spam__ulmfit-minilm__full__s$seed/model; W=runs/s3$seed-spam-fullb$seed/work/accuracy
       members="A=$W/spam__ulmfit-both__full__s$seed/model M=$M T=$W/spam__tfidf-model__full__s$seed/model"; combos=AM,AMT ;;
     tweets-*|tweets3-2000-[012])
       # tweets seed 0 in runs/s29-tweets (twenty-ninth session); every other in runs/s30-tweets-a and -m (thirtieth to thirty-second)
