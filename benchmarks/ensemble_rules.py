@@ -19,6 +19,12 @@ like their probabilities; a single member's own decision at a corner; the blend'
 label). Prints a table and appends one JSON line per (combination, rule, file) to --json (with the F1 of the
 file's rarest class); with --rows, each one's right/wrong per row to an .npz (keys "COMBO|RULE|FILE") for
 paired tests (benchmarks/results/s28-spam/paired_rules.py).
+
+`--decisions` scores each rule's weights with other decisions of the blend beside the ensemble's own ("members":
+the members' decision rules weighted like their probabilities): "argmax", the blend's plain argmax (no member's
+rule), and "gated", the members' rule only where it beats that argmax on the validation split in at least
+`CONFIDENCE` of paired bootstrap resamples (recipes/ensemble.py `paired_bootstrap`), else the argmax. Their rows
+name the rule "RULE (DECISION)" and carry the gate's share (thirty-third session, docs/BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -35,10 +41,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 from accuracy import read_split  # noqa: E402
 from ulmfit.recipes import predictor  # noqa: E402
-from ulmfit.recipes.ensemble import choose_weights, member_probs, point_predictions  # noqa: E402
+from ulmfit.recipes.ensemble import (CONFIDENCE, choose_weights, member_probs, paired_bootstrap,  # noqa: E402
+                                     point_predictions)
 from ulmfit.train.metrics import classification_metrics  # noqa: E402
 
 RULES = ("anchor best member", "anchor equal", "anchor best member or equal", "anchor top average", "equal")
+DECISIONS = ("members", "argmax", "gated")  # how a blend decides (module docstring); "members" is the ensemble's
 
 
 def probs_of(folder: Path, path: Path, precision: str, cache: Path, classes: list[str]) -> np.ndarray:
@@ -67,7 +75,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--rows", type=Path, default=None,
                     help="an .npz to write each (combination, rule, file)'s right/wrong per row to (paired tests)")
+    ap.add_argument("--decisions", default="members",
+                    help=f"comma list of {', '.join(DECISIONS)}: how each rule's blend decides (module docstring)")
     a = ap.parse_args()
+    decisions = a.decisions.split(",")
+    if not decisions or set(decisions) - set(DECISIONS):
+        ap.error(f"--decisions {a.decisions}: a comma list of {', '.join(DECISIONS)}")
 
     members = dict(m.split("=", 1) for m in a.members)
     folders = {k: Path(v) for k, v in members.items()}
@@ -93,12 +106,19 @@ def main() -> None:
                                                biases=b, anchor=rule.removeprefix("anchor "))
         for k in ks:  # each member alone, for reference
             choices[f"member {k}"] = (np.eye(len(ks))[ks.index(k)], {"rule": "member"})
-        for rule, (w, sel) in choices.items():
+        for (rule, (w, sel)), decision in ((c, d) for c in choices.items() for d in decisions):
+            decide_on = {"members": b, "argmax": None}
+            if decision == "gated":  # the members' rule where it beats the blend's argmax on validation beyond noise
+                by = [point_predictions([probs[(k, "valid")] for k in ks], y["valid"], w[None], v)[0]
+                      for v in (b, None)]
+                share = float(np.mean(paired_bootstrap(*by, y["valid"], len(classes)) > 0))
+                decide_on["gated"] = b if share >= CONFIDENCE else None
+            name = rule if decision == "members" else f"{rule} ({decision})"
             for n in files:
-                pred = point_predictions([probs[(k, n)] for k in ks], y[n], w[None], b)[0][0]
+                pred = point_predictions([probs[(k, n)] for k in ks], y[n], w[None], decide_on[decision])[0][0]
                 m = classification_metrics(y[n], pred, classes)
-                right[f"{combo}|{rule}|{n}"] = pred == y[n]
-                row = {"tag": a.tag, "combo": combo, "rule": rule, "file": n, "n": len(y[n]),
+                right[f"{combo}|{name}|{n}"] = pred == y[n]
+                row = {"tag": a.tag, "combo": combo, "rule": name, "file": n, "n": len(y[n]),
                        "weights": [round(float(v), 3) for v in w], "chosen": sel.get("rule"),
                        "macro_f1": round(m["macro_f1"], 4), "accuracy": round(m["accuracy"], 4),
                        "errors": int((pred != y[n]).sum()),
@@ -106,6 +126,8 @@ def main() -> None:
                 if "out_of_fold" in sel:
                     o = sel["out_of_fold"]
                     row["oof"] = {k: round(v, 4) for k, v in o.items() if k.endswith("macro_f1") or k.startswith("gain")}
+                if decision == "gated":
+                    row["gate_share"] = round(share, 3)
                 if "top_members" in sel:
                     row["top_members"] = [ks[j] for j in sel["top_members"]]
                     row["best_beats_share"] = [round(v, 3) for v in sel["best_beats_share"]]
@@ -114,7 +136,7 @@ def main() -> None:
     print(f"| {a.tag} | chosen (weights) | " + " | ".join(f"{n} macro-F1 (errors)" for n in names) + " |")
     print("|---|---|" + "---|" * len(names))
     for combo in combos:
-        for rule in [*RULES, *(f"member {k}" for k in combo)]:
+        for rule in dict.fromkeys(r["rule"] for r in rows if r["combo"] == combo):  # choices' order
             rs = {r["file"]: r for r in rows if r["combo"] == combo and r["rule"] == rule}
             r0 = rs[names[0]]
             print(f"| {combo} {rule} | {r0['chosen']} ({', '.join(f'{v:.2f}' for v in r0['weights'])}) | "

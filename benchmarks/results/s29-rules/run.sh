@@ -15,9 +15,12 @@
 #                 thirty-first session (B into runs/s31-tweets-b, D into runs/s30-tweets-m beside its teacher M; for seed 2 M and A too),
 #                 seed 0 in the thirty-second (all four again: A into runs/s30-tweets-a, M and D into -m, B into runs/s31-tweets-b)
 # Each member's probabilities are cached (runs/ensemble-rules-cache), so a set scores again in seconds.
+# Environment: RULES_DIR, the folder for rules.jsonl and the rows-SET.npz files (default this one); RULES_ARGS, more
+# arguments for ensemble_rules.py (e.g. "--decisions members,argmax,gated", thirty-third session).
 set -e
 cd "$(dirname "$0")/../../.."
-OUT=benchmarks/results/s29-rules/rules.jsonl
+DIR=${RULES_DIR:-benchmarks/results/s29-rules}
+OUT=$DIR/rules.jsonl
 E=~/.cache/ulmfit/spam/v1; T=~/.cache/ulmfit/tweets/v1
 for set in "$@"; do
   IFS=- read -r ds budget seed <<< "$set"
@@ -69,5 +72,5 @@ split_sample(read_split('$data/train.csv'), $budget, $seed)[1].to_csv('$rest', i
     score="$score rest=$rest"
   fi
   PYTHONPATH=src .venv/bin/python benchmarks/ensemble_rules.py --tag $set --members $members --valid $data/valid.csv \
-    --score $score --combos $combos --json $OUT --rows benchmarks/results/s29-rules/rows-$set.npz
+    --score $score --combos $combos --json $OUT --rows $DIR/rows-$set.npz $RULES_ARGS
 done
