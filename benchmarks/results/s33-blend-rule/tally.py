@@ -7,7 +7,7 @@ rule only where it beats that argmax on validation in 95% of paired resamples), 
         bash benchmarks/results/s29-rules/run.sh SET...
     python3 benchmarks/results/s33-blend-rule/tally.py
 
-A set's combinations that chose the same weights make one decision: each distinct (set, weights) is counted once.
+A set's combinations that chose the same weights on the same members make one decision: each is counted once.
 The rows-SET.npz files run.sh also writes there (each row right or wrong, 14 MB) are not kept.
 """
 import json
@@ -31,7 +31,8 @@ def main() -> None:
             rows = {(x, f): d.get((tag, combo, rule if x == "members" else f"{rule} ({x})", f))
                     for x in DECISIONS for f in ("valid", "test", "rest")}
             w = rows["members", "valid"]["weights"]
-            key = (tag, tuple(k for k, v in zip(combo, w) if v), tuple(v for v in w if v))
+            # tweets3-2000-S holds tweets-2000-S's members A and M (the same folders): one decision where they agree
+            key = (tag.replace("tweets3", "tweets"), tuple(k for k, v in zip(combo, w) if v), tuple(v for v in w if v))
             cells = []
             for f in ("test", "rest"):
                 if rows["members", f] is None:
