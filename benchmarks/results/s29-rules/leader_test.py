@@ -17,15 +17,22 @@ from pathlib import Path
 HERE = Path(__file__).parent
 
 
+def read_rules(path: Path) -> dict:
+    """rules.jsonl (benchmarks/ensemble_rules.py --json) keyed by (tag, combination, rule, file); a set scored again
+    replaces its earlier rows."""
+    d = {}
+    for line in open(path):
+        r = json.loads(line)
+        d[r["tag"], r["combo"], r["rule"], r["file"]] = r
+    return d
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--confidence", type=float, default=0.975)
     ap.add_argument("--json", type=Path, default=HERE / "rules.jsonl")
     a = ap.parse_args()
-    d = {}
-    for line in open(a.json):  # a set scored again replaces its earlier rows
-        r = json.loads(line)
-        d[r["tag"], r["combo"], r["rule"], r["file"]] = r
+    d = read_rules(a.json)
     combos = {(t, c) for t, c, _, _ in d}
 
     def score(tag, combo, members, f):

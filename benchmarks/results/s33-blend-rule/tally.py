@@ -10,24 +10,23 @@ rule only where it beats that argmax on validation in 95% of paired resamples), 
 A set's combinations that chose the same weights on the same members make one decision: each is counted once.
 The rows-SET.npz files run.sh also writes there (each row right or wrong, 14 MB) are not kept.
 """
-import json
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent / "s29-rules"))
+from leader_test import read_rules  # noqa: E402  (the one reader of a rules.jsonl)
 DECISIONS = ("members", "argmax", "gated")
 
 
 def main() -> None:
-    d = {}
-    for line in open(HERE / "rules.jsonl"):  # a set scored again replaces its earlier rows
-        r = json.loads(line)
-        d[r["tag"], r["combo"], r["rule"], r["file"]] = r
+    d = read_rules(HERE / "rules.jsonl")
     for rule in ("anchor top average", "equal"):
         print(f"\n{rule}: macro-F1 (errors) by decision")
         print("| set | combination | weights | gate share | test members / argmax / gated | rest members / argmax / gated |")
         print("|---|---|---|---|---|---|")
         seen, tally = set(), {(f, x): [0, 0, 0] for f in ("test", "rest") for x in DECISIONS[1:]}
-        for tag, combo, r_, f in sorted(k for k in d if k[2] == rule and k[3] == "valid"):
+        for tag, combo in sorted((t, c) for t, c, r, f in d if r == rule and f == "valid"):
             rows = {(x, f): d.get((tag, combo, rule if x == "members" else f"{rule} ({x})", f))
                     for x in DECISIONS for f in ("valid", "test", "rest")}
             w = rows["members", "valid"]["weights"]
